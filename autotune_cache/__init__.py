@@ -1,0 +1,23 @@
+"""autotune-cache: tune Triton-autotuned GDN kernels ahead of serving into a plain Triton cache + manifest."""
+__version__ = "0.1.0"
+
+from .errors import (AutotuneCacheError, BuildFailedError, CacheDirError, ConfigError, NoGPUError,  # noqa: E402
+                     SpecError, UnknownModelError)
+from .spec import BuildSpec  # noqa: E402
+from .models import ModelShape, PRESETS  # noqa: E402
+
+
+def plan(spec):
+    """BuildSpec -> Plan (units, keys, config counts). Pure: runs anywhere."""
+    from .plan import plan as _plan
+    return _plan(spec)
+
+
+def build(spec, **kwargs):
+    """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest."""
+    from .orchestrator import build as _build
+    return _build(spec, **kwargs)
+
+
+__all__ = ["AutotuneCacheError", "BuildFailedError", "BuildSpec", "CacheDirError", "ConfigError", "ModelShape",
+           "NoGPUError", "PRESETS", "SpecError", "UnknownModelError", "build", "plan", "__version__"]

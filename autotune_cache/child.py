@@ -1,0 +1,116 @@
+"""What runs inside the build child. Imports nothing heavy at module level: the env must be set first.
+
+Protocol (child -> parent, dicts on a queue, in this order):
+  hello {fingerprint}                       after the kernel sources' env is set and the driver is up
+  no_gpu {message}                          instead of hello when there is no CUDA GPU (and no emulation)
+  unit_start {unit}                         before driving a unit
+  lookup {unit, tokens, kernel, key, hit, configs, file, sha256, size, winner, best, margin}
+  unit_done {unit, seconds} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
+  done
+Parent -> child, on the control queue after hello: "go" or "stop".
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _fault(spec: str | None, index: int, attempt: int) -> None:
+    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", first attempt only
+    unless ':always'. Kinds: raise, segfault, exit, hang, oom, gpu-fault."""
+    if not spec:
+        return
+    parts = spec.split(":")
+    if int(parts[0]) != index or (attempt > 1 and parts[-1] != "always"):
+        return
+    kind = parts[1]
+    if kind == "raise":
+        raise RuntimeError(f"injected fault in unit {index}")
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "exit":
+        os._exit(3)
+    if kind == "hang":
+        while True:
+            time.sleep(1)
+    if kind == "oom":
+        import torch
+        device = "cuda" if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1" else "cpu"
+        hog = []
+        while True:  # until the allocator gives up: torch.OutOfMemoryError (GPU) or MemoryError / the OOM killer
+            hog.append(torch.empty(1 << 34 if device == "cuda" else 1 << 30, dtype=torch.uint8, device=device))
+            if device == "cpu":
+                hog[-1].fill_(1)
+    if kind == "gpu-fault":
+        from ._faults import illegal_memory_access
+        illegal_memory_access()
+
+
+def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int]) -> None:
+    os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+    if emulate:
+        os.environ["AUTOTUNE_CACHE_EMULATE"] = "1"
+        from . import emulation
+        emulation.install()
+    else:
+        import torch
+        if not torch.cuda.is_available():
+            out.put({"type": "no_gpu", "message": "no CUDA GPU visible to the build child "
+                     f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"})
+            return
+    from . import fingerprint, triton_cache
+    from .models import RankShape
+    from .targets import get
+    from .triton_cache import read_autotune, sha256_file
+
+    out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
+    if control.get() != "go":
+        return
+    device = "cpu" if emulate else "cuda"
+    root = Path(cache_dir)
+    current = {}
+
+    def on_lookup(lookup):
+        msg = {"type": "lookup", "unit": current["unit"], "tokens": current["tokens"], "kernel": lookup.kernel,
+               "key": list(lookup.key), "hit": lookup.hit, "configs": lookup.configs, "file": None}
+        if lookup.path is not None and lookup.path.exists():
+            parsed = read_autotune(lookup.path)
+            msg.update(file=lookup.path.relative_to(root).as_posix(), sha256=sha256_file(lookup.path),
+                       size=lookup.path.stat().st_size, winner=parsed.winner, best=parsed.best, margin=parsed.margin,
+                       configs=len(parsed.timings))
+        out.put(msg)
+
+    with triton_cache.recording(on_lookup):
+        for index, raw in enumerate(units):
+            unit_id = raw["id"]
+            current.update(unit=unit_id, tokens=None)
+            out.put({"type": "unit_start", "unit": unit_id})
+            start = time.monotonic()
+            try:
+                _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), index, attempt.get(unit_id, 1))
+                triton_cache.forget_in_memory()
+                target = get(raw["target"])
+                shape = RankShape(**raw["shape"])
+                for tokens in raw["tokens"]:
+                    current["tokens"] = tokens
+                    target.run(shape, raw["dtypes"], tokens, device)
+                if device == "cuda":
+                    import torch
+                    torch.cuda.synchronize()
+            except BaseException as e:  # noqa: BLE001 - report everything, the parent decides
+                out.put({"type": "unit_failed", "unit": unit_id,
+                         "error": f"{type(e).__name__}: {e}".strip()[:2000],
+                         "traceback": traceback.format_exc()[-4000:]})
+                out.close()
+                out.join_thread()
+                sys.exit(1)
+            out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start})
+    out.put({"type": "done"})
+    out.close()
+    out.join_thread()

@@ -1,0 +1,183 @@
+"""autotune-cache command line. Errors a user can act on: one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import models
+from .errors import AutotuneCacheError, BuildFailedError, NoGPUError, SpecError
+from .spec import DEFAULT_MAX_TOKENS, BuildSpec
+from .targets import SHORT
+
+# Piped output (CI logs, `| less`) gets wide tables rather than rich's 80-column default.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        print(f"autotune-cache: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip() != "")
+    except ValueError:
+        raise SpecError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise SpecError(f"{what} is empty")
+    return values
+
+
+def spec_from_args(args) -> BuildSpec:
+    shape = models.resolve(args.model, args.config)
+    return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
+                     max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
+                     cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
+                     retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False))
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    rows = [m.model_dump() for m in models.PRESETS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = Table("model", "key heads", "value heads", "K", "V", "dtype", "state dtype", "TP degrees that fit")
+    for m in models.PRESETS.values():
+        fits = [str(t) for t in (1, 2, 4, 8, 16) if m.num_k_heads % t == 0 and m.num_v_heads % t == 0]
+        table.add_row(m.name, str(m.num_k_heads), str(m.num_v_heads), str(m.head_k_dim), str(m.head_v_dim),
+                      m.dtype, m.state_dtype, ",".join(fits))
+    out.print(table)
+    return 0
+
+
+# -- plan -----------------------------------------------------------------------------------------------------
+def plan_json(p) -> dict:
+    return {"model": p.spec.model.model_dump(), "tp": list(p.spec.tp), "targets": list(p.spec.targets),
+            "max_tokens": p.spec.max_tokens, "units": [u.model_dump(mode="json") for u in p.units],
+            "totals": {"units": len(p.units), "keys": p.keys, "configs": p.configs}}
+
+
+def print_plan(p, console: Console) -> None:
+    s = p.spec
+    console.print(f"[bold]plan[/bold]: {s.model.name} (key heads {s.model.num_k_heads}, value heads "
+                  f"{s.model.num_v_heads}, {s.model.dtype}, state {s.model.state_dtype}), TP {','.join(map(str, s.tp))}, "
+                  f"targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
+    for u in p.units:
+        sh = u.shape
+        console.print(f"\n[bold]unit[/bold] {u.id}\n  target {u.target}, TP {','.join(map(str, u.tp))}: per rank "
+                      f"H={sh.H} HV={sh.HV} K={sh.K} V={sh.V}; dtypes "
+                      + ", ".join(f"{r}={d}" for r, d in u.dtypes.items())
+                      + f"; varlen; token counts {', '.join(map(str, u.tokens))}")
+        table = Table("kernel", "key fields", "dtypes", "configs (sm_90)", "tuned at T", box=None, pad_edge=False)
+        for k in u.keys:
+            nfields = len(k.fields)
+            table.add_row(k.kernel, " ".join(f"{n}={v}" for n, v in k.fields.items()),
+                          ",".join(SHORT.get(str(d).removeprefix("torch."), str(d)) for d in k.key[nfields:]),
+                          "?" if k.configs is None else str(k.configs), str(k.tokens))
+        console.print(table)
+    console.print(f"\n[bold]total[/bold]: {len(p.units)} units, {p.keys} keys, {p.configs} configs to benchmark")
+
+
+def cmd_plan(args) -> int:
+    from .plan import plan
+    p = plan(spec_from_args(args))
+    if args.json:
+        print(json.dumps(plan_json(p), indent=1))
+    else:
+        print_plan(p, out)
+    return 0
+
+
+# -- build ----------------------------------------------------------------------------------------------------
+def cmd_build(args) -> int:
+    from .orchestrator import Build, prepare_cache_dir
+    from .plan import plan
+
+    spec = spec_from_args(args)
+    if spec.cache_dir is None:
+        raise SpecError("build needs --cache-dir DIR")
+    p = plan(spec)
+    print_plan(p, err)
+    existed = Path(spec.cache_dir).exists()
+    cache_dir = prepare_cache_dir(spec.cache_dir)
+    try:
+        manifest = Build(p, cache_dir, console=err, progress=not args.no_progress).run()
+    except NoGPUError as e:
+        if not existed:  # leave nothing behind for a build that could not start
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise NoGPUError(f"{e}. The plan above is what a GPU host would build; run there, "
+                         "or pass --emulate to compile for a fake sm_90 GPU with fake timings (tests only)") from None
+    except BuildFailedError as e:
+        err.print(f"[red]build incomplete[/red]: {e}")
+        err.print(f"finished units are kept in {cache_dir}; run the same command again to retry the rest")
+        return 1
+    done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
+    summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len(manifest.entries),
+               "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
+               "manifest": str(cache_dir / "manifest.json")}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        out.print(f"built {summary['units']} units, {summary['entries']} autotune entries, {summary['files']} files "
+                  f"({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
+        out.print(f"serve with: TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
+    return 0
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--model", help=f"preset name (see `autotune-cache models`; default {models.DEFAULT_MODEL})")
+    p.add_argument("--config", help="local HF config.json or snapshot dir, instead of --model")
+    p.add_argument("--tp", default="1", help="tensor-parallel degrees, comma-separated (default 1)")
+    p.add_argument("--target", default="fla", help="kernel source(s), comma-separated: fla (default)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
+                        f"(default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--tokens", help="extra token counts to drive, comma-separated")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = Parser(prog="autotune-cache", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("models", help="list model presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("plan", help="show the units and keys a build would tune (no GPU needed)")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
+    _add_model_args(p)
+    p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
+    p.add_argument("--retries", type=int, default=1, help="fresh-child retries of a failed unit (default 1)")
+    p.add_argument("--emulate", action="store_true",
+                   help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_build)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AutotuneCacheError as e:
+        print(f"autotune-cache: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autotune-cache: interrupted; finished units are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

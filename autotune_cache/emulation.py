@@ -1,0 +1,121 @@
+"""A fake sm_90 GPU for machines without one (FACTS.md §2).
+
+Triton compiles every config for real (the ptxas of the Triton wheel) and its real disk cache code reads and
+writes real autotune JSON and binaries; launches do nothing and benchmarks return fake timings. This is how
+CPU tests prove that the keys we build are the keys a server looks up, and how a plan can be checked against
+real kernels without a GPU. Must be installed before the kernel modules are imported: FLA picks its config
+lists from the device it sees at import time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import types
+
+H100_NAME = "NVIDIA H100 80GB HBM3"
+H100_PROPS = dict(max_shared_mem=232448, multiprocessor_count=132, max_num_regs=65536, warpSize=32,
+                  sm_clock_rate=1980000, mem_clock_rate=2619000, mem_bus_width=5120)
+
+# Read by tests: how many configs the fake benchmarker ran in this process.
+bench_calls = 0
+
+
+def _fake_timing(kernel_call) -> float:
+    # Deterministic per config, so a rebuild picks the same winner; the value is meaningless.
+    global bench_calls
+    kernel_call()
+    bench_calls += 1
+    return float(bench_calls % 7 + 1)
+
+
+def install(device_keys: str | None = None) -> None:
+    """Make Triton and torch believe an H100 is present. `device_keys`: a JSON file with another host's
+    `triton_key` and `backend_hash`, to predict that host's exact disk keys."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+
+    class Utils:
+        def get_device_properties(self, device):
+            return dict(H100_PROPS)
+
+        def load_binary(self, name, kernel, shared, device):
+            return (0, 0, 32, 0, 1024)  # module, function, n_regs, n_spills, n_max_threads
+
+    class NoopLauncher:
+        def __init__(self, src, metadata):
+            pass
+
+        def __call__(self, *args, **kwargs):
+            return None
+
+    def bench(kernel_call, quantiles=None, **kwargs):
+        t = _fake_timing(kernel_call)
+        return [t, t, t] if quantiles else t
+
+    class FakeDriver:
+        utils = Utils()
+        launcher_cls = NoopLauncher
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_current_device(self):
+            return 0
+
+        def set_current_device(self, device):
+            pass
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_benchmarker(self):
+            return bench
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+        def get_empty_cache_for_benchmark(self):
+            return torch.empty(16, dtype=torch.int8)
+
+        def clear_cache(self, cache):
+            pass
+
+        def map_python_to_cpp_type(self, ty):
+            return ty
+
+        def is_active(self):
+            return True
+
+    driver.set_active(FakeDriver())
+    torch.cuda.get_device_capability = lambda *a, **k: (9, 0)
+    torch.cuda.get_device_name = lambda *a, **k: H100_NAME
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.is_available = lambda: True
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(
+        name=H100_NAME, major=9, minor=0, multi_processor_count=132, shared_memory_per_block=49152,
+        shared_memory_per_block_optin=232448, total_memory=80 << 30)
+    device_keys = device_keys or os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
+    if device_keys:
+        _use_device_keys(json.loads(open(device_keys).read()))
+
+
+def _use_device_keys(keys: dict) -> None:
+    import triton.compiler.compiler as cc
+    import triton.runtime.autotuner as at
+
+    at.triton_key = lambda: keys["triton_key"]
+    real_make_backend = cc.make_backend
+
+    class Backend:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def hash(self):
+            return keys["backend_hash"]
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    cc.make_backend = lambda target: Backend(real_make_backend(target))

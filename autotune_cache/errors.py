@@ -1,0 +1,33 @@
+"""Errors a user can act on. The CLI prints their message on one line and exits 2."""
+
+
+class AutotuneCacheError(Exception):
+    """Base of every error whose message is meant for the user."""
+
+
+class UnknownModelError(AutotuneCacheError):
+    pass
+
+
+class ConfigError(AutotuneCacheError):
+    """A config.json (or snapshot dir) that cannot be read as a GDN model."""
+
+
+class SpecError(AutotuneCacheError):
+    """A build request that cannot be planned: bad TP degree, token count, target, dtype."""
+
+
+class CacheDirError(AutotuneCacheError):
+    """A cache directory that cannot be used: a file, unwritable, locked too long."""
+
+
+class NoGPUError(AutotuneCacheError):
+    pass
+
+
+class BuildFailedError(AutotuneCacheError):
+    """Some units stayed failed; the manifest holds the rest."""
+
+    def __init__(self, message, manifest=None):
+        super().__init__(message)
+        self.manifest = manifest

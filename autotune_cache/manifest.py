@@ -1,0 +1,142 @@
+"""manifest.json: what a cache directory holds, beside Triton's own files (which it never replaces)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import CacheDirError
+from .fingerprint import Fingerprint
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".autotune-cache.lock"
+OWN_FILES = (MANIFEST_NAME, LOCK_NAME)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Entry(BaseModel):
+    """One autotune result on disk. Example: l2norm_fwd_kernel, key (128, 1, 'torch.bfloat16', ...)."""
+    kernel: str
+    key: list
+    file: str                      # relative to the cache dir: "<hash dir>/<kernel>.autotune.json"
+    sha256: str
+    size: int
+    configs: int                   # configs benchmarked for it
+    winner: dict                   # the winning config's __dict__ (kwargs, num_warps, num_stages, ...)
+    best: float                    # winner's p50 time in ms (meaningless when the fingerprint is emulated)
+    margin: float | None = None    # runner-up over winner, minus one: 0.05 = runner-up 5% slower
+    units: list[str] = Field(default_factory=list)
+    tokens: int | None = None      # token count of the call that tuned it
+
+
+class UnitRecord(BaseModel):
+    id: str
+    target: str
+    tp: list[int]
+    shape: dict
+    dtypes: dict[str, str]
+    tokens: list[int]
+    status: Literal["pending", "done", "failed"] = "pending"
+    attempts: int = 0
+    error: str | None = None       # why the last attempt failed
+    seconds: float | None = None   # wall time of the successful attempt
+    entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached
+    hits: int = 0                  # keys found on disk already (tuned by an earlier unit or build)
+
+
+class FileRecord(BaseModel):
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str
+    created: str = Field(default_factory=now)
+    updated: str = Field(default_factory=now)
+    fingerprint: Fingerprint | None = None
+    units: dict[str, UnitRecord] = Field(default_factory=dict)
+    entries: dict[str, Entry] = Field(default_factory=dict)   # by Entry.file
+    # Every file of the cache a server may read (autotune JSON, binaries, __grp__, launcher .so), by path.
+    files: dict[str, FileRecord] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[UnitRecord]:
+        return [u for u in self.units.values() if u.status == "failed"]
+
+    @property
+    def pending(self) -> list[UnitRecord]:
+        return [u for u in self.units.values() if u.status == "pending"]
+
+    def digest(self) -> str:
+        """sha256 over the manifest's content (fixed key order): one value that names the whole cache."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def path_of(cache_dir: Path) -> Path:
+    return Path(cache_dir) / MANIFEST_NAME
+
+
+def load(cache_dir: Path) -> Manifest | None:
+    """The manifest of a cache dir, None if there is none. Raises CacheDirError if it is unreadable."""
+    path = path_of(cache_dir)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CacheDirError(f"{path}: cannot read ({e})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CacheDirError(f"{path}: corrupt manifest ({e})") from None
+    if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
+        raise CacheDirError(f"{path}: manifest schema {raw.get('schema_version')!r}, this tool reads {SCHEMA_VERSION}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise CacheDirError(f"{path}: invalid manifest ({e.error_count()} errors: {e.errors()[0]['msg']})") from None
+
+
+def save(manifest: Manifest, cache_dir: Path) -> Path:
+    """Write atomically (temp file + os.replace): a reader sees the old or the new manifest, never half."""
+    path = path_of(cache_dir)
+    manifest.updated = now()
+    data = manifest.model_dump_json(indent=1)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
+    """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
+    from .triton_cache import sha256_file
+
+    root = Path(cache_dir)
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or rel in OWN_FILES or path.name.startswith(".manifest.") or path.name.endswith(".tmp"):
+            continue
+        out[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
+    return out

@@ -1,0 +1,64 @@
+"""BuildSpec -> units of work and the keys each will tune. Pure: no GPU, no kernel imports."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from . import targets as targets_mod
+from .spec import BuildSpec, PlannedKey, Unit
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    spec: BuildSpec
+    units: tuple[Unit, ...]
+
+    @property
+    def keys(self) -> int:
+        return sum(len(u.keys) for u in self.units)
+
+    @property
+    def configs(self) -> int:
+        return sum(k.configs or 0 for u in self.units for k in u.keys)
+
+
+def unit_id(target: str, shape, dtypes: dict[str, str], tokens) -> str:
+    dims = f"H{shape.H}-HV{shape.HV}-K{shape.K}-V{shape.V}"
+    return f"{target}/{dims}/{targets_mod.dtype_tag(dtypes)}/T{'_'.join(map(str, sorted(tokens)))}"
+
+
+def plan_units(spec: BuildSpec) -> list[Unit]:
+    units: dict[str, Unit] = {}
+    for target_name in spec.targets:
+        target = targets_mod.get(target_name)
+        for tp in spec.tp:
+            shape = spec.model.per_rank(tp)
+            dtypes = target.default_dtypes(shape)
+            derived = target.token_counts(shape, spec.max_tokens)
+            extra = [t for t in spec.tokens if t <= spec.max_tokens] if spec.tokens else []
+            tokens = tuple(sorted(set(derived) | set(extra), reverse=True))
+            uid = unit_id(target_name, shape, dtypes, tokens)
+            if uid in units:  # another TP degree (or model) with the same per-rank shape: one unit serves both
+                units[uid] = units[uid].model_copy(update={"tp": units[uid].tp + (tp,)})
+                continue
+            units[uid] = Unit(id=uid, target=target_name, shape=shape.model_copy(update={"tp": tp}), tp=(tp,),
+                              dtypes=dtypes, tokens=tokens, keys=tuple(expected_keys(target, shape, dtypes, tokens)))
+    return list(units.values())
+
+
+def expected_keys(target, shape, dtypes, tokens) -> list[PlannedKey]:
+    """Every (kernel, key) the serving call reaches for these token counts, in first-reached order."""
+    seen: dict[tuple, PlannedKey] = {}
+    for t in tokens:
+        for kernel in target.kernels:
+            key = kernel.key(shape, t, dtypes)
+            if (kernel.name, key) not in seen:
+                seen[(kernel.name, key)] = PlannedKey(kernel=kernel.name, fields=kernel.fields(shape, t), key=key,
+                                                      configs=kernel.configs_sm90, tokens=t)
+    return list(seen.values())
+
+
+def plan(spec: BuildSpec) -> Plan:
+    return Plan(spec=spec, units=tuple(plan_units(spec)))
+
+

@@ -1,0 +1,86 @@
+"""Play the serving process: make a target's serving call in THIS process against a cache dir and count, per
+kernel, disk lookups, hits and benchmarks. Used by tests, GPU checks and benchmarks.
+
+    python -m autotune_cache.probe --cache-dir DIR --model qwen3.5-9b --tp 1 --tokens 16,64,4096 [--emulate]
+
+Sets TRITON_CACHE_DIR and TRITON_CACHE_AUTOTUNING=1 before the kernels are imported, as a server would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+
+def counters():
+    """Start counting disk lookups in this process; returns the dict that fills up."""
+    from . import triton_cache
+    stats = defaultdict(lambda: {"lookups": 0, "hits": 0, "benchmarks": 0, "keys": []})
+
+    def on_lookup(lookup):
+        s = stats[lookup.kernel]
+        s["lookups"] += 1
+        s["hits" if lookup.hit else "benchmarks"] += 1
+        s["keys"].append(list(lookup.key))
+
+    triton_cache.add_listener(on_lookup)
+    return stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m autotune_cache.probe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache-dir", required=True)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--target", default="fla")
+    ap.add_argument("--tokens", default="16,64,512,4096,16384")
+    ap.add_argument("--emulate", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
+    os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+    if args.emulate:
+        from . import emulation
+        emulation.install()
+    from . import models
+    from .targets import get
+
+    target = get(args.target)
+    shape = models.resolve(args.model, args.config).per_rank(args.tp)
+    dtypes = target.default_dtypes(shape)
+    stats = counters()
+    device = "cpu" if args.emulate else "cuda"
+    calls = []
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        start = time.perf_counter()
+        target.run(shape, dtypes, tokens, device)
+        if device == "cuda":
+            import torch
+            torch.cuda.synchronize()
+        calls.append({"tokens": tokens, "seconds": round(time.perf_counter() - start, 4)})
+    report = {"kernels": dict(stats), "calls": calls,
+              "lookups": sum(s["lookups"] for s in stats.values()),
+              "hits": sum(s["hits"] for s in stats.values()),
+              "benchmarks": sum(s["benchmarks"] for s in stats.values())}
+    if args.emulate:
+        from . import emulation
+        report["configs_benchmarked"] = emulation.bench_calls
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, s in report["kernels"].items():
+            print(f"{name:50s} lookups={s['lookups']:3d} hits={s['hits']:3d} benchmarks={s['benchmarks']:3d}")
+        for c in calls:
+            print(f"T={c['tokens']:6d} first call {c['seconds']:.3f} s")
+        print(f"total: {report['lookups']} lookups, {report['hits']} hits, {report['benchmarks']} benchmarks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""What to build (BuildSpec) and the units of work a plan splits it into."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import SpecError
+from .models import ModelShape, RankShape
+
+DEFAULT_MAX_TOKENS = 16384
+
+
+class BuildSpec(BaseModel):
+    """A build request. Example: qwen3.5-9b at TP 1 and 2, upstream FLA, prefills up to 16384 tokens."""
+    model_config = ConfigDict(frozen=True)
+
+    model: ModelShape
+    tp: tuple[int, ...] = (1,)
+    targets: tuple[str, ...] = ("fla",)
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    # Extra token counts to drive besides the ones the plan derives (every key up to max_tokens).
+    tokens: tuple[int, ...] = ()
+    cache_dir: str | None = None
+    unit_timeout_s: float = 1800.0   # per unit, in the child; a hung child is killed after it
+    retries: int = 1                 # fresh-child retries of a failed unit
+    # Compile for a fake sm_90 GPU with fake timings (FACTS.md §2): CPU tests and key prediction only.
+    emulate: bool = False
+
+    @field_validator("tp")
+    @classmethod
+    def _tp(cls, v):
+        if not v:
+            raise SpecError("give at least one TP degree")
+        for t in v:
+            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+                raise SpecError(f"TP degree must be a positive integer, got {t!r}")
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, v):
+        if v < 1:
+            raise SpecError(f"--max-tokens must be a positive integer, got {v}")
+        return v
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v):
+        for t in v:
+            if t < 1:
+                raise SpecError(f"token counts must be positive integers, got {t}")
+        return tuple(sorted(set(v)))
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, v):
+        if v < 0:
+            raise SpecError(f"retries must be >= 0, got {v}")
+        return v
+
+    @field_validator("unit_timeout_s")
+    @classmethod
+    def _timeout(cls, v):
+        if v <= 0:
+            raise SpecError(f"unit timeout must be positive, got {v}")
+        return v
+
+
+class PlannedKey(BaseModel):
+    """One autotune key a unit will tune, as Triton forms it: the `key=[...]` values, then every tensor's dtype."""
+    model_config = ConfigDict(frozen=True)
+
+    kernel: str                      # e.g. "l2norm_fwd_kernel"
+    fields: dict[str, int | bool]    # e.g. {"D": 128, "NB": 1}
+    key: tuple                       # e.g. (128, 1, "torch.bfloat16", "torch.bfloat16", "torch.float32")
+    configs: int | None              # configs benchmarked on sm_90, None where it cannot be derived
+    tokens: int                      # the token count that first reaches this key when the unit runs
+
+
+class Unit(BaseModel):
+    """One child-side job: drive one target's serving call for one per-rank shape at several token counts."""
+    model_config = ConfigDict(frozen=True)
+
+    id: str                 # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
+    target: str
+    shape: RankShape
+    tp: tuple[int, ...]     # TP degrees that share this per-rank shape
+    dtypes: dict[str, str]  # role -> torch dtype name: act, state, g, beta, index
+    varlen: bool = True
+    tokens: tuple[int, ...]  # driven in this order (largest first: shared keys tune at the largest size)
+    keys: tuple[PlannedKey, ...] = Field(default=())
+
+    @property
+    def expected_keys(self) -> int:
+        return len(self.keys)

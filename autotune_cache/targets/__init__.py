@@ -1,0 +1,72 @@
+"""Build targets: one module per kernel source (upstream FLA, vLLM's vendored FLA, SGLang's).
+
+A target knows, without importing its kernels, which autotuned kernels its serving call reaches and with
+which keys (for the plan), and, inside the child, how to make that call exactly as the server does.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import SpecError
+from ..models import RankShape
+
+TORCH_DTYPE = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32",
+               "int32": "torch.int32", "int64": "torch.int64"}
+SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int32": "int32", "int64": "int64"}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """An autotuned kernel on a target's path and how its tuning key is formed.
+
+    `fields(shape, tokens)` gives the values of the kernel's `key=[...]` arguments; `dtype_roles` names, in
+    argument order, the role of every tensor argument (Triton appends each one's dtype to the key).
+    """
+    name: str
+    fields: Callable[[RankShape, int], dict]
+    dtype_roles: tuple[str, ...]
+    configs_sm90: int | None = None
+
+    def key(self, shape: RankShape, tokens: int, dtypes: dict[str, str]) -> tuple:
+        return tuple(self.fields(shape, tokens).values()) + tuple(TORCH_DTYPE[dtypes.get(r, r)] for r in self.dtype_roles)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    module_prefixes: tuple[str, ...]     # where its Autotuner instances live (the loader's business)
+    kernels: tuple[KernelSpec, ...]
+    default_dtypes: Callable[[RankShape], dict[str, str]]
+    # Token counts that reach every key up to max_tokens, one per bucket of the token-dependent key fields.
+    token_counts: Callable[[RankShape, int], list[int]]
+    # Dotted path of the child-side function run(shape, dtypes, tokens, device) that makes the serving call.
+    runner: str
+    requires: tuple[str, ...] = field(default=())  # distributions the child needs
+
+    def run(self, *args, **kwargs):
+        module, _, attr = self.runner.rpartition(".")
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+
+def get(name: str) -> Target:
+    """A registered target by name, or an importable module that defines a module-level `TARGET`."""
+    from . import fla
+    registry = {t.name: t for t in (fla.TARGET,)}
+    if name in registry:
+        return registry[name]
+    if name.isidentifier() or all(part.isidentifier() for part in name.split(".")):
+        try:
+            return importlib.import_module(name).TARGET
+        except ModuleNotFoundError as e:
+            if e.name != name.split(".")[0] and e.name != name:
+                raise SpecError(f"target module {name!r} failed to import: {e}") from None
+        except AttributeError:
+            raise SpecError(f"target module {name!r} defines no TARGET") from None
+    raise SpecError(f"unknown target {name!r}; known: {', '.join(registry)} (or a module path defining TARGET)")
+
+
+def dtype_tag(dtypes: dict[str, str]) -> str:
+    return "-".join(f"{role}_{SHORT[d]}" for role, d in sorted(dtypes.items()))

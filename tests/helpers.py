@@ -1,0 +1,25 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+
+def run_cli(*args, env=None, check=None):
+    """autotune-cache in a subprocess: what a user sees (stdout, stderr, exit code)."""
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+    if check is not None:
+        assert proc.returncode == check, proc.stderr + proc.stdout
+    return proc
+
+
+def probe(cache_dir, *args, env=None):
+    """A fresh 'serving' process against cache_dir; returns its lookup report."""
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache.probe", "--cache-dir", str(cache_dir), "--json",
+                           *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
