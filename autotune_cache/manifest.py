@@ -117,6 +117,9 @@ def save(manifest: Manifest, cache_dir: Path) -> Path:
     data = manifest.model_dump_json(indent=1)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a server of another user must read it
         with os.fdopen(fd, "w") as f:
             f.write(data)
             f.flush()

@@ -45,6 +45,7 @@ class Target:
     # Dotted path of the child-side function run(shape, dtypes, tokens, device) that makes the serving call.
     runner: str
     requires: tuple[str, ...] = field(default=())  # distributions the child needs
+    imports: tuple[str, ...] = field(default=())   # kernel modules, imported before a timed call (FLA: ~10 s)
 
     def run(self, *args, **kwargs):
         module, _, attr = self.runner.rpartition(".")

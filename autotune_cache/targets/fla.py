@@ -72,4 +72,5 @@ TARGET = Target(
     token_counts=token_counts,
     runner=f"{__name__}.run",
     requires=("fla-core",),
+    imports=("fla.ops.gated_delta_rule",),
 )

@@ -1,0 +1,35 @@
+"""On a CUDA GPU: build qwen3.5-9b at TP 1 and 2 with the real FLA kernels, then a fresh serving process hits
+every key at T in {16, 64, 512, 4096, 16384} with 0 benchmarks. AUTOTUNE_CACHE_GPU_DIR keeps the cache."""
+import os
+import tempfile
+
+import pytest
+
+from autotune_cache import BuildSpec, build, models
+from helpers import probe
+
+pytestmark = pytest.mark.gpu
+TOKENS = "16,64,512,4096,16384"
+
+
+@pytest.fixture(scope="module")
+def gpu_cache():
+    cache = os.environ.get("AUTOTUNE_CACHE_GPU_DIR") or tempfile.mkdtemp(prefix="autotune-cache-gpu-")
+    manifest = build(BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2), cache_dir=cache), progress=False)
+    return cache, manifest
+
+
+def test_build_is_complete(gpu_cache):
+    _, manifest = gpu_cache
+    assert {u.status for u in manifest.units.values()} == {"done"}
+    assert not manifest.fingerprint.emulated and manifest.fingerprint.capability is not None
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_fresh_process_hits_every_key(gpu_cache, tp):
+    cache, _ = gpu_cache
+    report = probe(cache, "--model", "qwen3.5-9b", "--tp", tp, "--tokens", TOKENS)
+    print(f"\nTP {tp}: " + "; ".join(f"{k}: lookups {s['lookups']} hits {s['hits']} benchmarks {s['benchmarks']}"
+                                      for k, s in report["kernels"].items()))
+    assert len(report["kernels"]) == 6
+    assert report["benchmarks"] == 0 and report["hits"] == report["lookups"] > 0

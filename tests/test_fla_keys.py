@@ -1,0 +1,76 @@
+"""Key fidelity for the upstream FLA target: the builder tunes exactly the keys a serving process looks up.
+
+Real fla-core kernels compiled for a fake sm_90 GPU (FACTS.md §2). With the GPU host's triton_key and backend
+hash, the cache directory names must equal byte for byte those the GPU host wrote for the same serving call."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autotune_cache import BuildSpec, build, models, plan
+from helpers import TESTS
+
+pytest.importorskip("fla")
+DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
+pytestmark = pytest.mark.slow
+
+
+def serve(cache, H, HV, state_dtype, tokens):
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_fla.py"), str(cache), str(H), str(HV), state_dtype,
+                           ",".join(map(str, tokens))], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "AUTOTUNE_CACHE_DEVICE_KEYS": str(DEVICE_KEYS)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fla_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("fla")
+    os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = str(DEVICE_KEYS)   # children inherit it
+    try:
+        specs = [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=64, cache_dir=str(cache),
+                           emulate=True),
+                 BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64,
+                           cache_dir=str(cache), emulate=True)]
+        manifest = None
+        for spec in specs:
+            manifest = build(spec, progress=False)
+    finally:
+        del os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"]
+    return cache, specs, manifest
+
+
+def test_reached_keys_are_exactly_the_planned_keys(fla_cache):
+    cache, specs, manifest = fla_cache
+    for spec in specs:
+        (unit,) = plan(spec).units
+        rec = manifest.units[unit.id]
+        reached = sorted((manifest.entries[f].kernel, tuple(manifest.entries[f].key)) for f in rec.entries)
+        assert reached == sorted((k.kernel, tuple(k.key)) for k in unit.keys)
+        assert sum(manifest.entries[f].configs for f in rec.entries) == sum(k.configs for k in unit.keys) == 59
+
+
+def test_disk_keys_equal_the_gpu_hosts(fla_cache):
+    cache, specs, manifest = fla_cache
+    expected = json.loads(DEVICE_KEYS.read_text())["autotune_dirs"]
+    (unit,) = plan(specs[0]).units
+    got = {manifest.entries[f].kernel: f.split("/")[0] for f in manifest.units[unit.id].entries}
+    assert got == expected
+
+
+@pytest.mark.parametrize("H,HV,state,tokens", [(16, 32, "float32", (16, 64)), (2, 4, "bfloat16", (7, 64))])
+def test_a_serving_process_hits_everything(fla_cache, H, HV, state, tokens):
+    cache, _, _ = fla_cache
+    report = serve(cache, H, HV, state, tokens)
+    assert len(report["kernels"]) == 6
+    assert all(s["hits"] == s["lookups"] >= 1 and s["benchmarks"] == 0 for s in report["kernels"].values())
+    assert report["configs_benchmarked"] == 0
+
+
+def test_an_unbuilt_shape_misses(fla_cache):
+    # TP 4 was never built: the same server must benchmark (the test can fail)
+    cache, _, _ = fla_cache
+    report = serve(cache, 4, 8, "float32", (64,))
+    assert report["configs_benchmarked"] > 0
