@@ -164,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)
+    from . import cli_cache, cli_serve
+    cli_cache.add_commands(sub)   # inspect, verify, prune, export, import, merge
+    cli_serve.add_commands(sub)   # ensure
     return ap
 
 

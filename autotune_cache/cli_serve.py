@@ -1,0 +1,5 @@
+"""CLI commands for serving hosts: ensure."""
+
+
+def add_commands(sub) -> None:
+    pass
