@@ -13,6 +13,12 @@ def plan(spec):
     return _plan(spec)
 
 
+def install(cache_dir=None, **kwargs):
+    """Serving side: make the GDN autotuners hit the cache in cache_dir (or AUTOTUNE_CACHE_DIR); see loader."""
+    from .loader import install as _install
+    return _install(cache_dir, **kwargs)
+
+
 def build(spec, **kwargs):
     """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest."""
     from .orchestrator import build as _build
@@ -20,4 +26,4 @@ def build(spec, **kwargs):
 
 
 __all__ = ["AutotuneCacheError", "BuildFailedError", "BuildSpec", "CacheDirError", "ConfigError", "ModelShape",
-           "NoGPUError", "PRESETS", "SpecError", "UnknownModelError", "build", "plan", "__version__"]
+           "NoGPUError", "PRESETS", "SpecError", "UnknownModelError", "build", "install", "plan", "__version__"]

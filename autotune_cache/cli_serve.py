@@ -1,5 +1,77 @@
-"""CLI commands for serving hosts: ensure."""
+"""CLI commands for serving hosts: ensure (init containers, entrypoints)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import BuildFailedError, NoGPUError
+
+
+def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
+    """Why each planned unit would not hit: missing, failed, or an entry file gone or changed."""
+    from .triton_cache import sha256_file
+    gaps = []
+    for unit in plan.units:
+        rec = manifest.units.get(unit.id) if manifest else None
+        if rec is None or rec.status != "done":
+            gaps.append(f"{unit.id}: {'not built' if rec is None else rec.status}")
+            continue
+        for name in rec.entries:
+            entry, path = manifest.entries.get(name), cache_dir / name
+            if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
+                gaps.append(f"{unit.id}: entry {name} missing or changed")
+                break
+    return gaps
+
+
+def cmd_ensure(args) -> int:
+    from . import fingerprint, manifest as manifest_mod
+    from .cli import err, out, spec_from_args
+    from .orchestrator import Build, prepare_cache_dir
+    from .plan import plan as make_plan
+
+    spec = spec_from_args(args)
+    p = make_plan(spec)
+    cache_dir = Path(spec.cache_dir).expanduser().resolve()
+    m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
+    gaps = unit_gaps(m, p, cache_dir)
+    built = False
+    if gaps:
+        err.print(f"{len(gaps)} of {len(p.units)} units to build: " + "; ".join(gaps))
+        try:
+            m = Build(p, prepare_cache_dir(cache_dir), console=err, progress=not args.no_progress).run()
+        except NoGPUError as e:
+            raise NoGPUError(f"the cache lacks {len(gaps)} units and there is no GPU to build them ({e})") from None
+        except BuildFailedError as e:
+            err.print(f"[red]ensure: build incomplete[/red]: {e}")
+            return 1
+        built = True
+        gaps = unit_gaps(m, p, cache_dir)
+    problems = list(gaps)
+    if m is not None and m.fingerprint is not None:
+        problems += fingerprint.mismatches(m.fingerprint, fingerprint.collect_without_gpu(m.fingerprint))
+    result = {"cache_dir": str(cache_dir), "units": len(p.units), "built": built, "ok": not problems,
+              "problems": problems}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif problems:
+        err.print("[red]ensure: the server would miss[/red]:\n  " + "\n  ".join(problems))
+    else:
+        out.print(f"ensure: {len(p.units)} units present and intact in {cache_dir}"
+                  + (" (built now)" if built else "") + "; the server will hit")
+    return 0 if not problems else 1
 
 
 def add_commands(sub) -> None:
-    pass
+    from .cli import _add_model_args
+    p = sub.add_parser("ensure", help="build what the cache lacks, verify the rest; exit 0 only if the server will hit")
+    _add_model_args(p)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--emulate", action="store_true", help="no GPU: fake sm_90 build (tests only)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ensure)
+
+

@@ -65,6 +65,20 @@ def collect(emulated: bool = False) -> Fingerprint:
         env=invalidating_env_vars(), emulated=emulated)
 
 
+def collect_without_gpu(built: Fingerprint) -> Fingerprint:
+    """This process's fingerprint from what needs no GPU (Triton, Python, packages, env vars); the GPU-side
+    fields are copied from `built`, so comparing with it reports only the parts checked here."""
+    import torch
+    import triton
+    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+
+    from .triton_cache import invalidating_env_vars
+    return built.model_copy(update=dict(
+        python=platform.python_version(), triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
+        packages={p: v for p in PACKAGES if (v := _version(p))},
+        triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(), env=invalidating_env_vars()))
+
+
 def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
     """Why a cache built in `built` would miss (or behave differently) in `here`; empty when compatible."""
     out = []

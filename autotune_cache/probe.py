@@ -41,16 +41,26 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="fla")
     ap.add_argument("--tokens", default="16,64,512,4096,16384")
     ap.add_argument("--emulate", action="store_true")
+    ap.add_argument("--loader", action="store_true",
+                    help="only call autotune_cache.install(DIR) (no Triton env vars), as a server with the plugin")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
-    os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
     if args.emulate:
         from . import emulation
         emulation.install()
-    from . import models
     from .targets import get
+    loader_report = None
+    if args.loader:
+        os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
+        from .loader import install
+        # a target given as a module path (tests' toy target) has its kernels in its own module tree
+        extra = get(args.target).module_prefixes if args.target not in ("fla",) else ()
+        loader_report = install(args.cache_dir, modules=extra)
+    else:
+        os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
+        os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+    from . import models
 
     target = get(args.target)
     shape = models.resolve(args.model, args.config).per_rank(args.tp)
@@ -76,6 +86,9 @@ def main(argv=None) -> int:
     if args.emulate:
         from . import emulation
         report["configs_benchmarked"] = emulation.bench_calls
+    if loader_report is not None:
+        report["loader"] = loader_report.as_dict()
+        print(loader_report.summary(), file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     else:

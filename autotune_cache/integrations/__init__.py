@@ -1,0 +1,1 @@
+"""Entry points that serving frameworks load: vLLM's general plugin."""

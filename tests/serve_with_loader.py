@@ -1,0 +1,40 @@
+"""A stand-in server process for loader tests: fake sm_90 GPU, the toy kernel, autotune_cache.install().
+
+    python serve_with_loader.py CACHE_DIR {before,after,none} TOKENS [--strict]
+before/after: install() before or after the kernel module is imported; none: no install (control);
+plain: no install, Triton's own env vars pointing at the cache.
+Prints one JSON line: the loader report, configs benchmarked, the autotuner's cache_results."""
+import json
+import os
+import sys
+
+cache_dir, mode, tokens = sys.argv[1], sys.argv[2], [int(t) for t in sys.argv[3].split(",")]
+strict = True if "--strict" in sys.argv else None   # None: AUTOTUNE_CACHE_STRICT decides
+if mode == "plain":   # Triton alone: TRITON_CACHE_DIR + TRITON_CACHE_AUTOTUNING, no loader
+    os.environ.update(TRITON_CACHE_DIR=cache_dir, TRITON_CACHE_AUTOTUNING="1")
+else:
+    os.environ.pop("TRITON_CACHE_AUTOTUNING", None)   # a server that never asked for the disk cache
+
+from autotune_cache import emulation  # noqa: E402
+
+emulation.install()
+import autotune_cache  # noqa: E402
+from autotune_cache.models import preset  # noqa: E402
+
+report = None
+if mode == "before":
+    report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",), strict=strict)
+import toy_kernels  # noqa: E402
+
+if mode == "after":
+    report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",), strict=strict)
+if mode == "none":
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+error = None
+try:
+    for t in tokens:
+        toy_kernels.run(preset("qwen3.5-9b").per_rank(1), {"act": "bfloat16"}, t, "cpu")
+except Exception as e:  # noqa: BLE001
+    error = f"{type(e).__name__}: {e}"
+print(json.dumps({"report": report.as_dict() if report else None, "configs_benchmarked": emulation.bench_calls,
+                  "cache_results": toy_kernels.toy_scale_kernel.cache_results, "error": error}))

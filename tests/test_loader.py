@@ -1,0 +1,173 @@
+"""Serving side (loader.install) in real subprocesses on the fake sm_90 GPU with the toy kernel."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from autotune_cache import BuildSpec, build, models
+from autotune_cache.errors import CacheDirError
+from autotune_cache.loader import install
+from helpers import TESTS
+
+BUILT_TOKENS = "1,1024,1025,2048,3000"   # NB 1, 2, 3: all built
+
+
+def _drop_root_write_override():
+    """Root writes anywhere through CAP_DAC_OVERRIDE: drop it (and its kin) from the bounding set before exec,
+    so the server process is bound by file modes like any other user (a read-only image layer)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):   # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def serve(cache, mode, tokens=BUILT_TOKENS, *extra, env=None, read_only_fs=False):
+    kwargs = {}
+    if read_only_fs and os.getuid() == 0:
+        kwargs["preexec_fn"] = _drop_root_write_override
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(cache), mode, tokens, *extra],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cache():
+    # world-readable (not under pytest's 0700 tmp) so the read-only test can serve it as another user
+    root = Path(tempfile.mkdtemp(prefix="autotune-cache-loader-"))
+    root.chmod(0o755)
+    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
+                    cache_dir=str(root / "cache"), emulate=True), progress=False)
+    yield root / "cache"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_install_flips_autotuners_imported_before_and_after(cache, mode):
+    out = serve(cache, mode)
+    assert out["cache_results"] is True
+    assert out["report"]["flipped"] == ["toy_kernels.toy_scale_kernel"]
+    assert out["configs_benchmarked"] == 0 and out["error"] is None
+
+
+def test_without_install_the_server_benchmarks(cache):
+    out = serve(cache, "none")
+    assert out["cache_results"] is False and out["configs_benchmarked"] == 9   # 3 keys x 3 configs
+
+
+def test_hit_counters(cache):
+    out = serve(cache, "before", BUILT_TOKENS + ",4000")   # 4000 tokens: NB=4, never built
+    c = out["report"]["counters"]["toy_scale_kernel"]
+    assert c == {"lookups": 4, "hits": 3, "misses": 1}
+    assert out["report"]["totals"] == c and out["configs_benchmarked"] == 3
+
+
+def test_strict_miss_raises_naming_kernel_and_key(cache):
+    out = serve(cache, "before", "5000", "--strict")   # NB=5: never built (each test misses its own NB)
+    assert out["error"].startswith("CacheMissError")
+    assert "toy_scale_kernel" in out["error"] and "(128, 5, 'torch.bfloat16', 'torch.bfloat16')" in out["error"]
+    assert out["configs_benchmarked"] == 0
+    assert out["report"]["counters"]["toy_scale_kernel"] == {"lookups": 1, "hits": 0, "misses": 1}
+
+
+def test_strict_from_env(cache):
+    out = serve(cache, "after", "6000", env={"AUTOTUNE_CACHE_STRICT": "1"})
+    assert out["error"].startswith("CacheMissError")
+
+
+def test_fingerprint_mismatch_names_the_variable(cache):
+    out = serve(cache, "before", "1", env={"TRITON_DEFAULT_FP_FUSION": "0"})
+    (mismatch,) = out["report"]["mismatches"]
+    assert "TRITON_DEFAULT_FP_FUSION" in mismatch
+    assert out["configs_benchmarked"] == 3   # the invalidating var really changes every disk key
+
+
+def test_strict_refuses_an_incompatible_cache(cache):
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(cache), "before", "1", "--strict"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_DEFAULT_FP_FUSION": "0"})
+    assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr and "TRITON_DEFAULT_FP_FUSION" in proc.stderr
+
+
+def _read_only_copy(cache, tmp_root):
+    ro = tmp_root / "ro"
+    shutil.copytree(cache, ro)
+    for path in [ro, *ro.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return ro
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="linux capabilities")
+def test_read_only_cache_hits_and_a_miss_does_not_raise(cache, tmp_path):
+    ro = _read_only_copy(cache, cache.parent)
+    overlay = tmp_path / "overlay"
+    env = {"AUTOTUNE_CACHE_OVERLAY": str(overlay)}
+    out = serve(ro, "before", BUILT_TOKENS + ",7000", env=env, read_only_fs=True)
+    assert out["error"] is None
+    assert out["report"]["read_only"] is True
+    assert out["report"]["counters"]["toy_scale_kernel"] == {"lookups": 4, "hits": 3, "misses": 1}
+    assert len(list(overlay.rglob("*.autotune.json"))) == 1   # the miss went to the overlay
+    assert sorted(p.name for p in ro.rglob("*.autotune.json")) == ["toy_scale_kernel.autotune.json"] * 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="linux capabilities")
+def test_read_only_cache_without_loader_fails_on_a_miss(cache):
+    # the failure the layered overlay prevents (FACTS.md §1): proves the test above can fail
+    ro = _read_only_copy(cache, cache.parent / "plain")
+    out = serve(ro, "plain", "1,7000", read_only_fs=True)
+    assert out["error"] is not None and ("Errno 30" in out["error"] or "Errno 13" in out["error"])
+
+
+def test_install_errors_are_clear(tmp_path, monkeypatch):
+    monkeypatch.delenv("AUTOTUNE_CACHE_DIR", raising=False)
+    with pytest.raises(CacheDirError, match="AUTOTUNE_CACHE_DIR"):
+        install()
+    with pytest.raises(CacheDirError, match="does not exist"):
+        install(tmp_path / "nope")
+
+
+def test_ensure_builds_what_is_missing_then_only_verifies(tmp_path):
+    from helpers import run_cli
+    cache = tmp_path / "c"
+    args = ("ensure", "--target", "toy_target", "--tp", "1,2", "--max-tokens", "2048", "--cache-dir", cache,
+            "--emulate", "--no-progress", "--json")
+    first = json.loads(run_cli(*args, check=0).stdout)
+    assert first["built"] and first["ok"]
+    second = json.loads(run_cli(*args, check=0).stdout)
+    assert not second["built"] and second["ok"]
+    # damage an entry: ensure rebuilds it
+    victim = next(cache.rglob("*.autotune.json"))
+    victim.write_text("{}")
+    third = json.loads(run_cli(*args, check=0).stdout)
+    assert third["built"] and third["ok"]
+
+
+def test_ensure_without_gpu_and_missing_units_exits_2(tmp_path):
+    from helpers import run_cli
+    proc = run_cli("ensure", "--tp", "1", "--cache-dir", tmp_path / "c", "--no-progress",
+                   env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "no GPU to build them" in proc.stderr
+
+
+def test_vllm_plugin_entry_point_installs_without_importing_kernels(cache):
+    from importlib.metadata import entry_points
+    (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "autotune_cache"]
+    assert ep.value == "autotune_cache.integrations.vllm_plugin:register"
+    code = ("import sys; from autotune_cache.integrations.vllm_plugin import register; register(); "
+            "from autotune_cache.loader import report; r = report(); "
+            "print(r is not None and str(r.cache_dir), any(m == 'fla' or m.startswith(('fla.', 'vllm.')) "
+            "for m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AUTOTUNE_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(cache), "False"]
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "AUTOTUNE_CACHE_DIR"})
+    assert off.stdout.split() == ["False", "False"]
