@@ -4,7 +4,10 @@ Protocol (child -> parent, dicts on a queue, in this order):
   hello {fingerprint}                       after the kernel sources' env is set and the driver is up
   no_gpu {message}                          instead of hello when there is no CUDA GPU (and no emulation)
   unit_start {unit}                         before driving a unit
-  lookup {unit, tokens, kernel, key, hit, configs, file, sha256, size, winner, best, margin}
+  lookup {unit, tokens, kernel, key, hit, configs, file, sha256, size, winner, best, margin, binaries}
+                                            sent after the call that made it returned: binaries = compiled-kernel
+                                            dirs (relative) the winning config launched
+  binaries {unit, file, binaries}           a later call of the same key launched another compiled variant
   unit_done {unit, seconds} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
   done
 Parent -> child, on the control queue after hello: "go" or "stop".
@@ -75,21 +78,44 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
     device = "cpu" if emulate else "cuda"
     root = Path(cache_dir)
     current = {}
+    # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
+    pending, reported = {}, {}   # (kernel, key) -> lookup message; (kernel, key) -> (file, binaries sent)
 
     def on_lookup(lookup):
         msg = {"type": "lookup", "unit": current["unit"], "tokens": current["tokens"], "kernel": lookup.kernel,
-               "key": list(lookup.key), "hit": lookup.hit, "configs": lookup.configs, "file": None}
+               "key": list(lookup.key), "hit": lookup.hit, "configs": lookup.configs, "file": None, "binaries": []}
         if lookup.path is not None and lookup.path.exists():
             parsed = read_autotune(lookup.path)
             msg.update(file=lookup.path.relative_to(root).as_posix(), sha256=sha256_file(lookup.path),
                        size=lookup.path.stat().st_size, winner=parsed.winner, best=parsed.best, margin=parsed.margin,
                        configs=len(parsed.timings))
-        out.put(msg)
+        pending[(lookup.kernel, lookup.key)] = msg
 
+    def on_launch(launch):
+        dirs = {d.relative_to(root).as_posix() for d in launch.binaries if d.is_relative_to(root)}
+        msg = pending.pop((launch.kernel, launch.key), None)
+        if msg is not None:
+            msg["binaries"] = sorted(dirs)
+            out.put(msg)
+            if msg["file"] is not None:
+                reported[(launch.kernel, launch.key)] = (msg["file"], dirs)
+        elif (launch.kernel, launch.key) in reported:   # the key again, from memory: maybe another variant
+            file, sent = reported[(launch.kernel, launch.key)]
+            if not dirs <= sent:
+                sent |= dirs
+                out.put({"type": "binaries", "unit": current["unit"], "file": file, "binaries": sorted(sent)})
+
+    def flush():   # lookups whose call never returned (it raised): report them without binaries
+        for msg in pending.values():
+            out.put(msg)
+        pending.clear()
+
+    triton_cache.add_launch_listener(on_launch)
     with triton_cache.recording(on_lookup):
         for index, raw in enumerate(units):
             unit_id = raw["id"]
             current.update(unit=unit_id, tokens=None)
+            reported.clear()
             out.put({"type": "unit_start", "unit": unit_id})
             start = time.monotonic()
             try:
@@ -104,12 +130,14 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
                     import torch
                     torch.cuda.synchronize()
             except BaseException as e:  # noqa: BLE001 - report everything, the parent decides
+                flush()
                 out.put({"type": "unit_failed", "unit": unit_id,
                          "error": f"{type(e).__name__}: {e}".strip()[:2000],
                          "traceback": traceback.format_exc()[-4000:]})
                 out.close()
                 out.join_thread()
                 sys.exit(1)
+            flush()
             out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start})
     out.put({"type": "done"})
     out.close()

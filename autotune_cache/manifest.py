@@ -37,6 +37,9 @@ class Entry(BaseModel):
     margin: float | None = None    # runner-up over winner, minus one: 0.05 = runner-up 5% slower
     units: list[str] = Field(default_factory=list)
     tokens: int | None = None      # token count of the call that tuned it
+    # Compiled-kernel dirs ("<hash dir>") the winning config launched from: what prune keeps. Empty = unknown
+    # (a manifest older than this field, or a call that failed before its launch).
+    binaries: list[str] = Field(default_factory=list)
 
 
 class UnitRecord(BaseModel):

@@ -118,11 +118,18 @@ class Build:
             self.manifest.entries[msg["file"]] = entry
         if rec.id not in entry.units:
             entry.units.append(rec.id)
+        self._on_binaries(msg)
         if msg["file"] not in rec.entries:
             rec.entries.append(msg["file"])
             rec.hits += bool(msg["hit"])
             if rec.id in self._tasks:
                 self._progress.update(self._tasks[rec.id], advance=1, description=self._label(rec.id, msg["kernel"]))
+
+    def _on_binaries(self, msg: dict) -> None:
+        """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
+        entry = self.manifest.entries.get(msg["file"])
+        if entry is not None and msg.get("binaries"):
+            entry.binaries = sorted(set(entry.binaries) | set(msg["binaries"]))
 
     def _label(self, unit_id: str, what: str) -> str:
         unit = self.units[unit_id]
@@ -171,6 +178,8 @@ class Build:
                         self._progress.reset(self._tasks[current], description=self._label(current, "starting"))
                 elif kind == "lookup":
                     self._on_lookup(msg)
+                elif kind == "binaries":
+                    self._on_binaries(msg)
                 elif kind == "unit_done":
                     rec = self.manifest.units[msg["unit"]]
                     rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)

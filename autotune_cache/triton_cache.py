@@ -159,6 +159,83 @@ def add_miss_hook(hook: Callable[[object, tuple], None]) -> None:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """One call of an autotuned kernel, after its Autotuner chose a config (from disk, a benchmark or memory).
+    Its binaries are what `prune` must keep: the compiled variant the chosen (winning) config launched."""
+    kernel: str                 # the innermost JITFunction's __name__
+    key: tuple                  # the tuning key, as in Lookup
+    binaries: tuple[Path, ...]  # compiled-kernel dirs of the launched variant; () when the call raised
+
+
+_launch_listeners: list[Callable[[Launch], None]] = []
+
+
+def tuning_key(tuner, args, kwargs) -> tuple:
+    """The tuning key Autotuner.run forms for this call (Triton 3.4-3.6): `key=[...]` values, then the dtype of
+    every argument that has one."""
+    named = {k: v for k, v in {**dict(zip(tuner.arg_names, args)), **kwargs}.items() if k in tuner.arg_names}
+    return tuple([named[k] for k in tuner.keys if k in named]
+                 + [str(v.dtype) for v in named.values() if hasattr(v, "dtype")])
+
+
+def compiled_dirs(kernel) -> tuple[Path, ...]:
+    """Cache dirs holding a CompiledKernel's files. Read from its metadata_group (the absolute paths it was
+    loaded from) rather than recomputed from `.hash`: right whichever cache manager answered, and it works
+    for a kernel launched from the in-memory JIT cache too."""
+    group = getattr(kernel, "metadata_group", None)
+    if not isinstance(group, dict):
+        return ()
+    return tuple(sorted({Path(p).parent for p in group.values()}))
+
+
+def _launched(tuner, args, kwargs, kernel) -> None:
+    if not _launch_listeners or len(tuner.configs) <= 1:   # one config: no key, nothing cached on disk
+        return
+    try:
+        key = tuning_key(tuner, args, kwargs)
+    except Exception:   # noqa: BLE001 - bad arguments: Triton itself raised already or will
+        return
+    launch = Launch(kernel=innermost_jit(tuner.fn).__name__, key=key, binaries=compiled_dirs(kernel))
+    for listener in list(_launch_listeners):
+        listener(launch)
+
+
+def _install_run_hook() -> None:
+    """Wrap Autotuner.run once per process: its return value is the launched CompiledKernel (Triton 3.x
+    returns `self.fn.run(...)`), the only place that tells which binaries the winner uses."""
+    import triton.runtime.autotuner as at
+
+    if getattr(at.Autotuner.run, "_autotune_cache_hook", False):
+        return
+    original = at.Autotuner.run
+
+    def run(self, *args, **kwargs):
+        try:
+            kernel = original(self, *args, **kwargs)
+        except BaseException:
+            _launched(self, args, kwargs, None)   # the lookup before the failure still happened
+            raise
+        _launched(self, args, kwargs, kernel)
+        return kernel
+
+    run._autotune_cache_hook = True
+    at.Autotuner.run = run
+
+
+def add_launch_listener(listener: Callable[[Launch], None]) -> None:
+    """Call `listener(Launch)` after every call of an autotuned kernel (with more than one config)."""
+    with _patch_lock:
+        _install_run_hook()
+        _launch_listeners.append(listener)
+
+
+def remove_launch_listener(listener: Callable[[Launch], None]) -> None:
+    with _patch_lock:
+        if listener in _launch_listeners:
+            _launch_listeners.remove(listener)
+
+
+@dataclass(frozen=True)
 class AutotuneFile:
     """A parsed <kernel>.autotune.json."""
     key: tuple
@@ -201,3 +278,24 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# -- compiled kernels: <hash dir>/__grp__<name>.json lists the files of one compiled variant -----------------
+GROUP_PREFIX = "__grp__"
+
+
+def read_group(path: Path) -> dict[str, str]:
+    """child_paths of a `__grp__<name>.json`: file name -> ABSOLUTE path where Triton wrote it. Raises
+    ValueError (or OSError) when unreadable: Triton itself would fail the kernel call on such a file."""
+    raw = json.loads(Path(path).read_text())
+    paths = raw.get("child_paths") if isinstance(raw, dict) else None
+    if not isinstance(paths, dict) or not all(isinstance(v, str) for v in paths.values()):
+        raise ValueError("not a Triton group file (needs 'child_paths': {name: path})")
+    return paths
+
+
+def relocated_group(paths: dict[str, str], new_dir: Path) -> str:
+    """The text of a group file whose members live in `new_dir`. Triton drops members whose absolute path does
+    not exist (then recompiles): after a move, only this rewrite makes the compiled files load again. Only
+    each path's file name is kept, so a crafted group file cannot point outside `new_dir`."""
+    return json.dumps({"child_paths": {name: str(Path(new_dir) / Path(p).name) for name, p in paths.items()}})
