@@ -1,5 +1,238 @@
-"""CLI commands that read or maintain a cache directory: inspect, verify, prune, export, import, merge."""
+"""CLI commands that read or maintain a cache directory: inspect, verify, prune, export, import, merge.
+
+Each command is a view of a frozen record (scan.CacheScan, verify.Verification, maintenance.PrunePlan, ...):
+`--json` prints the record, the default a rich table of it. Exit codes: 0 fine, 1 verify found problems,
+2 a usage error or a cache dir/bundle that cannot be used (one line on stderr).
+"""
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from .scan import ROLES, CacheScan, fingerprint_text, human_size
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+def _out():
+    from .cli import out
+    return out
+
+
+# -- inspect --------------------------------------------------------------------------------------------------
+def print_scan(s: CacheScan, console) -> None:
+    m = s.manifest
+    console.print(f"[bold]cache[/bold] {s.root}")
+    if m is None:
+        console.print("manifest: none (a plain Triton cache dir: winners' binaries and fingerprint unknown)")
+    else:
+        console.print(f"manifest: schema {m.schema_version}, autotune-cache {m.tool_version}, created {m.created}, "
+                      f"updated {m.updated}, {len(m.units)} units, digest {m.digest()[:16]}")
+    console.print(f"fingerprint: {fingerprint_text(m)}")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("kernel", no_wrap=True)
+    table.add_column("key")
+    table.add_column("winner")
+    for name in ("best ms", "margin", "configs", "json", "winner bin"):
+        table.add_column(name, justify="right", no_wrap=True)
+    with_dirs = {c.kernel for c in s.compiled}
+    for r in s.autotune:
+        bins = s.binaries_of(r)
+        # "?": not recorded and its kernel has compiled dirs here (one may be it); "none": nothing compiled here
+        winner_bin = (human_size(sum(c.size for c in bins)) if bins else "pruned" if r.binaries
+                      else "?" if r.kernel in with_dirs else "none")
+        table.add_row(r.kernel + ("" if r.in_manifest or m is None else " [yellow](unlisted)[/yellow]"),
+                      r.key_text, r.winner_text, f"{r.best:.4g}",
+                      "-" if r.margin is None else f"{100 * r.margin:.1f}%", str(r.configs), human_size(r.size),
+                      winner_bin)
+    console.print(table)
+    t = s.totals
+    dirs = t["compiled_dirs"]
+    console.print(f"[bold]totals[/bold]: {t['entries']} entries, {t['kernels']} kernels; autotune JSON "
+                  f"{human_size(t['autotune_bytes'])}; winners' binaries {human_size(t['winner_binaries_bytes'])} "
+                  f"({dirs['winner']} dirs); losers' binaries {human_size(t['loser_binaries_bytes'])} "
+                  f"({dirs['loser']} dirs); all {human_size(t['bytes'])}")
+    if dirs["unknown"]:
+        console.print(f"  {dirs['unknown']} compiled dirs ({human_size(t['unknown_binaries_bytes'])}) are "
+                      f"winners or losers, unknown: {ROLES['unknown']}")
+    if dirs["untuned"]:
+        console.print(f"  {dirs['untuned']} compiled dirs ({human_size(t['untuned_binaries_bytes'])}) of kernels "
+                      "without an autotune entry")
+    if t["other_bytes"]:
+        console.print(f"  other files (Triton's launcher .so, leftovers): {human_size(t['other_bytes'])}")
+    if t["entries_without_binaries"]:
+        console.print(f"  {t['entries_without_binaries']} entries have no compiled winner on disk: the server "
+                      "compiles each once (no benchmark)")
+    if m is not None:
+        console.print(f"manifest vs disk: {len(s.unlisted)} autotune files on disk not in the manifest, "
+                      f"{len(s.missing)} manifest entries not on disk")
+        for r in s.unlisted:
+            console.print(f"  on disk only: {r.file}")
+        for f in s.missing:
+            console.print(f"  manifest only: {f}")
+    moved = sum(1 for c in s.compiled if c.foreign)
+    if moved:
+        console.print(f"[yellow]{moved} compiled kernels list their files at another path (moved without "
+                      "`autotune-cache import`): the server recompiles them[/yellow]")
+    for w in s.warnings:
+        console.print(f"[yellow]warning[/yellow]: {w.path}: {w.message}")
+
+
+def cmd_inspect(args) -> int:
+    from .scan import scan
+    s = scan(args.dir)
+    if args.json:
+        _print_json(s.as_dict())
+    else:
+        print_scan(s, _out())
+    return 0
+
+
+# -- verify ---------------------------------------------------------------------------------------------------
+def cmd_verify(args) -> int:
+    from .scan import scan
+    from .verify import verify
+    plan = None
+    if args.model or args.config:
+        from .cli import spec_from_args
+        from .plan import plan as make_plan
+        plan = make_plan(spec_from_args(args))
+    s = scan(args.dir)
+    v = verify(s, plan)
+    if args.json:
+        _print_json(v.as_dict())
+        return 0 if v.ok else 1
+    console = _out()
+    console.print(f"[bold]verify[/bold] {v.cache_dir}")
+    for c in v.checks:
+        console.print(f"{c.name}: " + ("[green]OK[/green]" if c.ok else "[red]FAIL[/red]"))
+        for p in c.problems:
+            console.print(f"  [red]problem[/red]: {p}")
+        for n in c.notes:
+            console.print(f"  note: {n}")
+    if plan is None:
+        console.print("coverage: not checked (give --model or --config, and --tp)")
+    console.print("[green]all checks passed[/green]" if v.ok else "[red]verify failed[/red]")
+    return 0 if v.ok else 1
+
+
+# -- prune ----------------------------------------------------------------------------------------------------
+def cmd_prune(args) -> int:
+    from .maintenance import plan_prune
+    from .scan import scan
+    p = plan_prune(scan(args.dir), all_binaries=args.all_binaries)
+    if not args.dry_run:
+        p.execute()
+    if args.json:
+        _print_json(dict(p.as_dict(), dry_run=args.dry_run))
+        return 0
+    console = _out()
+    verb = "would free" if args.dry_run else "freed"
+    by_reason = {}
+    for d in p.deletions:
+        reason = d.reason.split(":")[0]
+        n, b = by_reason.get(reason, (0, 0))
+        by_reason[reason] = (n + 1, b + d.bytes)
+    for reason, (n, b) in sorted(by_reason.items()):
+        console.print(f"  {n:5d} x {reason}: {human_size(b)}")
+    for f in p.dropped_entries:
+        console.print(f"  manifest entry dropped: {f}")
+    if p.kept_unknown:
+        console.print(f"  kept every compiled kernel of {', '.join(p.kept_unknown)}: their winners' binaries were "
+                      "not recorded (manifest older than this tool's binaries field); --all-binaries drops them all")
+    console.print(f"prune {p.root}: {verb} {human_size(p.bytes_freed)} ({p.bytes_freed} bytes) in "
+                  f"{len(p.deletions)} paths" + (" (dry run: nothing deleted)" if args.dry_run else ""))
+    return 0
+
+
+# -- export / import ------------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from .bundle import export
+    r = export(args.dir, args.bundle)
+    if args.json:
+        _print_json(r.as_dict())
+        return 0
+    _out().print(f"exported {r.files} files ({human_size(r.bytes)}) to {r.bundle} ({human_size(r.bundle_bytes)}), "
+                 f"manifest digest {r.manifest_digest[:16]}"
+                 + (f"; {len(r.left_out)} files not in the manifest left out" if r.left_out else ""))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .bundle import import_bundle
+    r = import_bundle(args.bundle, args.dir)
+    if args.json:
+        _print_json(r.as_dict())
+        return 0
+    _out().print(f"imported {r.files} files ({human_size(r.bytes)}) into {r.cache_dir}; {r.groups_rewritten} "
+                 f"compiled-kernel groups now point there (manifest digest {r.manifest_digest[:16]} checked)")
+    _out().print(f"serve with: TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
+    return 0
+
+
+# -- merge ----------------------------------------------------------------------------------------------------
+def cmd_merge(args) -> int:
+    from .maintenance import plan_merge
+    p = plan_merge(args.dirs, args.into)
+    if not args.dry_run:
+        p.execute()
+    if args.json:
+        _print_json(dict(p.as_dict(), dry_run=args.dry_run))
+        return 0
+    console = _out()
+    for w in p.warnings:
+        console.print(f"[yellow]warning[/yellow]: {w}")
+    for c in p.conflicts:
+        console.print(f"[yellow]conflict[/yellow]: {c}")
+    verb = "would copy" if args.dry_run else "copied"
+    console.print(f"merge into {p.into}: {verb} {len(p.copies) + len(p.writes)} files ({human_size(p.bytes)}), "
+                  f"{p.skipped} already there; manifest: {len(p.manifest.units)} units, "
+                  f"{len(p.manifest.entries)} entries, {len(p.manifest.files)} files"
+                  + (" (dry run: nothing written)" if args.dry_run else ""))
+    return 0
 
 
 def add_commands(sub) -> None:
-    pass
+    from .cli import _add_model_args
+
+    p = sub.add_parser("inspect", help="what a cache dir holds: entries with named keys, winners, sizes, warnings")
+    p.add_argument("dir", help="the cache dir (a plain Triton cache dir works too)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="checksums, compatibility with this machine, coverage of a model/TP plan; "
+                                      "exit 0 only if all is well")
+    p.add_argument("dir")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("prune", help="delete losing configs' binaries and stale entries; keeps what a server loads")
+    p.add_argument("dir")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+    p.add_argument("--all-binaries", action="store_true",
+                   help="keep only the autotune JSON (the server compiles each winner once, benchmarks nothing)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("export", help="write a relocatable .tar.gz bundle of a cache dir")
+    p.add_argument("dir")
+    p.add_argument("bundle", help="the .tar.gz to write")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="unpack a bundle into a new dir, rewriting Triton's absolute paths for it")
+    p.add_argument("bundle")
+    p.add_argument("dir", help="an absent or empty dir; the server must use this path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("merge", help="combine caches built in the same environment (other TP degrees, models)")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--into", required=True, help="the cache dir to merge into (created if absent)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)

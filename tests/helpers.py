@@ -23,3 +23,12 @@ def probe(cache_dir, *args, env=None):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compiles(cache_dir, *args, env=None):
+    """probe() that also counts Triton compiles and cache loads in the fresh process (count_compiles.py)."""
+    proc = subprocess.run([sys.executable, str(TESTS / "count_compiles.py"), "--cache-dir", str(cache_dir),
+                           *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

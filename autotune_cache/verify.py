@@ -1,0 +1,196 @@
+"""Will a server hit this cache? Three checks, each a frozen record of problems (fail) and notes (inform):
+
+- checksums: every file the manifest lists is on disk with its size and sha256; no corrupt autotune or group
+  file; no compiled kernel whose group file points into another directory (a cache moved without `import`);
+- compatibility: the manifest's fingerprint against this machine (fingerprint.mismatches). Without a GPU the
+  compute capability cannot be read: the ptxas check then uses Triton's ptxas for the cache's capability;
+- coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
+  plan (pure), without running a kernel.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .fingerprint import Fingerprint, mismatches
+from .scan import CacheScan
+from .triton_cache import sha256_file
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check. ok = no problems; notes never fail it. Example: Check("coverage", True, (), ("14 of 14 ...",))."""
+    name: str
+    ok: bool
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    details: tuple[dict, ...] = field(default=())   # per-key rows of the coverage check
+
+
+@dataclass(frozen=True)
+class Verification:
+    cache_dir: Path
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"cache_dir": str(self.cache_dir), "ok": self.ok,
+                "checks": {c.name: dict(asdict(c), problems=list(c.problems), notes=list(c.notes),
+                                        details=list(c.details)) for c in self.checks}}
+
+
+# -- checksums ------------------------------------------------------------------------------------------------
+def changed_files(s: CacheScan) -> dict[str, str]:
+    """Manifest-listed files that are missing or differ: path -> why. Hashes every listed file."""
+    out = {}
+    for rel, rec in (s.manifest.files if s.manifest else {}).items():
+        path = s.root / rel
+        if path.is_symlink() or not path.is_file():
+            out[rel] = "missing"
+        elif path.stat().st_size != rec.size:
+            out[rel] = f"size {path.stat().st_size}, manifest says {rec.size}"
+        else:
+            try:
+                if sha256_file(path) != rec.sha256:
+                    out[rel] = "content differs from the manifest (sha256)"
+            except OSError as e:
+                out[rel] = f"unreadable ({e.strerror or e})"
+    return out
+
+
+def check_checksums(s: CacheScan, changed: dict[str, str] | None = None) -> Check:
+    if s.manifest is None:
+        return Check("checksums", False, ("no manifest.json: nothing to check files against (not built by "
+                                          "autotune-cache, or its manifest is unreadable)",)
+                     + tuple(f"{w.path}: {w.message}" for w in s.warnings))
+    m = s.manifest
+    changed = changed_files(s) if changed is None else changed
+    problems = [f"{rel}: {why}" for rel, why in sorted(changed.items())]
+    for rel, entry in sorted(m.entries.items()):
+        rec = m.files.get(rel)
+        if rec is not None and rec.sha256 != entry.sha256:
+            problems.append(f"{rel}: manifest entry and file list disagree on its sha256")
+    listed = set(m.files)
+    problems += [f"{rel}: corrupt (Triton would fail on it)" for rel in s.corrupt if rel not in listed]
+    problems += [f"{rel}: manifest entry without a file on disk" for rel in s.missing if rel not in listed]
+    moved = [c for c in s.compiled if c.foreign]
+    if moved:
+        problems.append(f"{len(moved)} compiled kernels list their files at another path (the cache was moved "
+                        "or copied without `autotune-cache import`): the server recompiles them")
+    notes = []
+    unlisted = s.unlisted
+    if unlisted:
+        notes.append(f"{len(unlisted)} autotune files on disk are not in the manifest (tuned by another process?): "
+                     + ", ".join(r.file for r in unlisted[:5]) + (" ..." if len(unlisted) > 5 else ""))
+    gone = [r for r in s.autotune if r.binaries and not s.binaries_of(r)]
+    if gone:
+        notes.append(f"{len(gone)} entries have no compiled winner on disk (pruned with --all-binaries?): "
+                     "the server compiles each winner once, benchmarks nothing")
+    unknown = [r for r in s.autotune if not r.binaries]
+    if unknown:
+        notes.append(f"{len(unknown)} entries do not record their winners' binaries (older manifest)")
+    ok_count = len(m.files) - sum(1 for p in problems if p.split(":", 1)[0] in m.files)
+    notes.insert(0, f"{ok_count} of {len(m.files)} files listed in the manifest are intact")
+    return Check("checksums", not problems, tuple(problems), tuple(notes))
+
+
+# -- compatibility --------------------------------------------------------------------------------------------
+def here_fingerprint(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
+    """This machine's fingerprint, and notes on what could not be read. With a GPU: fingerprint.collect().
+    Without: everything that needs no driver (Python, Triton wheel via triton_key(), env vars, packages), and
+    ptxas through Triton's backend hash for the cache's compute capability; GPU name and capability are copied
+    from `built`, so they compare equal and a note says they were not checked."""
+    import hashlib
+    import platform
+
+    import triton
+
+    from . import fingerprint as fp_mod
+    gpus = Path("/proc/driver/nvidia/gpus")
+    # Finding the GPU through Triton's driver imports torch (seconds); without the NVIDIA kernel driver there is
+    # no GPU to find, and nothing below needs torch.
+    if not (gpus.is_dir() and any(gpus.iterdir())):
+        why = "no NVIDIA GPU driver here"
+    else:
+        try:
+            return fp_mod.collect(), []
+        except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
+            why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+
+    from .triton_cache import invalidating_env_vars
+    notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
+    backend_hash, ptxas = built.backend_hash, built.ptxas
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        major, minor = (int(x) for x in (built.capability or "9.0").split("."))
+        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()
+        found = re.search(r"release (\d+\.\d+)", backend_hash)
+        ptxas = found.group(1) if found else None
+        notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
+    except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
+        notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
+    here = built.model_copy(update=dict(
+        python=platform.python_version(), triton=triton.__version__, torch=fp_mod._version("torch") or built.torch,
+        packages={p: v for p in fp_mod.PACKAGES if (v := fp_mod._version(p))}, backend_hash=backend_hash,
+        ptxas=ptxas, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
+        env=invalidating_env_vars(), emulated=False))
+    return here, notes
+
+
+def check_compatibility(s: CacheScan) -> Check:
+    fp = s.manifest.fingerprint if s.manifest else None
+    if fp is None:
+        return Check("compatibility", False, ("no fingerprint in the manifest: cannot tell which Triton, ptxas "
+                                              "and env vars the entries are keyed for",))
+    here, notes = here_fingerprint(fp)
+    problems = mismatches(fp, here)
+    # mismatches() reports a GPU-name difference only as a hint (entries still hit): keep it a note.
+    hints = [p for p in problems if p.startswith("GPU:")]
+    problems = [p for p in problems if not p.startswith("GPU:")]
+    if fp.emulated:
+        notes.append("the cache was built emulated (fake sm_90 GPU): its winners are arbitrary")
+    return Check("compatibility", not problems, tuple(problems), tuple(notes + hints))
+
+
+# -- coverage -------------------------------------------------------------------------------------------------
+def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) -> Check:
+    """Every planned (kernel, key) has an intact autotune file (parsable, and as the manifest recorded it)."""
+    changed = changed_files(s) if changed is None else changed
+    by_key = {}
+    for r in s.autotune:
+        by_key.setdefault((r.kernel, tuple(r.key)), []).append(r)
+    rows, problems, seen = [], [], set()
+    for unit in plan.units:
+        for k in unit.keys:
+            if (k.kernel, tuple(k.key)) in seen:
+                continue
+            seen.add((k.kernel, tuple(k.key)))
+            found = by_key.get((k.kernel, tuple(k.key)), [])
+            intact = [r for r in found if r.file not in changed]
+            status = "present" if intact else "damaged" if found else "missing"
+            fields = " ".join(f"{n}={v}" for n, v in k.fields.items())
+            rows.append({"unit": unit.id, "tp": list(unit.tp), "kernel": k.kernel, "fields": k.fields,
+                         "key": list(k.key), "status": status, "file": (intact or found)[0].file if found else None})
+            if status != "present":
+                problems.append(f"{status}: {k.kernel} {fields} (TP {','.join(map(str, unit.tp))}, reached at "
+                                f"T={k.tokens})" + (f": {changed[found[0].file]}" if found else ""))
+    present = sum(r["status"] == "present" for r in rows)
+    spec = plan.spec
+    notes = (f"{present} of {len(rows)} keys that {spec.model.name} at TP {','.join(map(str, spec.tp))} "
+             f"(prefills up to {spec.max_tokens} tokens, targets {','.join(spec.targets)}) looks up are present",)
+    return Check("coverage", not problems, tuple(problems), notes, tuple(rows))
+
+
+def verify(s: CacheScan, plan=None) -> Verification:
+    """Run the checks; coverage only when a plan is given."""
+    changed = changed_files(s)
+    checks = [check_checksums(s, changed), check_compatibility(s)]
+    if plan is not None:
+        checks.append(check_coverage(s, plan, changed))
+    return Verification(cache_dir=s.root, checks=tuple(checks))
