@@ -31,6 +31,8 @@ def _fake_timing(kernel_call) -> float:
 def install(device_keys: str | None = None) -> None:
     """Make Triton and torch believe an H100 is present. `device_keys`: a JSON file with another host's
     `triton_key` and `backend_hash`, to predict that host's exact disk keys."""
+    # vLLM swaps triton for a placeholder when it sees no GPU driver; with none visible it keeps the real one
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
@@ -119,3 +121,14 @@ def _use_device_keys(keys: dict) -> None:
             return getattr(self.backend, name)
 
     cc.make_backend = lambda target: Backend(real_make_backend(target))
+
+
+def relax_vllm() -> None:
+    """vLLM stages host-to-device copies in pinned memory and empties the accelerator's cache: both need a real
+    GPU. On the fake one, plain copies and no-op emptying change no kernel argument, so no key."""
+    import torch
+    import vllm.utils.torch_utils as torch_utils
+
+    torch_utils.PIN_MEMORY = False
+    if hasattr(torch, "accelerator"):
+        torch.accelerator.empty_cache = lambda *a, **k: None

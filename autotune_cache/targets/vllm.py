@@ -1,0 +1,100 @@
+"""vLLM's vendored FLA kernels, called as vLLM's GDN layer calls them on its Triton prefill path.
+
+vLLM >= 0.26 vendors FLA under vllm.third_party.flash_linear_attention.ops (earlier: vllm.model_executor.layers.fla
+.ops). Its Qwen GDN layer (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, 0.33) builds q/k/v/g/beta
+with fused_post_conv_prep (L2 norm applied there, so the autotuned l2norm kernel is not on this path), then calls
+chunk_gated_delta_rule with int32 cu_seqlens (query_start_loc), chunk indices/offsets precomputed by the metadata
+builder, the initial state gathered from the state cache ([N, HV, V, K], state dtype), output_final_state=True and
+use_qk_l2norm_in_kernel=False. g and beta come out fp32. No key holds T, key heads or the sequence split.
+Checked against vLLM 0.33.0; on H100/H200 vLLM defaults to FlashInfer for GDN prefill, and this path runs with
+`--gdn-prefill-backend triton` and on other GPUs.
+"""
+from __future__ import annotations
+
+from ..models import RankShape
+from . import KernelSpec, Target
+
+BT = 64
+MODULES = ("vllm.third_party.flash_linear_attention.ops", "vllm.model_executor.layers.fla.ops")
+
+
+KERNELS = (
+    KernelSpec("chunk_local_cumsum_scalar_kernel",
+               lambda s, t: {"B": 1, "H": s.HV, "BT": BT, "IS_VARLEN": True, "REVERSE": False},
+               ("g", "float32", "index", "index"), 4),
+    KernelSpec("chunk_scaled_dot_kkt_fwd_kernel", lambda s, t: {"H": s.HV, "K": s.K, "BT": BT, "IS_VARLEN": True},
+               ("act", "float32", "beta", "float32", "index", "index"), 27),
+    KernelSpec("merge_16x16_to_64x64_inverse_kernel", lambda s, t: {"H": s.HV, "BT": BT, "IS_VARLEN": True},
+               ("float32", "act", "index", "index"), 12),
+    KernelSpec("recompute_w_u_fwd_kernel",
+               lambda s, t: {"H": s.HV, "K": s.K, "V": s.V, "BT": BT, "BK": 64, "BV": 64, "IS_VARLEN": True},
+               ("act", "act", "beta", "act", "act", "act", "float32", "index", "index"), 9),
+    KernelSpec("chunk_gated_delta_rule_fwd_kernel_h_blockdim64",
+               lambda s, t: {"H": s.HV, "K": s.K, "V": s.V, "BT": BT},
+               ("act", "act", "act", "act", "float32", "act", "state", "float32", "index", "int64"), 12),
+    KernelSpec("chunk_fwd_kernel_o", lambda s, t: {"H": s.HV, "K": s.K, "V": s.V, "BT": BT},
+               ("act", "act", "act", "act", "float32", "act", "index", "index"), 24),
+)
+
+
+def token_counts(shape: RankShape, max_tokens: int) -> list[int]:
+    # No key depends on T: tune once, at the largest prefill the server runs (vLLM's own warmup tunes at 64).
+    return [max_tokens]
+
+
+def default_dtypes(shape: RankShape) -> dict[str, str]:
+    return {"act": shape.dtype, "state": shape.state_dtype, "g": "float32", "beta": "float32", "index": "int32"}
+
+
+def _ops():
+    import importlib
+    for name in MODULES:
+        try:
+            return name, importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("vLLM's vendored FLA kernels not found (need vllm with " + " or ".join(MODULES) + ")")
+
+
+def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> None:
+    import importlib
+
+    import torch
+
+    name, ops = _ops()
+    dt = {role: getattr(torch, d) for role, d in dtypes.items()}
+    cu_seqlens = torch.tensor([0, tokens], dtype=dt["index"])
+    kwargs = {}
+    try:  # precomputed as vLLM's GDN metadata builder does (>= 0.26), on the CPU then copied
+        index = importlib.import_module(f"{name}.index")
+        if device == "cpu":
+            from .. import emulation
+            emulation.relax_vllm()
+        kwargs = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
+                  "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
+    except (ImportError, AttributeError):
+        pass
+    cu_seqlens = cu_seqlens.to(device)
+    # q and k arrive L2-normalized (fused_post_conv_prep), which keeps the chunked recurrence in range
+    q, k = (torch.nn.functional.normalize(torch.randn(1, tokens, shape.H, shape.K, device=device), dim=-1)
+            .to(dt["act"]) for _ in range(2))
+    v = torch.randn(1, tokens, shape.HV, shape.V, dtype=dt["act"], device=device)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, tokens, shape.HV, device=device)).to(dt["g"])
+    beta = torch.rand(1, tokens, shape.HV, device=device).sigmoid().to(dt["beta"])
+    state = torch.zeros(1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
+    with torch.inference_mode():
+        ops.chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                                   cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=False, **kwargs)
+
+
+TARGET = Target(
+    name="vllm",
+    description="vLLM's vendored FLA chunk_gated_delta_rule (Triton GDN prefill path)",
+    module_prefixes=tuple(m.rsplit(".", 1)[0] + "." for m in MODULES),
+    kernels=KERNELS,
+    default_dtypes=default_dtypes,
+    token_counts=token_counts,
+    runner=f"{__name__}.run",
+    requires=("vllm",),
+    imports=MODULES[:1],
+)
