@@ -23,9 +23,10 @@ def _out():
 
 
 # -- inspect --------------------------------------------------------------------------------------------------
-def print_scan(s: CacheScan, console) -> None:
+def print_scan(s: CacheScan, console, shown: str | None = None) -> None:
+    """The table view of a scan; `shown`: the dir as the user named it (the JSON has the absolute path)."""
     m = s.manifest
-    console.print(f"[bold]cache[/bold] {s.root}")
+    console.print(f"[bold]cache[/bold] {shown or s.root}")
     if m is None:
         console.print("manifest: none (a plain Triton cache dir: winners' binaries and fingerprint unknown)")
     else:
@@ -87,7 +88,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         _print_json(s.as_dict())
     else:
-        print_scan(s, _out())
+        print_scan(s, _out(), args.dir)
     return 0
 
 
@@ -106,7 +107,7 @@ def cmd_verify(args) -> int:
         _print_json(v.as_dict())
         return 0 if v.ok else 1
     console = _out()
-    console.print(f"[bold]verify[/bold] {v.cache_dir}")
+    console.print(f"[bold]verify[/bold] {args.dir}")
     for c in v.checks:
         console.print(f"{c.name}: " + ("[green]OK[/green]" if c.ok else "[red]FAIL[/red]"))
         for p in c.problems:
