@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from . import manifest as manifest_mod
@@ -184,35 +184,39 @@ class CacheScan:
 
 
 # -- naming the key fields ------------------------------------------------------------------------------------
-def _kernel_specs(manifest: Manifest | None) -> dict:
-    """name -> KernelSpec of every kernel a known target describes (fla, plus the targets the manifest's units
-    name). Only planning code is imported, never the kernels."""
+def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
+    """name -> KernelSpecs that may describe it, best first: those of the targets the manifest's units name, then
+    the built-in targets (fla, vllm), whose kernels share names but not key fields (vLLM's chunk_fwd_kernel_o has
+    no HV). Only planning code is imported, never the kernels."""
     from . import targets
-    from .models import RankShape
-    names = ["fla"] + sorted({u.target for u in manifest.units.values()} if manifest else set())
-    specs = {}
-    for name in names:
+    named = sorted({u.target for u in manifest.units.values()}) if manifest else []
+    specs: dict[str, list] = {}
+    for name in named + [t for t in ("fla", "vllm") if t not in named]:
         try:
             target = targets.get(name)
         except (AutotuneCacheError, ImportError):   # a test target not importable here: raw keys then
             continue
         for k in target.kernels:
-            specs.setdefault(k.name, k)
-    specs["_shape"] = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
+            specs.setdefault(k.name, []).append(k)
     return specs
 
 
-def _name_key(kernel: str, key: tuple, specs: dict) -> tuple[dict | None, tuple]:
-    spec = specs.get(kernel)
-    if spec is None:
-        return None, ()
-    try:   # the names only: fields() of any shape has the same keys, in key order
-        names = list(spec.fields(specs["_shape"], 1))
-    except Exception:  # noqa: BLE001 - a target's lambda we cannot call: raw key
-        return None, ()
-    if len(key) != len(names) + len(spec.dtype_roles):   # another kernel version with another key: do not guess
-        return None, ()
-    return dict(zip(names, key[:len(names)])), tuple(key[len(names):])
+@lru_cache(maxsize=1)
+def _any_shape():
+    from .models import RankShape
+    return RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
+
+
+def _name_key(kernel: str, key: tuple, specs: dict[str, list]) -> tuple[dict | None, tuple]:
+    """The first spec whose key length fits names the fields; none fits (another kernel version): raw key."""
+    for spec in specs.get(kernel, []):
+        try:   # the names only: fields() of any shape has the same keys, in key order
+            names = list(spec.fields(_any_shape(), 1))
+        except Exception:  # noqa: BLE001 - a target's lambda we cannot call
+            continue
+        if len(key) == len(names) + len(spec.dtype_roles):
+            return dict(zip(names, key[:len(names)])), tuple(key[len(names):])
+    return None, ()
 
 
 # -- the scan -------------------------------------------------------------------------------------------------

@@ -363,3 +363,19 @@ def test_h200_cache_verify_checksums_and_coverage():
     failed, _ = verified(H200, tp=(4,), max_tokens=16384, targets=("fla",))
     # TP 4 was not built: every key but l2norm NB=1 (shared by every TP degree) is missing
     assert len(failed["coverage"]) == 5 and not any("l2norm" in p for p in failed["coverage"])
+
+
+def test_key_fields_are_named_by_the_target_whose_key_fits(tmp_path):
+    # vLLM's vendored chunk_fwd_kernel_o has other key fields than upstream FLA's kernel of the same name
+    from autotune_cache.targets import get
+    shape = models.preset("qwen3.5-9b").per_rank(1)
+    for i, name in enumerate(("fla", "vllm")):
+        target = get(name)
+        spec = next(k for k in target.kernels if k.name == "chunk_fwd_kernel_o")
+        key = spec.key(shape, 64, target.default_dtypes(shape))
+        d = tmp_path / f"HASH{i}"
+        d.mkdir()
+        (d / "chunk_fwd_kernel_o.autotune.json").write_text(json.dumps(
+            {"key": list(key), "configs_timings": [[{"kwargs": {}, "num_warps": 4}, [0.1, 0.1, 0.1]]]}))
+    fields = [r.fields for r in scan(tmp_path).autotune]
+    assert sorted(map(sorted, fields)) == sorted([["BT", "H", "HV", "K", "STATE_V_FIRST", "V"], ["BT", "H", "K", "V"]])
