@@ -28,6 +28,17 @@ def _fake_timing(kernel_call) -> float:
     return float(bench_calls % 7 + 1)
 
 
+class _NoDevice:
+    def __init__(self, device=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def install(device_keys: str | None = None) -> None:
     """Make Triton and torch believe an H100 is present. `device_keys`: a JSON file with another host's
     `triton_key` and `backend_hash`, to predict that host's exact disk keys."""
@@ -95,6 +106,7 @@ def install(device_keys: str | None = None) -> None:
     torch.cuda.device_count = lambda: 1
     torch.cuda.is_available = lambda: True
     torch.cuda.current_device = lambda: 0
+    torch.cuda.device = _NoDevice   # device guards (SGLang's input_guard) on CPU tensors: nothing to switch
     torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(
         name=H100_NAME, major=9, minor=0, multi_processor_count=132, shared_memory_per_block=49152,
         shared_memory_per_block_optin=232448, total_memory=80 << 30)

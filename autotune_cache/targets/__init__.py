@@ -54,8 +54,8 @@ class Target:
 
 def get(name: str) -> Target:
     """A registered target by name, or an importable module that defines a module-level `TARGET`."""
-    from . import fla, vllm
-    registry = {t.name: t for t in (fla.TARGET, vllm.TARGET)}
+    from . import fla, sglang, vllm
+    registry = {t.name: t for t in (fla.TARGET, vllm.TARGET, sglang.TARGET)}
     if name in registry:
         return registry[name]
     if name.isidentifier() or all(part.isidentifier() for part in name.split(".")):
