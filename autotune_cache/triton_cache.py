@@ -81,6 +81,8 @@ class _ValidatingManager:
             except (OSError, ValueError, TypeError) as e:
                 self._seen["corrupt"] = f"{type(e).__name__}: {e}"
                 return None
+        if path and filename.endswith(AUTOTUNE_SUFFIX):
+            self._seen["path"] = path   # a layered manager may answer from another dir than cache_dir
         return path
 
     def __getattr__(self, name):
@@ -123,7 +125,8 @@ def _install_hook() -> None:
         finally:
             at.get_cache_manager = real_get_cache_manager
         kernel = innermost_jit(self.fn).__name__
-        path = Path(seen["dir"]) / autotune_file_name(kernel) if "dir" in seen else None
+        path = Path(seen["path"]) if "path" in seen else (
+            Path(seen["dir"]) / autotune_file_name(kernel) if "dir" in seen else None)
         lookup = Lookup(kernel=kernel, key=tuple(tuning_key), configs=len(configs),
                         hit=not seen.get("benchmarked", False), path=path, corrupt=seen.get("corrupt"))
         for listener in list(_listeners):
