@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -137,7 +139,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--model", help=f"preset name (see `autotune-cache models`; default {models.DEFAULT_MODEL})")
     p.add_argument("--config", help="local HF config.json or snapshot dir, instead of --model")
     p.add_argument("--tp", default="1", help="tensor-parallel degrees, comma-separated (default 1)")
-    p.add_argument("--target", default="fla", help="kernel source(s), comma-separated: fla (default)")
+    p.add_argument("--target", default="fla", help="kernel source(s), comma-separated: fla (default), vllm, sglang")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
                         f"(default {DEFAULT_MAX_TOKENS})")
@@ -170,16 +172,34 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a job scheduler, `timeout`, a closed terminal), handled like Ctrl-C: the build stops its
+    child and saves the manifest, instead of dying with its child left running."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
         return args.func(args)
     except AutotuneCacheError as e:
         print(f"autotune-cache: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("autotune-cache: interrupted; finished units are kept", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
