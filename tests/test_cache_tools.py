@@ -19,9 +19,9 @@ TOKENS = ("--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "-
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
 
 
-def toy_build(cache_dir, tp=(1, 2), max_tokens=3000):
+def toy_build(cache_dir, tp=(1, 2), max_tokens=3000, tokens=()):
     return build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=max_tokens,
-                           cache_dir=str(cache_dir), emulate=True), progress=False)
+                           tokens=tokens, cache_dir=str(cache_dir), emulate=True), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +174,17 @@ def test_verify_fails_on_uncovered_keys_changed_files_and_a_moved_cache(built, t
 # -- prune ----------------------------------------------------------------------------------------------------
 def test_prune_deletes_losers_and_stale_entries_and_still_hits_with_zero_compiles(tmp_path):
     cache = tmp_path / "cache"
-    m = toy_build(cache, tp=(1,), max_tokens=2048)
+    # TP 2 (8 heads) at T=1001: the kernel's n = 8008 is not a multiple of 16, so Triton compiles a second variant
+    # of the NB=1 winner (an in-memory hit of the key after T=1024): both must be recorded and kept
+    m = toy_build(cache, tp=(2,), max_tokens=2048, tokens=(1001,))
+    assert sorted(len(e.binaries) for e in m.entries.values()) == [1, 2]
     # stale things: an autotune file the manifest does not list, and a Triton temp dir of an interrupted write
     stale = cache / "STALEDIR" / "toy_scale_kernel.autotune.json"
     stale.parent.mkdir()
     shutil.copy(cache / next(iter(m.entries)), stale)
     (cache / next(iter(m.entries))).parent.joinpath("tmp.pid_1_x").mkdir()
     before = scan(cache)
-    assert len(before.compiled) == 6 and len(before.unlisted) == 1
+    assert len(before.compiled) == 7 and len(before.unlisted) == 1
 
     dry = json.loads(run_cli("prune", cache, "--dry-run", "--json", check=0).stdout)
     assert dry["dry_run"] and dry["bytes_freed"] == before.totals["loser_binaries_bytes"] + stale.stat().st_size
@@ -190,14 +193,14 @@ def test_prune_deletes_losers_and_stale_entries_and_still_hits_with_zero_compile
     text = run_cli("prune", cache, check=0).stdout
     assert "freed" in text and "losing config" in text
     after = scan(cache)
-    assert {c.role for c in after.compiled} == {"winner"} and len(after.compiled) == 2
+    assert {c.role for c in after.compiled} == {"winner"} and len(after.compiled) == 3
     assert not stale.exists() and after.warnings == () and after.unlisted == []
     assert after.totals["bytes"] < before.totals["bytes"]
     assert set(manifest_mod.load(cache).files) == {p.relative_to(cache).as_posix() for p in cache.rglob("*")
                                                   if p.is_file() and p.name not in manifest_mod.OWN_FILES}
-    assert verified(cache, max_tokens=2048)[0] == {}
-    report = compiles(cache, "--target", "toy_target", "--tokens", "1,1024,2048", "--emulate")
-    assert report["hits"] == 2 and report["benchmarks"] == 0 and report["compiles"] == 0 and report["loaded"] == 2
+    assert verified(cache, tp=(2,), max_tokens=2048)[0] == {}
+    report = compiles(cache, "--target", "toy_target", "--tp", "2", "--tokens", "1001,1024,2048", "--emulate")
+    assert report["hits"] == 2 and report["benchmarks"] == 0 and report["compiles"] == 0 and report["loaded"] == 3
     again = json.loads(run_cli("prune", cache, "--json", check=0).stdout)
     assert again["bytes_freed"] == 0
 
