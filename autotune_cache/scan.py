@@ -186,12 +186,12 @@ class CacheScan:
 # -- naming the key fields ------------------------------------------------------------------------------------
 def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
     """name -> KernelSpecs that may describe it, best first: those of the targets the manifest's units name, then
-    the built-in targets (fla, vllm), whose kernels share names but not key fields (vLLM's chunk_fwd_kernel_o has
+    the built-in targets (fla, vllm, sglang), whose kernels share names but not key fields (vLLM's chunk_fwd_kernel_o has
     no HV). Only planning code is imported, never the kernels."""
     from . import targets
     named = sorted({u.target for u in manifest.units.values()}) if manifest else []
     specs: dict[str, list] = {}
-    for name in named + [t for t in ("fla", "vllm") if t not in named]:
+    for name in named + [t for t in ("fla", "vllm", "sglang") if t not in named]:
         try:
             target = targets.get(name)
         except (AutotuneCacheError, ImportError):   # a test target not importable here: raw keys then
