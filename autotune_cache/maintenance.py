@@ -48,7 +48,8 @@ def _remove_dir(d: Path) -> None:
 # -- prune ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Deletion:
-    """One path prune removes. Example: ("KX3.../", "compiled kernel of a losing config (chunk_fwd_kernel_o)", 412345)."""
+    """One path prune removes. Example: ("KX3.../", "compiled kernel of a losing config: chunk_fwd_kernel_o",
+    412345)."""
     path: str          # relative; a trailing "/" marks a whole dir
     reason: str
     bytes: int

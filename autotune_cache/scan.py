@@ -186,8 +186,8 @@ class CacheScan:
 # -- naming the key fields ------------------------------------------------------------------------------------
 def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
     """name -> KernelSpecs that may describe it, best first: those of the targets the manifest's units name, then
-    the built-in targets (fla, vllm, sglang), whose kernels share names but not key fields (vLLM's chunk_fwd_kernel_o has
-    no HV). Only planning code is imported, never the kernels."""
+    the built-in targets (fla, vllm, sglang), whose kernels share names but not key fields (vLLM's
+    chunk_fwd_kernel_o has no HV). Only planning code is imported, never the kernels."""
     from . import targets
     named = sorted({u.target for u in manifest.units.values()}) if manifest else []
     specs: dict[str, list] = {}
