@@ -5,12 +5,15 @@ from .errors import (AutotuneCacheError, BuildFailedError, CacheDirError, Config
                      SpecError, UnknownModelError)
 from .spec import BuildSpec  # noqa: E402
 from .models import ModelShape, PRESETS  # noqa: E402
+# The submodule `plan` is imported before the function `plan` is defined: Python binds a submodule's name in its
+# package when it is first imported, so a later first import (by orchestrator, in build()) would replace the
+# function with the module and `autotune_cache.plan(spec)` would fail after a build.
+from . import plan as _plan_module  # noqa: E402
 
 
 def plan(spec):
     """BuildSpec -> Plan (units, keys, config counts). Pure: runs anywhere."""
-    from .plan import plan as _plan
-    return _plan(spec)
+    return _plan_module.plan(spec)
 
 
 def install(cache_dir=None, **kwargs):

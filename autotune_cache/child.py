@@ -1,6 +1,6 @@
 """What runs inside the build child. Imports nothing heavy at module level: the env must be set first.
 
-Protocol (child -> parent, dicts on a queue, in this order):
+Protocol (child -> parent, dicts on a Channel (channel.py: a pipe, written synchronously), in this order):
   hello {fingerprint}                       after the kernel sources' env is set and the driver is up
   no_gpu {message}                          instead of hello when there is no CUDA GPU (and no emulation)
   unit_start {unit}                         before driving a unit
@@ -10,7 +10,7 @@ Protocol (child -> parent, dicts on a queue, in this order):
   binaries {unit, file, binaries}           a later call of the same key launched another compiled variant
   unit_done {unit, seconds} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
   done
-Parent -> child, on the control queue after hello: "go" or "stop".
+Parent -> child, on the same Channel after hello: "go" or "stop".
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from pathlib import Path
 
 
 def _fault(spec: str | None, index: int, attempt: int) -> None:
-    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", first attempt only
-    unless ':always'. Kinds: raise, segfault, exit, hang, oom, gpu-fault."""
+    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the
+    unit's position in the whole plan (not in this child's share of it, which shrinks on a retry); first attempt
+    only unless ':always'. Kinds: raise, segfault, exit, hang, oom, oom-kill, gpu-fault."""
     if not spec:
         return
     parts = spec.split(":")
@@ -41,20 +42,55 @@ def _fault(spec: str | None, index: int, attempt: int) -> None:
         while True:
             time.sleep(1)
     if kind == "oom":
-        import torch
-        device = "cuda" if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1" else "cpu"
-        hog = []
-        while True:  # until the allocator gives up: torch.OutOfMemoryError (GPU) or MemoryError / the OOM killer
-            hog.append(torch.empty(1 << 34 if device == "cuda" else 1 << 30, dtype=torch.uint8, device=device))
-            if device == "cpu":
-                hog[-1].fill_(1)
+        _exhaust_memory()
+    if kind == "oom-kill":   # what the kernel's OOM killer does to a process that takes all host memory
+        os.kill(os.getpid(), signal.SIGKILL)
     if kind == "gpu-fault":
         from ._faults import illegal_memory_access
         illegal_memory_access()
+    raise ValueError(f"AUTOTUNE_CACHE_FAULT: unknown kind {kind!r}")
+
+
+def _exhaust_memory() -> None:
+    """Allocate until the allocator fails: torch.OutOfMemoryError on a GPU. On the CPU the address space of this
+    process is capped first (RLIMIT_AS, a little above what it maps now), so the allocation fails with a
+    RuntimeError after a few hundred MB instead of driving a shared machine into its OOM killer."""
+    import torch
+    if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1":
+        hog = []
+        while True:
+            hog.append(torch.empty(1 << 34, dtype=torch.uint8, device="cuda"))
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        mapped = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), hard))
+    hog = []
+    try:
+        while True:   # address space, not pages: nothing is touched, so nothing is really used
+            hog.append(torch.empty(64 << 20, dtype=torch.uint8))
+    finally:
+        hog.clear()   # room again for reporting the error
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this child when the parent dies (PR_SET_PDEATHSIG): after setsid() no terminal signal
+    reaches it, so a parent killed by SIGKILL (or SIGTERM) would otherwise leave it tuning, unlocked, forever."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):   # not Linux: the parent's own cleanup is all there is
+        return
+    import multiprocess
+    parent = multiprocess.parent_process()
+    if parent is not None and os.getppid() != parent.pid:   # it died before the prctl
+        os._exit(1)
 
 
 def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int]) -> None:
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
+    _die_with_parent()
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
     if emulate:
@@ -119,7 +155,7 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             out.put({"type": "unit_start", "unit": unit_id})
             start = time.monotonic()
             try:
-                _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), index, attempt.get(unit_id, 1))
+                _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
@@ -131,12 +167,16 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
                     torch.cuda.synchronize()
             except BaseException as e:  # noqa: BLE001 - report everything, the parent decides
                 flush()
+                # The first line names the fault ("AcceleratorError: CUDA error: an illegal memory access was
+                # encountered"); torch's advice lines after it would flood the one-line summary.
                 out.put({"type": "unit_failed", "unit": unit_id,
-                         "error": f"{type(e).__name__}: {e}".strip()[:2000],
+                         "error": f"{type(e).__name__}: {e}".strip().splitlines()[0][:1000],
                          "traceback": traceback.format_exc()[-4000:]})
                 out.close()
                 out.join_thread()
-                sys.exit(1)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)   # no interpreter teardown: after a GPU fault CUDA's own can hang or crash
             flush()
             out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start})
     out.put({"type": "done"})

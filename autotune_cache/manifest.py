@@ -52,6 +52,9 @@ class UnitRecord(BaseModel):
     status: Literal["pending", "done", "failed"] = "pending"
     attempts: int = 0
     error: str | None = None       # why the last attempt failed
+    # Why earlier attempts of this build failed, oldest first ("attempt 1: child killed by SIGSEGV"): kept when a
+    # retry succeeds, so a unit that needed one says so.
+    failures: list[str] = Field(default_factory=list)
     seconds: float | None = None   # wall time of the successful attempt
     entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached
     hits: int = 0                  # keys found on disk already (tuned by an earlier unit or build)
@@ -142,7 +145,11 @@ def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if not path.is_file() or rel in OWN_FILES or path.name.startswith(".manifest.") or path.name.endswith(".tmp"):
+        if (not path.is_file() or rel in OWN_FILES or path.name.startswith((".manifest.", ".write-test."))
+                or path.name.endswith(".tmp") or any(p.startswith("tmp.pid_") for p in rel.split("/"))):
+            continue   # ours, or a write in flight (Triton writes into tmp.pid_<pid>_<uuid>/, then renames)
+        try:
+            out[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
+        except FileNotFoundError:   # removed while we scanned (another process's temp file): not part of the cache
             continue
-        out[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
     return out

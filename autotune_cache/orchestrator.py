@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import tempfile
 import time
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, manifest as manifest_mod
+from .channel import Channel
 from .errors import BuildFailedError, CacheDirError, NoGPUError
 from .fingerprint import Fingerprint, mismatches
 from .manifest import Entry, Manifest, UnitRecord
@@ -22,20 +24,43 @@ from .plan import Plan, plan as make_plan
 from .spec import BuildSpec, Unit
 
 STARTUP_TIMEOUT_S = 600.0   # imports + driver init of a child, before its first unit
+EXIT_GRACE_S = 30.0         # a child that said done (or failed) and has not exited by then is killed
+# Below this much free space a build does not start: one FLA unit writes about 30 MB (BENCHMARKS.md), and a disk
+# that fills up in the middle fails the unit at hand (its files are Triton's atomic writes, never half files).
+MIN_FREE_BYTES = 64 << 20
 
 
 def prepare_cache_dir(path: str | os.PathLike) -> Path:
-    """Absolute, existing, writable directory, or CacheDirError before any work starts."""
+    """Absolute, existing, writable directory with room to build, or CacheDirError before any work starts
+    (and then no directory this call created is left behind)."""
     if path is None:
         raise CacheDirError("a cache dir is needed (--cache-dir DIR)")
     root = Path(path).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"cache dir {root} exists and is not a directory")
+    created = []   # the directories mkdir is about to create, innermost first
+    for p in (root, *root.parents):
+        if p.exists():
+            break
+        created.append(p)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test."):
-            pass
-    except OSError as e:
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test.") as f:
+            f.write(b"\0" * 4096)   # an empty file is created even on a full disk: write (and sync) a block
+            f.flush()
+            os.fsync(f.fileno())
+        free = shutil.disk_usage(root).free
+        if free < MIN_FREE_BYTES:
+            raise CacheDirError(f"cache dir {root} has {free / 1e6:.1f} MB free; a build needs at least "
+                                f"{MIN_FREE_BYTES / 1e6:.0f} MB (an FLA unit writes about 30 MB)")
+    except (OSError, CacheDirError) as e:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        if isinstance(e, CacheDirError):
+            raise
         raise CacheDirError(f"cache dir {root} is not writable: {e.strerror or e}") from None
     return root
 
@@ -43,6 +68,8 @@ def prepare_cache_dir(path: str | os.PathLike) -> Path:
 def _signal_name(exitcode: int | None) -> str:
     if exitcode is None:
         return "still running"
+    if exitcode == -signal.SIGKILL:   # not by us: we say "timed out" for our own kills
+        return "killed by SIGKILL (out of memory? the kernel's OOM killer sends SIGKILL)"
     if exitcode < 0:
         try:
             return f"killed by {signal.Signals(-exitcode).name}"
@@ -68,17 +95,43 @@ class Build:
     # -- manifest bookkeeping ---------------------------------------------------------------------------------
     def _open_manifest(self) -> Manifest:
         m = manifest_mod.load(self.cache_dir) or Manifest(tool_version=__version__)
+        if self._drop_damaged_files(m):
+            # Which unit wrote a compiled file is not recorded: every done unit runs again (hits, and a compile of
+            # each winner whose files are gone); units of other plans stay pending until their next build.
+            for rec in m.units.values():
+                if rec.status == "done":
+                    rec.status, rec.error = "pending", "damaged cache files were removed; build again to restore them"
         for unit in self.plan.units:
             rec = m.units.get(unit.id)
             if rec is None or (rec.status == "done" and not self._entries_intact(m, rec)):
                 m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
                                               shape=unit.shape.model_dump(), dtypes=unit.dtypes,
                                               tokens=list(unit.tokens))
-            elif rec.status == "failed":
-                rec.status, rec.attempts = "pending", 0
+            elif rec.status != "done":   # failed, pending after an interrupt, or with files to restore
+                rec.status, rec.attempts, rec.failures = "pending", 0, []
             if rec is not None:
                 rec.tp = sorted(set(rec.tp) | set(unit.tp))
         return m
+
+    def _drop_damaged_files(self, m: Manifest) -> list[str]:
+        """Delete files the manifest recorded whose bytes changed since (a disk error, a tool, a hand): Triton
+        would load a damaged compiled kernel as it is and fail every call of it. Rerunning the units restores them
+        (Triton rewrites what is missing); missing files are left to that too, foreign files are never touched."""
+        from .triton_cache import sha256_file
+        damaged = []
+        for rel, rec in m.files.items():
+            path = self.cache_dir / rel
+            try:
+                if path.stat().st_size == rec.size and sha256_file(path) == rec.sha256:
+                    continue
+            except FileNotFoundError:
+                continue
+            path.unlink(missing_ok=True)
+            damaged.append(rel)
+        if damaged:
+            self.console.print(f"[yellow]{len(damaged)} cache file(s) changed since the last build, removed and "
+                               f"rebuilt: {', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}[/yellow]")
+        return damaged
 
     def _entries_intact(self, m: Manifest, rec: UnitRecord) -> bool:
         from .triton_cache import sha256_file
@@ -90,8 +143,12 @@ class Build:
         return bool(rec.entries)
 
     def _save(self) -> None:
-        self.manifest.files = manifest_mod.cache_files(self.cache_dir)
-        manifest_mod.save(self.manifest, self.cache_dir)
+        try:
+            self.manifest.files = manifest_mod.cache_files(self.cache_dir)
+            manifest_mod.save(self.manifest, self.cache_dir)   # atomic: the previous manifest stays on failure
+        except OSError as e:
+            raise CacheDirError(f"cannot write {manifest_mod.path_of(self.cache_dir)}: {e.strerror or e} "
+                                "(the manifest on disk is the one before this step)") from None
 
     # -- messages from the child ------------------------------------------------------------------------------
     def _on_hello(self, fp: Fingerprint) -> bool:
@@ -139,35 +196,47 @@ class Build:
     # -- running children -------------------------------------------------------------------------------------
     def _run_child(self, todo: list[Unit]) -> None:
         ctx = multiprocess.get_context("spawn")
-        out, control = ctx.Queue(), ctx.Queue()
+        mine, theirs = ctx.Pipe()
         from . import child
         attempts = {u.id: self.manifest.units[u.id].attempts + 1 for u in todo}
+        index = {u.id: i for i, u in enumerate(self.plan.units)}   # the fault hook names units by plan position
+        chan = Channel(theirs)
         proc = ctx.Process(target=child.main, name="autotune-cache-child", daemon=True,
-                           args=(out, control, str(self.cache_dir), [u.model_dump(mode="json") for u in todo],
+                           args=(chan, chan, str(self.cache_dir),
+                                 [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],
                                  self.spec.emulate, attempts))
-        proc.start()
+        link = Channel(mine)
         current, deadline, accounted = None, time.monotonic() + STARTUP_TIMEOUT_S, False
         started_any = False
         try:
+            proc.start()
+            theirs.close()   # the child holds the only write end now: its death reads as end of file
             while True:
                 try:
-                    msg = out.get(timeout=0.2)
+                    msg = link.get(timeout=0.2)
                 except queue.Empty:
-                    if not proc.is_alive():
-                        break
-                    if time.monotonic() > deadline:
-                        self._kill(proc)
-                        why = (f"timed out after {self.spec.unit_timeout_s:.0f} s" if current
-                               else f"child did not start within {STARTUP_TIMEOUT_S:.0f} s")
-                        self._fail(current or todo[0].id, why, count=current is None)
-                        current, accounted = None, True
-                        break
-                    continue
+                    if time.monotonic() < deadline:
+                        continue
+                    self._kill(proc)
+                    if current is not None:
+                        self._fail(current, f"timed out after {self.spec.unit_timeout_s:g} s", count=False)
+                    elif not started_any:
+                        self._fail_next(todo, f"child did not start within {STARTUP_TIMEOUT_S:g} s")
+                    elif any(self.manifest.units[u.id].status != "done" for u in todo):
+                        self._fail_next(todo, f"child hung between units for {self.spec.unit_timeout_s:g} s")
+                    current, accounted = None, True
+                    break
+                except (EOFError, OSError):   # the child is gone: exited, crashed or killed
+                    break
                 kind = msg["type"]
                 if kind == "no_gpu":
                     raise NoGPUError(msg["message"])
                 if kind == "hello":
-                    control.put("go" if self._on_hello(Fingerprint(**msg["fingerprint"])) else "stop")
+                    answer = "go" if self._on_hello(Fingerprint(**msg["fingerprint"])) else "stop"
+                    try:
+                        link.put(answer)
+                    except OSError:   # it died just after hello: the end of file comes next
+                        pass
                 elif kind == "unit_start":
                     current, started_any = msg["unit"], True
                     rec = self.manifest.units[current]
@@ -190,31 +259,50 @@ class Build:
                         self._progress.update(task, completed=self._progress.tasks[task].total,
                                               description=self._label(rec.id, f"done in {rec.seconds:.1f} s"))
                     current = None
+                    deadline = time.monotonic() + self.spec.unit_timeout_s   # until the next unit_start
                 elif kind == "unit_failed":
                     self._fail(msg["unit"], msg["error"], count=False)
                     current, accounted = None, True   # the child exits after a failed unit
+                    break
                 elif kind == "done":
                     accounted = True
-            proc.join(timeout=30)
-            if proc.is_alive():
-                self._kill(proc)
+                    break
+            proc.join(timeout=EXIT_GRACE_S)
+            if proc.is_alive() or current is not None or not accounted:
+                self._kill(proc)   # hung at exit, or died in a unit: take its compilers down too
             if current is not None:   # the child died inside a unit
                 self._fail(current, f"child {_signal_name(proc.exitcode)}", count=False)
             elif not accounted:   # died between units or before the first: charge the next unit, else we loop forever
-                nxt = next((u.id for u in todo if self.manifest.units[u.id].status != "done"), None)
-                if nxt is not None:
-                    where = "between units" if started_any else "before its first unit"
-                    self._fail(nxt, f"child {_signal_name(proc.exitcode)} {where}", count=True)
+                where = "between units" if started_any else "before its first unit"
+                self._fail_next(todo, f"child {_signal_name(proc.exitcode)} {where}")
         except BaseException:
             self._kill(proc)
             raise
+        finally:
+            link.close()
+            theirs.close()
+            if proc.pid is not None:
+                self._remove_temp_dirs(proc.pid)
+
+    def _fail_next(self, todo: list[Unit], error: str) -> None:
+        """Charge a failure outside any unit to the next unit not done: every child then counts against a retry."""
+        nxt = next((u.id for u in todo if self.manifest.units[u.id].status != "done"), None)
+        if nxt is not None:
+            self._fail(nxt, error, count=True)
+
+    def _remove_temp_dirs(self, pid: int) -> None:
+        """Triton writes each file into <hash dir>/tmp.pid_<pid>_<uuid>/ and then renames it into place: a child
+        killed in between leaves that dir behind. Only the dead child's own are removed (a server may be writing)."""
+        for tmp in self.cache_dir.glob(f"*/tmp.pid_{pid}_*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _fail(self, unit_id: str, error: str, *, count: bool) -> None:
         rec = self.manifest.units[unit_id]
         rec.attempts += int(count)
         rec.status, rec.error = "failed", error
-        self._save()
+        rec.failures.append(f"attempt {rec.attempts}: {error}")
         self.console.print(f"[red]unit {unit_id} failed (attempt {rec.attempts}): {error}[/red]")
+        self._save()   # after the message: on a full disk this raises, and the cause must be on screen already
 
     def _check_coverage(self, rec: UnitRecord) -> None:
         """Warn where the real call reached other keys than the plan predicted (kernel source drift)."""
@@ -231,9 +319,12 @@ class Build:
         if proc.pid is None:
             return
         try:
-            os.killpg(proc.pid, signal.SIGKILL)   # the child and every compiler it spawned
+            # The child and every compiler it spawned. Safe before the child is reaped: no other group can have
+            # its pid as id. Before its setsid() there is no such group: then the child alone.
+            os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            proc.kill()
+            if proc.exitcode is None:
+                proc.kill()
         proc.join(timeout=10)
 
     # -- the whole build --------------------------------------------------------------------------------------
@@ -263,10 +354,11 @@ class Build:
                         break
                     try:
                         self._run_child(todo)
-                    except KeyboardInterrupt:
-                        for rec in self.manifest.units.values():
+                    except KeyboardInterrupt:   # the child is dead already (_run_child kills it on any exception)
+                        for unit in self.plan.units:   # not other builds' units: they were not interrupted
+                            rec = self.manifest.units[unit.id]
                             if rec.status != "done":
-                                rec.status, rec.error = "pending", rec.error or "interrupted"
+                                rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
                         self._save()
                         raise
             self._save()
@@ -282,5 +374,12 @@ class Build:
 
 def build(spec: BuildSpec, *, console: Console | None = None, progress: bool = True) -> Manifest:
     """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
+    plan = make_plan(spec)   # bad input (target, TP) fails here, before anything is written
+    existed = spec.cache_dir is None or Path(spec.cache_dir).expanduser().exists()
     cache_dir = prepare_cache_dir(spec.cache_dir)
-    return Build(make_plan(spec), cache_dir, console=console, progress=progress).run()
+    try:
+        return Build(plan, cache_dir, console=console, progress=progress).run()
+    except NoGPUError:
+        if not existed:   # leave nothing behind for a build that could not start
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise

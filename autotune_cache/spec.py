@@ -60,8 +60,8 @@ class BuildSpec(BaseModel):
     @field_validator("unit_timeout_s")
     @classmethod
     def _timeout(cls, v):
-        if v <= 0:
-            raise SpecError(f"unit timeout must be positive, got {v}")
+        if not v > 0:   # NaN too: no deadline would ever pass
+            raise SpecError(f"unit timeout must be a positive number of seconds, got {v}")
         return v
 
 
