@@ -103,11 +103,12 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             out.put({"type": "no_gpu", "message": "no CUDA GPU visible to the build child "
                      f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"})
             return
-    from . import fingerprint, triton_cache
+    from . import fingerprint, precompile, triton_cache
     from .models import RankShape
     from .targets import get
     from .triton_cache import read_autotune, sha256_file
 
+    precompile.install()   # AUTOTUNE_CACHE_COMPILE_WORKERS (default: every core; 1 = off)
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
     if control.get() != "go":
         return

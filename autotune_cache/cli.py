@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -107,6 +108,10 @@ def cmd_build(args) -> int:
     spec = spec_from_args(args)
     if spec.cache_dir is None:
         raise SpecError("build needs --cache-dir DIR")
+    if args.compile_workers is not None:
+        if args.compile_workers < 1:
+            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
+        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
     p = plan(spec)
     print_plan(p, err)
     existed = Path(spec.cache_dir).exists()
@@ -163,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=1, help="fresh-child retries of a failed unit (default 1)")
     p.add_argument("--emulate", action="store_true",
                    help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
+    p.add_argument("--compile-workers", type=int, default=None,
+                   help="threads compiling each key's configs before they are benchmarked (default: every core; "
+                        "1 = compile while benchmarking, as Triton does)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)

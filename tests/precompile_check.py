@@ -1,0 +1,23 @@
+"""`python precompile_check.py CACHE_DIR WORKERS`: the toy kernel tuned in this process (fake sm_90 GPU) with
+parallel precompilation; prints JSON: Triton's compiles (its compilation listener), configs benchmarked, and what
+the precompiler handled."""
+import json
+import os
+import sys
+
+os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
+os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+from autotune_cache import emulation, precompile  # noqa: E402
+
+emulation.install()
+import triton  # noqa: E402
+
+compiles = []
+triton.knobs.compilation.listener = lambda **kw: compiles.append(bool(kw.get("cache_hit")))
+enabled = precompile.install(int(sys.argv[2]))
+import toy_kernels  # noqa: E402
+from autotune_cache.models import preset  # noqa: E402
+
+toy_kernels.run(preset("qwen3.5-9b").per_rank(1), {"act": "bfloat16"}, 2000, "cpu")
+print(json.dumps({"enabled": enabled, "compiles": compiles.count(False), "benchmarked": emulation.bench_calls,
+                  "precompiled": precompile.stats}))

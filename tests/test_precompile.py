@@ -1,0 +1,51 @@
+"""Parallel precompilation (issue 6): every config of a key is compiled on a thread pool before the benchmark
+loop, and the benchmark then finds exactly those variants: no config is compiled twice, the keys do not change."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autotune_cache import BuildSpec, build, models
+from helpers import TESTS
+
+
+def check(cache, workers):
+    proc = subprocess.run([sys.executable, str(TESTS / "precompile_check.py"), str(cache), str(workers)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_precompiled_variants_are_the_ones_benchmarked(tmp_path):
+    out = check(tmp_path / "a", 4)
+    assert out["enabled"] and out["precompiled"] == {"keys": 1, "configs": 3}
+    # 3 configs, each compiled once: had the warm-up specialized differently, the benchmark would compile 3 more
+    assert out["compiles"] == 3 and out["benchmarked"] == 3
+
+
+def test_without_precompile_the_same_compiles_happen_in_the_benchmark(tmp_path):
+    out = check(tmp_path / "b", 1)
+    assert not out["enabled"] and out["precompiled"] == {"keys": 0, "configs": 0}
+    assert out["compiles"] == 3 and out["benchmarked"] == 3
+
+
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_build_keys_do_not_depend_on_precompile(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_WORKERS", workers)
+    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+                        cache_dir=str(tmp_path), emulate=True), progress=False)
+    assert sorted(m.entries) == sorted(_reference_entries())
+
+
+_REF = {}
+
+
+def _reference_entries():
+    if "entries" not in _REF:
+        import tempfile
+        d = tempfile.mkdtemp()
+        m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+                            cache_dir=d, emulate=True), progress=False)
+        _REF["entries"] = list(m.entries)
+    return _REF["entries"]
