@@ -108,7 +108,11 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
     from .targets import get
     from .triton_cache import read_autotune, sha256_file
 
-    precompile.install()   # AUTOTUNE_CACHE_COMPILE_WORKERS (default: every core; 1 = off)
+    # Compile each unit's configs in worker processes first (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every
+    # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
+    use_processes = precompile.processes() > 1
+    if not use_processes:
+        precompile.install()
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
     if control.get() != "go":
         return
@@ -158,6 +162,8 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
+                if use_processes:
+                    precompile.compile_unit_in_processes(cache_dir, raw, emulate)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
                 for tokens in raw["tokens"]:

@@ -10,8 +10,9 @@ from autotune_cache import BuildSpec, build, models
 from helpers import TESTS
 
 
-def check(cache, workers):
-    proc = subprocess.run([sys.executable, str(TESTS / "precompile_check.py"), str(cache), str(workers)],
+def check(cache, workers, processes=None):
+    extra = [] if processes is None else [str(processes)]
+    proc = subprocess.run([sys.executable, str(TESTS / "precompile_check.py"), str(cache), str(workers), *extra],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -19,19 +20,37 @@ def check(cache, workers):
 
 def test_precompiled_variants_are_the_ones_benchmarked(tmp_path):
     out = check(tmp_path / "a", 4)
-    assert out["enabled"] and out["precompiled"] == {"keys": 1, "configs": 3}
+    assert out["enabled"] and out["precompiled"] == {"keys": 1, "configs": 3, "compiled": 3, "errors": 0}
     # 3 configs, each compiled once: had the warm-up specialized differently, the benchmark would compile 3 more
     assert out["compiles"] == 3 and out["benchmarked"] == 3
 
 
 def test_without_precompile_the_same_compiles_happen_in_the_benchmark(tmp_path):
     out = check(tmp_path / "b", 1)
-    assert not out["enabled"] and out["precompiled"] == {"keys": 0, "configs": 0}
+    assert not out["enabled"] and out["precompiled"] == {"keys": 0, "configs": 0, "compiled": 0, "errors": 0}
     assert out["compiles"] == 3 and out["benchmarked"] == 3
+
+
+def test_worker_processes_leave_every_config_compiled_in_the_cache(tmp_path):
+    out = check(tmp_path / "c", 1, processes=2)
+    assert out["processes"] == {"workers": 2, "failed": 0}
+    # the benchmark loads all 3 configs' binaries that the two workers wrote, compiles none, and no worker wrote
+    # a (fake-timed) autotune file: the lookup was a miss, tuned for real here
+    assert out["compiles"] == 0 and out["loaded"] == 3 and out["benchmarked"] == 3
+    assert len(list((tmp_path / "c").rglob("*.autotune.json"))) == 1
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_build_keys_do_not_depend_on_worker_processes(tmp_path, monkeypatch, processes):
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", processes)
+    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+                        cache_dir=str(tmp_path), emulate=True), progress=False)
+    assert sorted(m.entries) == sorted(_reference_entries())
 
 
 @pytest.mark.parametrize("workers", ["1", "4"])
 def test_build_keys_do_not_depend_on_precompile(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "1")   # threads only
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_WORKERS", workers)
     m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
