@@ -32,3 +32,14 @@ def compiles(cache_dir, *args, env=None):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def reached_and_planned(manifest, unit):
+    """(kernel, key) pairs a unit reached in a build, and those its plan predicted, both sorted."""
+    entries = [manifest.entries[f] for f in manifest.units[unit.id].entries]
+    return (sorted((e.kernel, tuple(e.key)) for e in entries),
+            sorted((k.kernel, tuple(k.key)) for k in unit.keys))
+
+
+def configs_reached(manifest, unit) -> int:
+    return sum(manifest.entries[f].configs for f in manifest.units[unit.id].entries)

@@ -1,7 +1,6 @@
 """The build pipeline end to end on the toy kernel: real child process, real Triton compiles for a fake sm_90
 GPU (FACTS.md §2), real autotune disk cache, real manifest; then a fresh process hits every entry."""
 import json
-import os
 
 import pytest
 

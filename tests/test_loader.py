@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from autotune_cache import BuildSpec, build, models, plan
-from helpers import TESTS
+from helpers import TESTS, reached_and_planned
 
 pytest.importorskip("sglang.srt.layers.attention.linear.kernels.gdn_triton")
 pytestmark = pytest.mark.slow
@@ -33,9 +33,8 @@ def sglang_cache(tmp_path_factory):
 def test_sglang_reached_keys_are_the_planned_keys(sglang_cache):
     _, spec, manifest = sglang_cache
     for unit in plan(spec).units:
-        rec = manifest.units[unit.id]
-        reached = sorted((manifest.entries[f].kernel, tuple(manifest.entries[f].key)) for f in rec.entries)
-        assert reached == sorted((k.kernel, tuple(k.key)) for k in unit.keys)
+        reached, planned = reached_and_planned(manifest, unit)
+        assert reached == planned
 
 
 @pytest.mark.parametrize("tp", [1, 2])
