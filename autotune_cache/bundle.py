@@ -5,10 +5,12 @@ does not exist: a cache copied elsewhere still hits its autotune JSON but recomp
 carries the files as they are; `import` rewrites every group file for the directory it lands in, so the moved
 cache loads its binaries with no compile (the server must then use that directory, by the same absolute path).
 
-Layout: `bundle.json` ({"format", "version", "manifest_digest", "files", "tool_version"}), `manifest.json`, then
-every file the manifest lists, by its relative path. Import trusts nothing in it: members must be plain files or
-directories with relative, normalized names (no links, no "..", no absolute paths), every file must be listed in
-the manifest with its sha256, and the manifest must have the digest that bundle.json names.
+Layout: `bundle.json` ({"format", "version", "manifest_digest", "files", "tool_version"}), `manifest.json`,
+`manifest.sig` if the cache is signed, then every file the manifest lists, by its relative path. Import trusts
+nothing in it: members must be plain files or directories with relative, normalized names (no links, no "..", no
+absolute paths), every file must be listed in the manifest with its sha256, and the manifest must have the digest
+that bundle.json names. That digest only proves the bundle is whole: whoever crafts a bundle can compute it. With
+a public key, import also requires manifest.sig to be a valid signature of the manifest (signing.py).
 """
 from __future__ import annotations
 
@@ -98,6 +100,8 @@ def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportRep
             with tarfile.open(tmp, "w:gz") as tar:
                 _add_bytes(tar, BUNDLE_INFO, json.dumps(info, indent=1).encode())
                 _add_bytes(tar, manifest_mod.MANIFEST_NAME, (root / manifest_mod.MANIFEST_NAME).read_bytes())
+                if (root / manifest_mod.SIG_NAME).is_file():
+                    _add_bytes(tar, manifest_mod.SIG_NAME, (root / manifest_mod.SIG_NAME).read_bytes())
                 for rel in sorted(m.files):
                     tar.add(root / rel, arcname=rel, recursive=False, filter=_plain)
             os.replace(tmp, out)
@@ -143,10 +147,11 @@ def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike) -> ImportReport:
+def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, public_key=None) -> ImportReport:
     """Unpack `bundle` into `cache_dir` (absent or empty) and rewrite its group files for it. Everything is
     unpacked into a staging dir inside cache_dir and checked before the first file moves in; the manifest is
-    written last, so an interrupted import never looks like a complete cache."""
+    written last, so an interrupted import never looks like a complete cache. `public_key` (ed25519, PEM path or
+    bytes): the bundle must carry a valid signature by it (it stays valid for the imported dir)."""
     from .maintenance import locked
 
     src = Path(bundle).expanduser()
@@ -166,7 +171,7 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike) -> Im
         with locked(root):
             staging = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
             try:
-                report = _unpack_checked(src, staging, root)
+                report = _unpack_checked(src, staging, root, public_key)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
@@ -176,7 +181,7 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike) -> Im
     return report
 
 
-def _unpack_checked(src: Path, staging: Path, root: Path) -> ImportReport:
+def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> ImportReport:
     try:
         with tarfile.open(src, "r:*") as tar:
             safe_members(tar)
@@ -203,7 +208,7 @@ def _unpack_checked(src: Path, staging: Path, root: Path) -> ImportReport:
     if digest != info.get("manifest_digest"):
         raise BundleError(f"{src}: the manifest does not match the digest in bundle.json (damaged or edited)")
     unpacked = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
-    extra = sorted(unpacked - set(m.files) - {BUNDLE_INFO, manifest_mod.MANIFEST_NAME})
+    extra = sorted(unpacked - set(m.files) - {BUNDLE_INFO, manifest_mod.MANIFEST_NAME, manifest_mod.SIG_NAME})
     if extra:
         raise BundleError(f"{src}: holds {len(extra)} files its manifest does not list (first: {extra[0]})")
     for rel, rec in sorted(m.files.items()):
@@ -212,6 +217,13 @@ def _unpack_checked(src: Path, staging: Path, root: Path) -> ImportReport:
             raise BundleError(f"{src}: {rel} is listed in its manifest but missing")
         if path.stat().st_size != rec.size or sha256_file(path) != rec.sha256:
             raise BundleError(f"{src}: {rel} differs from its manifest (damaged bundle)")
+    signed = staging / manifest_mod.SIG_NAME
+    if public_key is not None:
+        from .signing import check
+        try:   # the group files still list the build's paths: only their member names are signed
+            check(staging, m, public_key, require_inside=False, sig_path=signed)
+        except CacheDirError as e:
+            raise BundleError(f"{src}: {str(e).replace(str(staging) + '/', '')}") from None
 
     rewritten = 0
     for rel in sorted(m.files):
@@ -229,6 +241,8 @@ def _unpack_checked(src: Path, staging: Path, root: Path) -> ImportReport:
     for rel in sorted(m.files, key=lambda r: (Path(r).name.startswith(GROUP_PREFIX), r)):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / rel, root / rel)
+    if signed.is_file():   # still valid: the portable digest does not see where group members lie
+        os.replace(signed, root / manifest_mod.SIG_NAME)
     manifest_mod.save(m, root)
     return ImportReport(cache_dir=root, files=len(m.files), bytes=sum(f.size for f in m.files.values()),
                         groups_rewritten=rewritten, manifest_digest=digest)

@@ -1,4 +1,4 @@
-"""CLI commands that read or maintain a cache directory: inspect, verify, prune, export, import, merge.
+"""CLI commands that read or maintain a cache directory: inspect, verify, prune, export, import, merge, sign.
 
 Each command is a view of a frozen record (scan.CacheScan, verify.Verification, maintenance.PrunePlan, ...):
 `--json` prints the record, the default a rich table of it. Exit codes: 0 fine, 1 verify found problems,
@@ -102,7 +102,7 @@ def cmd_verify(args) -> int:
         from .plan import plan as make_plan
         plan = make_plan(spec_from_args(args))
     s = scan(args.dir)
-    v = verify(s, plan)
+    v = verify(s, plan, allow_writable=args.allow_writable, public_key=args.public_key)
     if args.json:
         _print_json(v.as_dict())
         return 0 if v.ok else 1
@@ -164,13 +164,26 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from .bundle import import_bundle
-    r = import_bundle(args.bundle, args.dir)
+    r = import_bundle(args.bundle, args.dir, public_key=args.public_key)
     if args.json:
         _print_json(r.as_dict())
         return 0
     _out().print(f"imported {r.files} files ({human_size(r.bytes)}) into {r.cache_dir}; {r.groups_rewritten} "
-                 f"compiled-kernel groups now point there (manifest digest {r.manifest_digest[:16]} checked)")
+                 f"compiled-kernel groups now point there (manifest digest {r.manifest_digest[:16]} checked"
+                 + (", signature checked" if args.public_key else "") + ")")
     _out().print(f"serve with: TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
+    return 0
+
+
+# -- sign -----------------------------------------------------------------------------------------------------
+def cmd_sign(args) -> int:
+    from .signing import sign
+    sig = sign(args.dir, args.key)
+    if args.json:
+        _print_json(sig)
+        return 0
+    _out().print(f"signed {args.dir}: {args.dir.rstrip('/')}/manifest.sig, ed25519 key {sig['key_id']}, manifest "
+                 f"digest {sig['portable_digest'][:16]} (portable: stays valid after export/import)")
     return 0
 
 
@@ -208,6 +221,9 @@ def add_commands(sub) -> None:
                                       "exit 0 only if all is well")
     p.add_argument("dir")
     _add_model_args(p)
+    p.add_argument("--allow-writable", action="store_true",
+                   help="do not fail when users other than the owner can write the dir or a parent")
+    p.add_argument("--public-key", metavar="PUB.pem", help="also check manifest.sig against this ed25519 public key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -228,8 +244,18 @@ def add_commands(sub) -> None:
     p = sub.add_parser("import", help="unpack a bundle into a new dir, rewriting Triton's absolute paths for it")
     p.add_argument("bundle")
     p.add_argument("dir", help="an absent or empty dir; the server must use this path")
+    p.add_argument("--public-key", metavar="PUB.pem",
+                   help="require the bundle's manifest.sig to be a valid signature by this ed25519 public key")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("sign", help="sign a cache's manifest with an ed25519 key (writes manifest.sig; needs the "
+                                    "`cryptography` package)")
+    p.add_argument("dir")
+    p.add_argument("--key", required=True, metavar="KEY.pem",
+                   help="unencrypted PEM ed25519 private key (openssl genpkey -algorithm ed25519 -out KEY.pem)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("merge", help="combine caches built in the same environment (other TP degrees, models)")
     p.add_argument("dirs", nargs="+", metavar="DIR")

@@ -31,3 +31,16 @@ class BuildFailedError(AutotuneCacheError):
     def __init__(self, message, manifest=None):
         super().__init__(message)
         self.manifest = manifest
+
+
+class IntegrityError(CacheDirError):
+    """A cache dir (or bundle) that must not be loaded: files differ from its manifest, are missing or foreign, or
+    its signature does not verify. `files` names them (relative paths, or absolute for a parent dir)."""
+
+    def __init__(self, message, files=()):
+        super().__init__(message)
+        self.files = list(files)
+
+
+class SharedWritableError(IntegrityError):
+    """A cache dir, an entry in it or a parent that users other than the owner can write."""

@@ -8,19 +8,26 @@
 install() imports no kernel module and initializes no GPU (vLLM loads plugins before device init): autotuners
 already imported are flipped now, later ones as they are constructed. Checks that need the GPU (ptxas, compute
 capability) run at the first autotune lookup, when the server has initialized CUDA itself.
+
+Before Triton is pointed at the directory, every file in it is checked against the manifest (integrity.py) and
+the directory's modes: a cache is code the server runs. A directory that fails is refused: the server tunes into
+a private empty cache dir instead (strict mode: IntegrityError naming the files). A checked directory is never
+written by the server: misses go to an overlay (layered.py), so it stays exactly what its manifest lists.
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections import defaultdict
 from pathlib import Path
 
-from . import manifest as manifest_mod
-from .errors import AutotuneCacheError, CacheDirError
+from . import integrity, manifest as manifest_mod
+from .errors import AutotuneCacheError, CacheDirError, IntegrityError, SharedWritableError
 
 log = logging.getLogger("autotune_cache")
 
@@ -30,6 +37,7 @@ TARGET_MODULES = {
     "sglang": ("sglang.srt.layers.attention.fla.", "sglang.kernels.ops.attention.fla."),
 }
 TRUE = ("1", "true", "yes", "on")
+LAYERED = "autotune_cache.layered:LayeredCacheManager"
 
 
 class CacheMissError(AutotuneCacheError):
@@ -49,7 +57,17 @@ class LoaderReport:
         self.strict = strict
         self.manifest = None
         self.read_only = False
-        self.overlay_dir: Path | None = None
+        self.overlay_dir: Path | None = None   # where Triton writes misses when the cache dir itself is not written
+        # Integrity (integrity.py): verified = every file matches the manifest and only its owner can write the dir.
+        # refused = why the dir is not used ("AB.../k.cubin: sha256 differs from the manifest"); the server then
+        # tunes into private_dir, a fresh empty dir removed at exit.
+        self.verified = False
+        self.refused: list[str] = []
+        self.private_dir: Path | None = None
+        self.signed: bool | None = None        # manifest signature checked (None: no public key given)
+        self.files_checked = 0                 # files hashed
+        self.bytes_checked = 0
+        self.verify_seconds = 0.0
         self.flipped: list[str] = []          # "module.kernel" of every autotuner switched to the disk cache
         self.mismatches: list[str] = []       # why the cache may miss here (fingerprint differences)
         self.warnings: list[str] = []
@@ -68,10 +86,16 @@ class LoaderReport:
 
     def summary(self) -> str:
         t = self.totals
-        lines = [f"autotune-cache: {self.cache_dir}{' (read-only, overlay ' + str(self.overlay_dir) + ')' if self.read_only else ''}: "
+        where = (f" (REFUSED, tuning into {self.private_dir})" if self.private_dir else
+                 f" ({'read-only, ' if self.read_only else ''}misses to overlay {self.overlay_dir})"
+                 if self.overlay_dir else "")
+        check = (f"verified {self.files_checked} files in {self.verify_seconds:.2f} s" if self.verified
+                 else "refused" if self.refused else "unchecked (no manifest)")
+        lines = [f"autotune-cache: {self.cache_dir}{where}: {check}; "
                  f"{t['lookups']} lookups, {t['hits']} hits, {t['misses']} misses (benchmarked)"]
         for kernel, c in sorted(self.counters.items()):
             lines.append(f"  {kernel}: lookups {c['lookups']} hits {c['hits']} misses {c['misses']}")
+        lines += [f"  refused: {r}" for r in self.refused[:20]]
         lines += [f"  mismatch: {m}" for m in self.mismatches] + [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -79,6 +103,10 @@ class LoaderReport:
         return {"cache_dir": str(self.cache_dir), "read_only": self.read_only,
                 "overlay_dir": str(self.overlay_dir) if self.overlay_dir else None, "strict": self.strict,
                 "flipped": self.flipped, "mismatches": self.mismatches, "warnings": self.warnings,
+                "verified": self.verified, "refused": self.refused,
+                "private_dir": str(self.private_dir) if self.private_dir else None, "signed": self.signed,
+                "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
+                "verify_seconds": round(self.verify_seconds, 4),
                 "counters": dict(self.counters), "totals": self.totals}
 
 
@@ -130,30 +158,126 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def _point_triton_at(report: LoaderReport) -> None:
+def _private_dir(prefix: str) -> Path:
+    """A fresh empty dir only this user can read or write, removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
+    """AUTOTUNE_CACHE_OVERLAY, default <tmp>/autotune-cache-overlay-<uid>/<hash of the cache path> (it persists,
+    so a miss is tuned once per machine). The overlay is read too (the server's own earlier misses): one that
+    another user owns or can write (a name pre-created in /tmp) is replaced by a fresh private dir."""
+    given = os.environ.get("AUTOTUNE_CACHE_OVERLAY")
+    if given:
+        path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
+    else:
+        user_dir = Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}"
+        path = user_dir / hashlib.sha256(str(report.cache_dir).encode()).hexdigest()[:16]
+        own = [user_dir, path]
+    unsafe = []
+    try:
+        for d in own:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = d.lstat()
+            if d.is_symlink() or st.st_uid != os.getuid():
+                unsafe.append(f"{d} is a link or owned by uid {st.st_uid}, not this user ({os.getuid()})")
+        if not allow_shared_writable:
+            unsafe += integrity.writable_parents(path)
+    except OSError as e:
+        unsafe.append(f"{path}: {e.strerror or e}")
+    if not unsafe:
+        return path
+    private = _private_dir("autotune-cache-overlay-")
+    report.warnings.append(f"overlay {path} not used ({'; '.join(unsafe)}): misses go to {private}")
+    return private
+
+
+def _point_triton_at(report: LoaderReport, allow_shared_writable: bool) -> None:
     # TRITON_CACHE_AUTOTUNING is left alone: it would switch every autotuner of the process, not the targets'.
-    if _writable(report.cache_dir):
-        os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
+    if os.environ.get("TRITON_CACHE_MANAGER") == LAYERED:   # set by an earlier install() of this process
+        os.environ.pop("TRITON_CACHE_MANAGER")
+        os.environ.pop("AUTOTUNE_CACHE_BASE", None)
+    if report.private_dir is not None:   # refused: Triton never sees the directory
+        os.environ["TRITON_CACHE_DIR"] = str(report.private_dir)
         return
+    writable = _writable(report.cache_dir)
     if os.environ.get("TRITON_CACHE_MANAGER"):
-        report.warnings.append(f"cache dir is read-only and TRITON_CACHE_MANAGER is already "
-                               f"{os.environ['TRITON_CACHE_MANAGER']}: a miss will fail the kernel call")
+        if not writable:
+            report.warnings.append(f"cache dir is read-only and TRITON_CACHE_MANAGER is already "
+                                   f"{os.environ['TRITON_CACHE_MANAGER']}: a miss will fail the kernel call")
+        if report.verified:
+            report.warnings.append(f"TRITON_CACHE_MANAGER is {os.environ['TRITON_CACHE_MANAGER']}: it decides "
+                                   "what is read, which may not be the files checked here")
         os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
         return
-    overlay = Path(os.environ.get("AUTOTUNE_CACHE_OVERLAY")
-                   or Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}")
-    overlay.mkdir(parents=True, exist_ok=True)
-    report.read_only, report.overlay_dir = True, overlay
+    if writable and report.manifest is None:   # a plain Triton cache, unchecked: used as Triton alone would
+        os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
+        return
+    # Read-only, or checked: reads come from the cache dir, writes go to the overlay. A checked dir that the server
+    # wrote its misses into would hold foreign files at the next start, and be refused.
+    overlay = _overlay_dir(report, allow_shared_writable)
+    report.read_only, report.overlay_dir = not writable, overlay
     os.environ["AUTOTUNE_CACHE_BASE"] = str(report.cache_dir)
     os.environ["TRITON_CACHE_DIR"] = str(overlay)
-    os.environ["TRITON_CACHE_MANAGER"] = "autotune_cache.layered:LayeredCacheManager"
+    os.environ["TRITON_CACHE_MANAGER"] = LAYERED
+
+
+def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
+                     public_key) -> None:
+    """Every file against the manifest, the modes, the signature; refuse the dir (strict: raise) on any problem."""
+    root = report.cache_dir
+    refused, unsafe = [], []
+    try:
+        report.manifest = manifest_mod.load(root)
+    except CacheDirError as e:   # damaged or edited: nothing to check the files against
+        refused.append(f"{e}: the files cannot be checked")
+    if report.manifest is None and not refused:
+        if require_manifest:
+            refused.append(f"{manifest_mod.path_of(root)}: no manifest, and one is required (strict or "
+                           "require_manifest): the files cannot be checked")
+        else:
+            report.warnings.append("no manifest.json: not built by autotune-cache; files and compatibility unchecked")
+    check = integrity.check_files(root, report.manifest)
+    report.files_checked, report.bytes_checked, report.verify_seconds = check.hashed, check.bytes_hashed, check.seconds
+    refused += [str(p) for p in check.problems]
+    if not allow_shared_writable:
+        unsafe = integrity.shared_writable(check)
+        refused += [f"{u}: other users can change what the server loads (chmod go-w, or allow it explicitly: "
+                    "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1)" for u in unsafe]
+    if public_key is not None and report.manifest is not None:
+        from . import signing
+        try:
+            signing.check(root, report.manifest, public_key)
+            report.signed = True
+        except AutotuneCacheError as e:   # IntegrityError, or a key / package that cannot check it
+            report.signed = False
+            refused.append(str(e))
+    if check.moved_groups:
+        report.warnings.append(f"{len(check.moved_groups)} compiled kernels list their files outside their directory "
+                               "(copied without `autotune-cache import`): those files are not loaded, the server "
+                               f"compiles these kernels (first: {check.moved_groups[0]})")
+    report.verified = report.manifest is not None and not refused
+    if not refused:
+        return
+    report.refused = refused
+    shown = "; ".join(refused[:10]) + (f"; and {len(refused) - 10} more" if len(refused) > 10 else "")
+    if report.strict:
+        error = SharedWritableError if unsafe else IntegrityError
+        raise error(f"autotune-cache strict mode: cache {root} refused: {shown}",
+                    files=[r.split(": ", 1)[0] for r in refused])
+    report.private_dir = _private_dir("autotune-cache-refused-")
+    report.warnings.append(f"cache {root} refused ({shown}); serving from an empty private cache dir "
+                           f"{report.private_dir} instead: kernels are tuned in this process")
+    log.warning("autotune-cache: %s", report.warnings[-1])
 
 
 def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     """Compare what enters the disk keys. Without the GPU (install time) only the parts that need none."""
     from . import fingerprint
-    built = report.manifest.fingerprint if report.manifest else None
-    if built is None:
+    built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
+    if built is None:   # no manifest, or a refused dir: nothing of it is used
         return
     here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.collect_without_gpu(built)
     found = [m for m in fingerprint.mismatches(built, here) if m not in report.mismatches]
@@ -164,13 +288,26 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
         raise IncompatibleCacheError(f"cache {report.cache_dir} does not fit this environment: " + "; ".join(found))
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in TRUE
+
+
 def install(cache_dir: str | os.PathLike | None = None, *, targets=("fla", "vllm", "sglang"), strict: bool | None = None,
-            modules=(), log_at_exit: bool | None = None) -> LoaderReport:
+            modules=(), log_at_exit: bool | None = None, require_manifest: bool | None = None,
+            allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None
+            ) -> LoaderReport:
     """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`.
 
     cache_dir defaults to env AUTOTUNE_CACHE_DIR; strict to env AUTOTUNE_CACHE_STRICT (a miss then raises
-    CacheMissError naming kernel and key instead of benchmarking, and an incompatible fingerprint raises).
-    `modules`: extra module prefixes whose autotuners are switched too. Returns the live report.
+    CacheMissError naming kernel and key instead of benchmarking, an incompatible fingerprint raises, and so does a
+    refused directory: IntegrityError naming the files). `modules`: extra module prefixes whose autotuners are
+    switched too. Returns the live report.
+
+    The directory is refused (see the module doc) when a file differs from its manifest, is missing, foreign, a
+    link; when another user can write it or a parent (`allow_shared_writable` / AUTOTUNE_CACHE_ALLOW_WRITABLE=1
+    allows it); without a manifest when `require_manifest` (env AUTOTUNE_CACHE_REQUIRE_MANIFEST, implied by strict);
+    with `public_key` (an ed25519 public key, PEM path or bytes; env AUTOTUNE_CACHE_PUBLIC_KEY) when manifest.sig
+    is absent or does not verify.
     """
     cache_dir = cache_dir or os.environ.get("AUTOTUNE_CACHE_DIR")
     if not cache_dir:
@@ -179,20 +316,20 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=("fla", "vllm
     if not root.is_dir():
         raise CacheDirError(f"cache dir {root} does not exist or is not a directory")
     if strict is None:
-        strict = os.environ.get("AUTOTUNE_CACHE_STRICT", "").lower() in TRUE
+        strict = _env_flag("AUTOTUNE_CACHE_STRICT")
+    if require_manifest is None:
+        require_manifest = strict or _env_flag("AUTOTUNE_CACHE_REQUIRE_MANIFEST")
+    if allow_shared_writable is None:
+        allow_shared_writable = _env_flag("AUTOTUNE_CACHE_ALLOW_WRITABLE")
+    public_key = public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None
     unknown = [t for t in targets if t not in TARGET_MODULES]
     if unknown:
         raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(TARGET_MODULES)}")
     prefixes = tuple(p for t in targets for p in TARGET_MODULES[t]) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
-    try:
-        report.manifest = manifest_mod.load(root)
-    except CacheDirError as e:   # a broken manifest must not stop a server: the Triton entries may still hit
-        report.warnings.append(str(e))
-    if report.manifest is None and not report.warnings:
-        report.warnings.append("no manifest.json: not built by autotune-cache; compatibility unchecked")
-
-    _point_triton_at(report)
+    _check_integrity(report, require_manifest=require_manifest, allow_shared_writable=allow_shared_writable,
+                     public_key=public_key)
+    _point_triton_at(report, allow_shared_writable)
     from . import triton_cache
     _state["report"] = report
     _hook_new_autotuners(report)

@@ -17,7 +17,8 @@ from .fingerprint import Fingerprint
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".autotune-cache.lock"
-OWN_FILES = (MANIFEST_NAME, LOCK_NAME)
+SIG_NAME = "manifest.sig"          # `autotune-cache sign`: an ed25519 signature of the manifest (signing.py)
+OWN_FILES = (MANIFEST_NAME, LOCK_NAME, SIG_NAME)
 
 
 def now() -> str:
@@ -137,6 +138,16 @@ def save(manifest: Manifest, cache_dir: Path) -> Path:
     return path
 
 
+def is_own(rel: str) -> bool:
+    """A path (relative, posix) that is no part of the cache: ours (manifest, lock, signature, temp files) or a
+    write in flight (Triton writes into <hash dir>/tmp.pid_<pid>_<uuid>/, then renames). Triton never reads any of
+    them by its lookups; the manifest lists none of them and integrity checks skip them."""
+    parts = rel.split("/")
+    return (rel in OWN_FILES or parts[-1].startswith((".manifest.", ".write-test.")) or parts[-1].endswith(".tmp")
+            or parts[0].startswith((".import-", ".merge-"))   # staging dirs of import / merge (under the lock)
+            or any(p.startswith("tmp.pid_") for p in parts))
+
+
 def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
     """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
     from .triton_cache import sha256_file
@@ -145,9 +156,8 @@ def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if (not path.is_file() or rel in OWN_FILES or path.name.startswith((".manifest.", ".write-test."))
-                or path.name.endswith(".tmp") or any(p.startswith("tmp.pid_") for p in rel.split("/"))):
-            continue   # ours, or a write in flight (Triton writes into tmp.pid_<pid>_<uuid>/, then renames)
+        if path.is_symlink() or not path.is_file() or is_own(rel):
+            continue   # a link is never part of a cache: integrity checks report it
         try:
             out[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
         except FileNotFoundError:   # removed while we scanned (another process's temp file): not part of the cache

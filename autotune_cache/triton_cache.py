@@ -276,9 +276,11 @@ def read_autotune(path: Path) -> AutotuneFile:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        if hasattr(hashlib, "file_digest"):   # Python 3.11+: one reused buffer, no allocation per block
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 18), b""):
             h.update(block)
     return h.hexdigest()
 

@@ -1,7 +1,11 @@
-"""Will a server hit this cache? Three checks, each a frozen record of problems (fail) and notes (inform):
+"""Will a server hit this cache, and may it trust it? Checks, each a frozen record of problems (fail) and notes:
 
-- checksums: every file the manifest lists is on disk with its size and sha256; no corrupt autotune or group
-  file; no compiled kernel whose group file points into another directory (a cache moved without `import`);
+- checksums: every file the manifest lists is on disk with its size and sha256, and no file on disk that it does
+  not list (foreign), no link or special file (integrity.check_files, the loader's own check); no corrupt autotune
+  or group file; no compiled kernel whose group file points into another directory (a cache moved without `import`);
+- permissions: neither the dir, nor an entry in it, nor a parent (without the sticky bit) is writable by users
+  other than the owner (unless allowed: then notes);
+- signature (with a public key): manifest.sig is a valid ed25519 signature of the manifest (signing.py);
 - compatibility: the manifest's fingerprint against this machine (fingerprint.mismatches). Without a GPU the
   compute capability cannot be read: the ptxas check then uses Triton's ptxas for the cache's capability;
 - coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
@@ -13,9 +17,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import integrity
 from .fingerprint import Fingerprint, mismatches
+from .integrity import FileCheck
 from .scan import CacheScan
-from .triton_cache import sha256_file
 
 
 @dataclass(frozen=True)
@@ -44,38 +49,30 @@ class Verification:
 
 
 # -- checksums ------------------------------------------------------------------------------------------------
-def changed_files(s: CacheScan) -> dict[str, str]:
-    """Manifest-listed files that are missing or differ: path -> why. Hashes every listed file."""
-    out = {}
-    for rel, rec in (s.manifest.files if s.manifest else {}).items():
-        path = s.root / rel
-        if path.is_symlink() or not path.is_file():
-            out[rel] = "missing"
-        elif path.stat().st_size != rec.size:
-            out[rel] = f"size {path.stat().st_size}, manifest says {rec.size}"
-        else:
-            try:
-                if sha256_file(path) != rec.sha256:
-                    out[rel] = "content differs from the manifest (sha256)"
-            except OSError as e:
-                out[rel] = f"unreadable ({e.strerror or e})"
-    return out
+def changed_files(s: CacheScan, check: FileCheck | None = None) -> dict[str, str]:
+    """Manifest-listed files that are missing or differ (or are a link): path -> why. Hashes every listed file."""
+    if s.manifest is None:
+        return {}
+    check = check or integrity.check_files(s.root, s.manifest)
+    return {p.path: p.detail for p in check.problems if p.path in s.manifest.files}
 
 
-def check_checksums(s: CacheScan, changed: dict[str, str] | None = None) -> Check:
+def check_checksums(s: CacheScan, check: FileCheck | None = None) -> Check:
     if s.manifest is None:
         return Check("checksums", False, ("no manifest.json: nothing to check files against (not built by "
                                           "autotune-cache, or its manifest is unreadable)",)
                      + tuple(f"{w.path}: {w.message}" for w in s.warnings))
     m = s.manifest
-    changed = changed_files(s) if changed is None else changed
-    problems = [f"{rel}: {why}" for rel, why in sorted(changed.items())]
+    check = check or integrity.check_files(s.root, m)
+    problems = [str(p) for p in check.problems]
+    reported = {p.path for p in check.problems}
     for rel, entry in sorted(m.entries.items()):
         rec = m.files.get(rel)
         if rec is not None and rec.sha256 != entry.sha256:
             problems.append(f"{rel}: manifest entry and file list disagree on its sha256")
     listed = set(m.files)
-    problems += [f"{rel}: corrupt (Triton would fail on it)" for rel in s.corrupt if rel not in listed]
+    problems += [f"{rel}: corrupt (Triton would fail on it)" for rel in s.corrupt
+                 if rel not in listed and rel not in reported]
     problems += [f"{rel}: manifest entry without a file on disk" for rel in s.missing if rel not in listed]
     moved = [c for c in s.compiled if c.foreign]
     if moved:
@@ -84,8 +81,8 @@ def check_checksums(s: CacheScan, changed: dict[str, str] | None = None) -> Chec
     notes = []
     unlisted = s.unlisted
     if unlisted:
-        notes.append(f"{len(unlisted)} autotune files on disk are not in the manifest (tuned by another process?): "
-                     + ", ".join(r.file for r in unlisted[:5]) + (" ..." if len(unlisted) > 5 else ""))
+        notes.append(f"{len(unlisted)} of the foreign files are autotune files (a server without the loader wrote its "
+                     "misses here?); `prune` deletes them, or rebuild to list them")
     gone = [r for r in s.autotune if r.binaries and not s.binaries_of(r)]
     if gone:
         notes.append(f"{len(gone)} entries have no compiled winner on disk (pruned with --all-binaries?): "
@@ -94,8 +91,34 @@ def check_checksums(s: CacheScan, changed: dict[str, str] | None = None) -> Chec
     if unknown:
         notes.append(f"{len(unknown)} entries do not record their winners' binaries (older manifest)")
     ok_count = len(m.files) - sum(1 for p in problems if p.split(":", 1)[0] in m.files)
-    notes.insert(0, f"{ok_count} of {len(m.files)} files listed in the manifest are intact")
+    foreign = len(check.of("foreign"))
+    notes.insert(0, f"{ok_count} of {len(m.files)} files listed in the manifest are intact; {foreign} foreign files "
+                    f"({check.hashed} files, {check.bytes_hashed / 1e6:.1f} MB hashed in {check.seconds:.2f} s)")
     return Check("checksums", not problems, tuple(problems), tuple(notes))
+
+
+def check_permissions(check: FileCheck, allow_writable: bool = False) -> Check:
+    """Who else can change what a server loads from this dir (integrity.shared_writable)."""
+    unsafe = integrity.shared_writable(check)
+    if not unsafe:
+        return Check("permissions", True, notes=("only the owner can write the dir, its entries and its parents",))
+    lines = tuple(f"{u}: other users can change what the server loads" for u in unsafe)
+    if allow_writable:
+        return Check("permissions", True, notes=lines + ("allowed (--allow-writable)",))
+    return Check("permissions", False, lines, ("`chmod -R go-w` the dir (and fix the parents), or --allow-writable; "
+                                               "the loader refuses it the same way",))
+
+
+def check_signature(s: CacheScan, public_key) -> Check:
+    from .errors import AutotuneCacheError
+    from .signing import check
+    if s.manifest is None:
+        return Check("signature", False, ("no manifest.json to check a signature of",))
+    try:
+        kid = check(s.root, s.manifest, public_key)
+    except AutotuneCacheError as e:
+        return Check("signature", False, (str(e),))
+    return Check("signature", True, notes=(f"manifest.sig: a valid ed25519 signature by key {kid}",))
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
@@ -187,10 +210,12 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
     return Check("coverage", not problems, tuple(problems), notes, tuple(rows))
 
 
-def verify(s: CacheScan, plan=None) -> Verification:
-    """Run the checks; coverage only when a plan is given."""
-    changed = changed_files(s)
-    checks = [check_checksums(s, changed), check_compatibility(s)]
+def verify(s: CacheScan, plan=None, *, allow_writable: bool = False, public_key=None) -> Verification:
+    """Run the checks; coverage only when a plan is given, signature only with a public key."""
+    files = integrity.check_files(s.root, s.manifest)
+    checks = [check_checksums(s, files), check_permissions(files, allow_writable), check_compatibility(s)]
+    if public_key is not None:
+        checks.append(check_signature(s, public_key))
     if plan is not None:
-        checks.append(check_coverage(s, plan, changed))
+        checks.append(check_coverage(s, plan, changed_files(s, files)))
     return Verification(cache_dir=s.root, checks=tuple(checks))

@@ -1,0 +1,197 @@
+"""ed25519 signatures of a cache's manifest: `autotune-cache sign DIR --key KEY.pem` writes manifest.sig; the loader
+(`install(public_key=...)`), `verify --public-key` and `import --public-key` check it. Needs the `cryptography`
+package (extra `sign`).
+
+The manifest names every file of the cache by sha256, so a valid signature over it, plus files that match it
+(integrity.check_files), means: these are the bytes the key holder signed. Without a signature the manifest only
+proves that files were not damaged or mixed: whoever can write the directory can rewrite the manifest too.
+
+What is signed is the manifest's *portable digest*: Manifest.digest() with `updated` left out and each Triton group
+file (`__grp__*.json`, which lists its members by absolute path) counted by its member names alone, not by its
+bytes. Those are the only things `import` changes when it moves a cache, so a signed cache stays signed at its new
+path. In exchange, the check reads every group file and requires its members to lie in its own directory: a group
+pointing elsewhere fails it.
+
+Keys: `openssl genpkey -algorithm ed25519 -out key.pem` (private, for `sign`) and
+`openssl pkey -in key.pem -pubout -out key.pub.pem` (public, for the checks).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import manifest as manifest_mod
+from .errors import AutotuneCacheError, IntegrityError
+from .manifest import Manifest
+from .triton_cache import GROUP_PREFIX
+
+ALGORITHM = "ed25519"
+CONTEXT = b"autotune-cache manifest signature v1\n"   # what is signed: CONTEXT + portable digest (hex)
+
+
+def _crypto():
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise AutotuneCacheError("signatures need the `cryptography` package: pip install "
+                                 "'autotune-cache[sign]'") from None
+    return serialization, ed25519
+
+
+def _pem(key: str | os.PathLike | bytes) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    text = str(key)
+    if text.lstrip().startswith("-----BEGIN"):
+        return text.encode()
+    try:
+        return Path(text).expanduser().read_bytes()
+    except OSError as e:
+        raise AutotuneCacheError(f"{text}: cannot read the key ({e.strerror or e})") from None
+
+
+def load_private_key(key: str | os.PathLike | bytes):
+    serialization, ed25519 = _crypto()
+    try:
+        k = serialization.load_pem_private_key(_pem(key), password=None)
+    except (ValueError, TypeError) as e:
+        raise AutotuneCacheError(f"not an unencrypted PEM private key ({e})") from None
+    if not isinstance(k, ed25519.Ed25519PrivateKey):
+        raise AutotuneCacheError(f"the key is {type(k).__name__}, not ed25519")
+    return k
+
+
+def load_public_key(key: str | os.PathLike | bytes):
+    serialization, ed25519 = _crypto()
+    try:
+        k = serialization.load_pem_public_key(_pem(key))
+    except (ValueError, TypeError) as e:
+        raise AutotuneCacheError(f"not a PEM public key ({e})") from None
+    if not isinstance(k, ed25519.Ed25519PublicKey):
+        raise AutotuneCacheError(f"the public key is {type(k).__name__}, not ed25519")
+    return k
+
+
+def key_id(public_key) -> str:
+    """sha256 of the raw public key, first 16 hex digits: names the key in manifest.sig and in messages."""
+    serialization, _ = _crypto()
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def group_members(paths: dict[str, str]) -> str:
+    """What of a group file is signed: its member names and file names, not where they lie."""
+    return hashlib.sha256(json.dumps(sorted((name, Path(p).name) for name, p in paths.items())).encode()).hexdigest()
+
+
+def read_groups(root: Path, manifest: Manifest, *, require_inside: bool) -> dict[str, dict[str, str]]:
+    """child_paths of every group file the manifest lists. require_inside: every member must be in the group's own
+    dir under root (IntegrityError otherwise); off for a bundle's staging dir (import rewrites them)."""
+    from .triton_cache import read_group
+    out = {}
+    for rel in manifest.files:
+        if not rel.rsplit("/", 1)[-1].startswith(GROUP_PREFIX):
+            continue
+        try:
+            paths = read_group(root / rel)
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{rel}: unreadable group file ({type(e).__name__}): the signature cannot be "
+                                 "checked", files=[rel]) from None
+        if require_inside:
+            own = (root / rel).parent
+            outside = [p for p in paths.values()
+                       if Path(p).parent != own and Path(os.path.realpath(p)).parent != own]
+            if outside:
+                raise IntegrityError(f"{rel}: lists {outside[0]}, outside its directory (copied without "
+                                     "`autotune-cache import`?): the signature does not cover it", files=[rel])
+        out[rel] = paths
+    return out
+
+
+def portable_digest(manifest: Manifest, groups: dict[str, dict[str, str]]) -> str:
+    """sha256 over the manifest without `updated`, with each group file's record replaced by its member names."""
+    data = manifest.model_dump(mode="json")
+    data.pop("updated", None)
+    for rel, paths in groups.items():
+        data["files"][rel] = {"group_members": group_members(paths)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -> dict:
+    """Write <cache_dir>/manifest.sig for its manifest, after checking that every file matches the manifest and
+    that every group's members are in its own dir (a signature must not bless a tampered cache)."""
+    from . import integrity
+    from .maintenance import locked
+
+    key = load_private_key(private_key)
+    root = Path(cache_dir).expanduser().resolve()
+    with locked(root):
+        m = manifest_mod.load(root)
+        if m is None:
+            raise AutotuneCacheError(f"{root}: no manifest.json to sign")
+        check = integrity.check_files(root, m)
+        if not check.ok:
+            raise IntegrityError(f"{root}: not signed, its files do not match its manifest: {check.summary()}",
+                                 files=[p.path for p in check.problems])
+        digest = portable_digest(m, read_groups(root, m, require_inside=True))
+        sig = {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "portable_digest": digest,
+               "manifest_digest": m.digest(),
+               "signature": base64.b64encode(key.sign(CONTEXT + digest.encode())).decode()}
+        _write_atomic(root / manifest_mod.SIG_NAME, json.dumps(sig, indent=1) + "\n")
+    return sig
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import tempfile
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = True,
+          sig_path: Path | None = None) -> str:
+    """IntegrityError unless <root>/manifest.sig is a valid signature of `manifest` by `public_key`. Returns the
+    key id. The files themselves are integrity.check_files' job."""
+    _crypto()   # a clear error when `cryptography` is missing
+    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
+    kid = key_id(pub)
+    sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
+    try:
+        sig = json.loads(sig_path.read_text())
+        signature = base64.b64decode(sig["signature"], validate=True)
+    except FileNotFoundError:
+        raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "
+                             "sign DIR --key KEY.pem`)", files=[manifest_mod.SIG_NAME]) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{sig_path}: unreadable signature ({type(e).__name__})",
+                             files=[manifest_mod.SIG_NAME]) from None
+    if sig.get("algorithm") != ALGORITHM:
+        raise IntegrityError(f"{sig_path}: algorithm {sig.get('algorithm')!r}, expected {ALGORITHM}",
+                             files=[manifest_mod.SIG_NAME])
+    digest = portable_digest(manifest, read_groups(Path(root), manifest, require_inside=require_inside))
+    try:
+        _check_sig(pub, signature, CONTEXT + digest.encode())
+    except ValueError:
+        why = ("the manifest changed since it was signed (re-sign it)" if sig.get("portable_digest") != digest
+               else f"not signed by this key ({kid}; signed by {sig.get('key_id')})")
+        raise IntegrityError(f"{sig_path}: the signature does not verify: {why}",
+                             files=[manifest_mod.SIG_NAME, manifest_mod.MANIFEST_NAME]) from None
+    return kid
+
+
+def _check_sig(pub, signature: bytes, data: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+    try:
+        pub.verify(signature, data)
+    except InvalidSignature:
+        raise ValueError("bad signature") from None
