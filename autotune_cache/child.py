@@ -110,8 +110,10 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
 
     # Compile each unit's configs in worker processes first (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every
     # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
-    use_processes = precompile.processes() > 1
-    if not use_processes:
+    # Emulated builds (tests, key checks) default to threads: a worker's start (torch + kernel imports) costs
+    # more than the few configs of a test kernel, and would eat small unit timeouts.
+    n_processes = precompile.processes(default=1 if emulate else None)
+    if n_processes <= 1:
         precompile.install()
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
     if control.get() != "go":
@@ -162,8 +164,8 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
-                if use_processes:
-                    precompile.compile_unit_in_processes(cache_dir, raw, emulate)
+                if n_processes > 1:
+                    precompile.compile_unit_in_processes(cache_dir, raw, emulate, n_processes)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
                 for tokens in raw["tokens"]:

@@ -63,9 +63,12 @@ def install(n_workers: int | None = None) -> bool:
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
 
 
-def processes() -> int:
+def processes(default: int | None = None) -> int:
+    """Worker processes per unit: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else every core."""
     value = os.environ.get(PROCESS_ENV, "")
-    return int(value) if value.strip() else (os.cpu_count() or 1)
+    if value.strip():
+        return int(value)
+    return default if default is not None else (os.cpu_count() or 1)
 
 
 def _worker(cache_dir: str, unit: dict, emulate: bool, wid: int, n: int) -> None:
