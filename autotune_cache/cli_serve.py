@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .errors import BuildFailedError, NoGPUError
@@ -25,7 +26,7 @@ def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
 
 
 def cmd_ensure(args) -> int:
-    from . import fingerprint, manifest as manifest_mod
+    from . import fingerprint, integrity, manifest as manifest_mod
     from .cli import err, out, spec_from_args
     from .orchestrator import Build, prepare_cache_dir
     from .plan import plan as make_plan
@@ -50,6 +51,11 @@ def cmd_ensure(args) -> int:
     problems = list(gaps)
     if m is not None and m.fingerprint is not None:
         problems += fingerprint.mismatches(m.fingerprint, fingerprint.collect_without_gpu(m.fingerprint))
+    if m is not None:   # the loader's own checks: a cache it would refuse is no cache the server will hit
+        check = integrity.check_files(cache_dir, m)
+        problems += [str(p) for p in check.problems]
+        if os.environ.get("AUTOTUNE_CACHE_ALLOW_WRITABLE", "").lower() not in ("1", "true", "yes", "on"):
+            problems += [f"writable by others than the owner: {w}" for w in integrity.shared_writable(check)]
     result = {"cache_dir": str(cache_dir), "units": len(p.units), "built": built, "ok": not problems,
               "problems": problems}
     if args.json:

@@ -171,3 +171,14 @@ def test_vllm_plugin_entry_point_installs_without_importing_kernels(cache):
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "AUTOTUNE_CACHE_DIR"})
     assert off.stdout.split() == ["False", "False"]
+
+
+def test_ensure_refuses_what_the_loader_would_refuse(tmp_path):
+    from helpers import run_cli
+    cache = tmp_path / "c"
+    args = ("ensure", "--target", "toy_target", "--max-tokens", "1024", "--cache-dir", cache, "--emulate",
+            "--no-progress", "--json")
+    assert json.loads(run_cli(*args, check=0).stdout)["ok"]
+    (cache / "foreign.bin").write_bytes(b"x")   # not in the manifest: install() would refuse the dir
+    out = json.loads(run_cli(*args, check=1).stdout)
+    assert not out["ok"] and any("foreign.bin" in p for p in out["problems"])
