@@ -71,8 +71,8 @@ class ImportReport:
 def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportReport:
     """Write the files the manifest lists (checked against their sha256) and the manifest into `bundle`."""
     from .maintenance import locked
-    from .verify import changed_files
     from .scan import scan
+    from .verify import require_intact
 
     root = Path(cache_dir).expanduser().resolve()
     out = Path(bundle).expanduser().resolve()
@@ -80,14 +80,7 @@ def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportRep
         raise CacheDirError(f"write the bundle outside the cache dir ({out} is inside {root})")
     with locked(root):
         s = scan(root)
-        m = s.manifest
-        if m is None:
-            raise CacheDirError(f"{root}: no readable manifest.json; export needs a cache built by autotune-cache")
-        changed = changed_files(s)
-        if changed:
-            rel, why = next(iter(sorted(changed.items())))
-            raise CacheDirError(f"{root}: {len(changed)} files differ from the manifest (first: {rel}: {why}); "
-                                "run `autotune-cache verify` and rebuild or prune first")
+        m = require_intact(s, "export")
         digest = m.digest()
         info = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "manifest_digest": digest,
                 "files": len(m.files), "tool_version": __version__}

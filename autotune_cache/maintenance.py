@@ -187,16 +187,8 @@ class MergePlan:
 
 
 def _checked_source(d: Path) -> Manifest:
-    s = scan(d)
-    if s.manifest is None:
-        raise CacheDirError(f"{s.root}: no readable manifest.json; merge combines caches built by autotune-cache")
-    from .verify import changed_files
-    changed = changed_files(s)
-    if changed:
-        rel, why = next(iter(sorted(changed.items())))
-        raise CacheDirError(f"{s.root}: {len(changed)} files differ from its manifest (first: {rel}: {why}); "
-                            "run `autotune-cache verify` on it")
-    return s.manifest
+    from .verify import require_intact
+    return require_intact(scan(d), "merge")
 
 
 def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> MergePlan:

@@ -49,6 +49,20 @@ class Verification:
 
 
 # -- checksums ------------------------------------------------------------------------------------------------
+def require_intact(s: CacheScan, what: str):
+    """The scan's manifest, or CacheDirError when there is none or a listed file differs: what `export` and
+    `merge` (`what`) may only copy from."""
+    from .errors import CacheDirError
+    if s.manifest is None:
+        raise CacheDirError(f"{s.root}: no readable manifest.json; {what} needs a cache built by autotune-cache")
+    changed = changed_files(s)
+    if changed:
+        rel, why = next(iter(sorted(changed.items())))
+        raise CacheDirError(f"{s.root}: {len(changed)} files differ from the manifest (first: {rel}: {why}); "
+                            "run `autotune-cache verify` on it, then rebuild or prune")
+    return s.manifest
+
+
 def changed_files(s: CacheScan, check: FileCheck | None = None) -> dict[str, str]:
     """Manifest-listed files that are missing or differ (or are a link): path -> why. Hashes every listed file."""
     if s.manifest is None:
