@@ -10,18 +10,13 @@ from .errors import BuildFailedError, NoGPUError
 
 def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
     """Why each planned unit would not hit: missing, failed, or an entry file gone or changed."""
-    from .triton_cache import sha256_file
     gaps = []
     for unit in plan.units:
         rec = manifest.units.get(unit.id) if manifest else None
         if rec is None or rec.status != "done":
             gaps.append(f"{unit.id}: {'not built' if rec is None else rec.status}")
-            continue
-        for name in rec.entries:
-            entry, path = manifest.entries.get(name), cache_dir / name
-            if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
-                gaps.append(f"{unit.id}: entry {name} missing or changed")
-                break
+        elif (name := manifest.damaged_entry(rec, cache_dir)) is not None:
+            gaps.append(f"{unit.id}: entry {name} missing or changed")
     return gaps
 
 

@@ -87,6 +87,15 @@ class Manifest(BaseModel):
     def pending(self) -> list[UnitRecord]:
         return [u for u in self.units.values() if u.status == "pending"]
 
+    def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
+        """The first entry `rec` reached whose autotune file is unlisted, gone or changed; None when all are intact."""
+        from .triton_cache import sha256_file
+        for name in rec.entries:
+            entry, path = self.entries.get(name), Path(cache_dir) / name
+            if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
+                return name
+        return None
+
     def digest(self) -> str:
         """sha256 over the manifest's content (fixed key order): one value that names the whole cache."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

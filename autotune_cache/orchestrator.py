@@ -103,7 +103,9 @@ class Build:
                     rec.status, rec.error = "pending", "damaged cache files were removed; build again to restore them"
         for unit in self.plan.units:
             rec = m.units.get(unit.id)
-            if rec is None or (rec.status == "done" and not self._entries_intact(m, rec)):
+            # a done unit reached at least one key: none recorded is as broken as a changed one
+            if rec is None or (rec.status == "done" and
+                               (not rec.entries or m.damaged_entry(rec, self.cache_dir) is not None)):
                 m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
                                               shape=unit.shape.model_dump(), dtypes=unit.dtypes,
                                               tokens=list(unit.tokens))
@@ -132,15 +134,6 @@ class Build:
             self.console.print(f"[yellow]{len(damaged)} cache file(s) changed since the last build, removed and "
                                f"rebuilt: {', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}[/yellow]")
         return damaged
-
-    def _entries_intact(self, m: Manifest, rec: UnitRecord) -> bool:
-        from .triton_cache import sha256_file
-        for name in rec.entries:
-            path = self.cache_dir / name
-            entry = m.entries.get(name)
-            if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
-                return False
-        return bool(rec.entries)
 
     def _save(self) -> None:
         try:
