@@ -88,9 +88,15 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int]) -> None:
+def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int],
+         options: dict | None = None) -> None:
+    """`options`: "gpu" (a physical GPU index: this child sees only that one), "compile_processes" (precompile
+    worker processes; default AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core)."""
+    options = options or {}
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
     _die_with_parent()
+    if options.get("gpu") is not None:   # before torch initializes CUDA: one child per GPU of a sharded build
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(options["gpu"])
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
     if emulate:
@@ -112,7 +118,7 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
     # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
     # Emulated builds (tests, key checks) default to threads: a worker's start (torch + kernel imports) costs
     # more than the few configs of a test kernel, and would eat small unit timeouts.
-    n_processes = precompile.processes(default=1 if emulate else None)
+    n_processes = options.get("compile_processes") or precompile.processes(default=1 if emulate else None)
     if n_processes <= 1:
         precompile.install()
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
