@@ -4,11 +4,11 @@ Protocol (child -> parent, dicts on a Channel (channel.py: a pipe, written synch
   hello {fingerprint}                       after the kernel sources' env is set and the driver is up
   no_gpu {message}                          instead of hello when there is no CUDA GPU (and no emulation)
   unit_start {unit}                         before driving a unit
-  lookup {unit, tokens, kernel, key, hit, configs, file, sha256, size, winner, best, margin, binaries}
+  lookup {unit, tokens, kernel, key, hit, configs, file, sha256, size, winner, best, margin, selection, binaries}
                                             sent after the call that made it returned: binaries = compiled-kernel
                                             dirs (relative) the winning config launched
   binaries {unit, file, binaries}           a later call of the same key launched another compiled variant
-  unit_done {unit, seconds} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
+  unit_done {unit, seconds, bench_seconds, precompile, compiles} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
   done
 Parent -> child, on the same Channel after hello: "go" or "stop".
 """
@@ -88,10 +88,33 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _count_compiles() -> dict:
+    """Kernels this process compiled (not loaded from the cache): with compile workers, about none should be.
+    Triton's compilation listener (3.5+); without one the count stays unknown."""
+    counts = {"compiled": 0}
+    try:
+        import triton
+        knobs = triton.knobs.compilation
+    except AttributeError:
+        return counts
+    previous = getattr(knobs, "listener", None)
+
+    def listener(**kwargs):
+        if not kwargs.get("cache_hit"):
+            counts["compiled"] += 1
+        if previous is not None:
+            previous(**kwargs)
+
+    knobs.listener = listener
+    counts["listening"] = True
+    return counts
+
+
 def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int],
          options: dict | None = None) -> None:
     """`options`: "gpu" (a physical GPU index: this child sees only that one), "compile_processes" (precompile
-    worker processes; default AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core)."""
+    worker processes; default AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core), "selection" (selection.Settings
+    as a dict: how winners are chosen)."""
     options = options or {}
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
     _die_with_parent()
@@ -99,6 +122,21 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options["gpu"])
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+    from . import precompile   # light: the heavy imports come after the pool is started
+    # Compile the configs of all units in worker processes first (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every
+    # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
+    # Emulated builds (tests, key checks) default to threads: a worker's start (torch + kernel imports) costs
+    # more than the few configs of a test kernel, and would eat small unit timeouts.
+    n_processes = options.get("compile_processes") or precompile.processes(default=1 if emulate else None)
+    pool = precompile.Pool(cache_dir, units, emulate, n_processes) if n_processes > 1 else None
+    try:
+        _main(out, control, cache_dir, units, emulate, attempt, options, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> None:
     if emulate:
         os.environ["AUTOTUNE_CACHE_EMULATE"] = "1"
         from . import emulation
@@ -109,26 +147,26 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             out.put({"type": "no_gpu", "message": "no CUDA GPU visible to the build child "
                      f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"})
             return
-    from . import fingerprint, precompile, triton_cache
+    from . import fingerprint, precompile, selection, triton_cache
     from .models import RankShape
     from .targets import get
     from .triton_cache import read_autotune, sha256_file
 
-    # Compile each unit's configs in worker processes first (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every
-    # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
-    # Emulated builds (tests, key checks) default to threads: a worker's start (torch + kernel imports) costs
-    # more than the few configs of a test kernel, and would eat small unit timeouts.
-    n_processes = options.get("compile_processes") or precompile.processes(default=1 if emulate else None)
-    if n_processes <= 1:
+    if pool is None:
         precompile.install()
+    selection.install(selection.Settings(**options.get("selection", {})))
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
     if control.get() != "go":
         return
+    if pool is not None:
+        pool.go()
     device = "cpu" if emulate else "cuda"
     root = Path(cache_dir)
     current = {}
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
     pending, reported = {}, {}   # (kernel, key) -> lookup message; (kernel, key) -> (file, binaries sent)
+    compiled = None   # the pool's report, once waited for
+    compiles = _count_compiles()
 
     def on_lookup(lookup):
         msg = {"type": "lookup", "unit": current["unit"], "tokens": current["tokens"], "kernel": lookup.kernel,
@@ -137,7 +175,8 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             parsed = read_autotune(lookup.path)
             msg.update(file=lookup.path.relative_to(root).as_posix(), sha256=sha256_file(lookup.path),
                        size=lookup.path.stat().st_size, winner=parsed.winner, best=parsed.best, margin=parsed.margin,
-                       configs=len(parsed.timings))
+                       configs=len(parsed.timings),
+                       selection=selection.decisions.pop((lookup.kernel, tuple(lookup.key)), None))
         pending[(lookup.kernel, lookup.key)] = msg
 
     def on_launch(launch):
@@ -166,12 +205,13 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
             current.update(unit=unit_id, tokens=None)
             reported.clear()
             out.put({"type": "unit_start", "unit": unit_id})
-            start = time.monotonic()
+            start, bench_start, compiles_start = time.monotonic(), triton_cache.bench_seconds, compiles["compiled"]
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
-                if n_processes > 1:
-                    precompile.compile_unit_in_processes(cache_dir, raw, emulate, n_processes)
+                if pool is not None and compiled is None:   # every unit's configs, before the first timing
+                    wait_start = time.monotonic()
+                    compiled = dict(pool.wait(), seconds=time.monotonic() - wait_start)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
                 for tokens in raw["tokens"]:
@@ -191,9 +231,14 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
                 out.join_thread()
                 sys.stdout.flush()
                 sys.stderr.flush()
+                if pool is not None:
+                    pool.close()
                 os._exit(1)   # no interpreter teardown: after a GPU fault CUDA's own can hang or crash
             flush()
-            out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start})
+            out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start,
+                     "bench_seconds": triton_cache.bench_seconds - bench_start,
+                     "precompile": compiled if index == 0 else None,
+                     "compiles": compiles["compiled"] - compiles_start if "listening" in compiles else None})
     out.put({"type": "done"})
     out.close()
     out.join_thread()

@@ -10,11 +10,13 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from . import models
 from .errors import AutotuneCacheError, BuildFailedError, NoGPUError, SpecError
+from .selection import Settings as SelectionSettings
 from .spec import DEFAULT_MAX_TOKENS, BuildSpec
 from .targets import SHORT
 
@@ -44,7 +46,17 @@ def spec_from_args(args) -> BuildSpec:
     return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
-                     retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False))
+                     retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
+                     selection=_selection(args))
+
+
+def _selection(args) -> SelectionSettings:
+    given = {k: v for k, v in (("mode", getattr(args, "selection", None)), ("noise", getattr(args, "noise", None)))
+             if v is not None}
+    try:
+        return SelectionSettings(**given)
+    except ValidationError as e:
+        raise SpecError(f"--selection/--noise: {e.errors()[0]['msg']}") from None
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -171,6 +183,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-workers", type=int, default=None,
                    help="threads compiling each key's configs before they are benchmarked (default: every core; "
                         "1 = compile while benchmarking, as Triton does)")
+    p.add_argument("--selection", choices=("robust", "triton"), default=None,
+                   help="robust (default): short screening, the close configs timed again, interleaved, and the one "
+                        "first in the kernel's list kept unless another beats it beyond --noise; triton: Triton's "
+                        "own single pass and minimum, as a server tunes")
+    p.add_argument("--noise", type=float, default=None,
+                   help="robust selection: fraction a challenger must win by (default 0.02)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)

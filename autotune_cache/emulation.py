@@ -18,6 +18,11 @@ H100_PROPS = dict(max_shared_mem=232448, multiprocessor_count=132, max_num_regs=
 
 # Read by tests: how many configs the fake benchmarker ran in this process.
 bench_calls = 0
+# Tests that need chosen timings: AUTOTUNE_CACHE_FAKE_TIMES = JSON {str(config): [ms, ms, ...]}; each timing of
+# that config takes the next value (the last one repeats). Configs not named get the default fake timing.
+FAKE_TIMES_ENV = "AUTOTUNE_CACHE_FAKE_TIMES"
+_benchmarking: list = []   # the config Autotuner._bench is timing (set by the wrapper install() adds)
+_served: dict[str, int] = {}
 
 
 def _fake_timing(kernel_call) -> float:
@@ -25,7 +30,31 @@ def _fake_timing(kernel_call) -> float:
     global bench_calls
     kernel_call()
     bench_calls += 1
+    times = json.loads(os.environ.get(FAKE_TIMES_ENV) or "{}")
+    name = str(_benchmarking[-1]) if _benchmarking else None
+    if name in times:
+        i = _served.get(name, 0)
+        _served[name] = i + 1
+        return float(times[name][min(i, len(times[name]) - 1)])
     return float(bench_calls % 7 + 1)
+
+
+def _track_config() -> None:
+    import triton.runtime.autotuner as at
+
+    if getattr(at.Autotuner._bench, "_autotune_cache_emulated", False):
+        return
+    original = at.Autotuner._bench
+
+    def _bench(self, *args, config, **meta):
+        _benchmarking.append(config)
+        try:
+            return original(self, *args, config=config, **meta)
+        finally:
+            _benchmarking.pop()
+
+    _bench._autotune_cache_emulated = True
+    at.Autotuner._bench = _bench
 
 
 class _NoDevice:
@@ -101,6 +130,7 @@ def install(device_keys: str | None = None) -> None:
             return True
 
     driver.set_active(FakeDriver())
+    _track_config()
     torch.cuda.get_device_capability = lambda *a, **k: (9, 0)
     torch.cuda.get_device_name = lambda *a, **k: H100_NAME
     torch.cuda.device_count = lambda: 1

@@ -41,6 +41,9 @@ class Entry(BaseModel):
     # Compiled-kernel dirs ("<hash dir>") the winning config launched from: what prune keeps. Empty = unknown
     # (a manifest older than this field, or a call that failed before its launch).
     binaries: list[str] = Field(default_factory=list)
+    # How the build chose the winner (selection.py): noise, kept_incumbent, and per candidate its config, its
+    # position in the kernel's config list, median and every timing (ms). None: Triton's own choice, or a hit.
+    selection: dict | None = None
 
 
 class UnitRecord(BaseModel):
@@ -57,6 +60,10 @@ class UnitRecord(BaseModel):
     # retry succeeds, so a unit that needed one says so.
     failures: list[str] = Field(default_factory=list)
     seconds: float | None = None   # wall time of the successful attempt
+    bench_seconds: float | None = None   # ... of which benchmarking misses (screening + extra timings)
+    # The first unit of a child waits for its compile workers: {workers, failed, units_done, seconds (waited)}
+    precompile: dict | None = None
+    compiles: int | None = None    # kernels the benchmarking child compiled itself (not found compiled)
     entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached
     hits: int = 0                  # keys found on disk already (tuned by an earlier unit or build)
 

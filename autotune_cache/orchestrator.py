@@ -164,6 +164,7 @@ class Build:
             entry = Entry(kernel=msg["kernel"], key=msg["key"], file=msg["file"], sha256=msg["sha256"],
                           size=msg["size"], configs=msg["configs"], winner=msg["winner"], best=msg["best"],
                           margin=msg["margin"], tokens=None if msg["hit"] else msg["tokens"],
+                          selection=msg.get("selection"),
                           units=entry.units if entry else [])
             self.manifest.entries[msg["file"]] = entry
         if rec.id not in entry.units:
@@ -197,7 +198,7 @@ class Build:
         proc = ctx.Process(target=child.main, name="autotune-cache-child", daemon=True,
                            args=(chan, chan, str(self.cache_dir),
                                  [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],
-                                 self.spec.emulate, attempts))
+                                 self.spec.emulate, attempts, {"selection": self.spec.selection.model_dump()}))
         link = Channel(mine)
         current, deadline, accounted = None, time.monotonic() + STARTUP_TIMEOUT_S, False
         started_any = False
@@ -245,6 +246,8 @@ class Build:
                 elif kind == "unit_done":
                     rec = self.manifest.units[msg["unit"]]
                     rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
+                    rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
+                    rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
                     self._check_coverage(rec)
                     self._save()
                     if rec.id in self._tasks:

@@ -57,25 +57,32 @@ def install(n_workers: int | None = None) -> bool:
 
 # -- compiling in worker processes ------------------------------------------------------------------------------
 # Threads share one GIL with Triton's Python front end (AST -> TTIR, pass pipelines), so they overlap little
-# (measured: BENCHMARKS.md). Worker processes make the unit's serving call themselves, compile only their slice of
-# every key's configs (no launch, fake timings, never an autotune file), and leave the binaries in the shared
-# Triton cache, where the benchmarking child then loads them instead of compiling.
+# (measured: BENCHMARKS.md). Worker processes make the units' serving calls themselves with Autotuner.run replaced:
+# each compiles its slice of every key's pruned configs (no launch, no timing, never an autotune file) and leaves
+# the binaries in the shared Triton cache, where the benchmarking child then loads them instead of compiling.
+# One pool per build child, started before the child's own imports (they overlap) and walking all of its units;
+# the child waits for it before its first benchmark, so no compile competes with a timing for CPU or GPU.
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
+NICE = 10   # below the benchmarking child, should they ever overlap (a worker that outlives its wait)
 
 
 def processes(default: int | None = None) -> int:
-    """Worker processes per unit: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else every core."""
+    """Worker processes per build child: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else every core."""
     value = os.environ.get(PROCESS_ENV, "")
     if value.strip():
         return int(value)
     return default if default is not None else (os.cpu_count() or 1)
 
 
-def _worker(cache_dir: str, unit: dict, emulate: bool, wid: int, n: int) -> None:
+def _worker(cache_dir: str, units: list[dict], emulate: bool, wid: int, n: int) -> None:
     import sys
 
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     if emulate:
         from . import emulation
         emulation.install()
@@ -84,44 +91,94 @@ def _worker(cache_dir: str, unit: dict, emulate: bool, wid: int, n: int) -> None
     from .models import RankShape
     from .targets import get
 
-    def check_disk_cache(self, tuning_key, configs, bench_fn):
-        bench_fn()   # fake timings must never reach the disk
-        return False
+    def run(self, *args, **kwargs):
+        """Compile this worker's share of the configs the benchmark will time; launch nothing."""
+        self.nargs = dict(zip(self.arg_names, args))
+        try:
+            configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+            for i, config in enumerate(configs):
+                if i % n == wid:
+                    try:   # kwargs holds run()'s grid and warmup: compile without launching
+                        self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
+                    except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error
+                        print(f"precompile worker {wid}: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            self.nargs = None
 
-    def _bench(self, *args, config, **meta):
-        index = next((i for i, c in enumerate(self.configs) if c is config), None)
-        if index is None:
-            index = next((i for i, c in enumerate(self.configs) if str(c) == str(config)), 0)
-        if index % n == wid:
-            try:   # meta holds run()'s grid and warmup: compile without launching
-                self.fn.run(*args, **dict(meta, warmup=True, **config.all_kwargs()))
-            except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error and handles it
-                print(f"precompile worker {wid}: {type(e).__name__}: {e}", file=sys.stderr)
-        return [float(index)] * 3
-
-    at.Autotuner.check_disk_cache = check_disk_cache
-    at.Autotuner._bench = _bench
-    target = get(unit["target"])
-    shape = RankShape(**unit["shape"])
-    for tokens in unit["tokens"]:
-        target.run(shape, unit["dtypes"], tokens, "cpu" if emulate else "cuda")
+    at.Autotuner.run = run
+    import importlib
+    for name in dict.fromkeys(m for unit in units for m in get(unit["target"]).imports):
+        importlib.import_module(name)   # the slow part (FLA: ~10 s), while the child imports the same
+    if sys.stdin.readline().strip() != "go":   # the parent may refuse the dir (another environment's cache)
+        return
+    for index, unit in enumerate(units):
+        target = get(unit["target"])
+        shape = RankShape(**unit["shape"])
+        for tokens in unit["tokens"]:
+            target.run(shape, unit["dtypes"], tokens, "cpu" if emulate else "cuda")
+        print(f"done {index}", flush=True)
 
 
-def compile_unit_in_processes(cache_dir: str, unit: dict, emulate: bool, n: int | None = None) -> dict:
-    """Compile every config the unit will benchmark in `n` worker processes (default: every core). Best effort:
-    a worker that fails only leaves its configs to be compiled by the benchmark. Returns {workers, failed}.
-    Plain subprocesses (the build child is a daemon process, which multiprocessing forbids to have children);
-    they stay in the child's process group, so a timeout kill takes them too."""
-    import json
-    import subprocess
-    import sys
+class Pool:
+    """`n` worker processes compiling every config of `units` into the cache dir, started at once. Best effort:
+    a worker that fails only leaves its configs to the benchmark. Plain subprocesses (the build child is a daemon
+    process, which multiprocessing forbids to have children); they stay in the child's process group, so a
+    timeout kill takes them too."""
 
+    def __init__(self, cache_dir: str, units: list[dict], emulate: bool, n: int):
+        import json
+        import subprocess
+        import sys
+
+        self.n = n
+        self.procs = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps([cache_dir, units, emulate, wid, n])],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True)
+                      for wid in range(n)]
+
+    def go(self) -> None:
+        """Start compiling. Until then the workers only import: nothing is written to the cache dir."""
+        for p in self.procs:
+            try:
+                p.stdin.write("go\n")
+                p.stdin.close()
+            except OSError:   # died at start: its configs are left to the benchmark
+                pass
+
+    def wait(self) -> dict:
+        """Block until every worker has finished (or died); {workers, failed, units_done (by the slowest)}."""
+        done = []
+        for p in self.procs:
+            lines = p.stdout.read().split()
+            done.append(sum(1 for w in lines if w.isdigit()))
+            p.wait()
+        return {"workers": self.n, "failed": sum(p.returncode != 0 for p in self.procs),
+                "units_done": min(done, default=0)}
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None and not f.closed:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+
+
+def compile_in_processes(cache_dir: str, units: list[dict], emulate: bool, n: int | None = None) -> dict:
+    """Compile every config the units will benchmark in `n` worker processes (default: every core) and wait."""
     n = processes() if n is None else n
     if n <= 1:
-        return {"workers": 0, "failed": 0}
-    procs = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps([cache_dir, unit, emulate, wid, n])],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for wid in range(n)]
-    return {"workers": n, "failed": sum(p.wait() != 0 for p in procs)}
+        return {"workers": 0, "failed": 0, "units_done": 0}
+    pool = Pool(cache_dir, units, emulate, n)
+    try:
+        pool.go()
+        return pool.wait()
+    finally:
+        pool.close()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import SpecError
 from .models import ModelShape, RankShape
+from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384
 
@@ -22,6 +23,7 @@ class BuildSpec(BaseModel):
     cache_dir: str | None = None
     unit_timeout_s: float = 1800.0   # per unit, in the child; a hung child is killed after it
     retries: int = 1                 # fresh-child retries of a failed unit
+    selection: SelectionSettings = SelectionSettings()   # how winners are chosen (selection.py)
     # Compile for a fake sm_90 GPU with fake timings (FACTS.md §2): CPU tests and key prediction only.
     emulate: bool = False
 

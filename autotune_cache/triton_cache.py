@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -93,6 +94,10 @@ _patch_lock = threading.Lock()
 _listeners: list[Callable[[Lookup], None]] = []
 # Called instead of benchmarking when set; may raise to forbid tuning (strict serving).
 _on_miss: list[Callable[[object, tuple], None]] = []
+# Called after Triton benchmarked a miss and before it writes the file: may change the timings and the winner.
+_after_bench: list[Callable[[object, tuple], None]] = []
+# Wall time spent benchmarking misses in this process (hooks included): the build's floor, read by the child.
+bench_seconds = 0.0
 
 
 def _install_hook() -> None:
@@ -113,10 +118,18 @@ def _install_hook() -> None:
             return _ValidatingManager(manager, seen)
 
         def bench():
+            global bench_seconds
             seen["benchmarked"] = True
             for hook in list(_on_miss):
                 hook(self, tuning_key)
-            return bench_fn()
+            start = time.perf_counter()
+            try:
+                result = bench_fn()
+                for hook in list(_after_bench):
+                    hook(self, tuning_key)
+            finally:
+                bench_seconds += time.perf_counter() - start
+            return result
 
         # The autotuner resolves get_cache_manager from its module globals: swap it for this call only.
         at.get_cache_manager = get_cache_manager
@@ -159,6 +172,13 @@ def add_miss_hook(hook: Callable[[object, tuple], None]) -> None:
     with _patch_lock:
         _install_hook()
         _on_miss.append(hook)
+
+
+def add_bench_hook(hook: Callable[[object, tuple], None]) -> None:
+    """Call `hook(autotuner, tuning_key)` after each benchmark of a miss, before Triton writes its file."""
+    with _patch_lock:
+        _install_hook()
+        _after_bench.append(hook)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,18 @@
-"""Build wall time: serial in-process autotune vs `autotune-cache build`, serial and with parallel precompilation.
+"""Build wall time: serial in-process autotune vs `autotune-cache build` on one GPU and on several.
 
-(1) serial in-process autotune: one fresh process with an empty cache dir makes the serving call at every token
-    count the plan drives, for every TP degree (the same keys the build tunes), as a server would tune them;
-(2) `autotune-cache build` with AUTOTUNE_CACHE_COMPILE_PROCESSES=1 and --compile-workers 1 (the child compiles
-    while benchmarking, as Triton does);
-(3) `autotune-cache build` as shipped (each unit's configs compiled first by one worker process per core).
-All three tune the same keys from an empty dir on the same GPU, one after another. Prints a table, writes JSON.
+(1) serial in-process autotune: for each TP degree, a fresh process with its own empty cache dir makes the serving
+    call at every token count the plan drives for it (the keys the build tunes), as a cold server of that TP degree
+    would tune them: Triton's own autotuner, compiling while benchmarking. Only the tuning calls are timed (process
+    start and imports excluded), and the TP degrees are summed.
+(2) `autotune-cache build` for all TP degrees at once, the whole command timed (start, imports, compile workers,
+    benchmarks, manifest), once per entry of --gpus (e.g. 1 and 2), each into an empty dir; with --cpus-per-gpu N
+    each build is pinned to N cores per GPU.
+(3) optional (--serial-build): the build with compile workers off (the child compiles while benchmarking).
+For each build the manifest gives the floor: time spent benchmarking (screening + extra timings, summed over
+units), the compile workers' wait, and how many kernels the benchmarking children still compiled themselves.
+Prints a table, writes JSON.
 
-    python scripts/bench_build.py --model qwen3.5-9b --tp 1 [--max-tokens 16384] [--json-out F]
+    python scripts/bench_build.py --model qwen3.5-9b --tp 1,2,4,8 --gpus 1,2 [--max-tokens 16384] [--json-out F]
 """
 import argparse
 import json
@@ -26,45 +31,83 @@ def timed(cmd, env=None):
     return time.perf_counter() - start, proc.stdout
 
 
+def build(args, gpus, env=None, extra=()):
+    d = tempfile.mkdtemp(prefix=f"build-gpus{gpus}-")
+    prefix = []
+    if args.cpus_per_gpu:   # a host of this many cores per GPU: pin the build to them, one worker per core
+        prefix = ["taskset", "-c", f"0-{args.cpus_per_gpu * gpus - 1}"]
+        env = {"AUTOTUNE_CACHE_COMPILE_PROCESSES": str(args.cpus_per_gpu), **(env or {})}
+    cmd = [*prefix, sys.executable, "-m", "autotune_cache", "build", "--model", args.model, "--tp", args.tp,
+           "--max-tokens", str(args.max_tokens), "--cache-dir", d, "--gpus", str(gpus), "--no-progress", "--json",
+           *extra]
+    seconds, _ = timed(cmd, env)
+    with open(os.path.join(d, "manifest.json")) as f:
+        m = json.load(f)
+    units = m["units"].values()
+    waits = [u["precompile"]["seconds"] for u in units if u.get("precompile")]
+    return {"seconds": round(seconds, 1), "dir": d, "gpus": gpus, "cpus": args.cpus_per_gpu * gpus or os.cpu_count(),
+            "bench_s": round(sum(u.get("bench_seconds") or 0 for u in units), 1),
+            "unit_s": round(sum(u.get("seconds") or 0 for u in units), 1),
+            "compile_wait_s": round(max(waits), 1) if waits else None,
+            "child_compiles": sum(u.get("compiles") or 0 for u in units),
+            "entries": len(m["entries"]), "configs": sum(e["configs"] for e in m["entries"].values())}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen3.5-9b")
-    ap.add_argument("--tp", default="1")
+    ap.add_argument("--tp", default="1,2,4,8")
+    ap.add_argument("--gpus", default="1", help="comma-separated GPU counts to build with (e.g. 1,2)")
     ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--cpus-per-gpu", type=int, default=0,
+                    help="pin each build to this many cores per GPU it uses (taskset), one compile worker per core: "
+                         "a one-GPU build on a 2-GPU host then sees what a one-GPU host of that size has")
+    ap.add_argument("--serial-build", action="store_true", help="also time a build without compile workers")
+    ap.add_argument("--skip-serial", action="store_true", help="skip (1) (when an earlier run of this card has it)")
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
 
     from autotune_cache import BuildSpec, models, plan
-    spec = BuildSpec(model=models.preset(args.model), tp=tuple(int(t) for t in args.tp.split(",")),
-                     max_tokens=args.max_tokens)
-    units = plan(spec).units
+    tps = tuple(int(t) for t in args.tp.split(","))
+    units = plan(BuildSpec(model=models.preset(args.model), tp=tps, max_tokens=args.max_tokens)).units
     result = {"model": args.model, "tp": args.tp, "max_tokens": args.max_tokens, "cpus": os.cpu_count(),
-              "keys": sum(len(u.keys) for u in units), "configs": sum(k.configs or 0 for u in units for k in u.keys)}
-    serial_s = 0.0
-    cold = tempfile.mkdtemp(prefix="serial-")
-    for unit in units:   # one process per TP degree, as one server per TP degree would
-        s, out = timed([sys.executable, "-m", "autotune_cache.probe", "--cache-dir", cold, "--model", args.model,
-                        "--tp", str(unit.tp[0]), "--tokens", ",".join(map(str, unit.tokens)), "--json"])
-        serial_s += sum(c["seconds"] for c in json.loads(out.strip().splitlines()[-1])["calls"])
-    result["serial_in_process_s"] = round(serial_s, 1)
-    for name, serial in (("build_compile_workers_1_s", True), ("build_parallel_s", False)):
-        d = tempfile.mkdtemp(prefix="build-")
-        cmd = [sys.executable, "-m", "autotune_cache", "build", "--model", args.model, "--tp", args.tp,
-               "--max-tokens", str(args.max_tokens), "--cache-dir", d, "--no-progress", "--json"]
-        if serial:
-            cmd += ["--compile-workers", "1"]
-        s, _ = timed(cmd, env={"AUTOTUNE_CACHE_COMPILE_PROCESSES": "1"} if serial else None)
-        result[name] = round(s, 1)
-    result["build_parallel_over_serial"] = round(result["build_parallel_s"] / result["serial_in_process_s"], 3)
-    result["build_parallel_over_build_1"] = round(result["build_parallel_s"] / result["build_compile_workers_1_s"], 3)
+              "serial": {}, "builds": []}
+    if not args.skip_serial:
+        for tp in tps:   # one cold server per TP degree
+            (unit,) = plan(BuildSpec(model=models.preset(args.model), tp=(tp,), max_tokens=args.max_tokens)).units
+            _, out = timed([sys.executable, "-m", "autotune_cache.probe", "--cache-dir",
+                            tempfile.mkdtemp(prefix=f"serial-tp{tp}-"), "--model", args.model, "--tp", str(tp),
+                            "--tokens", ",".join(map(str, unit.tokens)), "--json"])
+            report = json.loads(out.strip().splitlines()[-1])
+            result["serial"][tp] = {"seconds": round(sum(c["seconds"] for c in report["calls"]), 1),
+                                    "configs": report["configs_benchmarked"]}
+        result["serial_s"] = round(sum(s["seconds"] for s in result["serial"].values()), 1)
+    for gpus in (int(g) for g in args.gpus.split(",")):
+        result["builds"].append(dict(build(args, gpus), kind="build"))
+        print(json.dumps(result["builds"][-1]), file=sys.stderr, flush=True)
+    if args.serial_build:
+        b = build(args, 1, env={"AUTOTUNE_CACHE_COMPILE_PROCESSES": "1"}, extra=["--compile-workers", "1"])
+        result["builds"].append(dict(b, kind="build, compile workers off"))
+    base = result.get("serial_s")
+    one = next((b["seconds"] for b in result["builds"] if b["gpus"] == 1 and b["kind"] == "build"), None)
+    for b in result["builds"]:
+        b["over_serial"] = round(b["seconds"] / base, 3) if base else None
+        b["over_1_gpu_build"] = round(b["seconds"] / one, 3) if one else None
     with open(args.json_out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"{args.model} TP {args.tp}: {result['keys']} keys, {result['configs']} configs, {result['cpus']} CPUs")
-    print(f"{'serial in-process autotune (tuning calls only)':48s} {result['serial_in_process_s']:8.1f} s")
-    print(f"{'build, compiling while benchmarking (whole command)':48s} {result['build_compile_workers_1_s']:8.1f} s")
-    print(f"{'build, worker processes precompile (whole command)':48s} {result['build_parallel_s']:8.1f} s")
-    print(f"parallel build / serial in-process: {result['build_parallel_over_serial']}; "
-          f"/ build with 1 worker: {result['build_parallel_over_build_1']}")
+
+    print(f"{args.model} TP {args.tp}, up to {args.max_tokens} tokens: {sum(len(u.keys) for u in units)} keys in "
+          f"{len(units)} units, {os.cpu_count()} CPUs")
+    for tp, s in result["serial"].items():
+        print(f"  serial in-process autotune, TP {tp} (tuning calls only)  {s['seconds']:8.1f} s  {s['configs']} configs")
+    if base:
+        print(f"{'serial in-process autotune, all TP degrees':54s} {base:8.1f} s")
+    for b in result["builds"]:
+        label = f"{b['kind']} on {b['gpus']} GPU(s)"
+        print(f"{label:54s} {b['seconds']:8.1f} s  "
+              f"/serial {b['over_serial']}  /1-GPU build {b['over_1_gpu_build']}  benchmarking {b['bench_s']} s, "
+              f"compile wait {b['compile_wait_s']} s, child compiles {b['child_compiles']}, {b['cpus']} CPUs, "
+              f"{b['entries']} keys, {b['configs']} configs")
 
 
 if __name__ == "__main__":

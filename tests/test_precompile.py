@@ -33,7 +33,7 @@ def test_without_precompile_the_same_compiles_happen_in_the_benchmark(tmp_path):
 
 def test_worker_processes_leave_every_config_compiled_in_the_cache(tmp_path):
     out = check(tmp_path / "c", 1, processes=2)
-    assert out["processes"] == {"workers": 2, "failed": 0}
+    assert out["processes"] == {"workers": 2, "failed": 0, "units_done": 1}
     # the benchmark loads all 3 configs' binaries that the two workers wrote, compiles none, and no worker wrote
     # a (fake-timed) autotune file: the lookup was a miss, tuned for real here
     assert out["compiles"] == 0 and out["loaded"] == 3 and out["benchmarked"] == 3
@@ -68,3 +68,25 @@ def _reference_entries():
                             cache_dir=d, emulate=True), progress=False)
         _REF["entries"] = list(m.entries)
     return _REF["entries"]
+
+
+def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(tmp_path, monkeypatch):
+    # one pool for both units (TP 1 and 2 share the toy keys; 3 NB buckets): the child only loads binaries
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "2")
+    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
+                        cache_dir=str(tmp_path), emulate=True), progress=False)
+    first, second = m.units.values()
+    assert first.precompile["workers"] == 2 and first.precompile["failed"] == 0
+    assert first.precompile["units_done"] == 2 and second.precompile is None
+    assert first.compiles == 0 and second.compiles == 0
+    assert len(m.entries) == 3
+
+
+def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
+    # the counter above can see compiles: here the child compiles every config itself
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "1")
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_WORKERS", "1")
+    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
+                        cache_dir=str(tmp_path), emulate=True), progress=False)
+    (unit,) = m.units.values()
+    assert unit.precompile is None and unit.compiles == 3
