@@ -83,8 +83,8 @@ def noise_verdict(ours: list[float], base: list[float]) -> str:
     """'slower' when every repeat of ours took longer than every repeat of the baseline (min(ours) > max(base)),
     'faster' for the reverse, else 'noise'. Repeats are interleaved, so drift of the GPU (clocks, heat) falls on
     both. If both sides measured the same kernel (same distribution), 5 repeats each land in one direction's
-    disjoint order by chance with probability 1/252 (1 / C(10,5)); the brief's looser rule "median(ours) >
-    max(base)" has about 8% for 5 repeats, too often for a flag."""
+    disjoint order by chance with probability 1/252 (1 / C(10,5)); the looser rule "median(ours) > max(base)"
+    fires by chance about 8% of the time with 5 repeats (C(5,3) / C(10,3)), too often for a flag."""
     if not ours or not base:
         return "n/a"
     if min(ours) > max(base):
