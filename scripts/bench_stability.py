@@ -20,7 +20,7 @@ Summary: fraction of keys (present in all builds) with the same winner in all bu
 spread among the rest (target <= 2%; the best spread, and the retimed spread when measured).
 
     python scripts/bench_stability.py --model qwen3.5-9b --tp 1 --builds 3 --json-out bench_stability.json
-    python scripts/bench_stability.py --dirs /tmp/b1 /tmp/b2 /tmp/b3 [--retime] --json-out bench_stability.json
+    python scripts/bench_stability.py --dirs ./b1 ./b2 ./b3 [--retime] --json-out bench_stability.json
 
 Exit codes: 0 compared (whatever the result), 1 a build or the retiming failed, 2 bad input or no CUDA GPU where one
 is needed. --emulate builds/retimes on a fake sm_90 GPU to smoke-test the script: its times are fake.

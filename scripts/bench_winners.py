@@ -23,9 +23,9 @@ Nothing is written into either cache dir; compiled kernels go to a scratch dir.
 
 Typical use on a GPU host (two builds, then this; about a minute per T):
 
-    autotune-cache build --model qwen3.5-9b --tp 1 --cache-dir /tmp/ours --no-progress
-    autotune-cache build --model qwen3.5-9b --tp 1 --max-tokens 64 --cache-dir /tmp/t64 --no-progress
-    python scripts/bench_winners.py --ours /tmp/ours --baseline /tmp/t64 --baseline-label tuned@T64 \
+    autotune-cache build --model qwen3.5-9b --tp 1 --cache-dir ./ours --no-progress
+    autotune-cache build --model qwen3.5-9b --tp 1 --max-tokens 64 --cache-dir ./t64 --no-progress
+    python scripts/bench_winners.py --ours ./ours --baseline ./t64 --baseline-label tuned@T64 \
         --model qwen3.5-9b --tp 1 --json-out bench_winners.json
 
 Exit codes: 0 measured (whatever the verdicts), 1 a timing process failed, 2 bad input or no CUDA GPU.
