@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,7 +145,10 @@ def retime(report: dict, builds: list[dict], args) -> None:
     spec = {"emulate": args.emulate, "scratch_dir": tempfile.mkdtemp(prefix="bench-stability-scratch-"),
             "repeats": args.repeats, "warmup_ms": args.warmup_ms, "rep_ms": args.rep_ms, "cudagraph": False,
             "calls": list(calls.values())}
-    result = kt.run_worker(spec, args.timeout)
+    try:
+        result = kt.run_worker(spec, args.timeout)
+    finally:
+        shutil.rmtree(spec["scratch_dir"], ignore_errors=True)
     report["retime_device"] = result["device"]
     by_kid = {launch["key_id"]: launch for call in result["calls"] for launch in call["launches"]}
     for r in differ:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -195,6 +196,21 @@ def main(argv=None) -> int:
               "emulated": args.emulate, "results": []}
     if args.emulate:
         report["note"] = kt.EMULATED_NOTE
+    try:
+        code = _measure(report, tokens, caches, shape, dtypes, scratch, args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if code:
+        return code
+    report["summary"] = summary(report["results"])
+    Path(args.json_out).write_text(json.dumps(report, indent=1))
+    print_report(report)
+    print(f"JSON: {args.json_out}")
+    return 0
+
+
+def _measure(report, tokens, caches, shape, dtypes, scratch, args) -> int:
+    """One fresh timing process per token count; results appended to report. 1 when one failed."""
     for t in tokens:
         spec = {"emulate": args.emulate, "scratch_dir": scratch, "repeats": args.repeats, "warmup_ms": args.warmup_ms,
                 "rep_ms": args.rep_ms, "cudagraph": args.cudagraph,
@@ -207,11 +223,7 @@ def main(argv=None) -> int:
             print(f"error: T={t}: {e}", file=sys.stderr)
             return 1
         report.update(device=result["device"], triton=result["triton"], torch=result["torch"])
-        report["results"].append(summarize_call(result["calls"][0], *labels))
-    report["summary"] = summary(report["results"])
-    Path(args.json_out).write_text(json.dumps(report, indent=1))
-    print_report(report)
-    print(f"JSON: {args.json_out}")
+        report["results"].append(summarize_call(result["calls"][0], *report["labels"]))
     return 0
 
 
