@@ -81,10 +81,17 @@ def main():
             report = json.loads(out.strip().splitlines()[-1])
             result["serial"][tp] = {"seconds": round(sum(c["seconds"] for c in report["calls"]), 1),
                                     "configs": report["configs_benchmarked"]}
+            print(json.dumps({"serial_tp": tp, **result["serial"][tp]}), file=sys.stderr, flush=True)
         result["serial_s"] = round(sum(s["seconds"] for s in result["serial"].values()), 1)
+    def save():   # after every step: a run cut short still leaves what it measured
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    save()
     for gpus in (int(g) for g in args.gpus.split(",")):
         result["builds"].append(dict(build(args, gpus), kind="build"))
         print(json.dumps(result["builds"][-1]), file=sys.stderr, flush=True)
+        save()
     if args.serial_build:
         b = build(args, 1, env={"AUTOTUNE_CACHE_COMPILE_PROCESSES": "1"}, extra=["--compile-workers", "1"])
         result["builds"].append(dict(b, kind="build, compile workers off"))
@@ -93,8 +100,7 @@ def main():
     for b in result["builds"]:
         b["over_serial"] = round(b["seconds"] / base, 3) if base else None
         b["over_1_gpu_build"] = round(b["seconds"] / one, 3) if one else None
-    with open(args.json_out, "w") as f:
-        json.dump(result, f, indent=1)
+    save()
 
     print(f"{args.model} TP {args.tp}, up to {args.max_tokens} tokens: {sum(len(u.keys) for u in units)} keys in "
           f"{len(units)} units, {os.cpu_count()} CPUs")
