@@ -129,3 +129,50 @@ def test_gpus_for_a_build():
 def test_spec_rejects_bad_gpu_counts(bad):
     with pytest.raises(SpecError, match="--gpus must be a positive integer"):
         BuildSpec(model=models.preset("qwen3.5-9b"), gpus=bad)
+
+
+# -- the CLI: --gpus is checked before anything is written -----------------------------------------------------
+@pytest.mark.parametrize("args,env,msg", [
+    (["--gpus", "0", "--emulate"], {}, "--gpus must be a positive integer, got 0"),
+    (["--gpus", "3"], {"CUDA_VISIBLE_DEVICES": "0,1"}, "--gpus 3: more GPUs than this host shows, 2 visible "
+                                                        "(CUDA_VISIBLE_DEVICES=0,1)"),
+    (["--gpus", "2"], {"CUDA_VISIBLE_DEVICES": ""}, "none visible"),
+], ids=["zero", "too-many", "none"])
+def test_cli_bad_gpus_exits_2_with_one_line_and_writes_nothing(tmp_path, args, env, msg):
+    from helpers import run_cli
+    cache = tmp_path / "c"
+    proc = run_cli("build", "--target", "toy_target", "--cache-dir", cache, "--no-progress", *args, env=env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert msg in line, line
+    assert not cache.exists()
+
+
+def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
+    # an H100 and an A100 in one host: another backend hash (compute capability), so other disk keys
+    from autotune_cache.errors import CacheDirError
+    from autotune_cache.fingerprint import Fingerprint
+    from autotune_cache.manifest import Manifest
+    from autotune_cache.orchestrator import Build
+
+    b = Build(plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
+              tmp_path, progress=False)
+    assert b.devices == ("0", "1")
+    b.manifest = Manifest(tool_version="0")
+    h100 = Fingerprint(python="3.11.7", triton="3.6.0", torch="2.13.0", cuda="13.0", packages={},
+                       gpu_name="NVIDIA H100 80GB HBM3", capability="9.0", ptxas="12.8", backend_hash="sm90",
+                       triton_key_sha256="k", env={})
+    a100 = h100.model_copy(update={"backend_hash": "sm80", "capability": "8.0", "gpu_name": "NVIDIA A100"})
+    assert b._on_hello(h100, "0") and b._on_hello(h100, "1")
+    with pytest.raises(CacheDirError, match=r"GPU 1 makes other disk keys than GPU 0 .*--gpus 1"):
+        b._on_hello(a100, "1")
+
+
+def test_cores_are_shared_out_between_the_children(monkeypatch):
+    from autotune_cache.orchestrator import Build
+    monkeypatch.delenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert [Build.compile_processes(n, False) for n in (1, 2, 4, 32)] == [16, 8, 4, 1]
+    assert Build.compile_processes(2, True) is None   # emulated: threads, as before
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "3")
+    assert Build.compile_processes(2, False) is None   # the child reads the env var itself
