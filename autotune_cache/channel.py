@@ -28,6 +28,14 @@ class Channel:
             raise queue.Empty
         return self._conn.recv()
 
+    def poll(self, timeout: float = 0.0) -> bool:
+        """A message (or the end of file) is ready to read."""
+        return self._conn.poll(timeout)
+
+    def fileno(self) -> int:
+        """For `multiprocess.connection.wait`: the parent waits on every child's channel at once."""
+        return self._conn.fileno()
+
     def close(self) -> None:
         self._conn.close()
 

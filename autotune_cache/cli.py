@@ -47,7 +47,7 @@ def spec_from_args(args) -> BuildSpec:
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
                      retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
-                     selection=_selection(args))
+                     gpus=getattr(args, "gpus", None), selection=_selection(args))
 
 
 def _selection(args) -> SelectionSettings:
@@ -114,12 +114,14 @@ def cmd_plan(args) -> int:
 
 # -- build ----------------------------------------------------------------------------------------------------
 def cmd_build(args) -> int:
+    from .gpus import for_build
     from .orchestrator import Build, prepare_cache_dir
     from .plan import plan
 
     spec = spec_from_args(args)
     if spec.cache_dir is None:
         raise SpecError("build needs --cache-dir DIR")
+    devices = for_build(spec.gpus, spec.emulate)
     if args.compile_workers is not None:
         if args.compile_workers < 1:
             raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
@@ -129,7 +131,7 @@ def cmd_build(args) -> int:
     existed = Path(spec.cache_dir).exists()
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
-        manifest = Build(p, cache_dir, console=err, progress=not args.no_progress).run()
+        manifest = Build(p, cache_dir, console=err, progress=not args.no_progress, devices=devices).run()
     except NoGPUError as e:
         if not existed:  # leave nothing behind for a build that could not start
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -189,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
                         "own single pass and minimum, as a server tunes")
     p.add_argument("--noise", type=float, default=None,
                    help="robust selection: fraction a challenger must win by (default 0.02)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="shard the units over N GPUs, one child each (default: every visible GPU, from "
+                        "CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)

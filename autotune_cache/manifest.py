@@ -66,6 +66,9 @@ class UnitRecord(BaseModel):
     compiles: int | None = None    # kernels the benchmarking child compiled itself (not found compiled)
     entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached
     hits: int = 0                  # keys found on disk already (tuned by an earlier unit or build)
+    # CUDA_VISIBLE_DEVICES of the child that ran its last attempt, e.g. "1", in a build sharded over several GPUs;
+    # None: the build's one child, which saw every visible GPU (and manifests older than the field).
+    gpu: str | None = None
 
 
 class FileRecord(BaseModel):

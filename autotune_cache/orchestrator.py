@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 import filelock
 import multiprocess
+from multiprocess.connection import wait
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__, manifest as manifest_mod
+from . import __version__, gpus, manifest as manifest_mod
 from .channel import Channel
 from .errors import BuildFailedError, CacheDirError, NoGPUError
 from .fingerprint import Fingerprint, mismatches
-from .manifest import Entry, Manifest, UnitRecord
+from .manifest import Entry, FileRecord, Manifest, UnitRecord
 from .plan import Plan, plan as make_plan
+from .shard import plan_shards, shared_keys, unit_configs
 from .spec import BuildSpec, Unit
 
 STARTUP_TIMEOUT_S = 600.0   # imports + driver init of a child, before its first unit
@@ -78,19 +81,44 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-class Build:
-    """One build of a plan into a cache dir. `run()` returns the manifest; units done are never redone."""
+@dataclass(eq=False)
+class _Child:
+    """One build child and where it stands: the units it was given, the one it is in, when it must speak next."""
+    proc: object                  # multiprocess.Process (spawn)
+    link: Channel                 # the parent's end of its pipe
+    theirs: object                # the child's end, closed here once it started
+    gpu: str | None               # its CUDA_VISIBLE_DEVICES; None: it sees every visible GPU (a one-child build)
+    todo: list[Unit]
+    deadline: float               # startup, then per unit and between units (time.monotonic())
+    current: str | None = None    # the unit it is in
+    started_any: bool = False
+    accounted: bool = False       # how it ended is charged already (done, a failed unit, a timeout)
+    exit_by: float | None = None  # its run is over (done, failed, end of file): killed if still alive then
+    closed: bool = False
 
-    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool = True):
+
+class Build:
+    """One build of a plan into a cache dir. `run()` returns the manifest; units done are never redone.
+
+    `devices`: the GPU of each child that runs at once (gpus.for_build; default from the spec): (None,) is one
+    child seeing every visible GPU; ("0", "1") shards the units over two children, one per GPU."""
+
+    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool = True,
+                 devices: tuple[str | None, ...] | None = None):
         self.plan = plan
         self.spec = plan.spec
         self.cache_dir = cache_dir
         self.console = console or Console(stderr=True)
         self.show_progress = progress
+        self.devices = tuple(devices) if devices is not None else gpus.for_build(self.spec.gpus, self.spec.emulate)
         self.manifest: Manifest | None = None
         self.units = {u.id: u for u in plan.units}
         self._tasks = {}
         self._progress = None
+        self._sharded = False     # children ran at once: the same key may have been tuned twice
+        self._reported = set()    # autotune files (Entry.file) the children of this build reported
+        self._reconciled = set()  # ... whose file another child rewrote after its report (the last writer won)
+        self._hello_gpu = None    # the GPU whose child set the fingerprint in this build
 
     # -- manifest bookkeeping ---------------------------------------------------------------------------------
     def _open_manifest(self) -> Manifest:
@@ -138,19 +166,49 @@ class Build:
     def _save(self) -> None:
         try:
             self.manifest.files = manifest_mod.cache_files(self.cache_dir)
+            if self._sharded:
+                self._reconcile_entries()
             manifest_mod.save(self.manifest, self.cache_dir)   # atomic: the previous manifest stays on failure
         except OSError as e:
             raise CacheDirError(f"cannot write {manifest_mod.path_of(self.cache_dir)}: {e.strerror or e} "
                                 "(the manifest on disk is the one before this step)") from None
 
+    def _reconcile_entries(self) -> None:
+        """Entries of this build whose autotune file changed after the child reported it: two children tuned the
+        same key at once and the last writer won. Record the file as it is now (hash, size, winner, timings) and
+        keep the binaries both reported (prune keeps them; the winner's are among them). Plain JSON: no Triton."""
+        from .triton_cache import parse_autotune
+        files = self.manifest.files
+        for name in sorted(self._reported):
+            entry, on_disk = self.manifest.entries.get(name), files.get(name)
+            if entry is None or on_disk is None or on_disk.sha256 == entry.sha256:
+                continue
+            try:
+                data = (self.cache_dir / name).read_bytes()   # once: the hash and the parse of the same bytes
+                parsed = parse_autotune(data)
+            except (OSError, ValueError, TypeError) as e:   # left as it is: verify names the difference
+                self.console.print(f"[yellow]warning: {name} changed after it was tuned and cannot be read "
+                                   f"({type(e).__name__}: {e})[/yellow]")
+                continue
+            files[name] = FileRecord(size=len(data), sha256=sha256(data).hexdigest())
+            entry.sha256, entry.size, entry.configs = files[name].sha256, len(data), len(parsed.timings)
+            entry.winner, entry.best, entry.margin = parsed.winner, parsed.best, parsed.margin
+            self._reconciled.add(name)
+
     # -- messages from the child ------------------------------------------------------------------------------
-    def _on_hello(self, fp: Fingerprint) -> bool:
+    def _on_hello(self, fp: Fingerprint, gpu: str | None = None) -> bool:
         m = self.manifest
         if m.fingerprint is not None and m.fingerprint.key_identity() != fp.key_identity():
             reasons = "; ".join(mismatches(m.fingerprint, fp)) or "different Triton build or env vars"
+            if self._hello_gpu is not None and gpu != self._hello_gpu:
+                raise CacheDirError(f"GPU {gpu} makes other disk keys than GPU {self._hello_gpu} ({reasons}); a cache "
+                                    "holds one kind of GPU's keys: build with --gpus 1, or CUDA_VISIBLE_DEVICES set "
+                                    "to GPUs of one kind")
             raise CacheDirError(f"{self.cache_dir} holds a cache for another environment ({reasons}); "
                                 "build into a separate directory")
         m.fingerprint = fp
+        if self._hello_gpu is None:
+            self._hello_gpu = gpu
         return True
 
     def _on_lookup(self, msg: dict) -> None:
@@ -161,12 +219,16 @@ class Build:
             return
         entry = self.manifest.entries.get(msg["file"])
         if entry is None or entry.sha256 != msg["sha256"]:
+            # Reported before in this build with other bytes: another child tuned the key too. Its binaries stay
+            # listed: which write lasts is known only from the file (_reconcile_entries).
+            binaries = entry.binaries if entry is not None and msg["file"] in self._reported else []
             entry = Entry(kernel=msg["kernel"], key=msg["key"], file=msg["file"], sha256=msg["sha256"],
                           size=msg["size"], configs=msg["configs"], winner=msg["winner"], best=msg["best"],
                           margin=msg["margin"], tokens=None if msg["hit"] else msg["tokens"],
                           selection=msg.get("selection"),
-                          units=entry.units if entry else [])
+                          units=entry.units if entry else [], binaries=binaries)
             self.manifest.entries[msg["file"]] = entry
+        self._reported.add(msg["file"])
         if rec.id not in entry.units:
             entry.units.append(rec.id)
         self._on_binaries(msg)
@@ -185,100 +247,191 @@ class Build:
     def _label(self, unit_id: str, what: str) -> str:
         unit = self.units[unit_id]
         s = unit.shape
-        return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{what}[/dim]"
+        gpu = self.manifest.units[unit_id].gpu if self.devices != (None,) else None
+        where = "" if gpu is None else f"GPU {gpu} "
+        return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{where}{what}[/dim]"
+
+    def _announce(self, shards: list[list[Unit]]) -> None:
+        parts = [f"{len(s)} unit{'s' * (len(s) > 1)} ({sum(map(unit_configs, s))} configs)" for s in shards]
+        self.console.print(f"sharding {sum(map(len, shards))} units over {len(shards)} GPUs "
+                           f"({', '.join(str(g) for g in self.devices[:len(shards)])}): {'; '.join(parts)}")
+        shared = shared_keys(shards)
+        if shared:
+            self.console.print(f"[dim]{len(shared)} key(s) are reached by more than one shard: tuned on each GPU that "
+                               "misses them, the last file written is kept[/dim]")
 
     # -- running children -------------------------------------------------------------------------------------
-    def _run_child(self, todo: list[Unit]) -> None:
+    @staticmethod
+    def compile_processes(children: int, emulate: bool) -> int | None:
+        """Precompile workers per child of a sharded build: the cores shared out between the children that run at
+        once, e.g. 16 cores, 4 GPUs -> 4 each. None (the child decides) where AUTOTUNE_CACHE_COMPILE_PROCESSES is
+        set, or in emulated builds (threads, as in a one-child emulated build)."""
+        from .precompile import PROCESS_ENV
+        if emulate or os.environ.get(PROCESS_ENV, "").strip():
+            return None
+        return max(1, (os.cpu_count() or 1) // children)
+
+    def _start_child(self, todo: list[Unit], gpu: str | None, children: int = 1) -> _Child:
         ctx = multiprocess.get_context("spawn")
         mine, theirs = ctx.Pipe()
         from . import child
         attempts = {u.id: self.manifest.units[u.id].attempts + 1 for u in todo}
         index = {u.id: i for i, u in enumerate(self.plan.units)}   # the fault hook names units by plan position
         chan = Channel(theirs)
-        proc = ctx.Process(target=child.main, name="autotune-cache-child", daemon=True,
-                           args=(chan, chan, str(self.cache_dir),
-                                 [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],
-                                 self.spec.emulate, attempts, {"selection": self.spec.selection.model_dump()}))
-        link = Channel(mine)
-        current, deadline, accounted = None, time.monotonic() + STARTUP_TIMEOUT_S, False
-        started_any = False
+        options = {"selection": self.spec.selection.model_dump()}
+        if gpu is not None:   # a child of a sharded build sees its GPU only
+            options.update(gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
+        args = (chan, chan, str(self.cache_dir), [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],
+                self.spec.emulate, attempts, options)
+        name = "autotune-cache-child" if gpu is None else f"autotune-cache-gpu{gpu}"
+        proc = ctx.Process(target=child.main, name=name, daemon=True, args=args)
+        return _Child(proc=proc, link=Channel(mine), theirs=theirs, gpu=gpu, todo=todo,
+                      deadline=time.monotonic() + STARTUP_TIMEOUT_S)
+
+    def _run_children(self, todo: list[Unit]) -> None:
+        """Run `todo` until every unit is done or out of attempts: one child per shard (shard.plan_shards) at a
+        time, each on a GPU of its own, all watched at once from this one thread. A shard whose child ended with
+        units left starts a fresh child on a free GPU, another than the last one where there is a choice."""
+        max_attempts = 1 + self.spec.retries
+        shards = plan_shards(todo, len(self.devices))
+        if len(shards) > 1:
+            self._sharded = True
+            self._announce(shards)
+        free = list(self.devices)
+        last_gpu: dict[int, str | None] = {}
+        running: dict[int, _Child] = {}   # by shard
         try:
-            proc.start()
-            theirs.close()   # the child holds the only write end now: its death reads as end of file
             while True:
-                try:
-                    msg = link.get(timeout=0.2)
-                except queue.Empty:
-                    if time.monotonic() < deadline:
+                for i, shard in enumerate(shards):
+                    left = [u for u in shard if self.manifest.units[u.id].status != "done"
+                            and self.manifest.units[u.id].attempts < max_attempts]
+                    if i in running or not left or not free:
                         continue
-                    self._kill(proc)
-                    if current is not None:
-                        self._fail(current, f"timed out after {self.spec.unit_timeout_s:g} s", count=False)
-                    elif not started_any:
-                        self._fail_next(todo, f"child did not start within {STARTUP_TIMEOUT_S:g} s")
-                    elif any(self.manifest.units[u.id].status != "done" for u in todo):
-                        self._fail_next(todo, f"child hung between units for {self.spec.unit_timeout_s:g} s")
-                    current, accounted = None, True
+                    gpu = next((g for g in free if g != last_gpu.get(i)), free[0])
+                    free.remove(gpu)
+                    running[i] = c = self._start_child(left, gpu, len(shards))
+                    c.proc.start()
+                    c.theirs.close()   # the child holds the only write end now: its death reads as end of file
+                if not running:
                     break
-                except (EOFError, OSError):   # the child is gone: exited, crashed or killed
-                    break
-                kind = msg["type"]
-                if kind == "no_gpu":
-                    raise NoGPUError(msg["message"])
-                if kind == "hello":
-                    answer = "go" if self._on_hello(Fingerprint(**msg["fingerprint"])) else "stop"
-                    try:
-                        link.put(answer)
-                    except OSError:   # it died just after hello: the end of file comes next
-                        pass
-                elif kind == "unit_start":
-                    current, started_any = msg["unit"], True
-                    rec = self.manifest.units[current]
-                    rec.attempts += 1
-                    rec.entries, rec.hits = [], 0
-                    deadline = time.monotonic() + self.spec.unit_timeout_s
-                    if current in self._tasks:
-                        self._progress.reset(self._tasks[current], description=self._label(current, "starting"))
-                elif kind == "lookup":
-                    self._on_lookup(msg)
-                elif kind == "binaries":
-                    self._on_binaries(msg)
-                elif kind == "unit_done":
-                    rec = self.manifest.units[msg["unit"]]
-                    rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
-                    rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
-                    rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
-                    self._check_coverage(rec)
-                    self._save()
-                    if rec.id in self._tasks:
-                        task = self._tasks[rec.id]
-                        self._progress.update(task, completed=self._progress.tasks[task].total,
-                                              description=self._label(rec.id, f"done in {rec.seconds:.1f} s"))
-                    current = None
-                    deadline = time.monotonic() + self.spec.unit_timeout_s   # until the next unit_start
-                elif kind == "unit_failed":
-                    self._fail(msg["unit"], msg["error"], count=False)
-                    current, accounted = None, True   # the child exits after a failed unit
-                    break
-                elif kind == "done":
-                    accounted = True
-                    break
-            proc.join(timeout=EXIT_GRACE_S)
-            if proc.is_alive() or current is not None or not accounted:
-                self._kill(proc)   # hung at exit, or died in a unit: take its compilers down too
-            if current is not None:   # the child died inside a unit
-                self._fail(current, f"child {_signal_name(proc.exitcode)}", count=False)
-            elif not accounted:   # died between units or before the first: charge the next unit, else we loop forever
-                where = "between units" if started_any else "before its first unit"
-                self._fail_next(todo, f"child {_signal_name(proc.exitcode)} {where}")
+                ended = self._step(list(running.values()))
+                for i, c in list(running.items()):
+                    if c in ended:
+                        del running[i]
+                        free.append(c.gpu)
+                        last_gpu[i] = c.gpu
         except BaseException:
-            self._kill(proc)
+            for c in running.values():
+                self._kill(c.proc)
             raise
         finally:
-            link.close()
-            theirs.close()
-            if proc.pid is not None:
-                self._remove_temp_dirs(proc.pid)
+            for c in running.values():
+                self._close(c)
+
+    def _step(self, children: list[_Child]) -> list[_Child]:
+        """Wait for the next message, exit or deadline of any child and handle it; returns the children whose end
+        is now accounted for. A child that said done or failed, or whose pipe closed, is given
+        EXIT_GRACE_S to exit while the others go on."""
+        nearest = min(c.exit_by if c.exit_by is not None else c.deadline for c in children)
+        wait([c.link if c.exit_by is None else c.proc.sentinel for c in children],
+             timeout=min(max(0.0, nearest - time.monotonic()), 1.0))
+        ended = []
+        for c in children:
+            if c.exit_by is None:
+                self._read(c)
+                if c.exit_by is None and time.monotonic() >= c.deadline and not c.link.poll():
+                    self._timed_out(c)
+            if c.exit_by is not None and (not c.proc.is_alive() or time.monotonic() >= c.exit_by):
+                self._finish(c)
+                ended.append(c)
+        return ended
+
+    def _read(self, c: _Child) -> None:
+        """Handle every message the child has sent so far; sets c.exit_by when its run is over."""
+        while c.link.poll():
+            try:
+                msg = c.link.get()
+            except (EOFError, OSError):   # the child is gone: exited, crashed or killed
+                c.exit_by = time.monotonic() + EXIT_GRACE_S
+                return
+            if self._on_message(c, msg):
+                c.exit_by = time.monotonic() + EXIT_GRACE_S
+                return
+
+    def _on_message(self, c: _Child, msg: dict) -> bool:
+        """One message of a child (protocol: child.py); True when it is the child's last."""
+        kind = msg["type"]
+        if kind == "no_gpu":
+            raise NoGPUError(msg["message"])
+        if kind == "hello":
+            answer = "go" if self._on_hello(Fingerprint(**msg["fingerprint"]), c.gpu) else "stop"
+            try:
+                c.link.put(answer)
+            except OSError:   # it died just after hello: the end of file comes next
+                pass
+        elif kind == "unit_start":
+            c.current, c.started_any = msg["unit"], True
+            rec = self.manifest.units[c.current]
+            rec.attempts += 1
+            rec.entries, rec.hits, rec.gpu = [], 0, c.gpu
+            c.deadline = time.monotonic() + self.spec.unit_timeout_s
+            if c.current in self._tasks:
+                self._progress.reset(self._tasks[c.current], description=self._label(c.current, "starting"))
+        elif kind == "lookup":
+            self._on_lookup(msg)
+        elif kind == "binaries":
+            self._on_binaries(msg)
+        elif kind == "unit_done":
+            rec = self.manifest.units[msg["unit"]]
+            rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
+            rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
+            rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
+            self._check_coverage(rec)
+            self._save()
+            if rec.id in self._tasks:
+                task = self._tasks[rec.id]
+                self._progress.update(task, completed=self._progress.tasks[task].total,
+                                      description=self._label(rec.id, f"done in {rec.seconds:.1f} s"))
+            c.current = None
+            c.deadline = time.monotonic() + self.spec.unit_timeout_s   # until the next unit_start
+        elif kind == "unit_failed":
+            self._fail(msg["unit"], msg["error"], count=False)
+            c.current, c.accounted = None, True   # the child exits after a failed unit
+            return True
+        elif kind == "done":
+            c.accounted = True
+            return True
+        return False
+
+    def _timed_out(self, c: _Child) -> None:
+        self._kill(c.proc)
+        if c.current is not None:
+            self._fail(c.current, f"timed out after {self.spec.unit_timeout_s:g} s", count=False)
+        elif not c.started_any:
+            self._fail_next(c.todo, f"child did not start within {STARTUP_TIMEOUT_S:g} s")
+        elif any(self.manifest.units[u.id].status != "done" for u in c.todo):
+            self._fail_next(c.todo, f"child hung between units for {self.spec.unit_timeout_s:g} s")
+        c.current, c.accounted, c.exit_by = None, True, time.monotonic()
+
+    def _finish(self, c: _Child) -> None:
+        """The child exited, or had its EXIT_GRACE_S: charge what it left unaccounted, then clean up after it."""
+        if c.proc.is_alive() or c.current is not None or not c.accounted:
+            self._kill(c.proc)   # hung at exit, or died in a unit: take its compilers down too
+        if c.current is not None:   # the child died inside a unit
+            self._fail(c.current, f"child {_signal_name(c.proc.exitcode)}", count=False)
+        elif not c.accounted:   # died between units or before the first: charge the next unit, else we loop forever
+            where = "between units" if c.started_any else "before its first unit"
+            self._fail_next(c.todo, f"child {_signal_name(c.proc.exitcode)} {where}")
+        self._close(c)
+
+    def _close(self, c: _Child) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        c.link.close()
+        c.theirs.close()
+        if c.proc.pid is not None:
+            self._remove_temp_dirs(c.proc.pid)
 
     def _fail_next(self, todo: list[Unit], error: str) -> None:
         """Charge a failure outside any unit to the next unit not done: every child then counts against a retry."""
@@ -343,21 +496,22 @@ class Build:
                     if progress is not None and self.manifest.units[unit.id].status != "done":
                         self._tasks[unit.id] = progress.add_task(self._label(unit.id, "waiting"),
                                                                  total=len(unit.keys))
-                while True:
-                    todo = [u for u in self.plan.units if self.manifest.units[u.id].status != "done"
-                            and self.manifest.units[u.id].attempts < max_attempts]
-                    if not todo:
-                        break
-                    try:
-                        self._run_child(todo)
-                    except KeyboardInterrupt:   # the child is dead already (_run_child kills it on any exception)
-                        for unit in self.plan.units:   # not other builds' units: they were not interrupted
-                            rec = self.manifest.units[unit.id]
-                            if rec.status != "done":
-                                rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
-                        self._save()
-                        raise
+                todo = [u for u in self.plan.units if self.manifest.units[u.id].status != "done"
+                        and self.manifest.units[u.id].attempts < max_attempts]
+                try:
+                    self._run_children(todo)
+                except KeyboardInterrupt:   # every child is dead already (_run_children kills them on any exception)
+                    for unit in self.plan.units:   # not other builds' units: they were not interrupted
+                        rec = self.manifest.units[unit.id]
+                        if rec.status != "done":
+                            rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
+                    self._save()
+                    raise
             self._save()
+            if self._reconciled:
+                self.console.print(f"{len(self._reconciled)} key(s) were tuned on more than one GPU; the manifest "
+                                   "records the file written last: " + ", ".join(sorted(self._reconciled)[:3])
+                                   + (" ..." if len(self._reconciled) > 3 else ""))
         finally:
             lock.release()
         failed = [self.manifest.units[u.id] for u in self.plan.units if self.manifest.units[u.id].status != "done"]
@@ -370,11 +524,12 @@ class Build:
 
 def build(spec: BuildSpec, *, console: Console | None = None, progress: bool = True) -> Manifest:
     """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
-    plan = make_plan(spec)   # bad input (target, TP) fails here, before anything is written
+    plan = make_plan(spec)   # bad input (target, TP, GPUs) fails here, before anything is written
+    devices = gpus.for_build(spec.gpus, spec.emulate)
     existed = spec.cache_dir is None or Path(spec.cache_dir).expanduser().exists()
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
-        return Build(plan, cache_dir, console=console, progress=progress).run()
+        return Build(plan, cache_dir, console=console, progress=progress, devices=devices).run()
     except NoGPUError:
         if not existed:   # leave nothing behind for a build that could not start
             shutil.rmtree(cache_dir, ignore_errors=True)

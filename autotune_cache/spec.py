@@ -26,6 +26,8 @@ class BuildSpec(BaseModel):
     selection: SelectionSettings = SelectionSettings()   # how winners are chosen (selection.py)
     # Compile for a fake sm_90 GPU with fake timings (FACTS.md §2): CPU tests and key prediction only.
     emulate: bool = False
+    # GPUs to shard the units over, one child each; None = every visible GPU (emulated builds: 1). gpus.py.
+    gpus: int | None = None
 
     @field_validator("tp")
     @classmethod
@@ -57,6 +59,13 @@ class BuildSpec(BaseModel):
     def _retries(cls, v):
         if v < 0:
             raise SpecError(f"retries must be >= 0, got {v}")
+        return v
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise SpecError(f"--gpus must be a positive integer, got {v!r}")
         return v
 
     @field_validator("unit_timeout_s")

@@ -281,7 +281,13 @@ class AutotuneFile:
 
 def read_autotune(path: Path) -> AutotuneFile:
     """Parse an autotune JSON; raises ValueError (or OSError) on a corrupt or unreadable file."""
-    raw = json.loads(Path(path).read_text())
+    return parse_autotune(Path(path).read_bytes())
+
+
+def parse_autotune(data: bytes | str) -> AutotuneFile:
+    """read_autotune on the file's bytes (a caller that also hashes them reads the file once). Plain JSON: the
+    build parent uses it and never imports Triton."""
+    raw = json.loads(data)
     if not isinstance(raw, dict) or "key" not in raw or not isinstance(raw.get("configs_timings"), list):
         raise ValueError("not a Triton autotune file (needs 'key' and 'configs_timings')")
     timings = []
