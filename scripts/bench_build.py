@@ -80,7 +80,7 @@ def main():
                             "--tokens", ",".join(map(str, unit.tokens)), "--json"])
             report = json.loads(out.strip().splitlines()[-1])
             result["serial"][tp] = {"seconds": round(sum(c["seconds"] for c in report["calls"]), 1),
-                                    "configs": report["configs_benchmarked"]}
+                                    "benchmarks": report["benchmarks"]}
             print(json.dumps({"serial_tp": tp, **result["serial"][tp]}), file=sys.stderr, flush=True)
         result["serial_s"] = round(sum(s["seconds"] for s in result["serial"].values()), 1)
     def save():   # after every step: a run cut short still leaves what it measured
@@ -105,7 +105,7 @@ def main():
     print(f"{args.model} TP {args.tp}, up to {args.max_tokens} tokens: {sum(len(u.keys) for u in units)} keys in "
           f"{len(units)} units, {os.cpu_count()} CPUs")
     for tp, s in result["serial"].items():
-        print(f"  serial in-process autotune, TP {tp} (tuning calls only)  {s['seconds']:8.1f} s  {s['configs']} configs")
+        print(f"  serial in-process autotune, TP {tp} (tuning calls only)  {s['seconds']:8.1f} s  {s["benchmarks"]} keys benchmarked")
     if base:
         print(f"{'serial in-process autotune, all TP degrees':54s} {base:8.1f} s")
     for b in result["builds"]:

@@ -31,7 +31,7 @@ PY
     # shellcheck disable=SC2086  # one argument per build dir
     python3 scripts/bench_stability.py --dirs $dirs --json-out "$out/stability_gpus1_vs_gpus2.json" | tail -8
     echo "== GPU tests"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+    timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_build_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 else
     SECONDS=0
     for i in 1 2 3; do
