@@ -91,13 +91,23 @@ def _worker(cache_dir: str, units: list[dict], emulate: bool, wid: int, n: int) 
     from .models import RankShape
     from .targets import get
 
+    from .triton_cache import tuning_key
+    done: set = set()      # (autotuner, key) compiled already: l2norm runs twice per call (q and k), units share keys
+    dealt = [0]            # configs dealt out so far, the same count in every worker (they make the same calls)
+
     def run(self, *args, **kwargs):
-        """Compile this worker's share of the configs the benchmark will time; launch nothing."""
+        """Compile this worker's share of the configs the benchmark will time; launch nothing. Configs are dealt
+        round-robin over the whole sequence, not per key: per key, worker 0 would get the first config of all."""
+        key = (id(self), tuning_key(self, args, kwargs))
+        if key in done:
+            return
+        done.add(key)
         self.nargs = dict(zip(self.arg_names, args))
         try:
             configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+            start, dealt[0] = dealt[0], dealt[0] + len(configs)
             for i, config in enumerate(configs):
-                if i % n == wid:
+                if (start + i) % n == wid:
                     try:   # kwargs holds run()'s grid and warmup: compile without launching
                         self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
                     except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU runs of issue 6 on a 2-GPU host, in two calls (each under the device's 10-minute limit).
+# The GPU runs of issue 6 on a 2-GPU host (each phase under the device's 10-minute limit).
 #   bash scripts/gpu_issue6.sh build OUT   (b) build time: serial in-process vs build on 1 and 2 GPUs; GPU tests
 #   bash scripts/gpu_issue6.sh winners OUT (c) winner quality vs T=64-tuned winners; (d) stability over 3 builds
+#   bash scripts/gpu_issue6.sh all OUT     (b), then (c) on the 1-GPU build, then (d) over both builds and a third
 # Wheels the host lacks in .whl/ (device README). Results land in OUT; BENCHMARKS.md records them.
 set -uo pipefail
 phase=${1:?build|winners}; out=${2:?OUT}
@@ -32,6 +33,25 @@ PY
     python3 scripts/bench_stability.py --dirs $dirs --json-out "$out/stability_gpus1_vs_gpus2.json" | tail -8
     echo "== GPU tests"
     timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_build_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+elif [ "$phase" = all ]; then
+    SECONDS=0
+    left() { echo $((585 - SECONDS)); }
+    timeout "$(left)" python3 scripts/bench_build.py --model qwen3.5-9b --tp 1,2,4,8 --gpus 1,2 --cpus-per-gpu 16 \
+        --json-out "$out/bench_build.json"
+    echo "bench_build rc=$? at ${SECONDS} s"
+    read -r b1 b2 < <(python3 -c "import json; print(*(b['dir'] for b in json.load(open('$out/bench_build.json'))['builds']))")
+    timeout "$(left)" python3 -m autotune_cache build --model qwen3.5-9b --tp 1 --max-tokens 64 --selection triton \
+        --cache-dir "$work/t64" --no-progress --json > /dev/null 2> "$out/build_t64.log"
+    echo "build t64 rc=$? at ${SECONDS} s"
+    timeout "$(left)" python3 scripts/bench_winners.py --ours "$b1" --baseline "$work/t64" --baseline-label tuned@T64 \
+        --model qwen3.5-9b --tp 1 --json-out "$out/bench_winners.json" | tail -30
+    echo "winners rc=$? at ${SECONDS} s"
+    timeout "$(left)" python3 -m autotune_cache build --model qwen3.5-9b --tp 1,2,4,8 --gpus 2 --cache-dir "$work/b3" \
+        --no-progress --json > /dev/null 2> "$out/build3.log"
+    echo "build 3 rc=$? at ${SECONDS} s"
+    timeout "$(left)" python3 scripts/bench_stability.py --dirs "$b1" "$b2" "$work/b3" --retime \
+        --json-out "$out/bench_stability.json" | tail -40
+    echo "stability rc=$? at ${SECONDS} s"
 else
     SECONDS=0
     for i in 1 2 3; do

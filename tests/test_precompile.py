@@ -90,3 +90,28 @@ def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     (unit,) = m.units.values()
     assert unit.precompile is None and unit.compiles == 3
+
+
+def test_workers_share_the_configs_evenly(tmp_path):
+    # 3 NB keys of 3 configs, 2 workers: dealt round-robin over all 9 (5 and 4), not 2+1 per key (6 and 3)
+    import os
+    from autotune_cache import precompile
+    from autotune_cache.models import preset
+    unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
+            "dtypes": {"act": "bfloat16"}, "tokens": [3000, 2000, 1000, 3000]}
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    counts = []
+    for wid in (0, 1):
+        code = ("import json, sys, triton\n"
+                "from autotune_cache import precompile\n"
+                "n = [0]\n"
+                "triton.knobs.compilation.listener = lambda **kw: n.__setitem__(0, n[0] + (not kw.get('cache_hit')))\n"
+                "try:\n"
+                "    precompile._worker(*json.loads(sys.argv[1]))\n"
+                "finally:\n"
+                "    print('compiled', n[0])\n")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps([str(tmp_path / f"w{wid}"), [unit], True, wid, 2])],
+                              input="go\n", capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        counts.append(int(proc.stdout.split("compiled")[-1]))
+    assert sorted(counts) == [4, 5]
