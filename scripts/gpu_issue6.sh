@@ -35,7 +35,7 @@ PY
     timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_build_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 elif [ "$phase" = all ]; then
     SECONDS=0
-    left() { echo $((585 - SECONDS)); }
+    left() { echo $(( SECONDS < 584 ? 585 - SECONDS : 1 )); }
     timeout "$(left)" python3 scripts/bench_build.py --model qwen3.5-9b --tp 1,2,4,8 --gpus 1,2 --cpus-per-gpu 16 \
         --json-out "$out/bench_build.json"
     echo "bench_build rc=$? at ${SECONDS} s"
@@ -50,6 +50,15 @@ elif [ "$phase" = all ]; then
         --no-progress --json > /dev/null 2> "$out/build3.log"
     echo "build 3 rc=$? at ${SECONDS} s"
     timeout "$(left)" python3 scripts/bench_stability.py --dirs "$b1" "$b2" "$work/b3" --retime \
+        --json-out "$out/bench_stability.json" | tail -40
+    echo "stability rc=$? at ${SECONDS} s"
+elif [ "$phase" = stability ]; then   # (d) alone: 3 sharded builds, then compare
+    SECONDS=0
+    for i in 1 2 3; do
+        timeout 100 python3 -m autotune_cache build --model qwen3.5-9b --tp 1,2,4,8 --gpus 2 --cache-dir "$work/b$i" \
+            --no-progress --json > /dev/null 2> "$out/build$i.log"; echo "build $i rc=$? at ${SECONDS} s"
+    done
+    timeout 90 python3 scripts/bench_stability.py --dirs "$work/b1" "$work/b2" "$work/b3" --retime \
         --json-out "$out/bench_stability.json" | tail -40
     echo "stability rc=$? at ${SECONDS} s"
 else
