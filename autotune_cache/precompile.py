@@ -76,7 +76,9 @@ def processes(default: int | None = None) -> int:
 
 def _worker(cache_dir: str, units: list[dict], emulate: bool, wid: int, n: int) -> None:
     import sys
+    import time
 
+    started = time.monotonic()
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
     try:
@@ -119,14 +121,16 @@ def _worker(cache_dir: str, units: list[dict], emulate: bool, wid: int, n: int) 
     import importlib
     for name in dict.fromkeys(m for unit in units for m in get(unit["target"]).imports):
         importlib.import_module(name)   # the slow part (FLA: ~10 s), while the child imports the same
+    print(f"imported {time.monotonic() - started:.2f}", flush=True)
     if sys.stdin.readline().strip() != "go":   # the parent may refuse the dir (another environment's cache)
         return
+    started = time.monotonic()   # compile time counts from here
     for index, unit in enumerate(units):
         target = get(unit["target"])
         shape = RankShape(**unit["shape"])
         for tokens in unit["tokens"]:
             target.run(shape, unit["dtypes"], tokens, "cpu" if emulate else "cuda")
-        print(f"done {index}", flush=True)
+        print(f"done {index} {time.monotonic() - started:.2f}", flush=True)
 
 
 class Pool:
@@ -156,14 +160,23 @@ class Pool:
                 pass
 
     def wait(self) -> dict:
-        """Block until every worker has finished (or died); {workers, failed, units_done (by the slowest)}."""
-        done = []
+        """Block until every worker has finished (or died): {workers, failed, units_done (by the slowest),
+        import_s (the slowest worker's start and imports), compile_s (the slowest worker's compiling, from "go")}."""
+        done, imported, finished = [], [], []
         for p in self.procs:
-            lines = p.stdout.read().split()
-            done.append(sum(1 for w in lines if w.isdigit()))
+            units = 0
+            for line in p.stdout.read().splitlines():
+                word, *rest = line.split() or [""]
+                if word == "imported" and rest:
+                    imported.append(float(rest[0]))
+                elif word == "done" and len(rest) == 2:
+                    units += 1
+                    finished.append(float(rest[1]))
+            done.append(units)
             p.wait()
         return {"workers": self.n, "failed": sum(p.returncode != 0 for p in self.procs),
-                "units_done": min(done, default=0)}
+                "units_done": min(done, default=0), "import_s": round(max(imported, default=0.0), 2),
+                "compile_s": round(max(finished, default=0.0), 2)}
 
     def close(self) -> None:
         for p in self.procs:
@@ -182,7 +195,7 @@ def compile_in_processes(cache_dir: str, units: list[dict], emulate: bool, n: in
     """Compile every config the units will benchmark in `n` worker processes (default: every core) and wait."""
     n = processes() if n is None else n
     if n <= 1:
-        return {"workers": 0, "failed": 0, "units_done": 0}
+        return {"workers": 0, "failed": 0, "units_done": 0, "import_s": 0.0, "compile_s": 0.0}
     pool = Pool(cache_dir, units, emulate, n)
     try:
         pool.go()

@@ -15,7 +15,7 @@ import triton  # noqa: E402
 
 from autotune_cache.models import preset  # noqa: E402
 
-workers = {"workers": 0, "failed": 0, "units_done": 0}
+workers = {"workers": 0, "failed": 0, "units_done": 0, "import_s": 0.0, "compile_s": 0.0}
 if len(sys.argv) > 3:
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [2000]}
