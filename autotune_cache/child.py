@@ -88,6 +88,13 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _imports(get, target: str) -> tuple[str, ...]:
+    try:
+        return get(target).imports
+    except Exception:  # noqa: BLE001 - an unknown target fails its unit, with the reason
+        return ()
+
+
 def _count_compiles() -> dict:
     """Kernels this process compiled (not loaded from the cache): with compile workers, about none should be.
     Triton's compilation listener (3.5+); without one the count stays unknown."""
@@ -152,6 +159,14 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
     from .targets import get
     from .triton_cache import read_autotune, sha256_file
 
+    # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
+    # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
+    import importlib
+    for name in dict.fromkeys(m for raw in units for m in _imports(get, raw["target"])):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the unit's own import raises it again, reported with the unit
+            pass
     if pool is None:
         precompile.install()
     selection.install(selection.Settings(**options.get("selection", {})))
