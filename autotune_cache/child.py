@@ -95,15 +95,15 @@ def _imports(get, target: str) -> tuple[str, ...]:
         return ()
 
 
-def _count_compiles() -> dict:
+def _count_compiles() -> dict | None:
     """Kernels this process compiled (not loaded from the cache): with compile workers, about none should be.
-    Triton's compilation listener (3.5+); without one the count stays unknown."""
+    Triton's compilation listener (3.5+); None without one (the count is unknown)."""
     counts = {"compiled": 0}
     try:
         import triton
         knobs = triton.knobs.compilation
     except AttributeError:
-        return counts
+        return None
     previous = getattr(knobs, "listener", None)
 
     def listener(**kwargs):
@@ -113,7 +113,6 @@ def _count_compiles() -> dict:
             previous(**kwargs)
 
     knobs.listener = listener
-    counts["listening"] = True
     return counts
 
 
@@ -220,7 +219,8 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             current.update(unit=unit_id, tokens=None)
             reported.clear()
             out.put({"type": "unit_start", "unit": unit_id})
-            start, bench_start, compiles_start = time.monotonic(), triton_cache.bench_seconds, compiles["compiled"]
+            start, bench_start = time.monotonic(), triton_cache.bench_seconds
+            compiles_start = compiles["compiled"] if compiles is not None else None
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
@@ -253,7 +253,7 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start,
                      "bench_seconds": triton_cache.bench_seconds - bench_start,
                      "precompile": compiled if index == 0 else None,
-                     "compiles": compiles["compiled"] - compiles_start if "listening" in compiles else None})
+                     "compiles": compiles["compiled"] - compiles_start if compiles is not None else None})
     out.put({"type": "done"})
     out.close()
     out.join_thread()

@@ -98,29 +98,22 @@ def _spread(samples) -> list[float]:
 # -- the build child's side ---------------------------------------------------------------------------------------
 # (kernel, key) -> what was decided, for the child to send along with the lookup; filled by refine().
 decisions: dict[tuple, dict] = {}
-stats = {"keys": 0, "refined": 0, "kept_incumbent": 0, "extra_timings": 0, "bench_s": 0.0}   # read by tests
 
 
 def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
     """After Triton's (screening) benchmark of a miss: time the shortlist again and fix the winner."""
-    import time
-
     from .triton_cache import innermost_jit
 
     timings = dict(tuner.configs_timings)
     kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
-    stats["keys"] += 1
     cands = shortlist(timings, settings)
     if kwargs is None or tuner.nargs is None or len(cands) < 2:
         return
     args = list(tuner.nargs.values())   # run()'s positional arguments, in order
     samples = {c: [_p50(timings[c])] for c in cands}
-    start = time.perf_counter()
     for r in range(settings.rounds):
         for c in (cands if r % 2 == 0 else cands[::-1]):   # alternate the order: drift hits both ends alike
             samples[c].append(_p50(tuner._bench(*args, config=c, **kwargs)))
-            stats["extra_timings"] += 1
-    stats["bench_s"] += time.perf_counter() - start
     candidates = [Candidate(order=_order(tuner.configs, c), samples=tuple(samples[c])) for c in cands]
     decision = choose(candidates, settings.noise)
     winner = cands[decision.winner]
@@ -133,8 +126,6 @@ def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
     tuner.cache[tuning_key] = winner
     # Triton resets reset_to_zero arguments after its benchmark; the extra timings dirtied them again.
     tuner.pre_hook({**tuner.nargs, **kwargs, **winner.all_kwargs()}, reset_only=True)
-    stats["refined"] += 1
-    stats["kept_incumbent"] += decision.kept_incumbent
     decisions[(innermost_jit(tuner.fn).__name__, tuple(tuning_key))] = {
         "noise": settings.noise, "kept_incumbent": decision.kept_incumbent,
         "candidates": [{"config": _config_dict(c),
