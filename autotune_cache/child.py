@@ -128,13 +128,17 @@ def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options["gpu"])
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from . import precompile   # light: the heavy imports come after the pool is started
-    # Compile the configs of all units in worker processes first (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every
-    # core), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile while benchmarking, as Triton.
-    # Emulated builds (tests, key checks) default to threads: a worker's start (torch + kernel imports) costs
-    # more than the few configs of a test kernel, and would eat small unit timeouts.
+    from . import device, precompile   # light: the heavy imports come after the pool is started
+    # Compile the configs of all units in worker processes (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every core
+    # but the one this child benchmarks on), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile
+    # while benchmarking, as Triton. Emulated builds (tests, key checks) default to threads: a worker's start
+    # (torch + kernel imports) costs more than the few configs of a test kernel, and would eat small unit timeouts.
+    # The workers emulate this GPU (device.py); without a readable NVIDIA GPU there is none to emulate: threads.
     n_processes = options.get("compile_processes") or precompile.processes(default=1 if emulate else None)
-    pool = precompile.Pool(cache_dir, units, emulate, n_processes) if n_processes > 1 else None
+    profile = None if emulate else device.read()
+    pool = None
+    if n_processes > 1 and (emulate or profile is not None):
+        pool = precompile.Pool(cache_dir, units, n_processes, profile.to_dict() if profile else None)
     try:
         _main(out, control, cache_dir, units, emulate, attempt, options, pool)
     finally:
@@ -179,7 +183,6 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
     current = {}
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
     pending, reported = {}, {}   # (kernel, key) -> lookup message; (kernel, key) -> (file, binaries sent)
-    compiled = None   # the pool's report, once waited for
     compiles = _count_compiles()
 
     def on_lookup(lookup):
@@ -221,12 +224,12 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             out.put({"type": "unit_start", "unit": unit_id})
             start, bench_start = time.monotonic(), triton_cache.bench_seconds
             compiles_start = compiles["compiled"] if compiles is not None else None
+            compiled = None
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
-                if pool is not None and compiled is None:   # every unit's configs, before the first timing
-                    wait_start = time.monotonic()
-                    compiled = dict(pool.wait(), seconds=time.monotonic() - wait_start)
+                if pool is not None:   # this unit's configs before its first timing; the workers go on to the next
+                    compiled = pool.ready(index)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
                 for tokens in raw["tokens"]:
@@ -252,7 +255,7 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             flush()
             out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start,
                      "bench_seconds": triton_cache.bench_seconds - bench_start,
-                     "precompile": compiled if index == 0 else None,
+                     "precompile": compiled,
                      "compiles": compiles["compiled"] - compiles_start if compiles is not None else None})
     out.put({"type": "done"})
     out.close()

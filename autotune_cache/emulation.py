@@ -1,4 +1,4 @@
-"""A fake sm_90 GPU for machines without one (FACTS.md §2).
+"""A fake GPU (by default an H100, sm_90) for machines without one (FACTS.md §2), and for compile workers.
 
 Triton compiles every config for real (the ptxas of the Triton wheel) and its real disk cache code reads and
 writes real autotune JSON and binaries; launches do nothing and benchmarks return fake timings. This is how
@@ -12,9 +12,7 @@ import json
 import os
 import types
 
-H100_NAME = "NVIDIA H100 80GB HBM3"
-H100_PROPS = dict(max_shared_mem=232448, multiprocessor_count=132, max_num_regs=65536, warpSize=32,
-                  sm_clock_rate=1980000, mem_clock_rate=2619000, mem_bus_width=5120)
+from .device import H100, Profile
 
 # Read by tests: how many configs the fake benchmarker ran in this process.
 bench_calls = 0
@@ -68,9 +66,11 @@ class _NoDevice:
         return False
 
 
-def install(device_keys: str | None = None) -> None:
-    """Make Triton and torch believe an H100 is present. `device_keys`: a JSON file with another host's
-    `triton_key` and `backend_hash`, to predict that host's exact disk keys."""
+def install(device_keys: str | None = None, profile: Profile | None = None) -> None:
+    """Make Triton and torch believe a GPU is present: an H100, or `profile` (device.py; the compile workers of a
+    real build take the build GPU's). `device_keys`: a JSON file with another host's `triton_key` and
+    `backend_hash`, to predict that host's exact disk keys."""
+    profile = profile or H100
     # vLLM swaps triton for a placeholder when it sees no GPU driver; with none visible it keeps the real one
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
@@ -79,7 +79,7 @@ def install(device_keys: str | None = None) -> None:
 
     class Utils:
         def get_device_properties(self, device):
-            return dict(H100_PROPS)
+            return profile.triton_properties()
 
         def load_binary(self, name, kernel, shared, device):
             return (0, 0, 32, 0, 1024)  # module, function, n_regs, n_spills, n_max_threads
@@ -100,7 +100,7 @@ def install(device_keys: str | None = None) -> None:
         launcher_cls = NoopLauncher
 
         def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
+            return GPUTarget("cuda", profile.major * 10 + profile.minor, profile.warp_size)
 
         def get_current_device(self):
             return 0
@@ -131,15 +131,16 @@ def install(device_keys: str | None = None) -> None:
 
     driver.set_active(FakeDriver())
     _track_config()
-    torch.cuda.get_device_capability = lambda *a, **k: (9, 0)
-    torch.cuda.get_device_name = lambda *a, **k: H100_NAME
+    torch.cuda.get_device_capability = lambda *a, **k: (profile.major, profile.minor)
+    torch.cuda.get_device_name = lambda *a, **k: profile.name
     torch.cuda.device_count = lambda: 1
     torch.cuda.is_available = lambda: True
     torch.cuda.current_device = lambda: 0
     torch.cuda.device = _NoDevice   # device guards (SGLang's input_guard) on CPU tensors: nothing to switch
     torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(
-        name=H100_NAME, major=9, minor=0, multi_processor_count=132, shared_memory_per_block=49152,
-        shared_memory_per_block_optin=232448, total_memory=80 << 30)
+        name=profile.name, major=profile.major, minor=profile.minor, multi_processor_count=profile.multiprocessor_count,
+        shared_memory_per_block=profile.shared_memory_per_block, shared_memory_per_block_optin=profile.max_shared_mem,
+        total_memory=profile.total_memory, warp_size=profile.warp_size)
     device_keys = device_keys or os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
     if device_keys:
         _use_device_keys(json.loads(open(device_keys).read()))

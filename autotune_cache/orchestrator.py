@@ -263,13 +263,14 @@ class Build:
     # -- running children -------------------------------------------------------------------------------------
     @staticmethod
     def compile_processes(children: int, emulate: bool) -> int | None:
-        """Precompile workers per child of a sharded build: the cores shared out between the children that run at
-        once, e.g. 16 cores, 4 GPUs -> 4 each. None (the child decides) where AUTOTUNE_CACHE_COMPILE_PROCESSES is
-        set, or in emulated builds (threads, as in a one-child emulated build)."""
-        from .precompile import PROCESS_ENV
+        """Precompile workers per child of a sharded build: the cores this process may use shared out between the
+        children that run at once, less the one each child benchmarks on, e.g. 16 cores, 4 GPUs -> 3 each. None
+        (the child decides) where AUTOTUNE_CACHE_COMPILE_PROCESSES is set, or in emulated builds (threads, as in a
+        one-child emulated build)."""
+        from .precompile import PROCESS_ENV, cores
         if emulate or os.environ.get(PROCESS_ENV, "").strip():
             return None
-        return max(1, (os.cpu_count() or 1) // children)
+        return max(1, cores() // children - 1)
 
     def _start_child(self, todo: list[Unit], gpu: str | None, children: int = 1) -> _Child:
         ctx = multiprocess.get_context("spawn")
@@ -386,6 +387,9 @@ class Build:
             rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
             rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
             rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
+            if rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
+                self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
+                                   "that the compile workers did not leave in the cache[/yellow]")
             self._check_coverage(rec)
             self._save()
             if rec.id in self._tasks:

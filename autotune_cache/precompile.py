@@ -58,145 +58,258 @@ def install(n_workers: int | None = None) -> bool:
 # -- compiling in worker processes ------------------------------------------------------------------------------
 # Threads share one GIL with Triton's Python front end (AST -> TTIR, pass pipelines), so they overlap little
 # (measured: BENCHMARKS.md). Worker processes make the units' serving calls themselves with Autotuner.run replaced:
-# each compiles its slice of every key's pruned configs (no launch, no timing, never an autotune file) and leaves
+# each compiles its share of every key's pruned configs (no launch, no timing, never an autotune file) and leaves
 # the binaries in the shared Triton cache, where the benchmarking child then loads them instead of compiling.
-# One pool per build child, started before the child's own imports (they overlap) and walking all of its units;
-# the child waits for it before its first benchmark, so no compile competes with a timing for CPU or GPU.
+# The workers run on a fake copy of the build GPU (emulation.py, with device.read()'s profile of the real one): no
+# CUDA context, no GPU memory, no kernel on the GPU, so the child benchmarks unit i while they compile the next
+# units, and a timing never shares the GPU with them. One process (the zygote) imports torch and the kernel
+# modules, alongside the child's own imports, and forks the workers at "go": one import instead of one per core.
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
-NICE = 10   # below the benchmarking child, should they ever overlap (a worker that outlives its wait)
+NICE = 10   # below the benchmarking child, which times unit i while the workers compile the units after it
+# The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
+# then costs time, not the build).
+WAIT_CAP_S = 600.0
+
+
+def cores() -> int:
+    """Cores this process may run on (taskset, cpusets), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 def processes(default: int | None = None) -> int:
-    """Worker processes per build child: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else every core."""
+    """Worker processes per build child: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else one per core but
+    one (that one is the benchmarking child's)."""
     value = os.environ.get(PROCESS_ENV, "")
     if value.strip():
         return int(value)
-    return default if default is not None else (os.cpu_count() or 1)
+    return default if default is not None else max(1, cores() - 1)
 
 
-def _worker(cache_dir: str, units: list[dict], emulate: bool, wid: int, n: int) -> None:
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG): a killed build child leaves no compiler."""
+    import signal
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:   # it died before the prctl
+        os._exit(1)
+
+
+def _say(line: str) -> None:
+    os.write(1, (line + "\n").encode())   # one write of a short line: atomic on a pipe shared by every worker
+
+
+class _Share:
+    """Autotuner.run for a worker: compile this worker's share of the configs the benchmark will time, launch
+    nothing. Configs are dealt round-robin over the whole sequence of misses, not per key (per key, worker 0 would
+    get the first config of all); every worker makes the same calls, so all deal alike."""
+
+    def __init__(self, n: int):
+        self.n, self.wid = n, 0
+        self.seen: set = set()   # (autotuner, key) dealt already: l2norm runs twice per call, units share keys
+        self.dealt = 0
+
+    def install(self) -> None:
+        import triton.runtime.autotuner as at
+
+        from .triton_cache import tuning_key
+        share = self
+
+        def run(self, *args, **kwargs):
+            key = (id(self), tuning_key(self, args, kwargs))
+            if key in share.seen:
+                return
+            share.seen.add(key)
+            self.nargs = dict(zip(self.arg_names, args))
+            try:
+                configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+                start, share.dealt = share.dealt, share.dealt + len(configs)
+                for i, config in enumerate(configs):
+                    if (start + i) % share.n == share.wid:
+                        try:   # kwargs holds run()'s grid and warmup: compile without launching
+                            self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
+                        except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error
+                            import sys
+                            print(f"precompile worker {share.wid}: {type(e).__name__}: {e}", file=sys.stderr)
+            finally:
+                self.nargs = None
+
+        at.Autotuner.run = run
+
+
+def _empty(*size, generator=None, **kwargs):
+    import torch
+    return torch.empty(*size, **kwargs)
+
+
+def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int) -> None:
+    import importlib
     import sys
     import time
+    import traceback
 
     started = time.monotonic()
+    _die_with(parent)
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""   # the fake GPU only: nothing here may reach the real one
     try:
         os.nice(NICE)
     except OSError:
         pass
-    if emulate:
-        from . import emulation
-        emulation.install()
-    import triton.runtime.autotuner as at
-
+    from . import emulation
+    from .device import Profile
     from .models import RankShape
     from .targets import get
-
-    from .triton_cache import tuning_key
-    done: set = set()      # (autotuner, key) compiled already: l2norm runs twice per call (q and k), units share keys
-    dealt = [0]            # configs dealt out so far, the same count in every worker (they make the same calls)
-
-    def run(self, *args, **kwargs):
-        """Compile this worker's share of the configs the benchmark will time; launch nothing. Configs are dealt
-        round-robin over the whole sequence, not per key: per key, worker 0 would get the first config of all."""
-        key = (id(self), tuning_key(self, args, kwargs))
-        if key in done:
-            return
-        done.add(key)
-        self.nargs = dict(zip(self.arg_names, args))
-        try:
-            configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
-            start, dealt[0] = dealt[0], dealt[0] + len(configs)
-            for i, config in enumerate(configs):
-                if (start + i) % n == wid:
-                    try:   # kwargs holds run()'s grid and warmup: compile without launching
-                        self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
-                    except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error
-                        print(f"precompile worker {wid}: {type(e).__name__}: {e}", file=sys.stderr)
-        finally:
-            self.nargs = None
-
-    at.Autotuner.run = run
-    import importlib
+    emulation.install(profile=Profile(**profile) if profile else None)
+    import torch
+    import triton
+    # Input values are never read (nothing launches); random ones cost seconds per call on the CPU at 16k tokens
+    torch.randn = torch.rand = _empty
+    share = _Share(n)
+    share.install()
     for name in dict.fromkeys(m for unit in units for m in get(unit["target"]).imports):
-        importlib.import_module(name)   # the slow part (FLA: ~10 s), while the child imports the same
-    print(f"imported {time.monotonic() - started:.2f}", flush=True)
+        importlib.import_module(name)   # the slow part (FLA: ~5-10 s), while the child imports the same
+    _say(f"imported {time.monotonic() - started:.2f}")
     if sys.stdin.readline().strip() != "go":   # the parent may refuse the dir (another environment's cache)
         return
-    started = time.monotonic()   # compile time counts from here
-    for index, unit in enumerate(units):
-        target = get(unit["target"])
-        shape = RankShape(**unit["shape"])
-        for tokens in unit["tokens"]:
-            target.run(shape, unit["dtypes"], tokens, "cpu" if emulate else "cuda")
-        print(f"done {index} {time.monotonic() - started:.2f}", flush=True)
+    go, zygote, workers = time.monotonic(), os.getpid(), {}
+    for wid in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with(zygote)
+                share.wid = wid
+                compiled = [0]
+                listener = (lambda **kw: compiled.__setitem__(0, compiled[0] + (not kw.get("cache_hit"))))
+                try:   # Triton 3.5+ calls it (3.4: the count stays 0)
+                    triton.knobs.compilation.listener = listener
+                except AttributeError:
+                    pass
+                for index, unit in enumerate(units):
+                    target, shape = get(unit["target"]), RankShape(**unit["shape"])
+                    for tokens in unit["tokens"]:
+                        target.run(shape, unit["dtypes"], tokens, "cpu")
+                    _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled[0]}")
+                code = 0
+            except BaseException:  # noqa: BLE001 - its configs are left to the benchmark
+                traceback.print_exc()
+            finally:
+                os._exit(code)   # no interpreter teardown in a fork: the zygote's atexit and buffers are not ours
+        workers[pid] = wid
+    while workers:
+        pid, status = os.wait()
+        if pid in workers:
+            _say(f"exit {workers.pop(pid)} {os.waitstatus_to_exitcode(status)}")
 
 
 class Pool:
-    """`n` worker processes compiling every config of `units` into the cache dir, started at once. Best effort:
-    a worker that fails only leaves its configs to the benchmark. Plain subprocesses (the build child is a daemon
-    process, which multiprocessing forbids to have children); they stay in the child's process group, so a
-    timeout kill takes them too."""
+    """`n` worker processes compiling every config of `units` (in order) into the cache dir; the child asks
+    `ready(i)` before benchmarking unit i. Best effort: a worker that fails only leaves its configs to the
+    benchmark. The zygote is a plain subprocess (the build child is a daemon process, which multiprocessing
+    forbids to have children) in the child's process group, so a timeout kill takes it and its workers too.
+    `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds)."""
 
-    def __init__(self, cache_dir: str, units: list[dict], emulate: bool, n: int):
+    def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None):
         import json
         import subprocess
         import sys
+        import threading
 
-        self.n = n
-        self.procs = [subprocess.Popen([sys.executable, "-m", __name__, json.dumps([cache_dir, units, emulate, wid, n])],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       text=True)
-                      for wid in range(n)]
+        self.n, self.units = n, len(units)
+        self.import_s: float | None = None
+        self.finished: list[dict[int, float]] = [{} for _ in range(n)]   # per worker: unit index -> s since go
+        self.compiled = [0] * n            # per worker: kernels compiled so far (not found in the cache)
+        self.exits: dict[int, int] = {}    # worker -> exit code
+        self.ended = False                 # the zygote's output closed: nothing more will come
+        self._go: float | None = None
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__,
+                                      json.dumps([cache_dir, units, profile, n, os.getpid()])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            word, *rest = line.split() or [""]
+            with self._cond:
+                if word == "imported" and len(rest) == 1:
+                    self.import_s = float(rest[0])
+                elif word == "done" and len(rest) == 4:
+                    self.finished[int(rest[0])][int(rest[1])] = float(rest[2])
+                    self.compiled[int(rest[0])] = int(rest[3])
+                elif word == "exit" and len(rest) == 2:
+                    self.exits[int(rest[0])] = int(rest[1])
+                self._cond.notify_all()
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
 
     def go(self) -> None:
-        """Start compiling. Until then the workers only import: nothing is written to the cache dir."""
-        for p in self.procs:
-            try:
-                p.stdin.write("go\n")
-                p.stdin.close()
-            except OSError:   # died at start: its configs are left to the benchmark
-                pass
+        """Start compiling. Until then the zygote only imports: nothing is written to the cache dir."""
+        import time
+        self._go = time.monotonic()
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.close()
+        except OSError:   # died at start: every config is left to the benchmark
+            pass
+
+    def _gone(self, wid: int) -> bool:
+        return self.ended or wid in self.exits
+
+    def failed(self) -> int:
+        """Workers that ended without finishing every unit (all of them where the zygote died)."""
+        return sum(len(self.finished[w]) < self.units and self._gone(w) for w in range(self.n))
+
+    def ready(self, index: int, timeout: float = WAIT_CAP_S) -> dict:
+        """Block until every worker has compiled its share of units 0..index or is gone. Returns {workers, failed,
+        seconds (waited here), ready_s (since "go", when the slowest worker finished unit `index`), import_s}."""
+        import time
+        start = time.monotonic()
+        with self._cond:
+            self._cond.wait_for(lambda: all(index in self.finished[w] or self._gone(w) for w in range(self.n)),
+                                timeout)
+            times = [f[index] for f in self.finished if index in f]
+            return {"workers": self.n, "failed": self.failed(), "seconds": round(time.monotonic() - start, 2),
+                    "ready_s": round(max(times), 2) if times else None, "import_s": self.import_s,
+                    "compiled": sum(self.compiled)}
 
     def wait(self) -> dict:
-        """Block until every worker has finished (or died): {workers, failed, units_done (by the slowest),
-        import_s (the slowest worker's start and imports), compile_s (the slowest worker's compiling, from "go")}."""
-        done, imported, finished = [], [], []
-        for p in self.procs:
-            units = 0
-            for line in p.stdout.read().splitlines():
-                word, *rest = line.split() or [""]
-                if word == "imported" and rest:
-                    imported.append(float(rest[0]))
-                elif word == "done" and len(rest) == 2:
-                    units += 1
-                    finished.append(float(rest[1]))
-            done.append(units)
-            p.wait()
-        return {"workers": self.n, "failed": sum(p.returncode != 0 for p in self.procs),
-                "units_done": min(done, default=0), "import_s": round(max(imported, default=0.0), 2),
-                "compile_s": round(max(finished, default=0.0), 2)}
+        """Block until every worker has ended: {workers, failed, import_s, compile_s (the slowest worker's
+        compiling, from "go"), compiled (per worker)}."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.ended)
+        self.proc.wait()
+        times = [t for f in self.finished for t in f.values()]
+        return {"workers": self.n, "failed": self.failed(), "import_s": self.import_s,
+                "compile_s": round(max(times), 2) if times else None, "compiled": list(self.compiled)}
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout):
-                if f is not None and not f.closed:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+        if self.proc.poll() is None:
+            self.proc.kill()   # its workers follow (PR_SET_PDEATHSIG)
+        self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
 
 
-def compile_in_processes(cache_dir: str, units: list[dict], emulate: bool, n: int | None = None) -> dict:
-    """Compile every config the units will benchmark in `n` worker processes (default: every core) and wait."""
+def compile_in_processes(cache_dir: str, units: list[dict], n: int | None = None,
+                         profile: dict | None = None) -> dict:
+    """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait."""
     n = processes() if n is None else n
     if n <= 1:
-        return {"workers": 0, "failed": 0, "units_done": 0, "import_s": 0.0, "compile_s": 0.0}
-    pool = Pool(cache_dir, units, emulate, n)
+        return {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
+    pool = Pool(cache_dir, units, n, profile)
     try:
         pool.go()
         return pool.wait()
@@ -208,4 +321,4 @@ if __name__ == "__main__":
     import json
     import sys
 
-    _worker(*json.loads(sys.argv[1]))
+    _zygote(*json.loads(sys.argv[1]))

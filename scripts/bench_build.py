@@ -9,7 +9,8 @@
     each build is pinned to N cores per GPU.
 (3) optional (--serial-build): the build with compile workers off (the child compiles while benchmarking).
 For each build the manifest gives the floor: time spent benchmarking (screening + extra timings, summed over
-units), the compile workers' wait, and how many kernels the benchmarking children still compiled themselves.
+units), how long the children waited for the compile workers (summed over a child's units, the longest child),
+the workers' import and compile spans, and how many kernels the benchmarking children still compiled themselves.
 Prints a table, writes JSON.
 
     python scripts/bench_build.py --model qwen3.5-9b --tp 1,2,4,8 --gpus 1,2 [--max-tokens 16384] [--json-out F]
@@ -34,9 +35,8 @@ def timed(cmd, env=None):
 def build(args, gpus, env=None, extra=()):
     d = tempfile.mkdtemp(prefix=f"build-gpus{gpus}-")
     prefix = []
-    if args.cpus_per_gpu:   # a host of this many cores per GPU: pin the build to them, one worker per core
+    if args.cpus_per_gpu:   # a host of this many cores per GPU: pin the build to them (its workers follow)
         prefix = ["taskset", "-c", f"0-{args.cpus_per_gpu * gpus - 1}"]
-        env = {"AUTOTUNE_CACHE_COMPILE_PROCESSES": str(args.cpus_per_gpu), **(env or {})}
     cmd = [*prefix, sys.executable, "-m", "autotune_cache", "build", "--model", args.model, "--tp", args.tp,
            "--max-tokens", str(args.max_tokens), "--cache-dir", d, "--gpus", str(gpus), "--no-progress", "--json",
            *extra]
@@ -44,11 +44,17 @@ def build(args, gpus, env=None, extra=()):
     with open(os.path.join(d, "manifest.json")) as f:
         m = json.load(f)
     units = m["units"].values()
-    waits = [u["precompile"]["seconds"] for u in units if u.get("precompile")]
+    waits, compile_s, import_s = {}, [], []   # per GPU: the child's units wait one after another
+    for u in units:
+        if u.get("precompile"):
+            waits[u.get("gpu")] = waits.get(u.get("gpu"), 0.0) + u["precompile"]["seconds"]
+            compile_s.append(u["precompile"].get("ready_s") or 0.0)
+            import_s.append(u["precompile"].get("import_s") or 0.0)
     return {"seconds": round(seconds, 1), "dir": d, "gpus": gpus, "cpus": args.cpus_per_gpu * gpus or os.cpu_count(),
             "bench_s": round(sum(u.get("bench_seconds") or 0 for u in units), 1),
             "unit_s": round(sum(u.get("seconds") or 0 for u in units), 1),
-            "compile_wait_s": round(max(waits), 1) if waits else None,
+            "compile_wait_s": round(max(waits.values()), 1) if waits else None,
+            "compile_s": max(compile_s, default=None), "compile_import_s": max(import_s, default=None),
             "child_compiles": sum(u.get("compiles") or 0 for u in units),
             "entries": len(m["entries"]), "configs": sum(e["configs"] for e in m["entries"].values())}
 
@@ -60,7 +66,7 @@ def main():
     ap.add_argument("--gpus", default="1", help="comma-separated GPU counts to build with (e.g. 1,2)")
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--cpus-per-gpu", type=int, default=0,
-                    help="pin each build to this many cores per GPU it uses (taskset), one compile worker per core: "
+                    help="pin each build to this many cores per GPU it uses (taskset; its compile workers follow): "
                          "a one-GPU build on a 2-GPU host then sees what a one-GPU host of that size has")
     ap.add_argument("--serial-build", action="store_true", help="also time a build without compile workers")
     ap.add_argument("--skip-serial", action="store_true", help="skip (1) (when an earlier run of this card has it)")
@@ -112,7 +118,8 @@ def main():
         label = f"{b['kind']} on {b['gpus']} GPU(s)"
         print(f"{label:54s} {b['seconds']:8.1f} s  "
               f"/serial {b['over_serial']}  /1-GPU build {b['over_1_gpu_build']}  benchmarking {b['bench_s']} s, "
-              f"compile wait {b['compile_wait_s']} s, child compiles {b['child_compiles']}, {b['cpus']} CPUs, "
+              f"compile wait {b['compile_wait_s']} s (workers: import {b['compile_import_s']} s, compile "
+              f"{b['compile_s']} s), child compiles {b['child_compiles']}, {b['cpus']} CPUs, "
               f"{b['entries']} keys, {b['configs']} configs")
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs of issue 6 on a 2-GPU host (each phase under the device's 10-minute limit).
-#   bash scripts/gpu_issue6.sh build OUT   (b) build time: serial in-process vs build on 1 and 2 GPUs; GPU tests
+#   bash scripts/gpu_issue6.sh build OUT   (b) build time: serial in-process vs build on 1 and 2 GPUs, (d) over
+#                                          those two builds and a third; GPU tests
 #   bash scripts/gpu_issue6.sh winners OUT (c) winner quality vs T=64-tuned winners; (d) stability over 3 builds
 #   bash scripts/gpu_issue6.sh all OUT     (b), then (c) on the 1-GPU build, then (d) over both builds and a third
 # Wheels the host lacks in .whl/ (device README). Results land in OUT; BENCHMARKS.md records them.
@@ -29,10 +30,15 @@ for b in r["builds"]:
 json.dump(units, open(sys.argv[2], "w"), indent=1)
 PY
     dirs=$(python3 -c "import json; print(' '.join(b['dir'] for b in json.load(open('$out/bench_build.json'))['builds']))")
+    timeout 100 python3 -m autotune_cache build --model qwen3.5-9b --tp 1,2,4,8 --gpus 2 --cache-dir "$work/b3" \
+        --no-progress --json > /dev/null 2> "$out/build3.log"
+    echo "build 3 rc=$? at ${SECONDS} s"
     # shellcheck disable=SC2086  # one argument per build dir
-    python3 scripts/bench_stability.py --dirs $dirs --json-out "$out/stability_gpus1_vs_gpus2.json" | tail -8
+    timeout 60 python3 scripts/bench_stability.py --dirs $dirs "$work/b3" --json-out "$out/bench_stability.json" | tail -12
+    echo "stability rc=$? at ${SECONDS} s"
     echo "== GPU tests"
-    timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_build_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_build_gpu.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+    echo "GPU tests at ${SECONDS} s"
 elif [ "$phase" = all ]; then
     SECONDS=0
     left() { echo $(( SECONDS < 584 ? 585 - SECONDS : 1 )); }

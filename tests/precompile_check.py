@@ -15,11 +15,11 @@ import triton  # noqa: E402
 
 from autotune_cache.models import preset  # noqa: E402
 
-workers = {"workers": 0, "failed": 0, "units_done": 0, "import_s": 0.0, "compile_s": 0.0}
+workers = {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
 if len(sys.argv) > 3:
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [2000]}
-    workers = precompile.compile_in_processes(sys.argv[1], [unit], True, int(sys.argv[3]))
+    workers = precompile.compile_in_processes(sys.argv[1], [unit], int(sys.argv[3]))
 compiles = []
 triton.knobs.compilation.listener = lambda **kw: compiles.append(bool(kw.get("cache_hit")))
 enabled = precompile.install(int(sys.argv[2]))

@@ -34,7 +34,7 @@ def test_without_precompile_the_same_compiles_happen_in_the_benchmark(tmp_path):
 def test_worker_processes_leave_every_config_compiled_in_the_cache(tmp_path):
     out = check(tmp_path / "c", 1, processes=2)
     workers = out["processes"]
-    assert (workers["workers"], workers["failed"], workers["units_done"]) == (2, 0, 1)
+    assert (workers["workers"], workers["failed"], sorted(workers["compiled"])) == (2, 0, [1, 2])
     assert workers["import_s"] > 0 and workers["compile_s"] > 0
     # the benchmark loads all 3 configs' binaries that the two workers wrote, compiles none, and no worker wrote
     # a (fake-timed) autotune file: the lookup was a miss, tuned for real here
@@ -78,9 +78,12 @@ def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(
     m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     first, second = m.units.values()
-    assert first.precompile["workers"] == 2 and first.precompile["failed"] == 0
-    assert first.precompile["units_done"] == 2 and second.precompile is None
-    assert first.precompile["seconds"] >= first.precompile["compile_s"] > 0
+    for unit in (first, second):   # each unit waited for its own configs only
+        assert unit.precompile["workers"] == 2 and unit.precompile["failed"] == 0
+        assert unit.precompile["ready_s"] > 0 and unit.precompile["import_s"] > 0
+    assert second.precompile["ready_s"] >= first.precompile["ready_s"]
+    # TP 2 reaches the same 3 keys: the workers compiled all 9 configs for the first unit, none after
+    assert first.precompile["compiled"] == second.precompile["compiled"] == 9
     assert first.compiles == 0 and second.compiles == 0
     assert len(m.entries) == 3
 
@@ -97,24 +100,50 @@ def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
 
 def test_workers_share_the_configs_evenly(tmp_path):
     # 3 NB keys of 3 configs, 2 workers: dealt round-robin over all 9 (5 and 4), not 2+1 per key (6 and 3)
-    import os
     from autotune_cache import precompile
     from autotune_cache.models import preset
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [3000, 2000, 1000, 3000]}
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    counts = []
-    for wid in (0, 1):
-        code = ("import json, sys, triton\n"
-                "from autotune_cache import precompile\n"
-                "n = [0]\n"
-                "triton.knobs.compilation.listener = lambda **kw: n.__setitem__(0, n[0] + (not kw.get('cache_hit')))\n"
-                "try:\n"
-                "    precompile._worker(*json.loads(sys.argv[1]))\n"
-                "finally:\n"
-                "    print('compiled', n[0])\n")
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps([str(tmp_path / f"w{wid}"), [unit], True, wid, 2])],
-                              input="go\n", capture_output=True, text=True, timeout=300, env={**os.environ, **env})
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        counts.append(int(proc.stdout.split("compiled")[-1]))
-    assert sorted(counts) == [4, 5]
+    report = precompile.compile_in_processes(str(tmp_path), [unit], 2)
+    assert report["failed"] == 0 and sorted(report["compiled"]) == [4, 5]
+
+
+def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(tmp_path):
+    from autotune_cache import precompile
+    from autotune_cache.models import preset
+    shape = preset("qwen3.5-9b").per_rank(1).model_dump()
+    units = [{"target": "toy_target", "shape": shape, "dtypes": {"act": "bfloat16"}, "tokens": [t]}
+             for t in (1000, 2000, 3000)]
+    pool = precompile.Pool(str(tmp_path / "a"), units, 2)
+    try:
+        pool.go()
+        first = pool.ready(0)
+        assert first["failed"] == 0 and first["compiled"] >= 3 and first["ready_s"] > 0
+        assert pool.ready(2)["compiled"] == 9
+        assert pool.wait()["failed"] == 0
+    finally:
+        pool.close()
+    # killed before it finished: the wait ends, every worker counts as failed, nothing is left running
+    pool = precompile.Pool(str(tmp_path / "b"), units, 2)
+    try:
+        pool.close()
+        assert pool.ready(0)["failed"] == 2
+    finally:
+        pool.close()
+
+
+def test_workers_emulate_the_profile_they_are_given(tmp_path):
+    # another GPU than the default H100 (sm_80, 108 SMs, 164 KB shared memory): the compiled kernels are for it
+    import dataclasses
+    import json as _json
+    from autotune_cache import device, precompile
+    from autotune_cache.models import preset
+    a100 = dataclasses.replace(device.H100, name="NVIDIA A100-SXM4-80GB", major=8, minor=0, multiprocessor_count=108,
+                               max_shared_mem=166912)
+    unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
+            "dtypes": {"act": "bfloat16"}, "tokens": [1000]}
+    report = precompile.compile_in_processes(str(tmp_path), [unit], 2, a100.to_dict())
+    assert report["failed"] == 0 and sum(report["compiled"]) == 3
+    targets = {_json.loads(p.read_text())["target"]["arch"] for p in tmp_path.rglob("*.json")
+               if "target" in _json.loads(p.read_text())}
+    assert targets == {80}

@@ -33,3 +33,25 @@ def test_fresh_process_hits_every_key(gpu_cache, tp):
                                       for k, s in report["kernels"].items()))
     assert len(report["kernels"]) == 6
     assert report["benchmarks"] == 0 and report["hits"] == report["lookups"] > 0
+
+
+def test_compile_workers_on_the_emulated_gpu_left_every_kernel_the_child_needed(gpu_cache):
+    # The workers compile on a fake copy of this GPU (device.read()); had any of their keys differed from the
+    # real child's, the child would have compiled that kernel itself.
+    _, manifest = gpu_cache
+    for unit in manifest.units.values():
+        assert unit.precompile is not None and unit.precompile["failed"] == 0, unit.precompile
+        assert unit.compiles == 0, (unit.id, unit.compiles)
+
+
+def test_device_profile_matches_what_torch_and_triton_see():
+    import torch
+    from triton.runtime.driver import driver
+
+    from autotune_cache import device
+    profile = device.read()
+    assert profile is not None
+    assert (profile.major, profile.minor) == torch.cuda.get_device_capability(0)
+    assert profile.name == torch.cuda.get_device_name(0)
+    assert profile.triton_properties() == driver.active.utils.get_device_properties(0)
+    assert profile.total_memory == torch.cuda.get_device_properties(0).total_memory
