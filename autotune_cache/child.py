@@ -228,8 +228,8 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
-                if pool is not None:   # this unit's configs before its first timing; the workers go on to the next
-                    compiled = pool.ready(index)
+                if pool is not None and index == 0:   # every unit's configs, before the first timing
+                    compiled = pool.ready(len(units) - 1)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
                 for tokens in raw["tokens"]:

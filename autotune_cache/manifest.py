@@ -61,7 +61,8 @@ class UnitRecord(BaseModel):
     failures: list[str] = Field(default_factory=list)
     seconds: float | None = None   # wall time of the successful attempt
     bench_seconds: float | None = None   # ... of which benchmarking misses (screening + extra timings)
-    # The first unit of a child waits for its compile workers: {workers, failed, units_done, seconds (waited)}
+    # The first unit of a child waits for its compile workers: {workers, failed, seconds (waited), ready_s (their
+    # compile span), import_s (their start and imports), compiled (kernels they compiled)}
     precompile: dict | None = None
     compiles: int | None = None    # kernels the benchmarking child compiled itself (not found compiled)
     entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached

@@ -61,11 +61,13 @@ def install(n_workers: int | None = None) -> bool:
 # each compiles its share of every key's pruned configs (no launch, no timing, never an autotune file) and leaves
 # the binaries in the shared Triton cache, where the benchmarking child then loads them instead of compiling.
 # The workers run on a fake copy of the build GPU (emulation.py, with device.read()'s profile of the real one): no
-# CUDA context, no GPU memory, no kernel on the GPU, so the child benchmarks unit i while they compile the next
-# units, and a timing never shares the GPU with them. One process (the zygote) imports torch and the kernel
+# CUDA context and no GPU memory each, nothing launched. One process (the zygote) imports torch and the kernel
 # modules, alongside the child's own imports, and forks the workers at "go": one import instead of one per core.
+# The child waits for every unit's configs before its first timing. Benchmarking unit i while the workers compiled
+# the next units was 3 s faster in 41 s on an H200 host, and 6 of 24 winners then differed between 3 builds
+# instead of 2 (tiny kernels, timed next to 15 busy cores): BENCHMARKS.md.
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
-NICE = 10   # below the benchmarking child, which times unit i while the workers compile the units after it
+NICE = 10   # below the benchmarking child, should they ever overlap (a wait cut short at WAIT_CAP_S)
 # The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
 # then costs time, not the build).
 WAIT_CAP_S = 600.0
@@ -210,8 +212,8 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
 
 
 class Pool:
-    """`n` worker processes compiling every config of `units` (in order) into the cache dir; the child asks
-    `ready(i)` before benchmarking unit i. Best effort: a worker that fails only leaves its configs to the
+    """`n` worker processes compiling every config of `units` (in order) into the cache dir; `ready(i)` waits
+    for units 0..i. Best effort: a worker that fails only leaves its configs to the
     benchmark. The zygote is a plain subprocess (the build child is a daemon process, which multiprocessing
     forbids to have children) in the child's process group, so a timeout kill takes it and its workers too.
     `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds)."""
