@@ -6,8 +6,11 @@ build child instead
   1. screens every config with a shorter do_bench (Settings.screen_warmup_ms / screen_rep_ms),
   2. times the candidates within `window` of the fastest (at most `top`) `rounds` more times, interleaved, so
      drift hits them alike, and takes each one's median,
-  3. keeps the incumbent -- the candidate listed first in the kernel's own config list -- unless a challenger's
-     median beats it by more than `noise`. Within the noise the choice is fixed by list order, not by luck.
+  3. keeps the incumbent -- the candidate listed first in the kernel's own config list -- unless a challenger
+     beats it beyond noise: by more than `noise` on the medians, and with the bulk of its timings (p80) below the
+     bulk of the incumbent's (p20). Within the noise the choice is fixed by list order, not by luck. (The second
+     condition came from the GPU: the medians of 6-40 us kernels moved by 2-3% between builds, so a 2% band
+     alone let 4 of 24 winners differ across 3 builds; BENCHMARKS.md.)
 
 What Triton reads back is the autotune JSON (winner = the smallest timing), so the file records the decision:
 each candidate's median (p20/p80 of its rounds) and, where the incumbent was kept within the noise, the incumbent
@@ -48,12 +51,18 @@ class Candidate:
     def median(self) -> float:
         return statistics.median(self.samples)
 
+    @property
+    def bulk(self) -> tuple[float, float]:
+        """(p20, p80) of the samples."""
+        _, p20, p80 = _spread(self.samples)
+        return p20, p80
+
 
 @dataclass(frozen=True)
 class Decision:
     winner: int                   # index into the candidates given to choose()
     fastest: int                  # the candidate with the smallest median
-    band: tuple[int, ...]         # candidates within the noise of the fastest
+    band: tuple[int, ...]         # candidates not slower than the fastest beyond noise
     medians: tuple[float, ...] = field(default=())
 
     @property
@@ -62,13 +71,14 @@ class Decision:
 
 
 def choose(candidates: list[Candidate], noise: float) -> Decision:
-    """The incumbent (lowest `order`) among the candidates whose median is within `noise` of the fastest."""
+    """The incumbent (lowest `order`) among the candidates the fastest does not beat beyond noise: a median
+    within `noise` of the fastest's, or a p20 at or below the fastest's p80 (their timings overlap)."""
     if not candidates:
         raise ValueError("no candidates")
     medians = tuple(c.median for c in candidates)
     fastest = min(range(len(candidates)), key=lambda i: (medians[i], candidates[i].order))
-    limit = medians[fastest] * (1 + noise)
-    band = tuple(i for i in range(len(candidates)) if medians[i] <= limit)
+    limit, top = medians[fastest] * (1 + noise), candidates[fastest].bulk[1]
+    band = tuple(i for i, c in enumerate(candidates) if medians[i] <= limit or c.bulk[0] <= top)
     winner = min(band, key=lambda i: candidates[i].order)
     return Decision(winner=winner, fastest=fastest, band=band, medians=medians)
 

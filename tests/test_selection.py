@@ -30,6 +30,17 @@ def test_the_median_not_one_lucky_timing_decides():
     assert d.winner == 1 and d.medians == (1.1, 1.0)
 
 
+def test_overlapping_timings_keep_the_incumbent_beyond_the_noise_band():
+    # medians 3% apart, but the incumbent's fast timings reach into the challenger's: not beaten beyond noise
+    d = choose([Candidate(order=2, samples=(1.00, 0.99, 1.00, 1.03, 1.01)),
+                Candidate(order=0, samples=(0.99, 1.01, 1.03, 1.04, 1.05))], noise=0.02)
+    assert (d.winner, d.fastest, d.kept_incumbent) == (1, 0, True)
+    # the same medians with tight timings: the challenger wins
+    d = choose([Candidate(order=2, samples=(1.00, 1.00, 1.00, 1.00, 1.00)),
+                Candidate(order=0, samples=(1.03, 1.03, 1.03, 1.03, 1.03))], noise=0.02)
+    assert (d.winner, d.kept_incumbent) == (0, False)
+
+
 def test_choose_needs_a_candidate():
     with pytest.raises(ValueError):
         choose([], noise=0.02)
