@@ -119,8 +119,9 @@ def _count_compiles() -> dict | None:
 def main(out, control, cache_dir: str, units: list[dict], emulate: bool, attempt: dict[str, int],
          options: dict | None = None) -> None:
     """`options`: "gpu" (a physical GPU index: this child sees only that one), "compile_processes" (precompile
-    worker processes; default AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core), "selection" (selection.Settings
-    as a dict: how winners are chosen)."""
+    worker processes; default AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core but one), "selection"
+    (selection.Settings as a dict: how winners are chosen), "overlap_compile" (benchmark a unit once its own configs
+    are compiled, not every unit's)."""
     options = options or {}
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
     _die_with_parent()
@@ -228,7 +229,9 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             try:
                 _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
                 triton_cache.forget_in_memory()
-                if pool is not None and index == 0:   # every unit's configs, before the first timing
+                if pool is not None and options.get("overlap_compile"):   # this unit's configs; workers go on
+                    compiled = pool.ready(index)
+                elif pool is not None and index == 0:   # every unit's configs, before the first timing
                     compiled = pool.ready(len(units) - 1)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])

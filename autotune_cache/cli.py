@@ -47,7 +47,8 @@ def spec_from_args(args) -> BuildSpec:
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
                      retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
-                     gpus=getattr(args, "gpus", None), selection=_selection(args))
+                     gpus=getattr(args, "gpus", None), selection=_selection(args),
+                     overlap_compile=getattr(args, "overlap_compile", False))
 
 
 def _selection(args) -> SelectionSettings:
@@ -183,8 +184,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", action="store_true",
                    help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
     p.add_argument("--compile-workers", type=int, default=None,
-                   help="threads compiling each key's configs before they are benchmarked (default: every core; "
-                        "1 = compile while benchmarking, as Triton does)")
+                   help="threads compiling each key's configs before they are benchmarked, where compile worker "
+                        "processes are off (AUTOTUNE_CACHE_COMPILE_PROCESSES=1, emulated builds) or the GPU's "
+                        "profile cannot be read (default: every core; 1 = compile while benchmarking, as Triton)")
+    p.add_argument("--overlap-compile", action="store_true",
+                   help="benchmark each unit as soon as its own configs are compiled, while the workers compile the "
+                        "next units (faster; default: every unit's configs first, so no timing runs next to busy "
+                        "cores)")
     p.add_argument("--selection", choices=("robust", "triton"), default=None,
                    help="robust (default): short screening, the close configs timed again, interleaved, and the one "
                         "first in the kernel's list kept unless another beats it beyond --noise; triton: Triton's "

@@ -279,7 +279,7 @@ class Build:
         attempts = {u.id: self.manifest.units[u.id].attempts + 1 for u in todo}
         index = {u.id: i for i, u in enumerate(self.plan.units)}   # the fault hook names units by plan position
         chan = Channel(theirs)
-        options = {"selection": self.spec.selection.model_dump()}
+        options = {"selection": self.spec.selection.model_dump(), "overlap_compile": self.spec.overlap_compile}
         if gpu is not None:   # a child of a sharded build sees its GPU only
             options.update(gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         args = (chan, chan, str(self.cache_dir), [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],

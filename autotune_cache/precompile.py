@@ -63,11 +63,11 @@ def install(n_workers: int | None = None) -> bool:
 # The workers run on a fake copy of the build GPU (emulation.py, with device.read()'s profile of the real one): no
 # CUDA context and no GPU memory each, nothing launched. One process (the zygote) imports torch and the kernel
 # modules, alongside the child's own imports, and forks the workers at "go": one import instead of one per core.
-# The child waits for every unit's configs before its first timing. Benchmarking unit i while the workers compiled
-# the next units was 3 s faster in 41 s on an H200 host, and 6 of 24 winners then differed between 3 builds
-# instead of 2 (tiny kernels, timed next to 15 busy cores): BENCHMARKS.md.
+# By default the child waits for every unit's configs before its first timing; with --overlap-compile it times
+# unit i as soon as unit i is compiled (41 s against 48 s for a build on an H200 host, same benchmarking time;
+# stability over 3 builds 18 of 24 keys against 20 and 21 without: not told apart from noise). BENCHMARKS.md.
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
-NICE = 10   # below the benchmarking child, should they ever overlap (a wait cut short at WAIT_CAP_S)
+NICE = 10   # below the benchmarking child, which times units next to them with --overlap-compile
 # The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
 # then costs time, not the build).
 WAIT_CAP_S = 600.0

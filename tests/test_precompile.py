@@ -62,14 +62,15 @@ def test_build_keys_do_not_depend_on_precompile(tmp_path, monkeypatch, workers):
 _REF = {}
 
 
-def _reference_entries():
-    if "entries" not in _REF:
+def _reference_entries(tp=(1,), max_tokens=2048):
+    """The entries of a build without worker processes (threads precompile)."""
+    if (tp, max_tokens) not in _REF:
         import tempfile
         d = tempfile.mkdtemp()
-        m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+        m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=max_tokens,
                             cache_dir=d, emulate=True), progress=False)
-        _REF["entries"] = list(m.entries)
-    return _REF["entries"]
+        _REF[(tp, max_tokens)] = list(m.entries)
+    return _REF[(tp, max_tokens)]
 
 
 def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(tmp_path, monkeypatch):
@@ -84,6 +85,18 @@ def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(
     assert first.precompile["compiled"] == 9 and second.precompile is None
     assert first.compiles == 0 and second.compiles == 0
     assert len(m.entries) == 3
+
+
+def test_overlapped_build_waits_per_unit_and_builds_the_same_entries(tmp_path, monkeypatch):
+    # --overlap-compile: each unit waits for its own configs only; the workers go on with the next unit
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "2")
+    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
+                        cache_dir=str(tmp_path), emulate=True, overlap_compile=True), progress=False)
+    first, second = m.units.values()
+    for unit in (first, second):
+        assert unit.precompile["workers"] == 2 and unit.precompile["failed"] == 0 and unit.compiles == 0
+    assert second.precompile["ready_s"] >= first.precompile["ready_s"] > 0
+    assert sorted(m.entries) == sorted(_reference_entries(tp=(1, 2), max_tokens=3000))
 
 
 def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
