@@ -71,6 +71,9 @@ def add_commands(sub) -> None:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--emulate", action="store_true", help="no GPU: fake sm_90 build (tests only)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="build over N GPUs, one child each (default: every visible GPU; an init container sharing "
+                        "its host with a running server should name the ones it may use)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ensure)

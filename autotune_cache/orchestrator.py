@@ -387,7 +387,11 @@ class Build:
             rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
             rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
             rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
-            if rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
+            if rec.precompile and rec.precompile.get("failed"):
+                self.console.print(f"[yellow]{rec.id}: {rec.precompile['failed']} of {rec.precompile['workers']} "
+                                   f"compile workers failed ({rec.precompile.get('error')}); the child compiled "
+                                   "their configs itself[/yellow]")
+            elif rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
                 self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
                                    "that the compile workers did not leave in the cache[/yellow]")
             self._check_coverage(rec)

@@ -5,7 +5,8 @@ cold tune is mostly compiling, on one core. Here the build child wraps `Autotune
 miss, right before the benchmarks): it warms up every pruned config through Triton's AsyncCompileMode on a thread
 pool (Triton >= 3.5; private API), so the benchmark loop finds each config compiled in the JIT cache. The same
 arguments give the same specialization, so the compiled variants are the ones the benchmark would have made.
-Errors are left to the benchmark (a config that does not compile is timed as inf there, as before).
+Errors are left to the benchmark (a config that does not compile is timed as inf there, as before). That is the
+fallback; a build on a GPU compiles in worker processes instead (below).
 """
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def install(n_workers: int | None = None) -> bool:
 # CUDA context and no GPU memory each, nothing launched. One process (the zygote) imports torch and the kernel
 # modules, alongside the child's own imports, and forks the workers at "go": one import instead of one per core.
 # By default the child waits for every unit's configs before its first timing; with --overlap-compile it times
-# unit i as soon as unit i is compiled (41 s against 48 s for a build on an H200 host, same benchmarking time;
-# stability over 3 builds 18 of 24 keys against 20 and 21 without: not told apart from noise). BENCHMARKS.md.
+# unit i as soon as unit i is compiled (a build of 41 s against 48 s, two runs on two H200 hosts, the same time
+# benchmarking; stability over 3 builds 18 of 24 keys against 20 and 21 without: not told apart from noise).
 PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
 NICE = 10   # below the benchmarking child, which times units next to them with --overlap-compile
 # The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
@@ -222,6 +223,7 @@ class Pool:
         import json
         import subprocess
         import sys
+        import tempfile
         import threading
 
         self.n, self.units = n, len(units)
@@ -232,10 +234,10 @@ class Pool:
         self.ended = False                 # the zygote's output closed: nothing more will come
         self._go: float | None = None
         self._cond = threading.Condition()
+        self.stderr = tempfile.TemporaryFile()   # the zygote's and workers' tracebacks, for a failed worker's why
         self.proc = subprocess.Popen([sys.executable, "-m", __name__,
                                       json.dumps([cache_dir, units, profile, n, os.getpid()])],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
 
     def _read(self) -> None:
@@ -271,18 +273,30 @@ class Pool:
         """Workers that ended without finishing every unit (all of them where the zygote died)."""
         return sum(len(self.finished[w]) < self.units and self._gone(w) for w in range(self.n))
 
+    def _report(self, **fields) -> dict:
+        report = {"workers": self.n, "failed": self.failed(), **fields}
+        if report["failed"]:   # the last line written to stderr: the exception that ended a worker (or the zygote)
+            lines = []
+            if not self.stderr.closed:   # closed: the pool was closed (killed) first
+                self.stderr.seek(0, os.SEEK_END)
+                self.stderr.seek(max(0, self.stderr.tell() - 4000))
+                lines = [ln for ln in self.stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+            report["error"] = lines[-1][:300] if lines else f"exit codes {sorted(set(self.exits.values()))}"
+        return report
+
     def ready(self, index: int, timeout: float = WAIT_CAP_S) -> dict:
         """Block until every worker has compiled its share of units 0..index or is gone. Returns {workers, failed,
-        seconds (waited here), ready_s (since "go", when the slowest worker finished unit `index`), import_s}."""
+        seconds (waited here), ready_s (since "go", when the slowest worker finished unit `index`), import_s,
+        compiled (kernels the workers compiled so far)}, and `error` (the last line of their stderr) if any failed."""
         import time
         start = time.monotonic()
         with self._cond:
             self._cond.wait_for(lambda: all(index in self.finished[w] or self._gone(w) for w in range(self.n)),
                                 timeout)
             times = [f[index] for f in self.finished if index in f]
-            return {"workers": self.n, "failed": self.failed(), "seconds": round(time.monotonic() - start, 2),
-                    "ready_s": round(max(times), 2) if times else None, "import_s": self.import_s,
-                    "compiled": sum(self.compiled)}
+            return self._report(seconds=round(time.monotonic() - start, 2),
+                                ready_s=round(max(times), 2) if times else None, import_s=self.import_s,
+                                compiled=sum(self.compiled))
 
     def wait(self) -> dict:
         """Block until every worker has ended: {workers, failed, import_s, compile_s (the slowest worker's
@@ -291,13 +305,14 @@ class Pool:
             self._cond.wait_for(lambda: self.ended)
         self.proc.wait()
         times = [t for f in self.finished for t in f.values()]
-        return {"workers": self.n, "failed": self.failed(), "import_s": self.import_s,
-                "compile_s": round(max(times), 2) if times else None, "compiled": list(self.compiled)}
+        return self._report(import_s=self.import_s, compile_s=round(max(times), 2) if times else None,
+                            compiled=list(self.compiled))
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()   # its workers follow (PR_SET_PDEATHSIG)
         self.proc.wait()
+        self.stderr.close()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()

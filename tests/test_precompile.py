@@ -143,6 +143,21 @@ def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(t
         pool.close()
 
 
+def test_failed_workers_are_counted_with_their_error(tmp_path):
+    # the zygote cannot import the target: every worker counts as failed, and the report says why
+    from autotune_cache import precompile
+    from autotune_cache.models import preset
+    unit = {"target": "no_such_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
+            "dtypes": {"act": "bfloat16"}, "tokens": [1000]}
+    pool = precompile.Pool(str(tmp_path), [unit], 2)
+    try:
+        pool.go()
+        report = pool.ready(0)
+    finally:
+        pool.close()
+    assert report["failed"] == 2 and "unknown target 'no_such_target'" in report["error"]
+
+
 def test_workers_emulate_the_profile_they_are_given(tmp_path):
     # another GPU than the default H100 (sm_80, 108 SMs, 164 KB shared memory): the compiled kernels are for it
     import dataclasses

@@ -171,8 +171,9 @@ def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
 def test_cores_are_shared_out_between_the_children(monkeypatch):
     from autotune_cache.orchestrator import Build
     monkeypatch.delenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert [Build.compile_processes(n, False) for n in (1, 2, 4, 32)] == [16, 8, 4, 1]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))   # the cores this process may use
+    # each child benchmarks on one of its share
+    assert [Build.compile_processes(n, False) for n in (1, 2, 4, 32)] == [15, 7, 3, 1]
     assert Build.compile_processes(2, True) is None   # emulated: threads, as before
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "3")
     assert Build.compile_processes(2, False) is None   # the child reads the env var itself

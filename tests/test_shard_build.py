@@ -229,3 +229,14 @@ def test_reconcile_records_the_last_writers_file_and_keeps_both_binaries(built, 
     assert (entry.winner, entry.best, entry.margin) == (raw["configs_timings"][-1][0], 10.0, 0.5)
     assert entry.binaries == before.binaries and entry.units == before.units
     assert changed_files(scan(cache)) == {}   # (verify proper fails on a copy: its group files name the original)
+
+
+def test_ensure_builds_over_the_gpus_it_is_given(tmp_path):
+    cache = tmp_path / "c"
+    args = ("ensure", "--target", "toy_shard_target", "--tp", "1,2,4", "--max-tokens", "2048", "--cache-dir", cache,
+            "--emulate", "--no-progress", "--json")
+    out = json.loads(run_cli(*args, "--gpus", "2", check=0).stdout)
+    assert out["built"] and out["ok"]
+    assert {u.gpu for u in manifest_mod.load(cache).units.values()} == {"0", "1"}
+    assert "--gpus must be a positive integer" in run_cli(*args, "--gpus", "0", check=2).stderr
+
