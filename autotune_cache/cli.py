@@ -21,8 +21,11 @@ from .spec import DEFAULT_MAX_TOKENS, BuildSpec
 from .targets import SHORT
 
 # Piped output (CI logs, `| less`) gets wide tables rather than rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+# Piped (logs, CI, tests): tables 160 wide, and no line broken inside a message (a long cache path used to split
+# "changed since it was signed" over two lines).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160,
+              soft_wrap=not sys.stderr.isatty())
 
 
 class Parser(argparse.ArgumentParser):

@@ -66,3 +66,11 @@ def test_malformed_config_build_writes_nothing(tmp_path):
     proc = run_cli("build", "--config", tmp_path, "--cache-dir", tmp_path / "c")
     assert proc.returncode == 2 and "not a readable JSON" in proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_piped_messages_are_not_broken_across_lines(tmp_path):
+    # rich folds a line at the console width (160 when piped); a long cache path split "verify DIR" in two
+    long = tmp_path / ("d" * 170)
+    long.mkdir()
+    proc = run_cli("verify", long, check=1)
+    assert proc.stdout.splitlines()[0] == f"verify {long}"
