@@ -214,9 +214,9 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
 
 class Pool:
     """`n` worker processes compiling every config of `units` (in order) into the cache dir; `ready(i)` waits
-    for units 0..i. Best effort: a worker that fails only leaves its configs to the
-    benchmark. The zygote is a plain subprocess (the build child is a daemon process, which multiprocessing
-    forbids to have children) in the child's process group, so a timeout kill takes it and its workers too.
+    for units 0..i. Best effort: a worker that fails only leaves its configs to the benchmark. The zygote is a
+    plain subprocess (the build child is a daemon process, which multiprocessing forbids to have children) in the
+    child's process group, so a timeout kill takes it and its workers too.
     `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds)."""
 
     def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None):
@@ -232,7 +232,6 @@ class Pool:
         self.compiled = [0] * n            # per worker: kernels compiled so far (not found in the cache)
         self.exits: dict[int, int] = {}    # worker -> exit code
         self.ended = False                 # the zygote's output closed: nothing more will come
-        self._go: float | None = None
         self._cond = threading.Condition()
         self.stderr = tempfile.TemporaryFile()   # the zygote's and workers' tracebacks, for a failed worker's why
         self.proc = subprocess.Popen([sys.executable, "-m", __name__,
@@ -258,8 +257,6 @@ class Pool:
 
     def go(self) -> None:
         """Start compiling. Until then the zygote only imports: nothing is written to the cache dir."""
-        import time
-        self._go = time.monotonic()
         try:
             self.proc.stdin.write("go\n")
             self.proc.stdin.close()
