@@ -10,7 +10,8 @@ build child instead
      beats it beyond noise: by more than `noise` on the medians, and with the bulk of its timings (p80) below the
      bulk of the incumbent's (p20). Within the noise the choice is fixed by list order, not by luck. (The second
      condition came from the GPU: the medians of 6-40 us kernels moved by 2-3% between builds, so a 2% band
-     alone let 4 of 24 winners differ across 3 builds; BENCHMARKS.md.)
+     alone let 4 of 24 winners differ across 3 builds; with it, 3 of 24 in the next 3 builds, which three builds
+     cannot tell from noise; BENCHMARKS.md.)
 
 What Triton reads back is the autotune JSON (winner = the smallest timing), so the file records the decision:
 each candidate's median (p20/p80 of its rounds) and, where the incumbent was kept within the noise, the incumbent
