@@ -74,18 +74,24 @@ def _exhaust_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the parent dies (PR_SET_PDEATHSIG): after setsid() no terminal signal
-    reaches it, so a parent killed by SIGKILL (or SIGTERM) would otherwise leave it tuning, unlocked, forever."""
+def die_with(parent: int | None) -> None:
+    """Ask Linux to SIGKILL this process when its parent (pid `parent`) dies (PR_SET_PDEATHSIG); exit at once if
+    it is gone already (it died before the prctl). Also the compile workers' (precompile.py)."""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):   # not Linux: the parent's own cleanup is all there is
         return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """The build child: after setsid() no terminal signal reaches it, so a parent killed by SIGKILL (or SIGTERM)
+    would otherwise leave it tuning, unlocked, forever."""
     import multiprocess
     parent = multiprocess.parent_process()
-    if parent is not None and os.getppid() != parent.pid:   # it died before the prctl
-        os._exit(1)
+    die_with(parent.pid if parent is not None else None)
 
 
 def _imports(get, target: str) -> tuple[str, ...]:

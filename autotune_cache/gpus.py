@@ -16,6 +16,11 @@ class Visible:
     source: str            # how they were found, for messages: "CUDA_VISIBLE_DEVICES=2,3", "nvidia-smi -L", ...
 
 
+def _entries(cuda_visible_devices: str) -> tuple[str, ...]:
+    """"2, 3" -> ("2", "3"); "" -> () (no GPU)."""
+    return tuple(x.strip() for x in cuda_visible_devices.split(",") if x.strip())
+
+
 def nvidia_smi_list() -> str | None:
     """`nvidia-smi -L` output ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)" per GPU), None where it fails."""
     try:
@@ -32,7 +37,7 @@ def visible(environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
         value = environ["CUDA_VISIBLE_DEVICES"]
-        return Visible(tuple(x.strip() for x in value.split(",") if x.strip()), f"CUDA_VISIBLE_DEVICES={value}")
+        return Visible(_entries(value), f"CUDA_VISIBLE_DEVICES={value}")
     listing = smi()
     if listing is None:
         return Visible(("0",), "one assumed: no CUDA_VISIBLE_DEVICES and no working nvidia-smi")
@@ -51,8 +56,8 @@ def for_build(gpus: int | None, emulate: bool, environ: Mapping[str, str] | None
         n = gpus or 1
         if n == 1:
             return (None,)
-        listed = [x.strip() for x in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
-        return tuple(listed[:n]) if len(listed) >= n else tuple(map(str, range(n)))
+        listed = _entries(environ.get("CUDA_VISIBLE_DEVICES", ""))
+        return listed[:n] if len(listed) >= n else tuple(map(str, range(n)))
     seen = visible(environ, smi)
     n = gpus if gpus is not None else max(1, len(seen.ids))
     if n == 1:   # none visible: the child reports it (NoGPUError, with what torch sees)

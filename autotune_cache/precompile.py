@@ -91,18 +91,6 @@ def processes(default: int | None = None) -> int:
     return default if default is not None else max(1, cores() - 1)
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG): a killed build child leaves no compiler."""
-    import signal
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:   # it died before the prctl
-        os._exit(1)
-
-
 def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())   # one write of a short line: atomic on a pipe shared by every worker
 
@@ -156,8 +144,9 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     import time
     import traceback
 
+    from .child import die_with   # a killed build child leaves no zygote, and a killed zygote no worker
     started = time.monotonic()
-    _die_with(parent)
+    die_with(parent)
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""   # the fake GPU only: nothing here may reach the real one
@@ -187,7 +176,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
         if pid == 0:
             code = 1
             try:
-                _die_with(zygote)
+                die_with(zygote)
                 share.wid = wid
                 compiled = [0]
                 listener = (lambda **kw: compiled.__setitem__(0, compiled[0] + (not kw.get("cache_hit"))))

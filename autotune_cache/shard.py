@@ -19,6 +19,11 @@ def key_ids(unit: Unit) -> set[KeyId]:
     return {(k.kernel, tuple(k.key)) for k in unit.keys}
 
 
+def keys_of(units: Sequence[Unit]) -> set[KeyId]:
+    """Every key the units reach together."""
+    return set().union(*map(key_ids, units))
+
+
 def unit_configs(unit: Unit) -> int:
     """Configs the unit benchmarks when nothing is on disk yet, e.g. 59 for one FLA unit on sm_90."""
     return sum(k.configs or 0 for k in unit.keys)
@@ -75,18 +80,15 @@ def plan_shards(units: Sequence[Unit], n: int) -> list[list[Unit]]:
     share = sum(configs.values()) / n
     pieces: list[list[Unit]] = []
     for group in overlapping_groups(units):
-        whole = _configs(set().union(*map(key_ids, group)), configs)
+        whole = _configs(keys_of(group), configs)
         pieces.extend([group] if whole <= share else [[u] for u in group])
 
-    def piece_keys(piece):
-        return set().union(*map(key_ids, piece))
-
-    pieces.sort(key=lambda p: (-_configs(piece_keys(p), configs), order[p[0].id]))
+    pieces.sort(key=lambda p: (-_configs(keys_of(p), configs), order[p[0].id]))
     shards: list[list[Unit]] = [[] for _ in range(n)]
     reached: list[set[KeyId]] = [set() for _ in range(n)]
     load = [0] * n
     for piece in pieces:
-        keys = piece_keys(piece)
+        keys = keys_of(piece)
 
         def after(s):
             extra = _configs(keys - reached[s], configs)
@@ -104,6 +106,6 @@ def shared_keys(shards: Sequence[Sequence[Unit]]) -> dict[KeyId, list[int]]:
     first); the build then records whichever file was written last."""
     seen: dict[KeyId, list[int]] = {}
     for i, shard in enumerate(shards):
-        for k in set().union(*map(key_ids, shard)) if shard else ():
+        for k in keys_of(shard):
             seen.setdefault(k, []).append(i)
     return {k: s for k, s in seen.items() if len(s) > 1}
