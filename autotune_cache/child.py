@@ -11,6 +11,7 @@ Protocol (child -> parent, dicts on a Channel (channel.py: a pipe, written synch
   unit_done {unit, seconds, bench_seconds, precompile, compiles} | unit_failed {unit, error}   a failed unit ends the child: CUDA may be unusable
   done
 Parent -> child, on the same Channel after hello: "go" or "stop".
+A unit's probe passes (selection.py: its call at each probe token count, dry, before its own calls) send nothing.
 """
 from __future__ import annotations
 
@@ -179,7 +180,9 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             pass
     if pool is None:
         precompile.install()
-    selection.install(selection.Settings(**options.get("selection", {})))
+    settings = selection.Settings(**options.get("selection", {}))
+    selection.install(settings)
+    probe_tokens = settings.probe_tokens if settings.mode == "robust" else ()
     out.put({"type": "hello", "fingerprint": fingerprint.collect(emulated=emulate).model_dump(), "pid": os.getpid()})
     if control.get() != "go":
         return
@@ -204,6 +207,8 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
         pending[(lookup.kernel, lookup.key)] = msg
 
     def on_launch(launch):
+        if triton_cache.is_dry():   # a probe pass: its lookups were not reported either
+            return
         dirs = {d.relative_to(root).as_posix() for d in launch.binaries if d.is_relative_to(root)}
         msg = pending.pop((launch.kernel, launch.key), None)
         if msg is not None:
@@ -241,9 +246,16 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
                     compiled = pool.ready(len(units) - 1)
                 target = get(raw["target"])
                 shape = RankShape(**raw["shape"])
+                selection.probes.clear()
+                for tokens in (t for t in probe_tokens if t < max(raw["tokens"])):
+                    current["tokens"] = tokens
+                    with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                        target.run(shape, raw["dtypes"], tokens, device)
+                    triton_cache.forget_in_memory()   # the probe's winners: the next call of each key must miss
                 for tokens in raw["tokens"]:
                     current["tokens"] = tokens
                     target.run(shape, raw["dtypes"], tokens, device)
+                selection.probes.clear()   # the probe calls' tensors
                 if device == "cuda":
                     import torch
                     torch.cuda.synchronize()

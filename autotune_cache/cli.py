@@ -57,10 +57,13 @@ def spec_from_args(args) -> BuildSpec:
 def _selection(args) -> SelectionSettings:
     given = {k: v for k, v in (("mode", getattr(args, "selection", None)), ("noise", getattr(args, "noise", None)))
              if v is not None}
+    probes = getattr(args, "probe_tokens", None)
+    if probes is not None:
+        given["probe_tokens"] = () if probes.strip().lower() in ("", "none") else _ints(probes, "--probe-tokens")
     try:
         return SelectionSettings(**given)
     except ValidationError as e:
-        raise SpecError(f"--selection/--noise: {e.errors()[0]['msg']}") from None
+        raise SpecError(f"--selection/--noise/--probe-tokens: {e.errors()[0]['msg']}") from None
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -200,6 +203,10 @@ def parser() -> argparse.ArgumentParser:
                         "own single pass and minimum, as a server tunes")
     p.add_argument("--noise", type=float, default=None,
                    help="robust selection: fraction a challenger must win by (default 0.02)")
+    p.add_argument("--probe-tokens", default=None,
+                   help="robust selection: token counts to also time every key at (comma-separated; 'none' for "
+                        "none; default 512): a key serves every size of its bucket, so the winner must not be slow "
+                        "at a small one")
     p.add_argument("--gpus", type=int, default=None,
                    help="shard the units over N GPUs, one child each (default: every visible GPU, from "
                         "CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1)")

@@ -17,7 +17,9 @@ from .device import H100, Profile
 # Read by tests: how many configs the fake benchmarker ran in this process.
 bench_calls = 0
 # Tests that need chosen timings: AUTOTUNE_CACHE_FAKE_TIMES = JSON {str(config): [ms, ms, ...]}; each timing of
-# that config takes the next value (the last one repeats). Configs not named get the default fake timing.
+# that config takes the next value (the last one repeats). Configs not named get the default fake timing. A name
+# "<config> @ <arg>=<value>" applies only to calls whose argument <arg> is <value> (a token-dependent size): the
+# same config can then be fast at one token count and slow at another.
 FAKE_TIMES_ENV = "AUTOTUNE_CACHE_FAKE_TIMES"
 _benchmarking: list = []   # the config Autotuner._bench is timing (set by the wrapper install() adds)
 _served: dict[str, int] = {}
@@ -29,7 +31,12 @@ def _fake_timing(kernel_call) -> float:
     kernel_call()
     bench_calls += 1
     times = json.loads(os.environ.get(FAKE_TIMES_ENV) or "{}")
-    name = str(_benchmarking[-1]) if _benchmarking else None
+    name = None
+    if _benchmarking:
+        config, nargs = _benchmarking[-1]
+        name = str(config)
+        named = [f"{name} @ {arg}={value}" for arg, value in nargs.items() if isinstance(value, (int, str))]
+        name = next((n for n in named if n in times), name)
     if name in times:
         i = _served.get(name, 0)
         _served[name] = i + 1
@@ -45,7 +52,7 @@ def _track_config() -> None:
     original = at.Autotuner._bench
 
     def _bench(self, *args, config, **meta):
-        _benchmarking.append(config)
+        _benchmarking.append((config, self.nargs or {}))
         try:
             return original(self, *args, config=config, **meta)
         finally:

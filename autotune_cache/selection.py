@@ -4,29 +4,45 @@ Triton's autotuner times each config once (do_bench: 25 ms warm-up, 100 ms of re
 Near-ties then go whichever way the noise of that one run goes (two builds disagreed on 3 of 6 kernels). The
 build child instead
   1. screens every config with a shorter do_bench (Settings.screen_warmup_ms / screen_rep_ms),
-  2. times the candidates within `window` of the fastest (at most `top`) `rounds` more times, interleaved, so
-     drift hits them alike, and takes each one's median,
+  2. times the candidates again, `rounds` more times, interleaved, so drift hits them alike, and takes each one's
+     median. The candidates: the fastest `top` within `window` of the fastest, plus the first config of the
+     kernel's own list within that window (the incumbent below: timed every build, whatever the screening's luck;
+     when twenty l2norm configs lay within 1%, the top 4 differed from build to build and so did the winner),
   3. keeps the incumbent -- the candidate listed first in the kernel's own config list -- unless a challenger
-     beats it beyond noise: by more than `noise` on the medians, and with the bulk of its timings (p80) below the
-     bulk of the incumbent's (p20). Within the noise the choice is fixed by list order, not by luck. (The second
-     condition came from the GPU: the medians of 6-40 us kernels moved by 2-3% between builds, so a 2% band
-     alone let 4 of 24 winners differ across 3 builds; with it, 3 of 24 in the next 3 builds, which three builds
-     cannot tell from noise; BENCHMARKS.md.)
+     beats it beyond noise: by more than `noise` (and more than `floor_us`) on the medians, and with the bulk of
+     its timings (p80) below the bulk of the incumbent's (p20). Within the noise the choice is fixed by list order,
+     not by luck. (The second condition came from the GPU: the medians of 6-40 us kernels moved by 2-3% between
+     builds, so a 2% band alone let 4 of 24 winners differ across 3 builds. The floor: a 10 us kernel's timings
+     took two values 0.26-0.29 us apart in every config, so two equal configs differed by 2.6% by chance.)
+
+A key tuned at one token count serves every token count of its bucket (a key without T: every prefill; l2norm's
+NB = 1: every T up to 4096 at TP 1), and the config fastest at the largest one can be slow at a small one (on an
+H100 the l2norm winner at 4096 tokens was 20% slower at 512 than the T=64 winner: too few blocks). So before a
+unit's own calls the child drives it at each of `probe_tokens` (smaller than the unit's largest count) in a dry
+pass (triton_cache.dry: benchmarked, nothing written): every config of every key that call reaches is screened
+there too, with its arguments kept. When the key is then tuned, the candidates are ranked by their worst loss over
+the token counts measured (time / that count's best), re-timed at each of them, and the incumbent is kept unless
+the fastest by that measure beats it beyond noise at some token count.
 
 What Triton reads back is the autotune JSON (winner = the smallest timing), so the file records the decision:
-each candidate's median (p20/p80 of its rounds) and, where the incumbent was kept within the noise, the incumbent
-gets the band's best numbers and is listed first (`min` keeps the first of equal values). Every candidate's own
-samples go to the manifest (Entry.selection), so nothing measured is lost.
+each candidate's median (p20/p80 of its rounds) at the key's own token count, and, where the winner is not the
+fastest there, the winner gets the smallest numbers of the file and is listed first (`min` keeps the first of
+equal values). Every candidate's own samples (and its probe samples) go to the manifest (Entry.selection), so
+nothing measured is lost.
 
-`choose` is pure; `install` (build child only) wires it into Triton's Autotuner.
+`choose` and `shortlist` are pure; `install` (build child only) wires them into Triton's Autotuner.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INF = float("inf")
 
 
 class Settings(BaseModel):
@@ -38,15 +54,29 @@ class Settings(BaseModel):
     window: float = Field(0.10, ge=0)         # ... within this fraction of the screening's fastest
     rounds: int = Field(4, ge=1)              # extra timings per candidate
     noise: float = Field(0.02, ge=0, lt=1)    # a challenger must beat the incumbent by more than this
+    floor_us: float = Field(0.3, ge=0)        # ... and by more than this many microseconds
     screen_warmup_ms: float = Field(10.0, gt=0)
     screen_rep_ms: float = Field(25.0, gt=0)
     rep_ms: float = Field(25.0, gt=0)         # each extra timing
+    # Token counts to screen every key at too, besides the one it is tuned at (each below the unit's largest);
+    # () = none. 512: the smallest prefill the winner-quality benchmark measures; smaller calls are launch-bound.
+    probe_tokens: tuple[int, ...] = (512,)
+    probe_warmup_ms: float = Field(5.0, gt=0)   # probe timings: kernels of a few microseconds,
+    probe_rep_ms: float = Field(10.0, gt=0)     # so thousands of repetitions all the same
+
+    @field_validator("probe_tokens")
+    @classmethod
+    def _probe_tokens(cls, v):
+        if any(isinstance(t, bool) or t < 1 for t in v):
+            raise ValueError(f"probe token counts must be positive integers, got {list(v)}")
+        return tuple(sorted(set(v)))
 
 
 @dataclass(frozen=True)
 class Candidate:
     order: int                    # position in the kernel's config list (the incumbent is the lowest)
-    samples: tuple[float, ...]    # p50 of each timing, in ms (screening first)
+    samples: tuple[float, ...]    # p50 of each timing at the key's token count, in ms (screening first)
+    probes: tuple[tuple[float, ...], ...] = ()   # the same at each probe token count (all candidates alike)
 
     @property
     def median(self) -> float:
@@ -58,39 +88,73 @@ class Candidate:
         _, p20, p80 = _spread(self.samples)
         return p20, p80
 
+    @property
+    def series(self) -> tuple[tuple[float, ...], ...]:
+        return (self.samples, *self.probes)
+
 
 @dataclass(frozen=True)
 class Decision:
     winner: int                   # index into the candidates given to choose()
-    fastest: int                  # the candidate with the smallest median
-    band: tuple[int, ...]         # candidates not slower than the fastest beyond noise
-    medians: tuple[float, ...] = field(default=())
+    fastest: int                  # the candidate with the smallest worst loss (one token count: median)
+    band: tuple[int, ...]         # candidates the fastest does not beat beyond noise at any token count
+    medians: tuple[float, ...] = field(default=())   # at the key's own token count
+    losses: tuple[float, ...] = field(default=())    # worst over the token counts of median / that count's best
 
     @property
     def kept_incumbent(self) -> bool:
         return self.winner != self.fastest
 
 
-def choose(candidates: list[Candidate], noise: float) -> Decision:
-    """The incumbent (lowest `order`) among the candidates the fastest does not beat beyond noise: a median
-    within `noise` of the fastest's, or a p20 at or below the fastest's p80 (their timings overlap)."""
+def choose(candidates: list[Candidate], noise: float, floor: float = 0.0) -> Decision:
+    """The fastest is the candidate with the smallest worst loss over the token counts measured (with one: the
+    smallest median). The winner is the incumbent (lowest `order`) among the candidates the fastest does not beat
+    beyond noise at any token count: beating means a median smaller by more than `noise` (a fraction) and more
+    than `floor` (ms), and timings that do not overlap (the fastest's p80 below the other's p20)."""
     if not candidates:
         raise ValueError("no candidates")
-    medians = tuple(c.median for c in candidates)
-    fastest = min(range(len(candidates)), key=lambda i: (medians[i], candidates[i].order))
-    limit, top = medians[fastest] * (1 + noise), candidates[fastest].bulk[1]
-    band = tuple(i for i, c in enumerate(candidates) if medians[i] <= limit or c.bulk[0] <= top)
+    if len({len(c.probes) for c in candidates}) != 1:
+        raise ValueError("candidates timed at different token counts")
+    meds = [[statistics.median(s) for s in c.series] for c in candidates]
+    best = [min(m[j] for m in meds) for j in range(len(meds[0]))]
+    losses = tuple(max(m[j] / best[j] if best[j] > 0 else 1.0 for j in range(len(m))) for m in meds)
+    fastest = min(range(len(candidates)), key=lambda i: (losses[i], candidates[i].order))
+
+    def beaten(i: int, j: int) -> bool:
+        f, c = meds[fastest][j], meds[i][j]
+        if c <= max(f * (1 + noise), f + floor):
+            return False
+        return _spread(candidates[i].series[j])[1] > _spread(candidates[fastest].series[j])[2]
+
+    band = tuple(i for i in range(len(candidates)) if not any(beaten(i, j) for j in range(len(best))))
     winner = min(band, key=lambda i: candidates[i].order)
-    return Decision(winner=winner, fastest=fastest, band=band, medians=medians)
+    return Decision(winner=winner, fastest=fastest, band=band, medians=tuple(m[0] for m in meds), losses=losses)
 
 
-def shortlist(timings: dict, settings: Settings) -> list:
-    """The configs worth timing again: the fastest `top` of the screening within `window` of the best."""
-    finite = sorted((c for c, t in timings.items() if _p50(t) != float("inf")), key=lambda c: _p50(timings[c]))
+def screen_losses(timings: dict, probes: tuple[dict, ...] = ()) -> dict:
+    """config -> its worst loss in the screening: max over the token counts of p50 / that count's best p50, from
+    `timings` (config -> p50 or [p50, p20, p80], in the kernel's list order) and each probe's {str(config): p50}.
+    Configs that failed (inf) or were not timed at a probe are left out."""
+    def p50s(c) -> list[float]:
+        return [_p50(timings[c])] + [p.get(str(c), INF) for p in probes]
+
+    finite = [c for c in timings if INF not in p50s(c)]
     if not finite:
+        return {}
+    best = [min(p50s(c)[j] for c in finite) for j in range(1 + len(probes))]
+    return {c: max(x / b if b > 0 else 1.0 for x, b in zip(p50s(c), best)) for c in finite}
+
+
+def shortlist(timings: dict, settings: Settings, probes: tuple[dict, ...] = ()) -> list:
+    """The configs worth timing again: ranked by their worst screening loss (screen_losses), the best `top` within
+    `window` of the smallest, plus the first config in list order within the window."""
+    loss = screen_losses(timings, probes)
+    if not loss:
         return []
-    best = _p50(timings[finite[0]])
-    return [c for c in finite[:settings.top] if _p50(timings[c]) <= best * (1 + settings.window)]
+    smallest = min(loss.values())
+    within = [c for c in loss if loss[c] <= smallest * (1 + settings.window)]   # list order
+    picked = sorted(within, key=lambda c: loss[c])[:settings.top]
+    return picked if within[0] in picked else [*picked, within[0]]
 
 
 def _p50(t) -> float:
@@ -111,38 +175,119 @@ def _spread(samples) -> list[float]:
 decisions: dict[tuple, dict] = {}
 
 
+@dataclass
+class Probe:
+    """A key's screening at a probe token count, with the arguments of that call kept to time it again."""
+    tokens: int
+    nargs: dict                  # the kernel's arguments by name (tensors of the probe call, kept alive)
+    kwargs: dict                 # run()'s keyword arguments (grid, ...)
+    timings: dict[str, float]    # str(config) -> p50
+
+
+# (kernel, key) -> the probes of the unit being built; the child clears it per unit.
+probes: dict[tuple, list[Probe]] = {}
+_probing: list[int] = []   # the token count of the probe pass the child is driving, if any
+
+
+@contextlib.contextmanager
+def probing(tokens: int):
+    """The child's probe pass: lookups inside are dry (triton_cache.dry) and every miss is kept in `probes`."""
+    from . import triton_cache
+    _probing.append(tokens)
+    try:
+        with triton_cache.dry():
+            yield
+    finally:
+        _probing.pop()
+
+
+def _record_probe(tuner, tuning_key: tuple) -> None:
+    from .triton_cache import innermost_jit
+    kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
+    if kwargs is None or tuner.nargs is None:
+        return
+    probes.setdefault((innermost_jit(tuner.fn).__name__, tuple(tuning_key)), []).append(Probe(
+        tokens=_probing[-1], nargs=dict(tuner.nargs), kwargs=dict(kwargs),
+        timings={str(c): _p50(t) for c, t in tuner.configs_timings.items()}))
+
+
+@contextlib.contextmanager
+def _budget(tuner, warmup_ms: float, rep_ms: float):
+    """Time with this do_bench budget inside the block, where the autotuner uses the driver's benchmarker."""
+    bench = tuner.__dict__.get("_autotune_cache_bench")
+    if bench is None:
+        yield
+        return
+    previous = tuner.__dict__.get("do_bench")
+    tuner.__dict__["do_bench"] = functools.partial(bench, warmup=warmup_ms, rep=rep_ms)
+    try:
+        yield
+    finally:
+        if previous is None:
+            tuner.__dict__.pop("do_bench", None)
+        else:
+            tuner.__dict__["do_bench"] = previous
+
+
 def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
-    """After Triton's (screening) benchmark of a miss: time the shortlist again and fix the winner."""
+    """After Triton's (screening) benchmark of a miss: time the shortlist again, here and at the key's probes,
+    and fix the winner."""
     from .triton_cache import innermost_jit
 
+    kernel = innermost_jit(tuner.fn).__name__
+    key_probes = probes.pop((kernel, tuple(tuning_key)), [])
     timings = dict(tuner.configs_timings)
     kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
-    cands = shortlist(timings, settings)
-    if kwargs is None or tuner.nargs is None or len(cands) < 2:
-        return
-    args = list(tuner.nargs.values())   # run()'s positional arguments, in order
+    screened = screen_losses(timings, tuple(p.timings for p in key_probes))
+    cands = shortlist(timings, settings, tuple(p.timings for p in key_probes))
+    if kwargs is None or tuner.nargs is None or len(cands) < (1 if key_probes else 2):
+        return   # one candidate and no probe: Triton's own minimum is it
+    nargs = tuner.nargs
+    args = list(nargs.values())   # run()'s positional arguments, in order
     samples = {c: [_p50(timings[c])] for c in cands}
-    for r in range(settings.rounds):
-        for c in (cands if r % 2 == 0 else cands[::-1]):   # alternate the order: drift hits both ends alike
-            samples[c].append(_p50(tuner._bench(*args, config=c, **kwargs)))
-    candidates = [Candidate(order=_order(tuner.configs, c), samples=tuple(samples[c])) for c in cands]
-    decision = choose(candidates, settings.noise)
+    at_probe = [{c: [p.timings[str(c)]] for c in cands} for p in key_probes]
+    try:
+        for r in range(settings.rounds if len(cands) > 1 else 0):
+            order = cands if r % 2 == 0 else cands[::-1]   # alternate: drift hits both ends alike
+            with _budget(tuner, settings.screen_warmup_ms, settings.rep_ms):
+                for c in order:
+                    samples[c].append(_p50(tuner._bench(*args, config=c, **kwargs)))
+            for probe, measured in zip(key_probes, at_probe):
+                tuner.nargs = probe.nargs   # Triton's pre/post hooks (reset_to_zero, restore_value) read nargs
+                with _budget(tuner, settings.probe_warmup_ms, settings.probe_rep_ms):
+                    for c in order:
+                        measured[c].append(_p50(tuner._bench(*probe.nargs.values(), config=c, **probe.kwargs)))
+                tuner.nargs = nargs
+    finally:
+        tuner.nargs = nargs
+    candidates = [Candidate(order=_order(tuner.configs, c), samples=tuple(samples[c]),
+                            probes=tuple(tuple(m[c]) for m in at_probe)) for c in cands]
+    decision = choose(candidates, settings.noise, settings.floor_us / 1000)
     winner = cands[decision.winner]
     for c in cands:
         timings[c] = _spread(samples[c])
-    if decision.kept_incumbent:   # the file must make Triton's min() land on the incumbent
-        band = [timings[cands[i]] for i in decision.band]
-        timings[winner] = [min(t[j] for t in band) for j in range(3)]
+    finite = [t for t in timings.values() if isinstance(t, (list, tuple)) and t[0] != INF]
+    if any(t < timings[winner] for t in finite):   # the file must make Triton's min() land on the winner
+        timings[winner] = [min(t[j] for t in finite) for j in range(3)]
     tuner.configs_timings = {winner: timings[winner], **{c: t for c, t in timings.items() if c is not winner}}
     tuner.cache[tuning_key] = winner
     # Triton resets reset_to_zero arguments after its benchmark; the extra timings dirtied them again.
-    tuner.pre_hook({**tuner.nargs, **kwargs, **winner.all_kwargs()}, reset_only=True)
-    decisions[(innermost_jit(tuner.fn).__name__, tuple(tuning_key))] = {
-        "noise": settings.noise, "kept_incumbent": decision.kept_incumbent,
-        "candidates": [{"config": _config_dict(c),
-                        "order": cand.order, "median": round(cand.median, 6),
-                        "samples": [round(x, 6) for x in cand.samples]}
-                       for c, cand in zip(cands, candidates)],
+    tuner.pre_hook({**nargs, **kwargs, **winner.all_kwargs()}, reset_only=True)
+    decisions[(kernel, tuple(tuning_key))] = {
+        "noise": settings.noise, "floor_us": settings.floor_us, "kept_incumbent": decision.kept_incumbent,
+        "probe_tokens": [p.tokens for p in key_probes],
+        # every config's screening at each probe (the key's own screening is the autotune file's); None = failed
+        "probe_screening": [{"tokens": p.tokens,
+                             "p50": {text: round(t, 6) if t != INF else None for text, t in p.timings.items()}}
+                            for p in key_probes],
+        "candidates": [{"config": _config_dict(c), "order": cand.order, "median": round(cand.median, 6),
+                        "samples": [round(x, 6) for x in cand.samples],
+                        **({"probes": [{"tokens": p.tokens, "median": round(statistics.median(s), 6),
+                                        "samples": [round(x, 6) for x in s]}
+                                       for p, s in zip(key_probes, cand.probes)]} if key_probes else {}),
+                        "loss": round(loss, 6),                  # worst over the sizes, among the candidates
+                        "screen_loss": round(screened[c], 6)}    # ... in the screening, among every config
+                       for c, cand, loss in zip(cands, candidates, decision.losses)],
     }
 
 
@@ -161,9 +306,9 @@ def _config_dict(config) -> dict:
 
 
 def install(settings: Settings) -> None:
-    """In the build child: shorter screening timings for autotuners that bring no benchmarker of their own, and
-    refine() after every benchmark of a disk-cache miss."""
-    import functools
+    """In the build child: shorter screening timings for autotuners that bring no benchmarker of their own (the
+    probe budget inside a probe pass), and after every benchmark of a disk-cache miss: refine(), or in a probe
+    pass, keep what it measured."""
     import inspect
 
     import triton.runtime.autotuner as at
@@ -178,26 +323,25 @@ def install(settings: Settings) -> None:
     def prune_configs(self, kwargs):
         # run()'s keyword arguments (grid, warmup, ...), needed to time a config again; the only hook that sees them
         self._autotune_cache_run_kwargs = kwargs
-        if self._do_bench is None and "do_bench" not in self.__dict__:
+        if self._do_bench is None and "_autotune_cache_bench" not in self.__dict__:
             bench = driver.active.get_benchmarker()
             params = inspect.signature(bench).parameters
             if "rep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                self.__dict__["do_bench"] = functools.partial(bench, warmup=settings.screen_warmup_ms,
-                                                              rep=settings.screen_rep_ms)
+                self.__dict__["_autotune_cache_bench"] = bench
+        bench = self.__dict__.get("_autotune_cache_bench")
+        if bench is not None:
+            warmup, rep = ((settings.probe_warmup_ms, settings.probe_rep_ms) if _probing else
+                           (settings.screen_warmup_ms, settings.screen_rep_ms))
+            self.__dict__["do_bench"] = functools.partial(bench, warmup=warmup, rep=rep)
         return original_prune(self, kwargs)
 
     prune_configs._autotune_cache_selection = True
     at.Autotuner.prune_configs = prune_configs
 
     def after_bench(tuner, tuning_key):
-        screen = tuner.__dict__.get("do_bench")
-        if isinstance(screen, functools.partial):   # the extra timings are longer than the screening ones
-            tuner.__dict__["do_bench"] = functools.partial(screen.func, warmup=settings.screen_warmup_ms,
-                                                           rep=settings.rep_ms)
-        try:
+        if _probing:
+            _record_probe(tuner, tuning_key)
+        else:
             refine(tuner, tuning_key, settings)
-        finally:
-            if isinstance(screen, functools.partial):
-                tuner.__dict__["do_bench"] = screen
 
     triton_cache.add_bench_hook(after_bench)

@@ -86,6 +86,11 @@ class _ValidatingManager:
             self._seen["path"] = path   # a layered manager may answer from another dir than cache_dir
         return path
 
+    def put(self, data, filename, binary=True):
+        if _dry and filename.endswith(AUTOTUNE_SUFFIX):
+            return None   # a dry lookup (a probe pass) benchmarks but leaves no winner on disk
+        return self._manager.put(data, filename, binary=binary)
+
     def __getattr__(self, name):
         return getattr(self._manager, name)
 
@@ -98,6 +103,9 @@ _on_miss: list[Callable[[object, tuple], None]] = []
 _after_bench: list[Callable[[object, tuple], None]] = []
 # Wall time spent benchmarking misses in this process (hooks included): the build's floor, read by the child.
 bench_seconds = 0.0
+# Inside dry(): misses are benchmarked (and the bench hooks run) but no autotune file is written and listeners
+# hear nothing: the build child's probe passes (selection.py).
+_dry = False
 
 
 def _install_hook() -> None:
@@ -140,6 +148,8 @@ def _install_hook() -> None:
         kernel = innermost_jit(self.fn).__name__
         path = Path(seen["path"]) if "path" in seen else (
             Path(seen["dir"]) / autotune_file_name(kernel) if "dir" in seen else None)
+        if _dry:
+            return result
         lookup = Lookup(kernel=kernel, key=tuple(tuning_key), configs=len(configs),
                         hit=not seen.get("benchmarked", False), path=path, corrupt=seen.get("corrupt"))
         for listener in list(_listeners):
@@ -148,6 +158,24 @@ def _install_hook() -> None:
 
     check_disk_cache._autotune_cache_hook = True
     at.Autotuner.check_disk_cache = check_disk_cache
+
+
+@contextlib.contextmanager
+def dry():
+    """Autotune lookups inside the block benchmark a miss as usual (bench hooks included) but write no autotune
+    file and reach no lookup listener: what a miss measured is the hooks' to keep."""
+    global _dry
+    with _patch_lock:
+        _install_hook()
+    previous, _dry = _dry, True
+    try:
+        yield
+    finally:
+        _dry = previous
+
+
+def is_dry() -> bool:
+    return _dry
 
 
 @contextlib.contextmanager

@@ -421,6 +421,9 @@ def test_corrupt_files_known_to_the_manifest_are_removed_and_rebuilt(tmp_path):
     (["--tp", "5"], "does not divide"),
     (["--target", "nope"], "unknown target"),
     (["--model", "nope"], "unknown model"),
+    (["--probe-tokens", "0"], "probe token counts must be positive"),
+    (["--probe-tokens", "512,x"], "--probe-tokens must be comma-separated integers"),
+    (["--noise", "1.5"], "--noise"),
 ])
 def test_bad_build_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, msg):
     cache = tmp_path / "c"

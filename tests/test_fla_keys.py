@@ -30,7 +30,8 @@ def fla_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("fla")
     os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = str(DEVICE_KEYS)   # children inherit it
     try:
-        specs = [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=64, cache_dir=str(cache),
+        # 1024 tokens: the keys of a 64-token call (NB = 1), tuned after a dry probe pass at 512 tokens
+        specs = [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=1024, cache_dir=str(cache),
                            emulate=True),
                  BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64,
                            cache_dir=str(cache), emulate=True)]
@@ -49,6 +50,12 @@ def test_reached_keys_are_exactly_the_planned_keys(fla_cache):
         reached, planned = reached_and_planned(manifest, unit)
         assert reached == planned
         assert configs_reached(manifest, unit) == sum(k.configs for k in unit.keys) == 59
+    # the probe pass wrote no autotune file: the files on disk are the entries
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.autotune.json")) == sorted(manifest.entries)
+    (unit,) = plan(specs[0]).units
+    probed = [manifest.entries[f].selection for f in manifest.units[unit.id].entries]
+    assert all(sel["probe_tokens"] == [512] and all(c["probes"][0]["tokens"] == 512 for c in sel["candidates"])
+               for sel in probed)
 
 
 def test_disk_keys_equal_the_gpu_hosts(fla_cache):

@@ -19,6 +19,7 @@ from autotune_cache import manifest as manifest_mod
 from autotune_cache.plan import plan
 from autotune_cache.scan import scan
 from autotune_cache.shard import plan_shards
+from autotune_cache.selection import Settings as SelectionSettings
 from autotune_cache.triton_cache import read_autotune, sha256_file
 from autotune_cache.verify import changed_files, verify
 from helpers import probe, run_cli
@@ -143,7 +144,9 @@ def test_a_key_two_gpus_tune_at_once_is_recorded_as_the_file_written_last(tmp_pa
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     monkeypatch.setenv("AUTOTUNE_CACHE_TEST_BARRIER", f"{barrier}:2")
-    m = sharded_build(tmp_path / "c", monkeypatch, tmp_path / "calls.jsonl")
+    # no probe pass: the barrier is at each child's first benchmark, which must be the shared key's tuning
+    m = sharded_build(tmp_path / "c", monkeypatch, tmp_path / "calls.jsonl",
+                      selection=SelectionSettings(probe_tokens=()))
     assert len(list(barrier.iterdir())) == 2
     p = plan(spec("x"))
     (shared,) = [e for e in m.entries.values() if e.kernel == "toy_shared_kernel"]
