@@ -4,6 +4,8 @@
 #                                          those two builds and a third; GPU tests
 #   bash scripts/gpu_issue6.sh winners OUT (c) winner quality vs T=64-tuned winners; (d) stability over 3 builds
 #   bash scripts/gpu_issue6.sh all OUT     (b), then (c) on the 1-GPU build, then (d) over both builds and a third
+#   bash scripts/gpu_issue6.sh one OUT     one-GPU host: (b) serial vs build, then the GPU tests
+#   bash scripts/gpu_issue6.sh quality OUT one-GPU host: 3 builds, (d) over them, (c) of the first vs T=64-tuned
 # Wheels the host lacks in .whl/ (device README). Results land in OUT; BENCHMARKS.md records them.
 set -uo pipefail
 phase=${1:?build|winners}; out=${2:?OUT}
@@ -58,6 +60,33 @@ elif [ "$phase" = all ]; then
     timeout "$(left)" python3 scripts/bench_stability.py --dirs "$b1" "$b2" "$work/b3" --retime \
         --json-out "$out/bench_stability.json" | tail -40
     echo "stability rc=$? at ${SECONDS} s"
+elif [ "$phase" = one ]; then
+    SECONDS=0
+    left() { echo $(( SECONDS < 584 ? 585 - SECONDS : 1 )); }
+    timeout "$(left)" python3 scripts/bench_build.py --model qwen3.5-9b --tp 1,2,4,8 --gpus 1 \
+        --json-out "$out/bench_build.json"
+    echo "bench_build rc=$? at ${SECONDS} s"
+    echo "== GPU tests"
+    timeout "$(left)" python3 -m pytest -q -x -p no:cacheprovider tests/gpu 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+    echo "GPU tests at ${SECONDS} s"
+elif [ "$phase" = quality ]; then
+    SECONDS=0
+    left() { echo $(( SECONDS < 584 ? 585 - SECONDS : 1 )); }
+    for i in 1 2 3; do
+        timeout "$(left)" python3 -m autotune_cache build --model qwen3.5-9b --tp 1,2,4,8 --cache-dir "$work/b$i" \
+            --no-progress --json > "$out/build$i.json" 2> "$out/build$i.log"; echo "build $i rc=$? at ${SECONDS} s"
+    done
+    timeout "$(left)" python3 -m autotune_cache build --model qwen3.5-9b --tp 1 --max-tokens 64 --selection triton \
+        --cache-dir "$work/t64" --no-progress --json > /dev/null 2> "$out/build_t64.log"
+    echo "build t64 rc=$? at ${SECONDS} s"
+    cp "$work/b1/manifest.json" "$out/manifest_b1.json"
+    timeout "$(left)" python3 scripts/bench_stability.py --dirs "$work/b1" "$work/b2" "$work/b3" --retime \
+        --json-out "$out/bench_stability.json" | tail -40
+    echo "stability rc=$? at ${SECONDS} s"
+    timeout "$(left)" python3 scripts/bench_winners.py --ours "$work/b1" --baseline "$work/t64" \
+        --baseline-label tuned@T64 --model qwen3.5-9b --tp 1 --tokens 512,2048,4096,16384 \
+        --json-out "$out/bench_winners.json" | tail -45
+    echo "winners rc=$? at ${SECONDS} s"
 elif [ "$phase" = stability ]; then   # (d) alone: 3 sharded builds, then compare
     SECONDS=0
     for i in 1 2 3; do

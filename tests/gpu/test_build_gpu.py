@@ -35,12 +35,31 @@ def test_fresh_process_hits_every_key(gpu_cache, tp):
     assert report["benchmarks"] == 0 and report["hits"] == report["lookups"] > 0
 
 
+def test_every_key_was_also_timed_at_the_probe_and_only_the_entries_are_on_disk(gpu_cache):
+    from pathlib import Path
+    cache, manifest = gpu_cache
+    assert sorted(p.relative_to(cache).as_posix() for p in Path(cache).rglob("*.autotune.json")) == \
+        sorted(manifest.entries)
+    for entry in manifest.entries.values():
+        # the 512-token call reaches every key but l2norm's of more than one NB bucket (NB = cdiv(T * H, 65536))
+        reached = entry.kernel != "l2norm_fwd_kernel" or entry.key[1] == 1
+        sel = entry.selection
+        if not reached:   # no probe; one candidate within the window leaves no decision to record
+            assert sel is None or sel["probe_tokens"] == [], (entry.kernel, sel)
+            continue
+        assert sel is not None and sel["probe_tokens"] == [512], (entry.kernel, sel)
+        assert all(0 < c["probes"][0]["median"] < float("inf") for c in sel["candidates"])
+
+
 def test_compile_workers_on_the_emulated_gpu_left_every_kernel_the_child_needed(gpu_cache):
     # The workers compile on a fake copy of this GPU (device.read()); had any of their keys differed from the
     # real child's, the child would have compiled that kernel itself.
+    # A child's pool report is on its first unit (it waited there for all its units' configs): one per GPU used.
     _, manifest = gpu_cache
+    reports = [u.precompile for u in manifest.units.values() if u.precompile is not None]
+    assert len(reports) == len({u.gpu for u in manifest.units.values()}), reports
+    assert all(r["workers"] > 1 and r["failed"] == 0 for r in reports), reports
     for unit in manifest.units.values():
-        assert unit.precompile is not None and unit.precompile["failed"] == 0, unit.precompile
         assert unit.compiles == 0, (unit.id, unit.compiles)
 
 
