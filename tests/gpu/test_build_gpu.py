@@ -49,6 +49,9 @@ def test_every_key_was_also_timed_at_the_probe_and_only_the_entries_are_on_disk(
             continue
         assert sel is not None and sel["probe_tokens"] == [512], (entry.kernel, sel)
         assert all(0 < c["probes"][0]["median"] < float("inf") for c in sel["candidates"])
+        (screening,) = sel["probe_screening"]   # every config's screening at 512 tokens
+        assert len(screening["p50"]) == entry.configs
+        assert min(c["screen_loss"] for c in sel["candidates"]) >= 1.0
 
 
 def test_compile_workers_on_the_emulated_gpu_left_every_kernel_the_child_needed(gpu_cache):
