@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from autotune_cache import BuildSpec, build, models, plan
-from helpers import TESTS, configs_reached, reached_and_planned
+from helpers import TESTS, assert_probed, configs_reached, reached_and_planned
 
 pytest.importorskip("fla")
 DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
@@ -50,12 +50,7 @@ def test_reached_keys_are_exactly_the_planned_keys(fla_cache):
         reached, planned = reached_and_planned(manifest, unit)
         assert reached == planned
         assert configs_reached(manifest, unit) == sum(k.configs for k in unit.keys) == 59
-    # the probe pass wrote no autotune file: the files on disk are the entries
-    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.autotune.json")) == sorted(manifest.entries)
-    (unit,) = plan(specs[0]).units
-    probed = [manifest.entries[f].selection for f in manifest.units[unit.id].entries]
-    assert all(sel["probe_tokens"] == [512] and all(c["probes"][0]["tokens"] == 512 for c in sel["candidates"])
-               for sel in probed)
+    assert_probed(cache, manifest, plan(specs[0]).units[0])
 
 
 def test_disk_keys_equal_the_gpu_hosts(fla_cache):
