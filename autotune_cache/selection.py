@@ -83,12 +83,6 @@ class Candidate:
         return statistics.median(self.samples)
 
     @property
-    def bulk(self) -> tuple[float, float]:
-        """(p20, p80) of the samples."""
-        _, p20, p80 = _spread(self.samples)
-        return p20, p80
-
-    @property
     def series(self) -> tuple[tuple[float, ...], ...]:
         return (self.samples, *self.probes)
 
