@@ -139,10 +139,9 @@ def screen_losses(timings: dict, probes: tuple[dict, ...] = ()) -> dict:
     return {c: max(x / b if b > 0 else 1.0 for x, b in zip(p50s(c), best)) for c in finite}
 
 
-def shortlist(timings: dict, settings: Settings, probes: tuple[dict, ...] = ()) -> list:
-    """The configs worth timing again: ranked by their worst screening loss (screen_losses), the best `top` within
-    `window` of the smallest, plus the first config in list order within the window."""
-    loss = screen_losses(timings, probes)
+def shortlist(loss: dict, settings: Settings) -> list:
+    """The configs worth timing again, from their worst screening losses (screen_losses, in list order): the best
+    `top` within `window` of the smallest, plus the first config in list order within the window."""
     if not loss:
         return []
     smallest = min(loss.values())
@@ -233,7 +232,7 @@ def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
     timings = dict(tuner.configs_timings)
     kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
     screened = screen_losses(timings, tuple(p.timings for p in key_probes))
-    cands = shortlist(timings, settings, tuple(p.timings for p in key_probes))
+    cands = shortlist(screened, settings)
     if kwargs is None or tuner.nargs is None or len(cands) < (1 if key_probes else 2):
         return   # one candidate and no probe: Triton's own minimum is it
     nargs = tuner.nargs

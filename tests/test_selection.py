@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache.selection import Candidate, Settings, choose, shortlist
+from autotune_cache.selection import Candidate, Settings, choose, screen_losses, shortlist
 from autotune_cache.triton_cache import read_autotune
 from helpers import TESTS, run_cli
 
@@ -72,24 +72,24 @@ def test_choose_needs_a_candidate():
 
 def test_shortlist_keeps_the_fastest_within_the_window_and_drops_failures():
     timings = {"a": [1.0, 1, 1], "b": [1.05, 1, 1], "c": [1.2, 1, 1], "d": [float("inf")] * 3, "e": [1.01, 1, 1]}
-    assert shortlist(timings, Settings(window=0.10)) == ["a", "e", "b"]
-    assert shortlist(timings, Settings(window=0.10, top=2)) == ["a", "e"]
-    assert shortlist({"d": [float("inf")] * 3}, Settings()) == []
+    assert shortlist(screen_losses(timings), Settings(window=0.10)) == ["a", "e", "b"]
+    assert shortlist(screen_losses(timings), Settings(window=0.10, top=2)) == ["a", "e"]
+    assert shortlist(screen_losses({"d": [float("inf")] * 3}), Settings()) == []
 
 
 def test_shortlist_always_times_the_first_config_within_the_window():
     # five configs within 1%: the top 2 by screening luck, plus the first in list order
     timings = {"a": [1.009, 1, 1], "b": [1.004, 1, 1], "c": [1.0, 1, 1], "d": [1.001, 1, 1], "e": [1.5, 1, 1]}
-    assert shortlist(timings, Settings(top=2)) == ["c", "d", "a"]
+    assert shortlist(screen_losses(timings), Settings(top=2)) == ["c", "d", "a"]
 
 
 def test_shortlist_ranks_by_the_worst_loss_over_the_probes():
     timings = {"a": [1.0, 1, 1], "b": [1.02, 1, 1], "c": [1.05, 1, 1]}
     # at the probe, a is 30% slower than c; b 2% slower
     probe = {str("a"): 0.013, str("b"): 0.0102, str("c"): 0.010}
-    assert shortlist(timings, Settings(window=0.10), (probe,)) == ["b", "c"]
+    assert shortlist(screen_losses(timings, (probe,)), Settings(window=0.10)) == ["b", "c"]
     # a config the probe did not time (or that failed there) is no candidate
-    assert shortlist(timings, Settings(window=0.10), ({"a": 0.01, "b": float("inf")},)) == ["a"]
+    assert shortlist(screen_losses(timings, ({"a": 0.01, "b": float("inf")},)), Settings(window=0.10)) == ["a"]
 
 
 def test_bad_settings_are_refused():
