@@ -145,11 +145,11 @@ def _install_hook() -> None:
             result = original(self, tuning_key, configs, bench)
         finally:
             at.get_cache_manager = real_get_cache_manager
+        if _dry:
+            return result
         kernel = innermost_jit(self.fn).__name__
         path = Path(seen["path"]) if "path" in seen else (
             Path(seen["dir"]) / autotune_file_name(kernel) if "dir" in seen else None)
-        if _dry:
-            return result
         lookup = Lookup(kernel=kernel, key=tuple(tuning_key), configs=len(configs),
                         hit=not seen.get("benchmarked", False), path=path, corrupt=seen.get("corrupt"))
         for listener in list(_listeners):
