@@ -20,12 +20,15 @@ from .selection import Settings as SelectionSettings
 from .spec import DEFAULT_MAX_TOKENS, BuildSpec
 from .targets import SHORT
 
-# Piped output (CI logs, `| less`) gets wide tables rather than rich's 80-column default.
-# Piped (logs, CI, tests): tables 160 wide, and no line broken inside a message (a long cache path used to split
-# "changed since it was signed" over two lines).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160,
-              soft_wrap=not sys.stderr.isatty())
+def _console(stream, **kwargs) -> Console:
+    """Piped (logs, CI, `| less`, tests): tables 160 wide rather than rich's 80-column default, and no line broken
+    inside a message (a long cache path used to split "changed since it was signed" over two lines)."""
+    piped = not stream.isatty()
+    return Console(highlight=False, width=160 if piped else None, soft_wrap=piped, **kwargs)
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr, stderr=True)
 
 
 class Parser(argparse.ArgumentParser):
