@@ -41,12 +41,16 @@ def reached_and_planned(manifest, unit):
             sorted((k.kernel, tuple(k.key)) for k in unit.keys))
 
 
-def assert_probed(cache, manifest, unit, tokens=512):
-    """The unit's keys were also timed in a dry probe pass at `tokens`, and that pass left no autotune file: the
-    files on disk are exactly the manifest's entries."""
+def assert_only_entries_on_disk(cache, manifest):
+    """The autotune files on disk are exactly the manifest's entries (a dry probe pass leaves none of its own)."""
     from pathlib import Path
     on_disk = sorted(p.relative_to(cache).as_posix() for p in Path(cache).rglob("*.autotune.json"))
     assert on_disk == sorted(manifest.entries)
+
+
+def assert_probed(cache, manifest, unit, tokens=512):
+    """The unit's keys were also timed in a dry probe pass at `tokens`, and that pass left no autotune file."""
+    assert_only_entries_on_disk(cache, manifest)
     for f in manifest.units[unit.id].entries:
         sel = manifest.entries[f].selection
         assert sel["probe_tokens"] == [tokens] and all(c["probes"][0]["tokens"] == tokens for c in sel["candidates"])

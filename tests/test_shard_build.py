@@ -242,4 +242,3 @@ def test_ensure_builds_over_the_gpus_it_is_given(tmp_path):
     assert out["built"] and out["ok"]
     assert {u.gpu for u in manifest_mod.load(cache).units.values()} == {"0", "1"}
     assert "--gpus must be a positive integer" in run_cli(*args, "--gpus", "0", check=2).stderr
-
