@@ -42,5 +42,17 @@ class IntegrityError(CacheDirError):
         self.files = list(files)
 
 
+class BundleError(CacheDirError):
+    """A bundle that cannot be imported: unsafe, damaged, or not ours."""
+
+
+class CacheMissError(AutotuneCacheError):
+    """Strict serving: a kernel would have been benchmarked in the server."""
+
+
+class IncompatibleCacheError(AutotuneCacheError):
+    """Strict serving: the cache was built in an environment whose disk keys differ from this one."""
+
+
 class SharedWritableError(IntegrityError):
     """A cache dir, an entry in it or a parent that users other than the owner can write."""

@@ -157,7 +157,7 @@ class Resolver:
     """Per cache dir: the winner of a (kernel, key), found as described in the module doc."""
 
     def __init__(self, caches: list[dict]):
-        from autotune_cache.scan import scan
+        from autotune_cache.cache.scan import scan
         self.caches = caches
         self.records = {}
         for c in caches:
@@ -237,7 +237,7 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
     """Run `call()` with Autotuner.run wrapped; return the distinct autotuned launches it made."""
     import triton.runtime.autotuner as at
 
-    from autotune_cache.triton_cache import innermost_jit, tuning_key
+    from autotune_cache.cache.lookups import innermost_jit, tuning_key
     original = at.Autotuner.run
     launches: dict[str, Launch] = {}
     tuned_here: dict[str, object] = {}
@@ -349,7 +349,7 @@ def time_launches(launches: list[Launch], labels: list[str], repeats: int, bench
 def worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec["emulate"]:
-        from autotune_cache import emulation
+        from autotune_cache.build import emulation
         emulation.install()
     os.environ["TRITON_CACHE_DIR"] = spec["scratch_dir"]   # compiled kernels only: autotuning never touches disk
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)

@@ -73,7 +73,8 @@ def main():
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
 
-    from autotune_cache import BuildSpec, models, plan
+    from autotune_cache import BuildSpec, models
+    from autotune_cache import plan
     tps = tuple(int(t) for t in args.tp.split(","))
     units = plan(BuildSpec(model=models.preset(args.model), tp=tps, max_tokens=args.max_tokens)).units
     result = {"model": args.model, "tp": args.tp, "max_tokens": args.max_tokens, "cpus": os.cpu_count(),
@@ -81,7 +82,7 @@ def main():
     if not args.skip_serial:
         for tp in tps:   # one cold server per TP degree
             (unit,) = plan(BuildSpec(model=models.preset(args.model), tp=(tp,), max_tokens=args.max_tokens)).units
-            _, out = timed([sys.executable, "-m", "autotune_cache.probe", "--cache-dir",
+            _, out = timed([sys.executable, "-m", "autotune_cache.serve.probe", "--cache-dir",
                             tempfile.mkdtemp(prefix=f"serial-tp{tp}-"), "--model", args.model, "--tp", str(tp),
                             "--tokens", ",".join(map(str, unit.tokens)), "--json"])
             report = json.loads(out.strip().splitlines()[-1])

@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune_cache import __version__, manifest as manifest_mod  # noqa: E402
-from autotune_cache.manifest import Manifest  # noqa: E402
+from autotune_cache import __version__  # noqa: E402
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.cache.manifest import Manifest  # noqa: E402
 
 KB = 1024
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -98,7 +99,7 @@ def evict(root: Path) -> None:
 
 def loader_check(root: Path):
     """What install() runs before pointing Triton at the dir, without the rest of install()."""
-    from autotune_cache.loader import LoaderReport, _check_integrity
+    from autotune_cache.serve.loader import LoaderReport, _check_integrity
     report = LoaderReport(root, (), strict=True)
     start = time.perf_counter()
     _check_integrity(report, require_manifest=True, allow_shared_writable=False, public_key=None)
@@ -106,7 +107,7 @@ def loader_check(root: Path):
 
 
 def walk_only(root: Path) -> float:
-    from autotune_cache.integrity import _walk
+    from autotune_cache.cache.integrity import _walk
     start = time.perf_counter()
     for _ in _walk(root, [], []):
         pass

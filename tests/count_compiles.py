@@ -1,4 +1,4 @@
-"""`python count_compiles.py <probe args>`: autotune_cache.probe in this process, plus how many kernels Triton
+"""`python count_compiles.py <probe args>`: autotune_cache.serve.probe in this process, plus how many kernels Triton
 compiled and how many it loaded from the cache (its compilation listener, FACTS.md §1). Prints the probe's JSON
 report with "compiles" and "loaded" added."""
 import contextlib
@@ -17,7 +17,7 @@ def listener(**kwargs):
 
 triton.knobs.compilation.listener = listener
 
-from autotune_cache import probe  # noqa: E402
+from autotune_cache.serve import probe  # noqa: E402
 
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):

@@ -18,7 +18,7 @@ def run_cli(*args, env=None, check=None):
 
 def probe(cache_dir, *args, env=None):
     """A fresh 'serving' process against cache_dir; returns its lookup report."""
-    proc = subprocess.run([sys.executable, "-m", "autotune_cache.probe", "--cache-dir", str(cache_dir), "--json",
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.probe", "--cache-dir", str(cache_dir), "--json",
                            *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=900)
     assert proc.returncode == 0, proc.stderr

@@ -11,15 +11,15 @@ import sys
 os.environ["TRITON_CACHE_DIR"] = os.path.abspath(sys.argv[1])
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 
-from autotune_cache import emulation  # noqa: E402
+from autotune_cache.build import emulation  # noqa: E402
 
 emulation.install()
 import torch  # noqa: E402
 
-from autotune_cache import triton_cache  # noqa: E402
+from autotune_cache.cache import lookups as lookup_hooks  # noqa: E402
 
 lookups = []
-triton_cache.add_listener(lambda lk: lookups.append(
+lookup_hooks.add_listener(lambda lk: lookups.append(
     {"kernel": lk.kernel, "key": list(lk.key), "dir": lk.path.parent.name if lk.path else None, "hit": lk.hit}))
 
 from sglang.srt.layers.attention.linear.kernels.gdn_triton import TritonGDNKernel  # noqa: E402

@@ -13,20 +13,22 @@ import types
 os.environ["TRITON_CACHE_DIR"] = os.path.abspath(sys.argv[1])
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"   # vLLM >= 0.19 sets it at import, too
 
-from autotune_cache import emulation  # noqa: E402
+from autotune_cache.build import emulation  # noqa: E402
 
 emulation.install()
 import torch  # noqa: E402
 
-from autotune_cache import triton_cache  # noqa: E402
+from autotune_cache.cache import lookups as lookup_hooks  # noqa: E402
 
 lookups = []
-triton_cache.add_listener(lambda lk: lookups.append(
+lookup_hooks.add_listener(lambda lk: lookups.append(
     {"kernel": lk.kernel, "key": list(lk.key), "dir": lk.path.parent.name if lk.path else None, "hit": lk.hit}))
 
 from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn  # noqa: E402
 
-emulation.relax_vllm()
+from autotune_cache.targets.vllm import relax_for_fake_gpu  # noqa: E402
+
+relax_for_fake_gpu()
 
 nk, nv, tp, state_dtype = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), getattr(torch, sys.argv[5])
 K = V = 128

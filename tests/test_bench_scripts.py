@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache.triton_cache import read_autotune
+from autotune_cache.cache.layout import read_autotune
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -34,7 +34,7 @@ TIMES_C = {**TIMES, f"{B32} @ n=16384": [0.25], f"{B32} @ n=8192": [0.25]}
 
 
 def toy_build(cache_dir, max_tokens, times=None):
-    from autotune_cache.emulation import FAKE_TIMES_ENV
+    from autotune_cache.build.emulation import FAKE_TIMES_ENV
     import os
     os.environ[FAKE_TIMES_ENV] = json.dumps(times or TIMES)   # the build child inherits it
     try:

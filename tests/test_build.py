@@ -5,9 +5,10 @@ import json
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache import manifest as manifest_mod
+from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.errors import CacheDirError
-from autotune_cache.triton_cache import read_autotune, sha256_file
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache.files import sha256_file
 from helpers import probe, run_cli
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache import manifest as manifest_mod
-from autotune_cache.scan import scan
-from autotune_cache.triton_cache import read_group
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.cache.scan import scan
+from autotune_cache.cache.layout import read_group
 from helpers import TESTS, compiles, run_cli
 
 TOKENS = ("--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "--emulate")
@@ -33,8 +33,8 @@ def built(tmp_path_factory):
 
 def verified(cache, tp=(1,), max_tokens=None, targets=("toy_target",)):
     """verify in this process (the CLI's own output is tested in the verify tests): the checks that failed."""
-    from autotune_cache.plan import plan
-    from autotune_cache.verify import verify
+    from autotune_cache.build.plan import plan
+    from autotune_cache.cache.verify import verify
     p = plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=targets, tp=tp, max_tokens=max_tokens)) \
         if max_tokens else None
     v = verify(scan(cache), p)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from autotune_cache import BuildFailedError, BuildSpec, build, models
-from autotune_cache import manifest as manifest_mod
-from autotune_cache import orchestrator
-from autotune_cache.errors import (AutotuneCacheError, CacheDirError, ConfigError, SpecError,
-                                   UnknownModelError)
-from autotune_cache.triton_cache import read_autotune, sha256_file
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.build import orchestrator
+from autotune_cache.errors import AutotuneCacheError, CacheDirError, ConfigError, SpecError, UnknownModelError
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache.files import sha256_file
 from helpers import probe, run_cli
 
 TAG = "AUTOTUNE_CACHE_TEST_TAG"   # set in a build's environment: every process it starts inherits it
@@ -344,7 +344,7 @@ def test_manifest_write_that_fails_midway_leaves_the_previous_manifest(tmp_path)
     before = (tmp_path / "manifest.json").read_bytes()
     script = f"""
 import resource, signal
-from autotune_cache import manifest as m
+from autotune_cache.cache import manifest as m
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 big = m.Manifest(tool_version="1", files={{f"f{{i}}": m.FileRecord(size=i, sha256="0" * 64) for i in range(200)}})

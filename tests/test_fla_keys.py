@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, models
+from autotune_cache import plan
 from helpers import TESTS, assert_probed, configs_reached, reached_and_planned
 
 pytest.importorskip("fla")

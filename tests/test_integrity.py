@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache import manifest as manifest_mod
-from autotune_cache.bundle import export, import_bundle
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.errors import IntegrityError, SharedWritableError
-from autotune_cache.loader import LoaderReport, _check_integrity, install
+from autotune_cache.serve.loader import LoaderReport, _check_integrity, install
 from helpers import TESTS, run_cli
 
 TOKENS = "1,1024,1025,2048,3000"   # NB 1, 2, 3: every key of the build
@@ -230,7 +230,7 @@ def test_group_writable_file_and_parent_without_sticky_bit_are_refused(cache, tm
 
 
 def test_an_overlay_another_user_could_write_is_not_used(cache, tmp_path):
-    from autotune_cache.loader import _overlay_dir
+    from autotune_cache.serve.loader import _overlay_dir
     overlay = tmp_path / "ov"
     overlay.mkdir(mode=0o777)
     overlay.chmod(0o777)
@@ -247,7 +247,7 @@ def test_an_overlay_another_user_could_write_is_not_used(cache, tmp_path):
 
 # -- a cache copied without import ------------------------------------------------------------------------------
 def test_groups_pointing_outside_are_never_followed(cache, tmp_path, monkeypatch):
-    from autotune_cache.layered import LayeredCacheManager
+    from autotune_cache.serve.layered import LayeredCacheManager
     moved = tmp_path / "moved"
     shutil.copytree(cache, moved)   # cp -r: every group still lists the original's absolute paths
     r = checked(moved)

@@ -11,7 +11,7 @@ import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.errors import CacheDirError
-from autotune_cache.loader import install
+from autotune_cache.serve.loader import install
 from helpers import TESTS
 
 BUILT_TOKENS = "1,1024,1025,2048,3000"   # NB 1, 2, 3: all built
@@ -161,7 +161,7 @@ def test_vllm_plugin_entry_point_installs_without_importing_kernels(cache):
     (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "autotune_cache"]
     assert ep.value == "autotune_cache.integrations.vllm_plugin:register"
     code = ("import sys; from autotune_cache.integrations.vllm_plugin import register; register(); "
-            "from autotune_cache.loader import report; r = report(); "
+            "from autotune_cache.serve.loader import report; r = report(); "
             "print(r is not None and str(r.cache_dir), any(m == 'fla' or m.startswith(('fla.', 'vllm.')) "
             "for m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

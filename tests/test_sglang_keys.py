@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, models
+from autotune_cache import plan
 from helpers import TESTS, assert_probed, reached_and_planned
 
 pytest.importorskip("sglang.srt.layers.attention.linear.kernels.gdn_triton")

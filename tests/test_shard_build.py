@@ -15,13 +15,14 @@ import sys
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache import manifest as manifest_mod
-from autotune_cache.plan import plan
-from autotune_cache.scan import scan
-from autotune_cache.shard import plan_shards
-from autotune_cache.selection import Settings as SelectionSettings
-from autotune_cache.triton_cache import read_autotune, sha256_file
-from autotune_cache.verify import changed_files, verify
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.build.plan import plan
+from autotune_cache.cache.scan import scan
+from autotune_cache.build.shard import plan_shards
+from autotune_cache.build.selection import Settings as SelectionSettings
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache.files import sha256_file
+from autotune_cache.cache.verify import changed_files, verify
 from helpers import probe, run_cli
 from test_faults import TAG, assert_entries_intact, no_temp_files, tag, tagged_pids, wait_until  # noqa: F401 - tag
 
@@ -196,9 +197,10 @@ def test_sigint_kills_every_child_and_saves_the_units_as_pending(tmp_path, tag):
 RECONCILE = """
 import json, sys
 from pathlib import Path
-from autotune_cache import BuildSpec, models, manifest as manifest_mod
-from autotune_cache.orchestrator import Build
-from autotune_cache.plan import plan
+from autotune_cache import BuildSpec, models
+from autotune_cache.cache import manifest as manifest_mod
+from autotune_cache.build.orchestrator import Build
+from autotune_cache.build.plan import plan
 
 cache, name = Path(sys.argv[1]), sys.argv[2]
 spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,

@@ -1,11 +1,15 @@
-"""Build targets: one module per kernel source (upstream FLA, vLLM's vendored FLA, SGLang's).
+"""Build targets: one module per kernel source (upstream FLA, vLLM's vendored FLA, SGLang's), and the one registry
+that everyone reads (plan, loader, scan, fingerprint, CLI help). A new kernel source is one new module here that
+defines a module-level `TARGET`: `registered()` finds it.
 
 A target knows, without importing its kernels, which autotuned kernels its serving call reaches and with
 which keys (for the plan), and, inside the child, how to make that call exactly as the server does.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,6 +18,7 @@ from ..models import RankShape
 
 TORCH_DTYPE = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32",
                "int32": "torch.int32", "int64": "torch.int64"}
+DEFAULT = "fla"
 SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int32": "int32", "int64": "int64"}
 
 
@@ -52,10 +57,29 @@ class Target:
         return getattr(importlib.import_module(module), attr)(*args, **kwargs)
 
 
+@functools.lru_cache(maxsize=1)
+def _registry() -> dict[str, Target]:
+    targets = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        target = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TARGET", None)
+        if isinstance(target, Target):
+            targets[target.name] = target
+    default = targets.pop(DEFAULT, None)   # the default first: help texts and scans list it first
+    return {DEFAULT: default, **targets} if default else targets
+
+
+def registered() -> tuple[Target, ...]:
+    """Every target of this package, the default (fla) first. Importing them imports no kernel."""
+    return tuple(_registry().values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_registry())
+
+
 def get(name: str) -> Target:
     """A registered target by name, or an importable module that defines a module-level `TARGET`."""
-    from . import fla, sglang, vllm
-    registry = {t.name: t for t in (fla.TARGET, vllm.TARGET, sglang.TARGET)}
+    registry = _registry()
     if name in registry:
         return registry[name]
     if name.isidentifier() or all(part.isidentifier() for part in name.split(".")):

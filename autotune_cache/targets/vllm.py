@@ -56,6 +56,17 @@ def _ops():
     raise ImportError("vLLM's vendored FLA kernels not found (need vllm with " + " or ".join(MODULES) + ")")
 
 
+def relax_for_fake_gpu() -> None:
+    """vLLM stages host-to-device copies in pinned memory and empties the accelerator's cache: both need a real
+    GPU. On the fake one (build/emulation.py), plain copies and no-op emptying change no kernel argument, so no key."""
+    import torch
+    import vllm.utils.torch_utils as torch_utils
+
+    torch_utils.PIN_MEMORY = False
+    if hasattr(torch, "accelerator"):
+        torch.accelerator.empty_cache = lambda *a, **k: None
+
+
 def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> None:
     import importlib
 
@@ -68,8 +79,7 @@ def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> N
     try:  # precomputed as vLLM's GDN metadata builder does (>= 0.26), on the CPU then copied
         index = importlib.import_module(f"{name}.index")
         if device == "cpu":
-            from .. import emulation
-            emulation.relax_vllm()
+            relax_for_fake_gpu()
         kwargs = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
                   "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
     except (ImportError, AttributeError):

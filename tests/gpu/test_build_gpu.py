@@ -68,7 +68,7 @@ def test_device_profile_matches_what_torch_and_triton_see():
     import torch
     from triton.runtime.driver import driver
 
-    from autotune_cache import device
+    from autotune_cache.build import device
     profile = device.read()
     assert profile is not None
     assert (profile.major, profile.minor) == torch.cuda.get_device_capability(0)

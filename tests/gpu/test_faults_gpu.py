@@ -11,8 +11,10 @@ import re
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models, plan
-from autotune_cache.triton_cache import read_autotune, sha256_file
+from autotune_cache import BuildSpec, build, models
+from autotune_cache import plan
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache.files import sha256_file
 from helpers import probe
 
 pytestmark = pytest.mark.gpu

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 from . import manifest as manifest_mod
-from .errors import AutotuneCacheError, IntegrityError
+from ..errors import AutotuneCacheError, IntegrityError
 from .manifest import Manifest
-from .triton_cache import GROUP_PREFIX
+from .layout import GROUP_PREFIX
 
 ALGORITHM = "ed25519"
 CONTEXT = b"autotune-cache manifest signature v1\n"   # what is signed: CONTEXT + portable digest (hex)
@@ -91,7 +91,7 @@ def group_members(paths: dict[str, str]) -> str:
 def read_groups(root: Path, manifest: Manifest, *, require_inside: bool) -> dict[str, dict[str, str]]:
     """child_paths of every group file the manifest lists. require_inside: every member must be in the group's own
     dir under root (IntegrityError otherwise); off for a bundle's staging dir (import rewrites them)."""
-    from .triton_cache import read_group
+    from .layout import read_group
     out = {}
     for rel in manifest.files:
         if not rel.rsplit("/", 1)[-1].startswith(GROUP_PREFIX):
@@ -125,7 +125,7 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
     """Write <cache_dir>/manifest.sig for its manifest, after checking that every file matches the manifest and
     that every group's members are in its own dir (a signature must not bless a tampered cache)."""
     from . import integrity
-    from .maintenance import locked
+    from .lock import locked
 
     key = load_private_key(private_key)
     root = Path(cache_dir).expanduser().resolve()

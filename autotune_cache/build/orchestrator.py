@@ -17,11 +17,13 @@ from multiprocess.connection import wait
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__, gpus, manifest as manifest_mod
+from ..version import __version__
+from . import gpus
+from ..cache import manifest as manifest_mod
 from .channel import Channel
-from .errors import BuildFailedError, CacheDirError, NoGPUError
-from .fingerprint import Fingerprint, mismatches
-from .manifest import Entry, FileRecord, Manifest, UnitRecord
+from ..errors import BuildFailedError, CacheDirError, NoGPUError
+from ..cache.fingerprint import Fingerprint, mismatches
+from ..cache.manifest import Entry, FileRecord, Manifest, UnitRecord
 from .plan import Plan, plan as make_plan
 from .shard import plan_shards, shared_keys, unit_configs
 from .spec import BuildSpec, Unit
@@ -147,7 +149,7 @@ class Build:
         """Delete files the manifest recorded whose bytes changed since (a disk error, a tool, a hand): Triton
         would load a damaged compiled kernel as it is and fail every call of it. Rerunning the units restores them
         (Triton rewrites what is missing); missing files are left to that too, foreign files are never touched."""
-        from .triton_cache import sha256_file
+        from ..cache.files import sha256_file
         damaged = []
         for rel, rec in m.files.items():
             path = self.cache_dir / rel
@@ -177,7 +179,7 @@ class Build:
         """Entries of this build whose autotune file changed after the child reported it: two children tuned the
         same key at once and the last writer won. Record the file as it is now (hash, size, winner, timings) and
         keep the binaries both reported (prune keeps them; the winner's are among them). Plain JSON: no Triton."""
-        from .triton_cache import parse_autotune
+        from ..cache.layout import parse_autotune
         files = self.manifest.files
         for name in sorted(self._reported):
             entry, on_disk = self.manifest.entries.get(name), files.get(name)

@@ -1,21 +1,15 @@
-"""The one module that knows Triton's autotune disk cache: file names, JSON layout, how a lookup goes.
-
-Layout (Triton 3.4+): <TRITON_CACHE_DIR>/<base32 sha256 of the key parts>/<kernel __name__[:150]>.autotune.json
-holding {"key": [...], "configs_timings": [[config.__dict__, [p50, p20, p80]], ...]}; the winner is the config
-with the smallest timings. Compiled kernels of every benchmarked config sit in sibling directories.
-"""
+"""Every autotune lookup of this process, as it happens: hooks on Triton's Autotuner (3.4-3.6) that the build
+child, the selection rule, the loader and the serving probe listen to. The files themselves: layout.py."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-AUTOTUNE_SUFFIX = ".autotune.json"
+from .layout import AUTOTUNE_SUFFIX, autotune_file_name, read_autotune
 
 
 @dataclass(frozen=True)
@@ -52,19 +46,6 @@ def forget_in_memory() -> None:
     (and is seen by listeners) even when an earlier unit of this process reached the same key."""
     for tuner in live_autotuners():
         tuner.cache.clear()
-
-
-def autotune_file_name(kernel_name: str) -> str:
-    return f"{kernel_name[:150]}{AUTOTUNE_SUFFIX}"
-
-
-def invalidating_env_vars() -> dict[str, str]:
-    """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
-    try:
-        from triton._C.libtriton import get_cache_invalidating_env_vars
-    except ImportError:  # older layouts keep it in knobs
-        from triton.knobs import get_cache_invalidating_env_vars  # type: ignore
-    return dict(get_cache_invalidating_env_vars())
 
 
 class _ValidatingManager:
@@ -284,77 +265,3 @@ def remove_launch_listener(listener: Callable[[Launch], None]) -> None:
     with _patch_lock:
         if listener in _launch_listeners:
             _launch_listeners.remove(listener)
-
-
-@dataclass(frozen=True)
-class AutotuneFile:
-    """A parsed <kernel>.autotune.json."""
-    key: tuple
-    timings: tuple[tuple[dict, tuple[float, ...]], ...]   # (config.__dict__, (p50, p20, p80)) per config
-
-    @property
-    def winner(self) -> dict:
-        return min(self.timings, key=lambda ct: ct[1])[0]
-
-    @property
-    def best(self) -> float:
-        return min(t for _, t in self.timings)[0]
-
-    @property
-    def margin(self) -> float | None:
-        """Runner-up time over best time, minus one (0.05 = the runner-up is 5% slower); None with one config."""
-        ranked = sorted(t[0] for _, t in self.timings)
-        return ranked[1] / ranked[0] - 1 if len(ranked) > 1 and ranked[0] > 0 else None
-
-
-def read_autotune(path: Path) -> AutotuneFile:
-    """Parse an autotune JSON; raises ValueError (or OSError) on a corrupt or unreadable file."""
-    return parse_autotune(Path(path).read_bytes())
-
-
-def parse_autotune(data: bytes | str) -> AutotuneFile:
-    """read_autotune on the file's bytes (a caller that also hashes them reads the file once). Plain JSON: the
-    build parent uses it and never imports Triton."""
-    raw = json.loads(data)
-    if not isinstance(raw, dict) or "key" not in raw or not isinstance(raw.get("configs_timings"), list):
-        raise ValueError("not a Triton autotune file (needs 'key' and 'configs_timings')")
-    timings = []
-    for item in raw["configs_timings"]:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict)):
-            raise ValueError("malformed configs_timings entry")
-        t = item[1] if isinstance(item[1], list) else [item[1]]
-        timings.append((item[0], tuple(float(x) for x in t)))
-    if not timings:
-        raise ValueError("no configs_timings")
-    return AutotuneFile(key=tuple(raw["key"]), timings=tuple(timings))
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        if hasattr(hashlib, "file_digest"):   # Python 3.11+: one reused buffer, no allocation per block
-            return hashlib.file_digest(f, "sha256").hexdigest()
-        h = hashlib.sha256()
-        for block in iter(lambda: f.read(1 << 18), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# -- compiled kernels: <hash dir>/__grp__<name>.json lists the files of one compiled variant -----------------
-GROUP_PREFIX = "__grp__"
-
-
-def read_group(path: Path) -> dict[str, str]:
-    """child_paths of a `__grp__<name>.json`: file name -> ABSOLUTE path where Triton wrote it. Raises
-    ValueError (or OSError) when unreadable: Triton itself would fail the kernel call on such a file."""
-    raw = json.loads(Path(path).read_text())
-    paths = raw.get("child_paths") if isinstance(raw, dict) else None
-    if not isinstance(paths, dict) or not all(isinstance(v, str) for v in paths.values()):
-        raise ValueError("not a Triton group file (needs 'child_paths': {name: path})")
-    return paths
-
-
-def relocated_group(paths: dict[str, str], new_dir: Path) -> str:
-    """The text of a group file whose members live in `new_dir`. Triton drops members whose absolute path does
-    not exist (then recompiles): after a move, only this rewrite makes the compiled files load again. Only
-    each path's file name is kept, so a crafted group file cannot point outside `new_dir`."""
-    return json.dumps({"child_paths": {name: str(Path(new_dir) / Path(p).name) for name, p in paths.items()}})

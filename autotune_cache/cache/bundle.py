@@ -25,18 +25,16 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from . import __version__, manifest as manifest_mod
-from .errors import CacheDirError
+from ..version import __version__
+from . import manifest as manifest_mod
+from ..errors import BundleError, CacheDirError
 from .manifest import FileRecord, Manifest
-from .triton_cache import GROUP_PREFIX, read_group, relocated_group, sha256_file
+from .layout import GROUP_PREFIX, read_group, relocated_group
+from .files import sha256_file
 
 BUNDLE_INFO = "bundle.json"
 BUNDLE_FORMAT = "autotune-cache-bundle"
 BUNDLE_VERSION = 1
-
-
-class BundleError(CacheDirError):
-    """A bundle that cannot be imported: unsafe, damaged, or not ours."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class ImportReport:
 # -- export ---------------------------------------------------------------------------------------------------
 def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportReport:
     """Write the files the manifest lists (checked against their sha256) and the manifest into `bundle`."""
-    from .maintenance import locked
+    from .lock import locked
     from .scan import scan
     from .verify import require_intact
 
@@ -145,7 +143,7 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, publi
     unpacked into a staging dir inside cache_dir and checked before the first file moves in; the manifest is
     written last, so an interrupted import never looks like a complete cache. `public_key` (ed25519, PEM path or
     bytes): the bundle must carry a valid signature by it (it stays valid for the imported dir)."""
-    from .maintenance import locked
+    from .lock import locked
 
     src = Path(bundle).expanduser()
     if not src.is_file():

@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .errors import SpecError
+from ..errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import CacheDirError
+from ..errors import CacheDirError
 from .fingerprint import Fingerprint
 
 SCHEMA_VERSION = 1
@@ -100,7 +100,7 @@ class Manifest(BaseModel):
 
     def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
         """The first entry `rec` reached whose autotune file is unlisted, gone or changed; None when all are intact."""
-        from .triton_cache import sha256_file
+        from .files import sha256_file
         for name in rec.entries:
             entry, path = self.entries.get(name), Path(cache_dir) / name
             if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
@@ -170,7 +170,7 @@ def is_own(rel: str) -> bool:
 
 def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
     """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
-    from .triton_cache import sha256_file
+    from .files import sha256_file
 
     root = Path(cache_dir)
     out = {}

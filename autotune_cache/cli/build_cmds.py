@@ -1,75 +1,21 @@
-"""autotune-cache command line. Errors a user can act on: one line on stderr, exit 2."""
+"""CLI commands that plan and build: models, plan, build."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import signal
-import sys
-import threading
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from . import models
-from .errors import AutotuneCacheError, BuildFailedError, NoGPUError, SpecError
-from .selection import Settings as SelectionSettings
-from .spec import DEFAULT_MAX_TOKENS, BuildSpec
-from .targets import SHORT
-
-def _console(stream, **kwargs) -> Console:
-    """Piped (logs, CI, `| less`, tests): tables 160 wide rather than rich's 80-column default, and no line broken
-    inside a message (a long cache path used to split "changed since it was signed" over two lines)."""
-    piped = not stream.isatty()
-    return Console(highlight=False, width=160 if piped else None, soft_wrap=piped, **kwargs)
+from .. import models
+from ..errors import BuildFailedError, NoGPUError, SpecError
+from ..targets import SHORT
+from .args import add_model_args, spec_from_args
+from .console import err, out
 
 
-out = _console(sys.stdout)
-err = _console(sys.stderr, stderr=True)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        print(f"autotune-cache: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip() != "")
-    except ValueError:
-        raise SpecError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise SpecError(f"{what} is empty")
-    return values
-
-
-def spec_from_args(args) -> BuildSpec:
-    shape = models.resolve(args.model, args.config)
-    return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
-                     max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
-                     cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
-                     retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
-                     gpus=getattr(args, "gpus", None), selection=_selection(args),
-                     overlap_compile=getattr(args, "overlap_compile", False))
-
-
-def _selection(args) -> SelectionSettings:
-    given = {k: v for k, v in (("mode", getattr(args, "selection", None)), ("noise", getattr(args, "noise", None)))
-             if v is not None}
-    probes = getattr(args, "probe_tokens", None)
-    if probes is not None:
-        given["probe_tokens"] = () if probes.strip().lower() in ("", "none") else _ints(probes, "--probe-tokens")
-    try:
-        return SelectionSettings(**given)
-    except ValidationError as e:
-        raise SpecError(f"--selection/--noise/--probe-tokens: {e.errors()[0]['msg']}") from None
-
-
-# -- models ---------------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
     rows = [m.model_dump() for m in models.PRESETS.values()]
     if args.json:
@@ -84,7 +30,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-# -- plan -----------------------------------------------------------------------------------------------------
 def plan_json(p) -> dict:
     return {"model": p.spec.model.model_dump(), "tp": list(p.spec.tp), "targets": list(p.spec.targets),
             "max_tokens": p.spec.max_tokens, "units": [u.model_dump(mode="json") for u in p.units],
@@ -113,7 +58,7 @@ def print_plan(p, console: Console) -> None:
 
 
 def cmd_plan(args) -> int:
-    from .plan import plan
+    from ..build.plan import plan
     p = plan(spec_from_args(args))
     if args.json:
         print(json.dumps(plan_json(p), indent=1))
@@ -122,11 +67,10 @@ def cmd_plan(args) -> int:
     return 0
 
 
-# -- build ----------------------------------------------------------------------------------------------------
 def cmd_build(args) -> int:
-    from .gpus import for_build
-    from .orchestrator import Build, prepare_cache_dir
-    from .plan import plan
+    from ..build.gpus import for_build
+    from ..build.orchestrator import Build, prepare_cache_dir
+    from ..build.plan import plan
 
     spec = spec_from_args(args)
     if spec.cache_dir is None:
@@ -164,29 +108,16 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _add_model_args(p) -> None:
-    p.add_argument("--model", help=f"preset name (see `autotune-cache models`; default {models.DEFAULT_MODEL})")
-    p.add_argument("--config", help="local HF config.json or snapshot dir, instead of --model")
-    p.add_argument("--tp", default="1", help="tensor-parallel degrees, comma-separated (default 1)")
-    p.add_argument("--target", default="fla", help="kernel source(s), comma-separated: fla (default), vllm, sglang")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                   help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
-                        f"(default {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--tokens", help="extra token counts to drive, comma-separated")
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = Parser(prog="autotune-cache", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+def add_commands(sub) -> None:
     p = sub.add_parser("models", help="list model presets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("plan", help="show the units and keys a build would tune (no GPU needed)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
     p.add_argument("--retries", type=int, default=1, help="fresh-child retries of a failed unit (default 1)")
@@ -216,41 +147,3 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)
-    from . import cli_cache, cli_serve
-    cli_cache.add_commands(sub)   # inspect, verify, prune, export, import, merge
-    cli_serve.add_commands(sub)   # ensure
-    return ap
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a job scheduler, `timeout`, a closed terminal), handled like Ctrl-C: the build stops its
-    child and saves the manifest, instead of dying with its child left running."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _terminate(signum, frame):
-    raise Terminated(signum)
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
-    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
-    try:
-        return args.func(args)
-    except AutotuneCacheError as e:
-        print(f"autotune-cache: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        print("autotune-cache: interrupted; finished units are kept", file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

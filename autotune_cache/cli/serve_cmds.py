@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import BuildFailedError, NoGPUError
+from ..errors import BuildFailedError, NoGPUError
 
 
 def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
@@ -21,10 +21,11 @@ def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
 
 
 def cmd_ensure(args) -> int:
-    from . import fingerprint, integrity, manifest as manifest_mod
-    from .cli import err, out, spec_from_args
-    from .orchestrator import Build, prepare_cache_dir
-    from .plan import plan as make_plan
+    from ..cache import fingerprint, integrity, manifest as manifest_mod
+    from .console import err, out
+    from .args import spec_from_args
+    from ..build.orchestrator import Build, prepare_cache_dir
+    from ..build.plan import plan as make_plan
 
     spec = spec_from_args(args)
     p = make_plan(spec)
@@ -64,9 +65,9 @@ def cmd_ensure(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from .cli import _add_model_args
+    from .args import add_model_args
     p = sub.add_parser("ensure", help="build what the cache lacks, verify the rest; exit 0 only if the server will hit")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
     p.add_argument("--retries", type=int, default=1)

@@ -52,7 +52,7 @@ class Verification:
 def require_intact(s: CacheScan, what: str):
     """The scan's manifest, or CacheDirError when there is none or a listed file differs: what `export` and
     `merge` (`what`) may only copy from."""
-    from .errors import CacheDirError
+    from ..errors import CacheDirError
     if s.manifest is None:
         raise CacheDirError(f"{s.root}: no readable manifest.json; {what} needs a cache built by autotune-cache")
     changed = changed_files(s)
@@ -124,7 +124,7 @@ def check_permissions(check: FileCheck, allow_writable: bool = False) -> Check:
 
 
 def check_signature(s: CacheScan, public_key) -> Check:
-    from .errors import AutotuneCacheError
+    from ..errors import AutotuneCacheError
     from .signing import check
     if s.manifest is None:
         return Check("signature", False, ("no manifest.json to check a signature of",))
@@ -159,7 +159,7 @@ def here_fingerprint(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
             why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
 
-    from .triton_cache import invalidating_env_vars
+    from .fingerprint import invalidating_env_vars
     notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
     backend_hash, ptxas = built.backend_hash, built.ptxas
     try:
@@ -174,7 +174,7 @@ def here_fingerprint(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
         notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
     here = built.model_copy(update=dict(
         python=platform.python_version(), triton=triton.__version__, torch=fp_mod._version("torch") or built.torch,
-        packages={p: v for p in fp_mod.PACKAGES if (v := fp_mod._version(p))}, backend_hash=backend_hash,
+        packages=fp_mod._packages(), backend_hash=backend_hash,
         ptxas=ptxas, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
         env=invalidating_env_vars(), emulated=False))
     return here, notes

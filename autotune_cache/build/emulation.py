@@ -171,14 +171,3 @@ def _use_device_keys(keys: dict) -> None:
             return getattr(self.backend, name)
 
     cc.make_backend = lambda target: Backend(real_make_backend(target))
-
-
-def relax_vllm() -> None:
-    """vLLM stages host-to-device copies in pinned memory and empties the accelerator's cache: both need a real
-    GPU. On the fake one, plain copies and no-op emptying change no kernel argument, so no key."""
-    import torch
-    import vllm.utils.torch_utils as torch_utils
-
-    torch_utils.PIN_MEMORY = False
-    if hasattr(torch, "accelerator"):
-        torch.accelerator.empty_cache = lambda *a, **k: None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import SpecError
-from .models import ModelShape, RankShape
+from ..errors import SpecError
+from ..models import ModelShape, RankShape
 from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384

@@ -6,20 +6,10 @@ Each command is a view of a frozen record (scan.CacheScan, verify.Verification, 
 """
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
-from .scan import ROLES, CacheScan, fingerprint_text, human_size
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=1, default=str))
-
-
-def _out():
-    from .cli import out
-    return out
+from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
+from .console import out, print_json
 
 
 # -- inspect --------------------------------------------------------------------------------------------------
@@ -83,30 +73,30 @@ def print_scan(s: CacheScan, console, shown: str | None = None) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from .scan import scan
+    from ..cache.scan import scan
     s = scan(args.dir)
     if args.json:
-        _print_json(s.as_dict())
+        print_json(s.as_dict())
     else:
-        print_scan(s, _out(), args.dir)
+        print_scan(s, out, args.dir)
     return 0
 
 
 # -- verify ---------------------------------------------------------------------------------------------------
 def cmd_verify(args) -> int:
-    from .scan import scan
-    from .verify import verify
+    from ..cache.scan import scan
+    from ..cache.verify import verify
     plan = None
     if args.model or args.config:
-        from .cli import spec_from_args
-        from .plan import plan as make_plan
+        from .args import spec_from_args
+        from ..build.plan import plan as make_plan
         plan = make_plan(spec_from_args(args))
     s = scan(args.dir)
     v = verify(s, plan, allow_writable=args.allow_writable, public_key=args.public_key)
     if args.json:
-        _print_json(v.as_dict())
+        print_json(v.as_dict())
         return 0 if v.ok else 1
-    console = _out()
+    console = out
     console.print(f"[bold]verify[/bold] {args.dir}")
     for c in v.checks:
         console.print(f"{c.name}: " + ("[green]OK[/green]" if c.ok else "[red]FAIL[/red]"))
@@ -122,15 +112,15 @@ def cmd_verify(args) -> int:
 
 # -- prune ----------------------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
-    from .maintenance import plan_prune
-    from .scan import scan
+    from ..cache.prune import plan_prune
+    from ..cache.scan import scan
     p = plan_prune(scan(args.dir), all_binaries=args.all_binaries)
     if not args.dry_run:
         p.execute()
     if args.json:
-        _print_json(dict(p.as_dict(), dry_run=args.dry_run))
+        print_json(dict(p.as_dict(), dry_run=args.dry_run))
         return 0
-    console = _out()
+    console = out
     verb = "would free" if args.dry_run else "freed"
     by_reason = {}
     for d in p.deletions:
@@ -151,52 +141,52 @@ def cmd_prune(args) -> int:
 
 # -- export / import ------------------------------------------------------------------------------------------
 def cmd_export(args) -> int:
-    from .bundle import export
+    from ..cache.bundle import export
     r = export(args.dir, args.bundle)
     if args.json:
-        _print_json(r.as_dict())
+        print_json(r.as_dict())
         return 0
-    _out().print(f"exported {r.files} files ({human_size(r.bytes)}) to {r.bundle} ({human_size(r.bundle_bytes)}), "
+    out.print(f"exported {r.files} files ({human_size(r.bytes)}) to {r.bundle} ({human_size(r.bundle_bytes)}), "
                  f"manifest digest {r.manifest_digest[:16]}"
                  + (f"; {len(r.left_out)} files not in the manifest left out" if r.left_out else ""))
     return 0
 
 
 def cmd_import(args) -> int:
-    from .bundle import import_bundle
+    from ..cache.bundle import import_bundle
     r = import_bundle(args.bundle, args.dir, public_key=args.public_key)
     if args.json:
-        _print_json(r.as_dict())
+        print_json(r.as_dict())
         return 0
-    _out().print(f"imported {r.files} files ({human_size(r.bytes)}) into {r.cache_dir}; {r.groups_rewritten} "
+    out.print(f"imported {r.files} files ({human_size(r.bytes)}) into {r.cache_dir}; {r.groups_rewritten} "
                  f"compiled-kernel groups now point there (manifest digest {r.manifest_digest[:16]} checked"
                  + (", signature checked" if args.public_key else "") + ")")
-    _out().print(f"serve with: TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
+    out.print(f"serve with: TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
     return 0
 
 
 # -- sign -----------------------------------------------------------------------------------------------------
 def cmd_sign(args) -> int:
-    from .signing import sign
+    from ..cache.signing import sign
     sig = sign(args.dir, args.key)
     if args.json:
-        _print_json(sig)
+        print_json(sig)
         return 0
-    _out().print(f"signed {args.dir}: {args.dir.rstrip('/')}/manifest.sig, ed25519 key {sig['key_id']}, manifest "
+    out.print(f"signed {args.dir}: {args.dir.rstrip('/')}/manifest.sig, ed25519 key {sig['key_id']}, manifest "
                  f"digest {sig['portable_digest'][:16]} (portable: stays valid after export/import)")
     return 0
 
 
 # -- merge ----------------------------------------------------------------------------------------------------
 def cmd_merge(args) -> int:
-    from .maintenance import plan_merge
+    from ..cache.merge import plan_merge
     p = plan_merge(args.dirs, args.into)
     if not args.dry_run:
         p.execute()
     if args.json:
-        _print_json(dict(p.as_dict(), dry_run=args.dry_run))
+        print_json(dict(p.as_dict(), dry_run=args.dry_run))
         return 0
-    console = _out()
+    console = out
     for w in p.warnings:
         console.print(f"[yellow]warning[/yellow]: {w}")
     for c in p.conflicts:
@@ -210,7 +200,7 @@ def cmd_merge(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from .cli import _add_model_args
+    from .args import add_model_args
 
     p = sub.add_parser("inspect", help="what a cache dir holds: entries with named keys, winners, sizes, warnings")
     p.add_argument("dir", help="the cache dir (a plain Triton cache dir works too)")
@@ -220,7 +210,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("verify", help="checksums, compatibility with this machine, coverage of a model/TP plan; "
                                       "exit 0 only if all is well")
     p.add_argument("dir")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--allow-writable", action="store_true",
                    help="do not fail when users other than the owner can write the dir or a parent")
     p.add_argument("--public-key", metavar="PUB.pem", help="also check manifest.sig against this ed25519 public key")

@@ -1,7 +1,7 @@
 """Play the serving process: make a target's serving call in THIS process against a cache dir and count, per
 kernel, disk lookups, hits and benchmarks. Used by tests, GPU checks and benchmarks.
 
-    python -m autotune_cache.probe --cache-dir DIR --model qwen3.5-9b --tp 1 --tokens 16,64,4096 [--emulate]
+    python -m autotune_cache.serve.probe --cache-dir DIR --model qwen3.5-9b --tp 1 --tokens 16,64,4096 [--emulate]
 
 Sets TRITON_CACHE_DIR and TRITON_CACHE_AUTOTUNING=1 before the kernels are imported, as a server would.
 """
@@ -18,7 +18,7 @@ from collections import defaultdict
 
 def counters():
     """Start counting disk lookups in this process; returns the dict that fills up."""
-    from . import triton_cache
+    from ..cache import lookups
     stats = defaultdict(lambda: {"lookups": 0, "hits": 0, "benchmarks": 0, "keys": []})
 
     def on_lookup(lookup):
@@ -27,12 +27,12 @@ def counters():
         s["hits" if lookup.hit else "benchmarks"] += 1
         s["keys"].append(list(lookup.key))
 
-    triton_cache.add_listener(on_lookup)
+    lookups.add_listener(on_lookup)
     return stats
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m autotune_cache.probe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m autotune_cache.serve.probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--model", default=None)
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.emulate:
-        from . import emulation
+        from ..build import emulation
         emulation.install()
-    from .targets import get
+    from ..targets import get
     loader_report = None
     if args.loader:
         os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     else:
         os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
         os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from . import models
+    from .. import models
 
     target = get(args.target)
     shape = models.resolve(args.model, args.config).per_rank(args.tp)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
               "hits": sum(s["hits"] for s in stats.values()),
               "benchmarks": sum(s["benchmarks"] for s in stats.values())}
     if args.emulate:
-        from . import emulation
+        from ..build import emulation
         report["configs_benchmarked"] = emulation.bench_calls
     if loader_report is not None:
         report["loader"] = loader_report.as_dict()

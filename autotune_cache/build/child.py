@@ -16,75 +16,13 @@ A unit's probe passes (selection.py: its call at each probe token count, dry, be
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
-
-def _fault(spec: str | None, index: int, attempt: int) -> None:
-    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the
-    unit's position in the whole plan (not in this child's share of it, which shrinks on a retry); first attempt
-    only unless ':always'. Kinds: raise, segfault, exit, hang, oom, oom-kill, gpu-fault."""
-    if not spec:
-        return
-    parts = spec.split(":")
-    if int(parts[0]) != index or (attempt > 1 and parts[-1] != "always"):
-        return
-    kind = parts[1]
-    if kind == "raise":
-        raise RuntimeError(f"injected fault in unit {index}")
-    if kind == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if kind == "exit":
-        os._exit(3)
-    if kind == "hang":
-        while True:
-            time.sleep(1)
-    if kind == "oom":
-        _exhaust_memory()
-    if kind == "oom-kill":   # what the kernel's OOM killer does to a process that takes all host memory
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "gpu-fault":
-        from ._faults import illegal_memory_access
-        illegal_memory_access()
-    raise ValueError(f"AUTOTUNE_CACHE_FAULT: unknown kind {kind!r}")
-
-
-def _exhaust_memory() -> None:
-    """Allocate until the allocator fails: torch.OutOfMemoryError on a GPU. On the CPU the address space of this
-    process is capped first (RLIMIT_AS, a little above what it maps now), so the allocation fails with a
-    RuntimeError after a few hundred MB instead of driving a shared machine into its OOM killer."""
-    import torch
-    if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1":
-        hog = []
-        while True:
-            hog.append(torch.empty(1 << 34, dtype=torch.uint8, device="cuda"))
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/status") as f:
-        mapped = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), hard))
-    hog = []
-    try:
-        while True:   # address space, not pages: nothing is touched, so nothing is really used
-            hog.append(torch.empty(64 << 20, dtype=torch.uint8))
-    finally:
-        hog.clear()   # room again for reporting the error
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def die_with(parent: int | None) -> None:
-    """Ask Linux to SIGKILL this process when its parent (pid `parent`) dies (PR_SET_PDEATHSIG); exit at once if
-    it is gone already (it died before the prctl). Also the compile workers' (precompile.py)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):   # not Linux: the parent's own cleanup is all there is
-        return
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)
+from . import faults
+from .lifetime import die_with
 
 
 def _die_with_parent() -> None:
@@ -165,10 +103,12 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             out.put({"type": "no_gpu", "message": "no CUDA GPU visible to the build child "
                      f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"})
             return
-    from . import fingerprint, precompile, selection, triton_cache
-    from .models import RankShape
-    from .targets import get
-    from .triton_cache import read_autotune, sha256_file
+    from ..cache import fingerprint, lookups
+    from . import precompile, selection
+    from ..models import RankShape
+    from ..targets import get
+    from ..cache.layout import read_autotune
+    from ..cache.files import sha256_file
 
     # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
     # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
@@ -207,7 +147,7 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
         pending[(lookup.kernel, lookup.key)] = msg
 
     def on_launch(launch):
-        if triton_cache.is_dry():   # a probe pass: its lookups were not reported either
+        if lookups.is_dry():   # a probe pass: its lookups were not reported either
             return
         dirs = {d.relative_to(root).as_posix() for d in launch.binaries if d.is_relative_to(root)}
         msg = pending.pop((launch.kernel, launch.key), None)
@@ -227,19 +167,19 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
             out.put(msg)
         pending.clear()
 
-    triton_cache.add_launch_listener(on_launch)
-    with triton_cache.recording(on_lookup):
+    lookups.add_launch_listener(on_launch)
+    with lookups.recording(on_lookup):
         for index, raw in enumerate(units):
             unit_id = raw["id"]
             current.update(unit=unit_id, tokens=None)
             reported.clear()
             out.put({"type": "unit_start", "unit": unit_id})
-            start, bench_start = time.monotonic(), triton_cache.bench_seconds
+            start, bench_start = time.monotonic(), lookups.bench_seconds
             compiles_start = compiles["compiled"] if compiles is not None else None
             compiled = None
             try:
-                _fault(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
-                triton_cache.forget_in_memory()
+                faults.inject(os.environ.get("AUTOTUNE_CACHE_FAULT"), raw.get("index", index), attempt.get(unit_id, 1))
+                lookups.forget_in_memory()
                 if pool is not None and options.get("overlap_compile"):   # this unit's configs; workers go on
                     compiled = pool.ready(index)
                 elif pool is not None and index == 0:   # every unit's configs, before the first timing
@@ -251,7 +191,7 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
                     current["tokens"] = tokens
                     with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                         target.run(shape, raw["dtypes"], tokens, device)
-                    triton_cache.forget_in_memory()   # the probe's winners: the next call of each key must miss
+                    lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
                 for tokens in raw["tokens"]:
                     current["tokens"] = tokens
                     target.run(shape, raw["dtypes"], tokens, device)
@@ -275,7 +215,7 @@ def _main(out, control, cache_dir, units, emulate, attempt, options, pool) -> No
                 os._exit(1)   # no interpreter teardown: after a GPU fault CUDA's own can hang or crash
             flush()
             out.put({"type": "unit_done", "unit": unit_id, "seconds": time.monotonic() - start,
-                     "bench_seconds": triton_cache.bench_seconds - bench_start,
+                     "bench_seconds": lookups.bench_seconds - bench_start,
                      "precompile": compiled,
                      "compiles": compiles["compiled"] - compiles_start if compiles is not None else None})
     out.put({"type": "done"})

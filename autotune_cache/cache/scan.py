@@ -16,9 +16,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from . import manifest as manifest_mod
-from .errors import AutotuneCacheError, CacheDirError
+from ..errors import AutotuneCacheError, CacheDirError
 from .manifest import Manifest
-from .triton_cache import AUTOTUNE_SUFFIX, GROUP_PREFIX, read_autotune, read_group
+from .layout import AUTOTUNE_SUFFIX, GROUP_PREFIX, read_autotune, read_group
 
 # Triton writes each file through <hash dir>/tmp.pid_<pid>_<uuid>/ then os.replace: such a dir left behind
 # means a writer died mid-write.
@@ -75,7 +75,7 @@ class AutotuneRecord:
             return str(self.key)
         from itertools import groupby
 
-        from .targets import SHORT
+        from ..targets import SHORT
         names = " ".join(f"{k}={v}" for k, v in self.fields.items())
         short = [SHORT.get(str(d).removeprefix("torch."), str(d)) for d in self.dtypes]
         dts = ",".join(d if n == 1 else f"{d}x{n}" for d, n in ((d, len(list(g))) for d, g in groupby(short)))
@@ -186,12 +186,12 @@ class CacheScan:
 # -- naming the key fields ------------------------------------------------------------------------------------
 def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
     """name -> KernelSpecs that may describe it, best first: those of the targets the manifest's units name, then
-    the built-in targets (fla, vllm, sglang), whose kernels share names but not key fields (vLLM's
+    the registered targets (targets.registered()), whose kernels share names but not key fields (vLLM's
     chunk_fwd_kernel_o has no HV). Only planning code is imported, never the kernels."""
-    from . import targets
+    from .. import targets
     named = sorted({u.target for u in manifest.units.values()}) if manifest else []
     specs: dict[str, list] = {}
-    for name in named + [t for t in ("fla", "vllm", "sglang") if t not in named]:
+    for name in named + [t for t in targets.names() if t not in named]:
         try:
             target = targets.get(name)
         except (AutotuneCacheError, ImportError):   # a test target not importable here: raw keys then
@@ -203,7 +203,7 @@ def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
 
 @lru_cache(maxsize=1)
 def _any_shape():
-    from .models import RankShape
+    from ..models import RankShape
     return RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import FileRecord, Manifest, is_own
-from .triton_cache import GROUP_PREFIX
+from .layout import GROUP_PREFIX
 
 WRITE_BITS = stat.S_IWGRP | stat.S_IWOTH
 # What each kind of problem means (report texts name the kind).

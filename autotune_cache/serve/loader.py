@@ -26,26 +26,14 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from . import integrity, manifest as manifest_mod
-from .errors import AutotuneCacheError, CacheDirError, IntegrityError, SharedWritableError
+from ..cache import integrity, manifest as manifest_mod
+from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
+                      SharedWritableError)
 
 log = logging.getLogger("autotune_cache")
 
-TARGET_MODULES = {
-    "fla": ("fla.",),
-    "vllm": ("vllm.model_executor.layers.fla.", "vllm.third_party.flash_linear_attention."),
-    "sglang": ("sglang.srt.layers.attention.fla.", "sglang.kernels.ops.attention.fla."),
-}
 TRUE = ("1", "true", "yes", "on")
-LAYERED = "autotune_cache.layered:LayeredCacheManager"
-
-
-class CacheMissError(AutotuneCacheError):
-    """Strict mode: a kernel would have been benchmarked in the server."""
-
-
-class IncompatibleCacheError(AutotuneCacheError):
-    """Strict mode: the cache was built in an environment whose disk keys differ from this one."""
+LAYERED = "autotune_cache.serve.layered:LayeredCacheManager"
 
 
 class LoaderReport:
@@ -115,7 +103,7 @@ _state: dict = {}   # the one installed report of this process
 
 def _matches(tuner, prefixes) -> bool:
     """A prefix "fla." names a module tree; one without a trailing dot names a module and its submodules."""
-    from .triton_cache import innermost_jit
+    from ..cache.lookups import innermost_jit
     module = innermost_jit(tuner.fn).__module__ or ""
     return any(module.startswith(p) if p.endswith(".") else (module == p or module.startswith(p + "."))
                for p in prefixes)
@@ -124,7 +112,7 @@ def _matches(tuner, prefixes) -> bool:
 def _flip(tuner, report: LoaderReport) -> None:
     from triton import knobs
 
-    from .triton_cache import innermost_jit
+    from ..cache.lookups import innermost_jit
     if getattr(knobs.runtime, "interpret", False):
         return  # Triton never uses the disk cache under the interpreter
     tuner.cache_results = True
@@ -247,7 +235,7 @@ def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shar
         refused += [f"{u}: other users can change what the server loads (chmod go-w, or allow it explicitly: "
                     "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1)" for u in unsafe]
     if public_key is not None and report.manifest is not None:
-        from . import signing
+        from ..cache import signing
         try:
             signing.check(root, report.manifest, public_key)
             report.signed = True
@@ -275,7 +263,7 @@ def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shar
 
 def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     """Compare what enters the disk keys. Without the GPU (install time) only the parts that need none."""
-    from . import fingerprint
+    from ..cache import fingerprint
     built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
     if built is None:   # no manifest, or a refused dir: nothing of it is used
         return
@@ -292,7 +280,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in TRUE
 
 
-def install(cache_dir: str | os.PathLike | None = None, *, targets=("fla", "vllm", "sglang"), strict: bool | None = None,
+def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict: bool | None = None,
             modules=(), log_at_exit: bool | None = None, require_manifest: bool | None = None,
             allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None
             ) -> LoaderReport:
@@ -322,18 +310,21 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=("fla", "vllm
     if allow_shared_writable is None:
         allow_shared_writable = _env_flag("AUTOTUNE_CACHE_ALLOW_WRITABLE")
     public_key = public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None
-    unknown = [t for t in targets if t not in TARGET_MODULES]
+    from .. import targets as targets_mod
+    known = {t.name: t for t in targets_mod.registered()}
+    targets = tuple(known) if targets is None else tuple(targets)
+    unknown = [t for t in targets if t not in known]
     if unknown:
-        raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(TARGET_MODULES)}")
-    prefixes = tuple(p for t in targets for p in TARGET_MODULES[t]) + tuple(modules)
+        raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(known)}")
+    prefixes = tuple(p for t in targets for p in known[t].module_prefixes) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
     _check_integrity(report, require_manifest=require_manifest, allow_shared_writable=allow_shared_writable,
                      public_key=public_key)
     _point_triton_at(report, allow_shared_writable)
-    from . import triton_cache
+    from ..cache import lookups
     _state["report"] = report
     _hook_new_autotuners(report)
-    for tuner in triton_cache.live_autotuners():
+    for tuner in lookups.live_autotuners():
         if _matches(tuner, prefixes):
             _flip(tuner, report)
     _check_fingerprint(report, with_gpu=False)
@@ -350,14 +341,14 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=("fla", "vllm
 
     def on_miss(tuner, key):
         if _state.get("report") is report and report.strict:
-            from .triton_cache import Lookup, innermost_jit
+            from ..cache.lookups import Lookup, innermost_jit
             kernel = innermost_jit(tuner.fn).__name__
             report.record(Lookup(kernel=kernel, key=tuple(key), configs=len(tuner.configs), hit=False, path=None))
             raise CacheMissError(f"autotune-cache strict mode: {kernel} would be "
                                  f"benchmarked for key {tuple(key)}: it is not in {report.cache_dir}")
 
-    triton_cache.add_listener(on_lookup)
-    triton_cache.add_miss_hook(on_miss)
+    lookups.add_listener(on_lookup)
+    lookups.add_miss_hook(on_miss)
     if log_at_exit or (log_at_exit is None and os.environ.get("AUTOTUNE_CACHE_LOG", "").lower() in TRUE):
         atexit.register(lambda: log.warning("%s", report.summary()))
     return report

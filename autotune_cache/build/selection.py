@@ -19,7 +19,7 @@ A key tuned at one token count serves every token count of its bucket (a key wit
 NB = 1: every T up to 4096 at TP 1), and the config fastest at the largest one can be slow at a small one (on an
 H100 the l2norm winner at 4096 tokens was 20% slower at 512 than the T=64 winner: too few blocks). So before a
 unit's own calls the child drives it at each of `probe_tokens` (smaller than the unit's largest count) in a dry
-pass (triton_cache.dry: benchmarked, nothing written): every config of every key that call reaches is screened
+pass (lookups.dry: benchmarked, nothing written): every config of every key that call reaches is screened
 there too, with its arguments kept. When the key is then tuned, the candidates are ranked by their worst loss over
 the token counts measured (time / that count's best), re-timed at each of them, and the incumbent is kept unless
 the fastest by that measure beats it beyond noise at some token count.
@@ -184,18 +184,18 @@ _probing: list[int] = []   # the token count of the probe pass the child is driv
 
 @contextlib.contextmanager
 def probing(tokens: int):
-    """The child's probe pass: lookups inside are dry (triton_cache.dry) and every miss is kept in `probes`."""
-    from . import triton_cache
+    """The child's probe pass: lookups inside are dry (lookups.dry) and every miss is kept in `probes`."""
+    from ..cache import lookups
     _probing.append(tokens)
     try:
-        with triton_cache.dry():
+        with lookups.dry():
             yield
     finally:
         _probing.pop()
 
 
 def _record_probe(tuner, tuning_key: tuple) -> None:
-    from .triton_cache import innermost_jit
+    from ..cache.lookups import innermost_jit
     kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
     if kwargs is None or tuner.nargs is None:
         return
@@ -225,7 +225,7 @@ def _budget(tuner, warmup_ms: float, rep_ms: float):
 def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
     """After Triton's (screening) benchmark of a miss: time the shortlist again, here and at the key's probes,
     and fix the winner."""
-    from .triton_cache import innermost_jit
+    from ..cache.lookups import innermost_jit
 
     kernel = innermost_jit(tuner.fn).__name__
     key_probes = probes.pop((kernel, tuple(tuning_key)), [])
@@ -307,7 +307,7 @@ def install(settings: Settings) -> None:
     import triton.runtime.autotuner as at
     from triton.runtime.driver import driver
 
-    from . import triton_cache
+    from ..cache import lookups
 
     if settings.mode != "robust" or getattr(at.Autotuner.prune_configs, "_autotune_cache_selection", False):
         return
@@ -337,4 +337,4 @@ def install(settings: Settings) -> None:
         else:
             refine(tuner, tuning_key, settings)
 
-    triton_cache.add_bench_hook(after_bench)
+    lookups.add_bench_hook(after_bench)

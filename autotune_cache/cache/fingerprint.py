@@ -8,7 +8,15 @@ from importlib import metadata
 
 from pydantic import BaseModel, ConfigDict
 
-PACKAGES = ("fla-core", "vllm", "sglang")
+def invalidating_env_vars() -> dict[str, str]:
+    """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
+    try:
+        from triton._C.libtriton import get_cache_invalidating_env_vars
+    except ImportError:  # older layouts keep it in knobs
+        from triton.knobs import get_cache_invalidating_env_vars  # type: ignore
+    return dict(get_cache_invalidating_env_vars())
+
+
 
 
 class Fingerprint(BaseModel):
@@ -33,6 +41,17 @@ class Fingerprint(BaseModel):
         return (self.triton_key_sha256, self.backend_hash, tuple(sorted(self.env.items())))
 
 
+def kernel_packages() -> tuple[str, ...]:
+    """The distributions that ship the registered targets' kernels, e.g. ("fla-core", "vllm", "sglang")."""
+    from .. import targets
+    return tuple(dict.fromkeys(d for t in targets.registered() for d in t.requires))
+
+
+def _packages() -> dict[str, str]:
+    """Kernel sources installed here and their versions: {"fla-core": "0.6.0"}."""
+    return {p: v for p in kernel_packages() if (v := _version(p))}
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -48,7 +67,6 @@ def collect(emulated: bool = False) -> Fingerprint:
     from triton.runtime.autotuner import triton_key
     from triton.runtime.driver import driver
 
-    from .triton_cache import invalidating_env_vars
 
     target = driver.active.get_current_target()
     backend_hash = make_backend(target).hash()
@@ -59,7 +77,7 @@ def collect(emulated: bool = False) -> Fingerprint:
         capability = "%d.%d" % tuple(torch.cuda.get_device_capability(0))
     return Fingerprint(
         python=platform.python_version(), triton=triton.__version__, torch=torch.__version__,
-        cuda=torch.version.cuda, packages={p: v for p in PACKAGES if (v := _version(p))},
+        cuda=torch.version.cuda, packages=_packages(),
         gpu_name=gpu_name, capability=capability, ptxas=ptxas.group(1) if ptxas else None,
         backend_hash=backend_hash, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
         env=invalidating_env_vars(), emulated=emulated)
@@ -72,10 +90,9 @@ def collect_without_gpu(built: Fingerprint) -> Fingerprint:
     import triton
     from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
 
-    from .triton_cache import invalidating_env_vars
     return built.model_copy(update=dict(
         python=platform.python_version(), triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
-        packages={p: v for p in PACKAGES if (v := _version(p))},
+        packages=_packages(),
         triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(), env=invalidating_env_vars()))
 
 

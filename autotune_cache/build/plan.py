@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from . import targets as targets_mod
+from .. import targets as targets_mod
 from .spec import BuildSpec, PlannedKey, Unit
 
 

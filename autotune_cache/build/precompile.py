@@ -108,7 +108,7 @@ class _Share:
     def install(self) -> None:
         import triton.runtime.autotuner as at
 
-        from .triton_cache import tuning_key
+        from ..cache.lookups import tuning_key
         share = self
 
         def run(self, *args, **kwargs):
@@ -144,7 +144,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     import time
     import traceback
 
-    from .child import die_with   # a killed build child leaves no zygote, and a killed zygote no worker
+    from .lifetime import die_with   # a killed build child leaves no zygote, and a killed zygote no worker
     started = time.monotonic()
     die_with(parent)
     os.environ["TRITON_CACHE_DIR"] = cache_dir
@@ -156,8 +156,8 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
         pass
     from . import emulation
     from .device import Profile
-    from .models import RankShape
-    from .targets import get
+    from ..models import RankShape
+    from ..targets import get
     emulation.install(profile=Profile(**profile) if profile else None)
     import torch
     import triton

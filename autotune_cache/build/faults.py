@@ -1,0 +1,108 @@
+"""Test-only fault injection into the build child (AUTOTUNE_CACHE_FAULT=<unit>:<kind>[:always]): the one place that
+makes a unit raise, crash, hang, run out of memory or fault the GPU, so that tests and GPU checks exercise the
+parent's recovery on real failures. Torch and Triton are imported inside the functions: importing this module
+costs nothing and needs no GPU.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+
+# Elements (fp32: 4 bytes) between the buffer and each wild store: 4 TiB, 8 TiB, ... past a one-element
+# allocation, far outside anything the CUDA allocator maps, so the store is an illegal address, not a quiet
+# overwrite of another tensor.
+WILD_STRIDE = 1 << 40
+PROGRAMS = 8
+
+
+def _wild_store_kernel():
+    global tl   # the jit function resolves `tl` from this module's globals (Triton <3.6 ignores closures)
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def wild_store(ptr, stride):
+        tl.store(ptr + (tl.program_id(0) + 1).to(tl.int64) * stride, 1.0)
+
+    return wild_store
+
+
+def illegal_memory_access() -> None:
+    """Launch a kernel that writes through a wild pointer and wait for it: on a GPU this raises the sticky
+    "CUDA error: an illegal memory access was encountered" (the context is unusable afterwards, as after a
+    faulting autotune config). Under emulation (no GPU) the kernel is compiled for sm_90 and the error raised
+    by hand, so CPU tests cover the same path."""
+    import torch
+
+    emulated = os.environ.get("AUTOTUNE_CACHE_EMULATE") == "1"
+    buf = torch.zeros(1, dtype=torch.float32, device="cpu" if emulated else "cuda")
+    kernel = _wild_store_kernel()
+    # Compile into a scratch dir, not the build's cache: the fault kernel is not something a server looks up.
+    cache_dir = os.environ.get("TRITON_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="autotune-cache-fault-") as scratch:
+        os.environ["TRITON_CACHE_DIR"] = scratch
+        try:
+            kernel[(PROGRAMS,)](buf, WILD_STRIDE)
+            if emulated:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered (emulated fault)")
+            torch.cuda.synchronize()
+        finally:
+            if cache_dir is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = cache_dir
+    raise RuntimeError("gpu-fault injection: the wild stores did not fault")
+
+
+def inject(spec: str | None, index: int, attempt: int) -> None:
+    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the
+    unit's position in the whole plan (not in this child's share of it, which shrinks on a retry); first attempt
+    only unless ':always'. Kinds: raise, segfault, exit, hang, oom, oom-kill, gpu-fault."""
+    if not spec:
+        return
+    parts = spec.split(":")
+    if int(parts[0]) != index or (attempt > 1 and parts[-1] != "always"):
+        return
+    kind = parts[1]
+    if kind == "raise":
+        raise RuntimeError(f"injected fault in unit {index}")
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "exit":
+        os._exit(3)
+    if kind == "hang":
+        while True:
+            time.sleep(1)
+    if kind == "oom":
+        _exhaust_memory()
+    if kind == "oom-kill":   # what the kernel's OOM killer does to a process that takes all host memory
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "gpu-fault":
+        from .faults import illegal_memory_access
+        illegal_memory_access()
+    raise ValueError(f"AUTOTUNE_CACHE_FAULT: unknown kind {kind!r}")
+
+
+def _exhaust_memory() -> None:
+    """Allocate until the allocator fails: torch.OutOfMemoryError on a GPU. On the CPU the address space of this
+    process is capped first (RLIMIT_AS, a little above what it maps now), so the allocation fails with a
+    RuntimeError after a few hundred MB instead of driving a shared machine into its OOM killer."""
+    import torch
+    if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1":
+        hog = []
+        while True:
+            hog.append(torch.empty(1 << 34, dtype=torch.uint8, device="cuda"))
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        mapped = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), hard))
+    hog = []
+    try:
+        while True:   # address space, not pages: nothing is touched, so nothing is really used
+            hog.append(torch.empty(64 << 20, dtype=torch.uint8))
+    finally:
+        hog.clear()   # room again for reporting the error
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

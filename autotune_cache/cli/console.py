@@ -1,0 +1,29 @@
+"""Where the CLI writes: one rich console for stdout and one for stderr, and its argument parser."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+
+
+def _console(stream, **kwargs) -> Console:
+    """Piped (logs, CI, `| less`, tests): tables 160 wide rather than rich's 80-column default, and no line broken
+    inside a message (a long cache path used to split "changed since it was signed" over two lines)."""
+    piped = not stream.isatty()
+    return Console(highlight=False, width=160 if piped else None, soft_wrap=piped, **kwargs)
+
+
+out = _console(sys.stdout)
+err = _console(sys.stderr, stderr=True)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        print(f"autotune-cache: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
