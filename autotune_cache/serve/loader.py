@@ -17,7 +17,6 @@ written by the server: misses go to an overlay (layered.py), so it stays exactly
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..cache import integrity, manifest as manifest_mod
+from ..cache.files import sha256_bytes
 from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
                       SharedWritableError)
 
@@ -162,7 +162,7 @@ def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
         path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
     else:
         user_dir = Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}"
-        path = user_dir / hashlib.sha256(str(report.cache_dir).encode()).hexdigest()[:16]
+        path = user_dir / sha256_bytes(str(report.cache_dir))[:16]
         own = [user_dir, path]
     unsafe = []
     try:
