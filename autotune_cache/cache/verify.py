@@ -6,19 +6,17 @@
 - permissions: neither the dir, nor an entry in it, nor a parent (without the sticky bit) is writable by users
   other than the owner (unless allowed: then notes);
 - signature (with a public key): manifest.sig is a valid ed25519 signature of the manifest (signing.py);
-- compatibility: the manifest's fingerprint against this machine (fingerprint.mismatches). Without a GPU the
-  compute capability cannot be read: the ptxas check then uses Triton's ptxas for the cache's capability;
+- compatibility: the manifest's fingerprint against this machine (fingerprint.here, querying the GPU if there is
+  one, and fingerprint.mismatches);
 - coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
   plan (pure), without running a kernel.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import integrity
-from .fingerprint import Fingerprint, mismatches
+from . import fingerprint, integrity
 from .integrity import FileCheck
 from .scan import CacheScan
 
@@ -136,63 +134,15 @@ def check_signature(s: CacheScan, public_key) -> Check:
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
-def here_fingerprint(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
-    """This machine's fingerprint, and notes on what could not be read. With a GPU: fingerprint.collect().
-    Without: everything that needs no driver (Python, Triton wheel via triton_key(), env vars, packages), and
-    ptxas through Triton's backend hash for the cache's compute capability; GPU name and capability are copied
-    from `built`, so they compare equal and a note says they were not checked."""
-    import hashlib
-    import platform
-
-    import triton
-
-    from . import fingerprint as fp_mod
-    gpus = Path("/proc/driver/nvidia/gpus")
-    # Finding the GPU through Triton's driver imports torch (seconds); without the NVIDIA kernel driver there is
-    # no GPU to find, and nothing below needs torch.
-    if not (gpus.is_dir() and any(gpus.iterdir())):
-        why = "no NVIDIA GPU driver here"
-    else:
-        try:
-            return fp_mod.collect(), []
-        except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
-            why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
-
-    from .fingerprint import invalidating_env_vars
-    notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
-    backend_hash, ptxas = built.backend_hash, built.ptxas
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
-        major, minor = (int(x) for x in (built.capability or "9.0").split("."))
-        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()
-        found = re.search(r"release (\d+\.\d+)", backend_hash)
-        ptxas = found.group(1) if found else None
-        notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
-    except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
-        notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
-    here = built.model_copy(update=dict(
-        python=platform.python_version(), triton=triton.__version__, torch=fp_mod._version("torch") or built.torch,
-        packages=fp_mod._packages(), backend_hash=backend_hash,
-        ptxas=ptxas, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
-        env=invalidating_env_vars(), emulated=False))
-    return here, notes
-
-
 def check_compatibility(s: CacheScan) -> Check:
     fp = s.manifest.fingerprint if s.manifest else None
     if fp is None:
         return Check("compatibility", False, ("no fingerprint in the manifest: cannot tell which Triton, ptxas "
                                               "and env vars the entries are keyed for",))
-    here, notes = here_fingerprint(fp)
-    problems = mismatches(fp, here)
-    # mismatches() reports a GPU-name difference only as a hint (entries still hit): keep it a note.
-    hints = [p for p in problems if p.startswith("GPU:")]
-    problems = [p for p in problems if not p.startswith("GPU:")]
+    problems, notes = fingerprint.misses_here(fp, query_gpu=True)
     if fp.emulated:
         notes.append("the cache was built emulated (fake sm_90 GPU): its winners are arbitrary")
-    return Check("compatibility", not problems, tuple(problems), tuple(notes + hints))
+    return Check("compatibility", not problems, tuple(problems), tuple(notes))
 
 
 # -- coverage -------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def cmd_ensure(args) -> int:
         gaps = unit_gaps(m, p, cache_dir)
     problems = list(gaps)
     if m is not None and m.fingerprint is not None:
-        problems += fingerprint.mismatches(m.fingerprint, fingerprint.collect_without_gpu(m.fingerprint))
+        problems += fingerprint.misses_here(m.fingerprint, query_gpu=True)[0]
     if m is not None:   # the loader's own checks: a cache it would refuse is no cache the server will hit
         check = integrity.check_files(cache_dir, m)
         problems += [str(p) for p in check.problems]

@@ -6,8 +6,9 @@
     print(report.summary())
 
 install() imports no kernel module and initializes no GPU (vLLM loads plugins before device init): autotuners
-already imported are flipped now, later ones as they are constructed. Checks that need the GPU (ptxas, compute
-capability) run at the first autotune lookup, when the server has initialized CUDA itself.
+already imported are flipped now, later ones as they are constructed. At install the fingerprint is compared
+without the GPU (fingerprint.here, ptxas for the cache's compute capability); the GPU's own (model, capability,
+ptxas for it) at the first autotune lookup, when the server has initialized CUDA itself.
 
 Before Triton is pointed at the directory, every file in it is checked against the manifest (integrity.py) and
 the directory's modes: a cache is code the server runs. A directory that fails is refused: the server tunes into
@@ -267,7 +268,7 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
     if built is None:   # no manifest, or a refused dir: nothing of it is used
         return
-    here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.collect_without_gpu(built)
+    here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.here(built, query_gpu=False)[0]
     found = [m for m in fingerprint.mismatches(built, here) if m not in report.mismatches]
     report.mismatches += found
     for m in found:
