@@ -350,3 +350,74 @@ def test_signature_survives_export_import_and_import_checks_it(cache, tmp_path, 
     export(cache, unsigned)
     proc = run_cli("import", unsigned, tmp_path / "dst3", "--public-key", pub)
     assert proc.returncode == 2 and "no signature" in proc.stderr and not (tmp_path / "dst3").exists()
+
+
+# -- one decision: install(), `verify` and `ensure` refuse the same dirs, naming the same reason ------------------
+@pytest.fixture
+def undo_install(monkeypatch):
+    """Undo what an install() in this process sets: Triton's env vars and the process's report."""
+    from autotune_cache.serve import loader
+    for var in ("TRITON_CACHE_DIR", "TRITON_CACHE_MANAGER", "AUTOTUNE_CACHE_BASE"):
+        monkeypatch.setenv(var, "")   # monkeypatch restores only what it saw: an unset var is unset again after
+        monkeypatch.delenv(var)
+    monkeypatch.setitem(loader._state, "report", None)
+
+
+def _changed(c, keys):
+    rel = rel_of(c, "cubin")
+    flip(c / rel)
+    return f"{rel}: sha256 differs from the manifest", {}
+
+
+def _foreign(c, keys):
+    rel = f"{Path(rel_of(c, 'cubin')).parent}/extra.so"
+    (c / rel).write_bytes(b"\x7fELF")
+    return f"{rel}: not listed in the manifest (foreign file)", {}
+
+
+def _no_manifest(c, keys):
+    (c / manifest_mod.MANIFEST_NAME).unlink()
+    return f"{c / manifest_mod.MANIFEST_NAME}: no manifest, and one is required", {"require_manifest": True}
+
+
+def _group_writable(c, keys):
+    c.chmod(0o775)
+    return f"{c} (drwxrwxr-x: writable by group): other users can change what the server loads", {}
+
+
+def _bad_signature(c, keys):
+    run_cli("sign", c, "--key", keys["theirs"][0], check=0)
+    return "manifest.sig: the signature does not verify: not signed by this key", {"public_key": str(keys["ours"][1])}
+
+
+@pytest.mark.parametrize("damage", [None, _changed, _foreign, _no_manifest, _group_writable, _bad_signature],
+                         ids=["intact", "changed", "foreign", "no-manifest", "group-writable", "bad-signature"])
+def test_loader_verify_and_ensure_agree(cache, tmp_path, request, damage, undo_install, monkeypatch):
+    monkeypatch.setenv("AUTOTUNE_CACHE_OVERLAY", str(tmp_path / "overlay"))
+    c = copy_of(cache, tmp_path / "c")
+    keys = request.getfixturevalue("keys") if damage is _bad_signature else None
+    reason, policy = damage(c, keys) if damage else (None, {})
+    report = install(c, strict=False, targets=(), **policy)
+    key_args = ("--public-key", policy["public_key"]) if "public_key" in policy else ()
+    verified = run_cli("verify", c, "--json", *key_args)
+    problems = [p for check in json.loads(verified.stdout)["checks"].values() for p in check["problems"]]
+    if reason is None:
+        assert report.verified and verified.returncode == 0 and problems == []
+    else:
+        assert not report.verified and report.private_dir is not None
+        assert verified.returncode == 1
+        assert any(reason in r for r in report.refused) and any(reason in p for p in problems), (report.refused,
+                                                                                                problems)
+    if damage is _no_manifest:
+        return   # ensure builds a missing manifest: what it is for
+    ensured = run_cli("ensure", "--model", "qwen3.5-9b", "--target", "toy_target", "--max-tokens", "3000",
+                      "--cache-dir", c, "--emulate", "--no-progress", "--json", *key_args)
+    out = json.loads(ensured.stdout)
+    assert not out["built"]
+    if reason is None:
+        assert ensured.returncode == 0 and out["ok"], out
+    else:
+        assert ensured.returncode == 1 and any(reason in p for p in out["problems"]), out
+        # the same words: each of the three shows the loader's refusal as it is
+        assert {p for p in out["problems"] if reason in p} == {r for r in report.refused if reason in r} \
+            == {p for p in problems if reason in p}

@@ -1,6 +1,7 @@
 """Serving side (loader.install) in real subprocesses on the fake sm_90 GPU with the toy kernel."""
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,17 @@ def test_ensure_refuses_what_the_loader_would_refuse(tmp_path):
     (cache / "foreign.bin").write_bytes(b"x")   # not in the manifest: install() would refuse the dir
     out = json.loads(run_cli(*args, check=1).stdout)
     assert not out["ok"] and any("foreign.bin" in p for p in out["problems"])
+
+
+def test_install_time_fingerprint_never_queries_the_gpu(monkeypatch):
+    # install() runs before vLLM initializes the device: even on a GPU host, fingerprint.here(query_gpu=False) must
+    # not reach collect() (torch.cuda, Triton's driver); `verify` and `ensure` (query_gpu=True) do
+    from autotune_cache.cache import fingerprint, manifest as manifest_mod
+    built = manifest_mod.load(TESTS / "data" / "h200-qwen3.5-9b-cache").fingerprint
+    queried = []
+    monkeypatch.setattr(fingerprint, "_nvidia_driver", lambda: True)
+    monkeypatch.setattr(fingerprint, "collect", lambda emulated=False: queried.append(1) or built)
+    here, notes = fingerprint.here(built, query_gpu=False)
+    assert queried == [] and here.capability == built.capability and "not queried" in notes[0]
+    assert here.triton_key_sha256 == fingerprint._triton_key_sha256() and here.python == platform.python_version()
+    assert fingerprint.here(built, query_gpu=True) == (built, []) and queried == [1]

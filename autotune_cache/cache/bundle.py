@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,9 +27,9 @@ from pydantic import ValidationError
 from ..version import __version__
 from . import manifest as manifest_mod
 from ..errors import BundleError, CacheDirError
+from .files import atomic_file, move_in, sha256_file, staging_dir
+from .layout import is_group_file, members_first, read_group, relocated_group
 from .manifest import FileRecord, Manifest
-from .layout import GROUP_PREFIX, read_group, relocated_group
-from .files import sha256_file
 
 BUNDLE_INFO = "bundle.json"
 BUNDLE_FORMAT = "autotune-cache-bundle"
@@ -85,20 +84,14 @@ def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportRep
         on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
         left_out = sorted(on_disk - set(m.files) - set(manifest_mod.OWN_FILES))
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with tarfile.open(tmp, "w:gz") as tar:
-                _add_bytes(tar, BUNDLE_INFO, json.dumps(info, indent=1).encode())
-                _add_bytes(tar, manifest_mod.MANIFEST_NAME, (root / manifest_mod.MANIFEST_NAME).read_bytes())
-                if (root / manifest_mod.SIG_NAME).is_file():
-                    _add_bytes(tar, manifest_mod.SIG_NAME, (root / manifest_mod.SIG_NAME).read_bytes())
-                for rel in sorted(m.files):
-                    tar.add(root / rel, arcname=rel, recursive=False, filter=_plain)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0600: the mode export has always given a bundle (mkstemp's); sharing it is the user's chmod
+        with atomic_file(out, mode=0o600) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+            _add_bytes(tar, BUNDLE_INFO, json.dumps(info, indent=1).encode())
+            _add_bytes(tar, manifest_mod.MANIFEST_NAME, (root / manifest_mod.MANIFEST_NAME).read_bytes())
+            if (root / manifest_mod.SIG_NAME).is_file():
+                _add_bytes(tar, manifest_mod.SIG_NAME, (root / manifest_mod.SIG_NAME).read_bytes())
+            for rel in sorted(m.files):
+                tar.add(root / rel, arcname=rel, recursive=False, filter=_plain)
     return ExportReport(bundle=out, files=len(m.files), bytes=sum(f.size for f in m.files.values()),
                         bundle_bytes=out.stat().st_size, manifest_digest=digest, left_out=tuple(left_out))
 
@@ -159,12 +152,8 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, publi
     except OSError as e:
         raise CacheDirError(f"cannot create {root}: {e.strerror or e}") from None
     try:
-        with locked(root):
-            staging = Path(tempfile.mkdtemp(dir=root, prefix=".import-"))
-            try:
-                report = _unpack_checked(src, staging, root, public_key)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        with locked(root), staging_dir(root, manifest_mod.IMPORT_STAGING) as staging:
+            report = _unpack_checked(src, staging, root, public_key)
     except BaseException:
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -218,7 +207,7 @@ def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> Im
 
     rewritten = 0
     for rel in sorted(m.files):
-        if not Path(rel).name.startswith(GROUP_PREFIX):
+        if not is_group_file(rel):
             continue
         path = staging / rel
         try:
@@ -228,10 +217,7 @@ def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> Im
         path.write_text(text)
         m.files[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
         rewritten += 1
-    # members before groups (as Triton writes them), the manifest last
-    for rel in sorted(m.files, key=lambda r: (Path(r).name.startswith(GROUP_PREFIX), r)):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, root / rel)
+    move_in(staging, root, members_first(m.files))   # the manifest last
     if signed.is_file():   # still valid: the portable digest does not see where group members lie
         os.replace(signed, root / manifest_mod.SIG_NAME)
     manifest_mod.save(m, root)

@@ -1,13 +1,22 @@
-"""The two file primitives every writer and checker of a cache uses: a file's sha256, and an atomic write."""
+"""The file primitives every writer and checker of a cache uses: sha256 of a file or of bytes, an atomic write (one
+file), and staging (many files moved in together, in an order the caller chooses)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
-def sha256_file(path: Path) -> str:
+def sha256_bytes(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         if hasattr(hashlib, "file_digest"):   # Python 3.11+: one reused buffer, no allocation per block
             return hashlib.file_digest(f, "sha256").hexdigest()
@@ -17,16 +26,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, fsync: bool = False) -> Path:
-    """Write `data` to `path` through a temp file in the same dir and os.replace: a reader sees the old or the new
-    file, never half. `mode` is set explicitly (mkstemp makes 0600 and the umask must not decide what a server of
-    another user may read)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, mode: int = 0o644, fsync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write that appears at `path` only when the block ends without an error (a temp file in the
+    same dir, then os.replace): a reader sees the old or the new file, never half. `mode` is set explicitly
+    (mkstemp makes 0600 and the umask must not decide what a server of another user may read)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -34,4 +44,28 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, fsync: boo
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o644, fsync: bool = False) -> Path:
+    """atomic_file() for data in memory."""
+    with atomic_file(path, mode=mode, fsync=fsync) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def staging_dir(root: Path, prefix: str) -> Iterator[Path]:
+    """A fresh dir inside `root` (same filesystem: os.replace moves its files in), removed with what is left in it.
+    Every file of a multi-file write lands here first, so a failure half-way leaves nothing in `root`."""
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=prefix))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_in(staging: Path, root: Path, rels: Iterable[str]) -> None:
+    """os.replace each staged file to the same relative path under `root`, in the order given."""
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, root / rel)

@@ -1,12 +1,17 @@
 """The environment a cache was built in, and what must match for a server to hit it (FACTS.md §1)."""
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 from importlib import metadata
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from .files import sha256_bytes
+
+GPU_HINT = "GPU: "   # the one mismatch after which entries still hit
+
 
 def invalidating_env_vars() -> dict[str, str]:
     """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
@@ -15,8 +20,6 @@ def invalidating_env_vars() -> dict[str, str]:
     except ImportError:  # older layouts keep it in knobs
         from triton.knobs import get_cache_invalidating_env_vars  # type: ignore
     return dict(get_cache_invalidating_env_vars())
-
-
 
 
 class Fingerprint(BaseModel):
@@ -59,18 +62,26 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _triton_key_sha256() -> str:
+    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+    return sha256_bytes(triton_key())
+
+
+def _ptxas(backend_hash: str) -> str | None:
+    """"12.8" out of Triton's backend hash (ptxas's --version banner + arch)."""
+    found = re.search(r"release (\d+\.\d+)", backend_hash)
+    return found.group(1) if found else None
+
+
 def collect(emulated: bool = False) -> Fingerprint:
     """Read this process's environment. Needs triton and torch; the driver (real or fake) must be active."""
     import torch
     import triton
     from triton.compiler.compiler import make_backend
-    from triton.runtime.autotuner import triton_key
     from triton.runtime.driver import driver
-
 
     target = driver.active.get_current_target()
     backend_hash = make_backend(target).hash()
-    ptxas = re.search(r"release (\d+\.\d+)", backend_hash)
     gpu_name = capability = None
     if torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(0)
@@ -78,22 +89,51 @@ def collect(emulated: bool = False) -> Fingerprint:
     return Fingerprint(
         python=platform.python_version(), triton=triton.__version__, torch=torch.__version__,
         cuda=torch.version.cuda, packages=_packages(),
-        gpu_name=gpu_name, capability=capability, ptxas=ptxas.group(1) if ptxas else None,
-        backend_hash=backend_hash, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
+        gpu_name=gpu_name, capability=capability, ptxas=_ptxas(backend_hash),
+        backend_hash=backend_hash, triton_key_sha256=_triton_key_sha256(),
         env=invalidating_env_vars(), emulated=emulated)
 
 
-def collect_without_gpu(built: Fingerprint) -> Fingerprint:
-    """This process's fingerprint from what needs no GPU (Triton, Python, packages, env vars); the GPU-side
-    fields are copied from `built`, so comparing with it reports only the parts checked here."""
-    import torch
-    import triton
-    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+def _nvidia_driver() -> bool:
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
+
+def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]]:
+    """This machine's fingerprint to compare with `built` (a cache's), and notes on what was not read.
+
+    query_gpu and an NVIDIA driver here: collect(), the GPU included. Otherwise (the loader at install(): it must not
+    initialize CUDA, vLLM loads plugins before device init) everything that needs no driver: Python, the Triton
+    wheel (triton_key()), env vars, packages, and ptxas through Triton's backend hash for the cache's compute
+    capability; GPU name, capability and CUDA are copied from `built`, so they compare equal, and a note says so."""
+    if not query_gpu:
+        why = "the GPU is not queried here"
+    elif not _nvidia_driver():
+        # Finding the GPU through Triton's driver imports torch (seconds): without the NVIDIA kernel driver there is
+        # no GPU to find, and nothing below needs torch.
+        why = "no NVIDIA GPU driver here"
+    else:
+        try:
+            return collect(), []
+        except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
+            why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    import triton
+
+    notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
+    backend_hash, ptxas = built.backend_hash, built.ptxas
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        major, minor = (int(x) for x in (built.capability or "9.0").split("."))
+        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()   # runs ptxas, no driver
+        ptxas = _ptxas(backend_hash)
+        notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
+    except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
+        notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
     return built.model_copy(update=dict(
-        python=platform.python_version(), triton=triton.__version__, torch=torch.__version__, cuda=torch.version.cuda,
-        packages=_packages(),
-        triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(), env=invalidating_env_vars()))
+        python=platform.python_version(), triton=triton.__version__, torch=_version("torch") or built.torch,
+        packages=_packages(), backend_hash=backend_hash, ptxas=ptxas, triton_key_sha256=_triton_key_sha256(),
+        env=invalidating_env_vars())), notes
 
 
 def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
@@ -116,5 +156,13 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
             out.append(f"{pkg}: cache built with {built.packages[pkg]}, here {here.packages[pkg]} "
                        "(kernel source or line numbers may differ)")
     if built.gpu_name and here.gpu_name and built.gpu_name != here.gpu_name and not out:
-        out.append(f"GPU: cache tuned on {built.gpu_name}, here {here.gpu_name} (entries hit; winners may be off)")
+        out.append(f"{GPU_HINT}cache tuned on {built.gpu_name}, here {here.gpu_name} (entries hit; winners may be off)")
     return out
+
+
+def misses_here(built: Fingerprint, *, query_gpu: bool) -> tuple[list[str], list[str]]:
+    """Why a cache built in `built` would miss (or behave differently) here, and notes: what here() could not read,
+    and a GPU-name difference (entries still hit: a hint, not a miss). What `verify` and `ensure` report."""
+    now, notes = here(built, query_gpu=query_gpu)
+    found = mismatches(built, now)
+    return [m for m in found if not m.startswith(GPU_HINT)], notes + [m for m in found if m.startswith(GPU_HINT)]

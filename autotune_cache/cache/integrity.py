@@ -1,8 +1,8 @@
 """Is a cache dir exactly what its manifest lists, and can only its owner change it?
 
 A Triton cache is code, not data: cubins the server loads onto the GPU and (Triton 3.4-3.6) the launcher and
-cuda_utils shared objects the server process dlopen()s. The loader runs these checks before it points Triton at a
-directory, `autotune-cache verify` runs them too. One pass over the directory:
+cuda_utils shared objects the server process dlopen()s. trust.assess() runs these checks for the loader (before it
+points Triton at a directory), `verify` and `ensure`. One pass over the directory:
 
 - files: every file under the dir against `manifest.files`, size first, then sha256: changed, missing, foreign
   (present but not listed), and anything that is not a plain file (a symbolic link, a fifo, a device);
@@ -18,7 +18,6 @@ sha256 on one core, so the cost is the bytes of the cache (BENCHMARKS.md).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -26,8 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import sha256_bytes, sha256_file
+from .layout import is_group_file
 from .manifest import FileRecord, Manifest, is_own
-from .layout import GROUP_PREFIX
 
 WRITE_BITS = stat.S_IWGRP | stat.S_IWOTH
 # What each kind of problem means (report texts name the kind).
@@ -52,6 +52,17 @@ class Problem:
         return f"{self.path}: {self.detail}"
 
 
+@dataclass(frozen=True, order=True)
+class Writable:
+    """A path users other than its owner can write. Example: ("/srv", "drwxrwxrwx: writable by group and others, no
+    sticky bit"); inside the dir the path is relative, a dir's with a trailing "/"."""
+    path: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.why})"
+
+
 @dataclass(frozen=True)
 class FileCheck:
     """The whole directory against its manifest, at one moment. Example: 2,000 files listed, 2,000 hashed
@@ -62,7 +73,7 @@ class FileCheck:
     hashed: int                       # files hashed (listed, on disk, size as listed)
     bytes_hashed: int
     problems: tuple[Problem, ...]
-    writable: tuple[str, ...]         # entries inside writable by others than the owner: "AB/ (drwxrwxr-x: ...)"
+    writable: tuple[Writable, ...]    # entries inside writable by others than the owner: "AB/ (drwxrwxr-x: ...)"
     moved_groups: tuple[str, ...]     # group files listing a member outside their own dir (copied without `import`)
     seconds: float
 
@@ -87,7 +98,7 @@ def _who(mode: int) -> str:
     return " and ".join(w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if mode & bit)
 
 
-def _walk(root: Path, problems: list[Problem], writable: list[str]):
+def _walk(root: Path, problems: list[Problem], writable: list[Writable]):
     """(rel, path, stat) of every plain file under root that is not ours; records links, special files and
     entries writable by others on the way. Nothing is followed: links are reported, never entered."""
     stack = [("", str(root))]
@@ -114,8 +125,8 @@ def _walk(root: Path, problems: list[Problem], writable: list[str]):
                                                            "holds plain files only"))
                 continue
             if mode & WRITE_BITS:
-                writable.append(f"{rel}{'/' if stat.S_ISDIR(mode) else ''} ({stat.filemode(mode)}: "
-                                f"writable by {_who(mode)})")
+                writable.append(Writable(rel + ("/" if stat.S_ISDIR(mode) else ""),
+                                         f"{stat.filemode(mode)}: writable by {_who(mode)}"))
             if stat.S_ISDIR(mode):
                 stack.append((rel + "/", e.path))
             elif stat.S_ISREG(mode):
@@ -126,18 +137,14 @@ def _walk(root: Path, problems: list[Problem], writable: list[str]):
 
 
 def _read_hash(path: str, keep: bool) -> tuple[str, bytes | None]:
-    """sha256 of a file, and its bytes if `keep` (group files are parsed from them). hashlib.file_digest reads
-    into one reused buffer: 3x faster on 2,000 files than a read() of a fresh buffer per file (BENCHMARKS.md)."""
+    """sha256 of a file, and its bytes if `keep` (group files are parsed from them). Only group files are kept:
+    sha256_file reads into one reused buffer, 3x faster on 2,000 files than a read() of a fresh buffer per file
+    (BENCHMARKS.md)."""
+    if not keep:
+        return sha256_file(path), None
     with open(path, "rb") as f:
-        if keep:
-            data = f.read()
-            return hashlib.sha256(data).hexdigest(), data
-        if hasattr(hashlib, "file_digest"):   # Python 3.11+
-            return hashlib.file_digest(f, "sha256").hexdigest(), None
-        h = hashlib.sha256()
-        for block in iter(lambda: f.read(1 << 18), b""):
-            h.update(block)
-        return h.hexdigest(), None
+        data = f.read()
+    return sha256_bytes(data), data
 
 
 def _outside(root: Path, rel: str, data: bytes) -> bool:
@@ -158,7 +165,7 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None) -> File
     root = Path(cache_dir).resolve()
     listed: dict[str, FileRecord] = dict(manifest.files) if manifest else {}
     problems: list[Problem] = []
-    writable: list[str] = []
+    writable: list[Writable] = []
     moved: list[str] = []
     seen: set[str] = set()
     hashed = nbytes = 0
@@ -172,7 +179,7 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None) -> File
         if st.st_size != rec.size:
             problems.append(Problem(rel, "changed", f"size {st.st_size}, the manifest says {rec.size}"))
             continue
-        group = rel.rsplit("/", 1)[-1].startswith(GROUP_PREFIX)
+        group = is_group_file(rel)
         try:
             digest, data = _read_hash(path, keep=group)
         except OSError as e:
@@ -192,7 +199,7 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None) -> File
                      seconds=time.perf_counter() - start)
 
 
-def writable_parents(cache_dir: str | os.PathLike) -> list[str]:
+def writable_parents(cache_dir: str | os.PathLike) -> list[Writable]:
     """The cache dir and its parents up to / that users other than their owner can write: the dir itself if group-
     or world-writable at all, a parent only without the sticky bit. Example: ["/srv (drwxrwxrwx: writable by group
     and others)"]. Whoever can write one of them can replace the cache (rename a parent, swap a file) between the
@@ -203,14 +210,15 @@ def writable_parents(cache_dir: str | os.PathLike) -> list[str]:
         try:
             mode = os.stat(p).st_mode
         except OSError as e:
-            out.append(f"{p} (cannot stat: {e.strerror or e})")
+            out.append(Writable(str(p), f"cannot stat: {e.strerror or e}"))
             continue
         if mode & WRITE_BITS and (p == root or not mode & stat.S_ISVTX):
-            out.append(f"{p} ({stat.filemode(mode)}: writable by {_who(mode)}"
-                       + (", no sticky bit)" if p != root else ")"))
+            out.append(Writable(str(p), f"{stat.filemode(mode)}: writable by {_who(mode)}"
+                                + (", no sticky bit" if p != root else "")))
     return out
 
 
-def shared_writable(check: FileCheck) -> list[str]:
-    """Everything that lets another user change the cache: writable_parents() and the writable entries inside."""
-    return writable_parents(check.root) + [f"{check.root}/{w}" for w in check.writable]
+def shared_writable(check: FileCheck) -> list[Writable]:
+    """Everything that lets another user change the cache: writable_parents() and the writable entries inside (by
+    absolute path)."""
+    return writable_parents(check.root) + [Writable(f"{check.root}/{w.path}", w.why) for w in check.writable]

@@ -26,12 +26,29 @@ def is_autotune_file(name: str) -> bool:
     return name.endswith(AUTOTUNE_SUFFIX)
 
 
+def autotune_kernel(name: str) -> str:
+    """The kernel name in an autotune file's name: "l2norm_fwd_kernel.autotune.json" -> "l2norm_fwd_kernel"."""
+    return name.removesuffix(AUTOTUNE_SUFFIX)
+
+
 def is_group_file(name: str) -> bool:
     """`name`: a file name or a relative path."""
     return name.rsplit("/", 1)[-1].startswith(GROUP_PREFIX)
 
 
+def group_kernel(name: str) -> str:
+    """The kernel name in a group file's name: "__grp__chunk_fwd_kernel_o.json" -> "chunk_fwd_kernel_o"."""
+    return name.removeprefix(GROUP_PREFIX).removesuffix(".json")
+
+
+def members_first(rels) -> list[str]:
+    """Relative paths in the order to move them into a cache: a group file after every other file, as Triton writes
+    them, so a reader never finds a group whose members are not there yet."""
+    return sorted(rels, key=lambda rel: (is_group_file(rel), rel))
+
+
 def is_triton_tmp(name: str) -> bool:
+    """`name`: one component of a path (Triton's temp dirs sit inside a hash dir)."""
     return name.startswith(TMP_PREFIX)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .layout import AUTOTUNE_SUFFIX, autotune_file_name, read_autotune
+from .layout import autotune_file_name, is_autotune_file, read_autotune
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,18 @@ class _ValidatingManager:
 
     def get_file(self, filename):
         path = self._manager.get_file(filename)
-        if path and filename.endswith(AUTOTUNE_SUFFIX):
+        if path and is_autotune_file(filename):
             try:
                 read_autotune(Path(path))
             except (OSError, ValueError, TypeError) as e:
                 self._seen["corrupt"] = f"{type(e).__name__}: {e}"
                 return None
-        if path and filename.endswith(AUTOTUNE_SUFFIX):
+        if path and is_autotune_file(filename):
             self._seen["path"] = path   # a layered manager may answer from another dir than cache_dir
         return path
 
     def put(self, data, filename, binary=True):
-        if _dry and filename.endswith(AUTOTUNE_SUFFIX):
+        if _dry and is_autotune_file(filename):
             return None   # a dry lookup (a probe pass) benchmarks but leaves no winner on disk
         return self._manager.put(data, filename, binary=binary)
 

@@ -1,10 +1,8 @@
 """manifest.json: what a cache directory holds, beside Triton's own files (which it never replaces)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -12,13 +10,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import CacheDirError
+from .files import sha256_bytes, sha256_file, write_atomic
 from .fingerprint import Fingerprint
+from .layout import is_triton_tmp
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".autotune-cache.lock"
 SIG_NAME = "manifest.sig"          # `autotune-cache sign`: an ed25519 signature of the manifest (signing.py)
 OWN_FILES = (MANIFEST_NAME, LOCK_NAME, SIG_NAME)
+# Staging dirs of import and merge (bundle.py, merge.py), inside the cache dir under its lock.
+IMPORT_STAGING, MERGE_STAGING = ".import-", ".merge-"
 
 
 def now() -> str:
@@ -100,7 +102,6 @@ class Manifest(BaseModel):
 
     def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
         """The first entry `rec` reached whose autotune file is unlisted, gone or changed; None when all are intact."""
-        from .files import sha256_file
         for name in rec.entries:
             entry, path = self.entries.get(name), Path(cache_dir) / name
             if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
@@ -109,7 +110,7 @@ class Manifest(BaseModel):
 
     def digest(self) -> str:
         """sha256 over the manifest's content (fixed key order): one value that names the whole cache."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return sha256_bytes(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 def path_of(cache_dir: Path) -> Path:
@@ -138,24 +139,13 @@ def load(cache_dir: Path) -> Manifest | None:
 
 
 def save(manifest: Manifest, cache_dir: Path) -> Path:
-    """Write atomically (temp file + os.replace): a reader sees the old or the new manifest, never half."""
-    path = path_of(cache_dir)
+    """Write atomically (temp file + os.replace): a reader sees the old or the new manifest, never half; synced
+    before the rename, so after a crash it is the old one or all of the new one, never an empty file."""
     manifest.updated = now()
-    data = manifest.model_dump_json(indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a server of another user must read it
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    umask = os.umask(0)
+    os.umask(umask)
+    # a plain file's mode under this umask: a server of another user must read it
+    return write_atomic(path_of(cache_dir), manifest.model_dump_json(indent=1), mode=0o666 & ~umask, fsync=True)
 
 
 def is_own(rel: str) -> bool:
@@ -164,14 +154,12 @@ def is_own(rel: str) -> bool:
     them by its lookups; the manifest lists none of them and integrity checks skip them."""
     parts = rel.split("/")
     return (rel in OWN_FILES or parts[-1].startswith((".manifest.", ".write-test.")) or parts[-1].endswith(".tmp")
-            or parts[0].startswith((".import-", ".merge-"))   # staging dirs of import / merge (under the lock)
-            or any(p.startswith("tmp.pid_") for p in parts))
+            or parts[0].startswith((IMPORT_STAGING, MERGE_STAGING))
+            or any(is_triton_tmp(p) for p in parts))
 
 
 def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
     """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
-    from .files import sha256_file
-
     root = Path(cache_dir)
     out = {}
     for path in sorted(root.rglob("*")):

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from .files import move_in, sha256_bytes, staging_dir
 from .fingerprint import mismatches
-from .layout import GROUP_PREFIX, read_group, relocated_group
+from .layout import is_group_file, members_first, read_group, relocated_group
 from .lock import locked
 from .manifest import Entry, FileRecord, Manifest
 from .scan import scan
@@ -46,26 +46,16 @@ class MergePlan:
 
     def execute(self) -> None:
         self.into.mkdir(parents=True, exist_ok=True)
-        with locked(self.into):
-            staging = Path(tempfile.mkdtemp(dir=self.into, prefix=".merge-"))
-            try:   # stage each file, then os.replace it in: a reader never sees half a file
-                for src, rel in self.copies:
-                    tmp = staging / rel
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, tmp)
-                for rel, text in self.writes:
-                    tmp = staging / rel
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    tmp.write_text(text)
-                # members before their group file: Triton never reads a group whose members are not there yet
-                order = sorted([rel for _, rel in self.copies] + [rel for rel, _ in self.writes],
-                               key=lambda rel: (Path(rel).name.startswith(GROUP_PREFIX), rel))
-                for rel in order:
-                    (self.into / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(staging / rel, self.into / rel)
-                manifest_mod.save(self.manifest, self.into)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        with locked(self.into), staging_dir(self.into, manifest_mod.MERGE_STAGING) as staging:
+            for src, rel in self.copies:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, staging / rel)
+            for rel, text in self.writes:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                (staging / rel).write_text(text)
+            order = members_first([rel for _, rel in self.copies] + [rel for rel, _ in self.writes])
+            move_in(staging, self.into, order)
+            manifest_mod.save(self.manifest, self.into)
 
 
 def _checked_source(d: Path) -> Manifest:
@@ -107,10 +97,9 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
             result.fingerprint = fp
         for rel, rec in sorted(m.files.items()):
             src = root / rel
-            is_group = Path(rel).name.startswith(GROUP_PREFIX)
-            if is_group:   # rewritten for its new dir: its bytes differ from the source by design
+            if is_group_file(rel):   # rewritten for its new dir: its bytes differ from the source by design
                 text = relocated_group(read_group(src), into / Path(rel).parent)
-                new = FileRecord(size=len(text.encode()), sha256=_sha_text(text))
+                new = FileRecord(size=len(text.encode()), sha256=sha256_bytes(text))
                 if rel in existing:
                     skipped += 1
                     continue
@@ -151,8 +140,3 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
 def _union(have: Entry, other: Entry) -> None:
     have.units = list(dict.fromkeys(have.units + other.units))
     have.binaries = sorted(set(have.binaries) | set(other.binaries))
-
-
-def _sha_text(text: str) -> str:
-    import hashlib
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
-from .layout import GROUP_PREFIX
+from .layout import is_autotune_file, is_group_file
 from .lock import locked
 from .manifest import Manifest
 from .scan import CacheScan
@@ -22,8 +22,9 @@ from .scan import CacheScan
 
 def _remove_dir(d: Path) -> None:
     """A compiled dir: its group file first (see module doc), then the rest."""
-    for g in d.glob(f"{GROUP_PREFIX}*"):
-        g.unlink(missing_ok=True)
+    for g in d.glob("*"):
+        if is_group_file(g.name):
+            g.unlink(missing_ok=True)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -91,7 +92,7 @@ def plan_prune(s: CacheScan, *, all_binaries: bool = False) -> PrunePlan:
         deletions[r.file] = Deletion(r.file, f"stale: not in the manifest ({r.kernel})", r.size)
     sizes = {c.dir: c.size for c in s.compiled}
     for rel in s.corrupt:   # Triton fails on these: an autotune file goes, a compiled dir goes whole (recompiled)
-        if rel.endswith(".autotune.json"):
+        if is_autotune_file(rel):
             deletions[rel] = Deletion(rel, "corrupt autotune file (Triton would fail on it)", _size(s.root / rel))
         else:
             d = rel.split("/")[0] + "/"

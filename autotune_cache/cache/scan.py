@@ -18,11 +18,8 @@ from pathlib import Path
 from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, CacheDirError
 from .manifest import Manifest
-from .layout import AUTOTUNE_SUFFIX, GROUP_PREFIX, read_autotune, read_group
-
-# Triton writes each file through <hash dir>/tmp.pid_<pid>_<uuid>/ then os.replace: such a dir left behind
-# means a writer died mid-write.
-TRITON_TMP_PREFIX = "tmp.pid_"
+from .layout import (autotune_kernel, group_kernel, is_autotune_file, is_group_file, is_triton_tmp, read_autotune,
+                     read_group)
 
 # What a compiled-kernel dir is to the autotuned entries (decided from the manifest's recorded binaries):
 ROLES = {
@@ -254,7 +251,7 @@ def scan(cache_dir: str | os.PathLike) -> CacheScan:
     raw_autotune, groups, other, corrupt = [], [], [], []
     for top, _size in _files(root, warnings, root):
         name = top.name
-        if name in manifest_mod.OWN_FILES or name.startswith((".manifest.", ".import-", ".merge-")):
+        if manifest_mod.is_own(name):
             continue
         if top.is_symlink():
             warnings.append(ScanWarning(name, "symbolic link: not followed (a cache holds plain files)"))
@@ -263,18 +260,17 @@ def scan(cache_dir: str | os.PathLike) -> CacheScan:
             other.append(OtherRecord(name, _size, "unknown"))
             continue
         files = _files(Path(top.path), warnings, root)
-        group = next((f for f, _ in files if f.name.startswith(GROUP_PREFIX) and f.is_file(follow_symlinks=False)),
-                     None)
+        group = next((f for f, _ in files if is_group_file(f.name) and f.is_file(follow_symlinks=False)), None)
         dir_bytes = 0
         for f, size in files:
             rel = f"{name}/{f.name}"
             if f.is_symlink():
                 warnings.append(ScanWarning(rel, "symbolic link: not followed (a cache holds plain files)"))
             elif f.is_dir():
-                kind = "triton-tmp" if f.name.startswith(TRITON_TMP_PREFIX) else "unknown"
+                kind = "triton-tmp" if is_triton_tmp(f.name) else "unknown"
                 other.append(OtherRecord(rel, _tree_size(Path(f.path)), kind))
-            elif f.name.endswith(AUTOTUNE_SUFFIX):
-                raw_autotune.append((rel, f.name[:-len(AUTOTUNE_SUFFIX)], size))
+            elif is_autotune_file(f.name):
+                raw_autotune.append((rel, autotune_kernel(f.name), size))
             elif group is not None:
                 dir_bytes += size
             else:
@@ -307,7 +303,7 @@ def scan(cache_dir: str | os.PathLike) -> CacheScan:
     fully_known = {e.kernel for e in listed.values()} - {e.kernel for e in listed.values() if not e.binaries}
     compiled = []
     for name, group, size, nfiles in groups:
-        kernel = group.name[len(GROUP_PREFIX):].removesuffix(".json")
+        kernel = group_kernel(group.name)
         foreign = 0
         try:
             for p in read_group(Path(group.path)).values():

@@ -18,15 +18,15 @@ Keys: `openssl genpkey -algorithm ed25519 -out key.pem` (private, for `sign`) an
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, IntegrityError
+from .files import sha256_bytes, write_atomic
+from .layout import is_group_file, read_group
 from .manifest import Manifest
-from .layout import GROUP_PREFIX
 
 ALGORITHM = "ed25519"
 CONTEXT = b"autotune-cache manifest signature v1\n"   # what is signed: CONTEXT + portable digest (hex)
@@ -80,21 +80,20 @@ def key_id(public_key) -> str:
     """sha256 of the raw public key, first 16 hex digits: names the key in manifest.sig and in messages."""
     serialization, _ = _crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return sha256_bytes(raw)[:16]
 
 
 def group_members(paths: dict[str, str]) -> str:
     """What of a group file is signed: its member names and file names, not where they lie."""
-    return hashlib.sha256(json.dumps(sorted((name, Path(p).name) for name, p in paths.items())).encode()).hexdigest()
+    return sha256_bytes(json.dumps(sorted((name, Path(p).name) for name, p in paths.items())))
 
 
 def read_groups(root: Path, manifest: Manifest, *, require_inside: bool) -> dict[str, dict[str, str]]:
     """child_paths of every group file the manifest lists. require_inside: every member must be in the group's own
     dir under root (IntegrityError otherwise); off for a bundle's staging dir (import rewrites them)."""
-    from .layout import read_group
     out = {}
     for rel in manifest.files:
-        if not rel.rsplit("/", 1)[-1].startswith(GROUP_PREFIX):
+        if not is_group_file(rel):
             continue
         try:
             paths = read_group(root / rel)
@@ -118,7 +117,7 @@ def portable_digest(manifest: Manifest, groups: dict[str, dict[str, str]]) -> st
     data.pop("updated", None)
     for rel, paths in groups.items():
         data["files"][rel] = {"group_members": group_members(paths)}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return sha256_bytes(json.dumps(data, sort_keys=True))
 
 
 def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -> dict:
@@ -141,21 +140,8 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
         sig = {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "portable_digest": digest,
                "manifest_digest": m.digest(),
                "signature": base64.b64encode(key.sign(CONTEXT + digest.encode())).decode()}
-        _write_atomic(root / manifest_mod.SIG_NAME, json.dumps(sig, indent=1) + "\n")
+        write_atomic(root / manifest_mod.SIG_NAME, json.dumps(sig, indent=1) + "\n")
     return sig
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = True,

@@ -1,26 +1,29 @@
-"""Will a server hit this cache, and may it trust it? Checks, each a frozen record of problems (fail) and notes:
+"""Will a server hit this cache, and may it trust it? Checks, each a frozen record of problems (fail) and notes.
+The first three (and signature) show trust.assess(), the decision the loader acts on, under a policy that requires
+a manifest: a problem there is a reason the loader refuses the dir, word for word.
 
 - checksums: every file the manifest lists is on disk with its size and sha256, and no file on disk that it does
-  not list (foreign), no link or special file (integrity.check_files, the loader's own check); no corrupt autotune
-  or group file; no compiled kernel whose group file points into another directory (a cache moved without `import`);
+  not list (foreign), no link or special file (trust: files); beyond trust, what makes a server miss: a manifest
+  whose entries and file list disagree, an entry without its file, compiled kernels whose group file points into
+  another directory (a cache moved without `import`: the loader serves it, and compiles them);
 - permissions: neither the dir, nor an entry in it, nor a parent (without the sticky bit) is writable by users
   other than the owner (unless allowed: then notes);
 - signature (with a public key): manifest.sig is a valid ed25519 signature of the manifest (signing.py);
-- compatibility: the manifest's fingerprint against this machine (fingerprint.mismatches). Without a GPU the
-  compute capability cannot be read: the ptxas check then uses Triton's ptxas for the cache's capability;
+- compatibility: the manifest's fingerprint against this machine (fingerprint.here, querying the GPU if there is
+  one, and fingerprint.mismatches);
 - coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
   plan (pure), without running a kernel.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import integrity
-from .fingerprint import Fingerprint, mismatches
+from . import fingerprint, integrity
 from .integrity import FileCheck
+from .manifest import MANIFEST_NAME
 from .scan import CacheScan
+from .trust import Policy, TrustReport, assess, writable_reason
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,13 @@ def changed_files(s: CacheScan, check: FileCheck | None = None) -> dict[str, str
     return {p.path: p.detail for p in check.problems if p.path in s.manifest.files}
 
 
-def check_checksums(s: CacheScan, check: FileCheck | None = None) -> Check:
-    if s.manifest is None:
-        return Check("checksums", False, ("no manifest.json: nothing to check files against (not built by "
-                                          "autotune-cache, or its manifest is unreadable)",)
-                     + tuple(f"{w.path}: {w.message}" for w in s.warnings))
-    m = s.manifest
-    check = check or integrity.check_files(s.root, m)
-    problems = [str(p) for p in check.problems]
+def check_checksums(s: CacheScan, t: TrustReport) -> Check:
+    m = t.manifest
+    if m is None:
+        return Check("checksums", False, tuple(r.text for r in t.of("manifest") + t.of("files")),
+                     tuple(f"{w.path}: {w.message}" for w in s.warnings if w.path != MANIFEST_NAME))
+    check = t.files
+    problems = [r.text for r in t.of("files")]
     reported = {p.path for p in check.problems}
     for rel, entry in sorted(m.entries.items()):
         rec = m.files.get(rel)
@@ -88,10 +90,9 @@ def check_checksums(s: CacheScan, check: FileCheck | None = None) -> Check:
     problems += [f"{rel}: corrupt (Triton would fail on it)" for rel in s.corrupt
                  if rel not in listed and rel not in reported]
     problems += [f"{rel}: manifest entry without a file on disk" for rel in s.missing if rel not in listed]
-    moved = [c for c in s.compiled if c.foreign]
-    if moved:
-        problems.append(f"{len(moved)} compiled kernels list their files at another path (the cache was moved "
-                        "or copied without `autotune-cache import`): the server recompiles them")
+    if check.moved_groups:
+        problems.append(f"{len(check.moved_groups)} compiled kernels list their files at another path (the cache was "
+                        "moved or copied without `autotune-cache import`): the server recompiles them")
     notes = []
     unlisted = s.unlisted
     if unlisted:
@@ -111,88 +112,35 @@ def check_checksums(s: CacheScan, check: FileCheck | None = None) -> Check:
     return Check("checksums", not problems, tuple(problems), tuple(notes))
 
 
-def check_permissions(check: FileCheck, allow_writable: bool = False) -> Check:
+def check_permissions(t: TrustReport) -> Check:
     """Who else can change what a server loads from this dir (integrity.shared_writable)."""
-    unsafe = integrity.shared_writable(check)
-    if not unsafe:
+    if not t.shared_writable:
         return Check("permissions", True, notes=("only the owner can write the dir, its entries and its parents",))
-    lines = tuple(f"{u}: other users can change what the server loads" for u in unsafe)
-    if allow_writable:
-        return Check("permissions", True, notes=lines + ("allowed (--allow-writable)",))
-    return Check("permissions", False, lines, ("`chmod -R go-w` the dir (and fix the parents), or --allow-writable; "
-                                               "the loader refuses it the same way",))
+    if t.policy.allow_shared_writable:
+        return Check("permissions", True, notes=tuple(map(writable_reason, t.shared_writable))
+                     + ("allowed (--allow-writable)",))
+    return Check("permissions", False, tuple(r.text for r in t.of("permissions")),
+                 ("`chmod -R go-w` the dir (and fix the parents), or --allow-writable; the loader refuses it the "
+                  "same way",))
 
 
-def check_signature(s: CacheScan, public_key) -> Check:
-    from ..errors import AutotuneCacheError
-    from .signing import check
-    if s.manifest is None:
-        return Check("signature", False, ("no manifest.json to check a signature of",))
-    try:
-        kid = check(s.root, s.manifest, public_key)
-    except AutotuneCacheError as e:
-        return Check("signature", False, (str(e),))
-    return Check("signature", True, notes=(f"manifest.sig: a valid ed25519 signature by key {kid}",))
+def check_signature(t: TrustReport) -> Check:
+    if t.signed:
+        return Check("signature", True, notes=(f"manifest.sig: a valid ed25519 signature by key {t.key_id}",))
+    return Check("signature", False, tuple(r.text for r in t.of("signature"))
+                 or ("no manifest.json to check a signature of",))
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
-def here_fingerprint(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
-    """This machine's fingerprint, and notes on what could not be read. With a GPU: fingerprint.collect().
-    Without: everything that needs no driver (Python, Triton wheel via triton_key(), env vars, packages), and
-    ptxas through Triton's backend hash for the cache's compute capability; GPU name and capability are copied
-    from `built`, so they compare equal and a note says they were not checked."""
-    import hashlib
-    import platform
-
-    import triton
-
-    from . import fingerprint as fp_mod
-    gpus = Path("/proc/driver/nvidia/gpus")
-    # Finding the GPU through Triton's driver imports torch (seconds); without the NVIDIA kernel driver there is
-    # no GPU to find, and nothing below needs torch.
-    if not (gpus.is_dir() and any(gpus.iterdir())):
-        why = "no NVIDIA GPU driver here"
-    else:
-        try:
-            return fp_mod.collect(), []
-        except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
-            why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
-
-    from .fingerprint import invalidating_env_vars
-    notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
-    backend_hash, ptxas = built.backend_hash, built.ptxas
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
-        major, minor = (int(x) for x in (built.capability or "9.0").split("."))
-        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()
-        found = re.search(r"release (\d+\.\d+)", backend_hash)
-        ptxas = found.group(1) if found else None
-        notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
-    except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
-        notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
-    here = built.model_copy(update=dict(
-        python=platform.python_version(), triton=triton.__version__, torch=fp_mod._version("torch") or built.torch,
-        packages=fp_mod._packages(), backend_hash=backend_hash,
-        ptxas=ptxas, triton_key_sha256=hashlib.sha256(triton_key().encode()).hexdigest(),
-        env=invalidating_env_vars(), emulated=False))
-    return here, notes
-
-
 def check_compatibility(s: CacheScan) -> Check:
     fp = s.manifest.fingerprint if s.manifest else None
     if fp is None:
         return Check("compatibility", False, ("no fingerprint in the manifest: cannot tell which Triton, ptxas "
                                               "and env vars the entries are keyed for",))
-    here, notes = here_fingerprint(fp)
-    problems = mismatches(fp, here)
-    # mismatches() reports a GPU-name difference only as a hint (entries still hit): keep it a note.
-    hints = [p for p in problems if p.startswith("GPU:")]
-    problems = [p for p in problems if not p.startswith("GPU:")]
+    problems, notes = fingerprint.misses_here(fp, query_gpu=True)
     if fp.emulated:
         notes.append("the cache was built emulated (fake sm_90 GPU): its winners are arbitrary")
-    return Check("compatibility", not problems, tuple(problems), tuple(notes + hints))
+    return Check("compatibility", not problems, tuple(problems), tuple(notes))
 
 
 # -- coverage -------------------------------------------------------------------------------------------------
@@ -226,10 +174,10 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
 
 def verify(s: CacheScan, plan=None, *, allow_writable: bool = False, public_key=None) -> Verification:
     """Run the checks; coverage only when a plan is given, signature only with a public key."""
-    files = integrity.check_files(s.root, s.manifest)
-    checks = [check_checksums(s, files), check_permissions(files, allow_writable), check_compatibility(s)]
+    t = assess(s.root, Policy(require_manifest=True, allow_shared_writable=allow_writable, public_key=public_key))
+    checks = [check_checksums(s, t), check_permissions(t), check_compatibility(s)]
     if public_key is not None:
-        checks.append(check_signature(s, public_key))
+        checks.append(check_signature(t))
     if plan is not None:
-        checks.append(check_coverage(s, plan, changed_files(s, files)))
+        checks.append(check_coverage(s, plan, changed_files(s, t.files)))
     return Verification(cache_dir=s.root, checks=tuple(checks))

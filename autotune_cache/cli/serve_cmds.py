@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import BuildFailedError, NoGPUError
@@ -21,7 +20,7 @@ def unit_gaps(manifest, plan, cache_dir: Path) -> list[str]:
 
 
 def cmd_ensure(args) -> int:
-    from ..cache import fingerprint, integrity, manifest as manifest_mod
+    from ..cache import fingerprint, manifest as manifest_mod, trust
     from .console import err, out
     from .args import spec_from_args
     from ..build.orchestrator import Build, prepare_cache_dir
@@ -46,21 +45,24 @@ def cmd_ensure(args) -> int:
         gaps = unit_gaps(m, p, cache_dir)
     problems = list(gaps)
     if m is not None and m.fingerprint is not None:
-        problems += fingerprint.mismatches(m.fingerprint, fingerprint.collect_without_gpu(m.fingerprint))
-    if m is not None:   # the loader's own checks: a cache it would refuse is no cache the server will hit
-        check = integrity.check_files(cache_dir, m)
-        problems += [str(p) for p in check.problems]
-        if os.environ.get("AUTOTUNE_CACHE_ALLOW_WRITABLE", "").lower() not in ("1", "true", "yes", "on"):
-            problems += [f"writable by others than the owner: {w}" for w in integrity.shared_writable(check)]
+        problems += fingerprint.misses_here(m.fingerprint, query_gpu=True)[0]
+    # the loader's own decision, under the server's env: a cache it would refuse is no cache the server will hit
+    t = trust.assess(cache_dir, trust.policy_from_env(require_manifest=True,
+                                                      allow_shared_writable=args.allow_writable or None,
+                                                      public_key=args.public_key))
+    problems += [r.text for r in t.refusals]
     result = {"cache_dir": str(cache_dir), "units": len(p.units), "built": built, "ok": not problems,
-              "problems": problems}
+              "problems": problems, "warnings": list(t.warnings)}
     if args.json:
         print(json.dumps(result, indent=1))
-    elif problems:
-        err.print("[red]ensure: the server would miss[/red]:\n  " + "\n  ".join(problems))
     else:
-        out.print(f"ensure: {len(p.units)} units present and intact in {cache_dir}"
-                  + (" (built now)" if built else "") + "; the server will hit")
+        for w in t.warnings:
+            err.print(f"[yellow]warning[/yellow]: {w}")
+        if problems:
+            err.print("[red]ensure: the server would miss[/red]:\n  " + "\n  ".join(problems))
+        else:
+            out.print(f"ensure: {len(p.units)} units present and intact in {cache_dir}"
+                      + (" (built now)" if built else "") + "; the server will hit")
     return 0 if not problems else 1
 
 
@@ -75,6 +77,12 @@ def add_commands(sub) -> None:
     p.add_argument("--gpus", type=int, default=None,
                    help="build over N GPUs, one child each (default: every visible GPU; an init container sharing "
                         "its host with a running server should name the ones it may use)")
+    p.add_argument("--allow-writable", action="store_true",
+                   help="do not fail when users other than the owner can write the dir or a parent (as the server's "
+                        "AUTOTUNE_CACHE_ALLOW_WRITABLE=1)")
+    p.add_argument("--public-key", metavar="PUB.pem",
+                   help="require manifest.sig to be a valid signature by this ed25519 public key (default: the "
+                        "server's AUTOTUNE_CACHE_PUBLIC_KEY)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ensure)

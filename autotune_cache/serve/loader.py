@@ -6,18 +6,19 @@
     print(report.summary())
 
 install() imports no kernel module and initializes no GPU (vLLM loads plugins before device init): autotuners
-already imported are flipped now, later ones as they are constructed. Checks that need the GPU (ptxas, compute
-capability) run at the first autotune lookup, when the server has initialized CUDA itself.
+already imported are flipped now, later ones as they are constructed. At install the fingerprint is compared
+without the GPU (fingerprint.here, ptxas for the cache's compute capability); the GPU's own (model, capability,
+ptxas for it) at the first autotune lookup, when the server has initialized CUDA itself.
 
-Before Triton is pointed at the directory, every file in it is checked against the manifest (integrity.py) and
-the directory's modes: a cache is code the server runs. A directory that fails is refused: the server tunes into
-a private empty cache dir instead (strict mode: IntegrityError naming the files). A checked directory is never
-written by the server: misses go to an overlay (layered.py), so it stays exactly what its manifest lists.
+Before Triton is pointed at the directory, cache/trust.py decides whether it may be used (every file against the
+manifest, the modes, the signature: a cache is code the server runs; `verify` and `ensure` report the same
+decision). A directory that fails is refused: the server tunes into a private empty cache dir instead (strict mode:
+IntegrityError naming the files). A checked directory is never written by the server: misses go to an overlay
+(layered.py), so it stays exactly what its manifest lists.
 """
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import shutil
@@ -26,13 +27,13 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from ..cache import integrity, manifest as manifest_mod
+from ..cache import integrity, trust
+from ..cache.files import sha256_bytes
 from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
                       SharedWritableError)
 
 log = logging.getLogger("autotune_cache")
 
-TRUE = ("1", "true", "yes", "on")
 LAYERED = "autotune_cache.serve.layered:LayeredCacheManager"
 
 
@@ -46,9 +47,10 @@ class LoaderReport:
         self.manifest = None
         self.read_only = False
         self.overlay_dir: Path | None = None   # where Triton writes misses when the cache dir itself is not written
-        # Integrity (integrity.py): verified = every file matches the manifest and only its owner can write the dir.
+        # Trust (cache/trust.py): verified = every file matches the manifest and only its owner can write the dir.
         # refused = why the dir is not used ("AB.../k.cubin: sha256 differs from the manifest"); the server then
         # tunes into private_dir, a fresh empty dir removed at exit.
+        self.trust: trust.TrustReport | None = None
         self.verified = False
         self.refused: list[str] = []
         self.private_dir: Path | None = None
@@ -162,7 +164,7 @@ def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
         path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
     else:
         user_dir = Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}"
-        path = user_dir / hashlib.sha256(str(report.cache_dir).encode()).hexdigest()[:16]
+        path = user_dir / sha256_bytes(str(report.cache_dir))[:16]
         own = [user_dir, path]
     unsafe = []
     try:
@@ -172,7 +174,7 @@ def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
             if d.is_symlink() or st.st_uid != os.getuid():
                 unsafe.append(f"{d} is a link or owned by uid {st.st_uid}, not this user ({os.getuid()})")
         if not allow_shared_writable:
-            unsafe += integrity.writable_parents(path)
+            unsafe += map(str, integrity.writable_parents(path))
     except OSError as e:
         unsafe.append(f"{path}: {e.strerror or e}")
     if not unsafe:
@@ -214,50 +216,23 @@ def _point_triton_at(report: LoaderReport, allow_shared_writable: bool) -> None:
 
 def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
                      public_key) -> None:
-    """Every file against the manifest, the modes, the signature; refuse the dir (strict: raise) on any problem."""
-    root = report.cache_dir
-    refused, unsafe = [], []
-    try:
-        report.manifest = manifest_mod.load(root)
-    except CacheDirError as e:   # damaged or edited: nothing to check the files against
-        refused.append(f"{e}: the files cannot be checked")
-    if report.manifest is None and not refused:
-        if require_manifest:
-            refused.append(f"{manifest_mod.path_of(root)}: no manifest, and one is required (strict or "
-                           "require_manifest): the files cannot be checked")
-        else:
-            report.warnings.append("no manifest.json: not built by autotune-cache; files and compatibility unchecked")
-    check = integrity.check_files(root, report.manifest)
-    report.files_checked, report.bytes_checked, report.verify_seconds = check.hashed, check.bytes_hashed, check.seconds
-    refused += [str(p) for p in check.problems]
-    if not allow_shared_writable:
-        unsafe = integrity.shared_writable(check)
-        refused += [f"{u}: other users can change what the server loads (chmod go-w, or allow it explicitly: "
-                    "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1)" for u in unsafe]
-    if public_key is not None and report.manifest is not None:
-        from ..cache import signing
-        try:
-            signing.check(root, report.manifest, public_key)
-            report.signed = True
-        except AutotuneCacheError as e:   # IntegrityError, or a key / package that cannot check it
-            report.signed = False
-            refused.append(str(e))
-    if check.moved_groups:
-        report.warnings.append(f"{len(check.moved_groups)} compiled kernels list their files outside their directory "
-                               "(copied without `autotune-cache import`): those files are not loaded, the server "
-                               f"compiles these kernels (first: {check.moved_groups[0]})")
-    report.verified = report.manifest is not None and not refused
-    if not refused:
+    """Act on trust.assess(): on any refusal, refuse the dir (strict: raise)."""
+    t = trust.assess(report.cache_dir, trust.Policy(require_manifest, allow_shared_writable, public_key))
+    report.trust, report.manifest, report.signed = t, t.manifest, t.signed
+    report.files_checked, report.bytes_checked, report.verify_seconds = (t.files.hashed, t.files.bytes_hashed,
+                                                                         t.files.seconds)
+    report.warnings += t.warnings
+    report.verified = t.verified
+    if t.trusted:
         return
-    report.refused = refused
-    shown = "; ".join(refused[:10]) + (f"; and {len(refused) - 10} more" if len(refused) > 10 else "")
+    report.refused = [r.text for r in t.refusals]
     if report.strict:
-        error = SharedWritableError if unsafe else IntegrityError
-        raise error(f"autotune-cache strict mode: cache {root} refused: {shown}",
-                    files=[r.split(": ", 1)[0] for r in refused])
+        error = SharedWritableError if t.of("permissions") else IntegrityError
+        raise error(f"autotune-cache strict mode: cache {report.cache_dir} refused: {t.summary()}",
+                    files=[p for r in t.refusals for p in r.paths])
     report.private_dir = _private_dir("autotune-cache-refused-")
-    report.warnings.append(f"cache {root} refused ({shown}); serving from an empty private cache dir "
-                           f"{report.private_dir} instead: kernels are tuned in this process")
+    report.warnings.append(f"cache {report.cache_dir} refused ({t.summary()}); serving from an empty private cache "
+                           f"dir {report.private_dir} instead: kernels are tuned in this process")
     log.warning("autotune-cache: %s", report.warnings[-1])
 
 
@@ -267,17 +242,13 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
     if built is None:   # no manifest, or a refused dir: nothing of it is used
         return
-    here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.collect_without_gpu(built)
+    here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.here(built, query_gpu=False)[0]
     found = [m for m in fingerprint.mismatches(built, here) if m not in report.mismatches]
     report.mismatches += found
     for m in found:
         log.warning("autotune-cache: %s may miss here: %s", report.cache_dir, m)
     if found and report.strict:
         raise IncompatibleCacheError(f"cache {report.cache_dir} does not fit this environment: " + "; ".join(found))
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in TRUE
 
 
 def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict: bool | None = None,
@@ -304,12 +275,9 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
     if not root.is_dir():
         raise CacheDirError(f"cache dir {root} does not exist or is not a directory")
     if strict is None:
-        strict = _env_flag("AUTOTUNE_CACHE_STRICT")
-    if require_manifest is None:
-        require_manifest = strict or _env_flag("AUTOTUNE_CACHE_REQUIRE_MANIFEST")
-    if allow_shared_writable is None:
-        allow_shared_writable = _env_flag("AUTOTUNE_CACHE_ALLOW_WRITABLE")
-    public_key = public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None
+        strict = trust.env_flag("AUTOTUNE_CACHE_STRICT")
+    policy = trust.policy_from_env(require_manifest=True if strict and require_manifest is None else require_manifest,
+                                   allow_shared_writable=allow_shared_writable, public_key=public_key)
     from .. import targets as targets_mod
     known = {t.name: t for t in targets_mod.registered()}
     targets = tuple(known) if targets is None else tuple(targets)
@@ -318,9 +286,9 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
         raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(known)}")
     prefixes = tuple(p for t in targets for p in known[t].module_prefixes) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
-    _check_integrity(report, require_manifest=require_manifest, allow_shared_writable=allow_shared_writable,
-                     public_key=public_key)
-    _point_triton_at(report, allow_shared_writable)
+    _check_integrity(report, require_manifest=policy.require_manifest,
+                     allow_shared_writable=policy.allow_shared_writable, public_key=policy.public_key)
+    _point_triton_at(report, policy.allow_shared_writable)
     from ..cache import lookups
     _state["report"] = report
     _hook_new_autotuners(report)
@@ -349,7 +317,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
 
     lookups.add_listener(on_lookup)
     lookups.add_miss_hook(on_miss)
-    if log_at_exit or (log_at_exit is None and os.environ.get("AUTOTUNE_CACHE_LOG", "").lower() in TRUE):
+    if log_at_exit or (log_at_exit is None and trust.env_flag("AUTOTUNE_CACHE_LOG")):
         atexit.register(lambda: log.warning("%s", report.summary()))
     return report
 
