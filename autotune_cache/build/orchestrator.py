@@ -7,7 +7,7 @@ import signal
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from hashlib import sha256
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from ..errors import BuildFailedError, CacheDirError, NoGPUError
 from ..cache.fingerprint import Fingerprint, mismatches
 from ..cache.manifest import Entry, FileRecord, Manifest, UnitRecord
 from .plan import Plan, plan as make_plan
+from .protocol import (Binaries, ChildOptions, ChildUnit, Done, Go, Hello, Lookup, NoGPU, Stop, UnitDone, UnitFailed,
+                       UnitStart)
 from .shard import plan_shards, shared_keys, unit_configs
 from .spec import BuildSpec, Unit
 
@@ -213,38 +215,37 @@ class Build:
             self._hello_gpu = gpu
         return True
 
-    def _on_lookup(self, msg: dict) -> None:
-        rec = self.manifest.units[msg["unit"]]
-        if msg["file"] is None:
-            self.console.print(f"[yellow]warning: {msg['kernel']} {tuple(msg['key'])} was tuned without the disk "
+    def _on_lookup(self, msg: Lookup) -> None:
+        rec = self.manifest.units[msg.unit]
+        if msg.file is None:
+            self.console.print(f"[yellow]warning: {msg.kernel} {msg.key} was tuned without the disk "
                                "cache (pre_hook or empty key): a server will tune it too[/yellow]")
             return
-        entry = self.manifest.entries.get(msg["file"])
-        if entry is None or entry.sha256 != msg["sha256"]:
+        entry = self.manifest.entries.get(msg.file)
+        if entry is None or entry.sha256 != msg.sha256:
             # Reported before in this build with other bytes: another child tuned the key too. Its binaries stay
             # listed: which write lasts is known only from the file (_reconcile_entries).
-            binaries = entry.binaries if entry is not None and msg["file"] in self._reported else []
-            entry = Entry(kernel=msg["kernel"], key=msg["key"], file=msg["file"], sha256=msg["sha256"],
-                          size=msg["size"], configs=msg["configs"], winner=msg["winner"], best=msg["best"],
-                          margin=msg["margin"], tokens=None if msg["hit"] else msg["tokens"],
-                          selection=msg.get("selection"),
+            binaries = entry.binaries if entry is not None and msg.file in self._reported else []
+            entry = Entry(kernel=msg.kernel, key=list(msg.key), file=msg.file, sha256=msg.sha256, size=msg.size,
+                          configs=msg.configs, winner=msg.winner, best=msg.best, margin=msg.margin,
+                          tokens=None if msg.hit else msg.tokens, selection=msg.selection,
                           units=entry.units if entry else [], binaries=binaries)
-            self.manifest.entries[msg["file"]] = entry
-        self._reported.add(msg["file"])
+            self.manifest.entries[msg.file] = entry
+        self._reported.add(msg.file)
         if rec.id not in entry.units:
             entry.units.append(rec.id)
         self._on_binaries(msg)
-        if msg["file"] not in rec.entries:
-            rec.entries.append(msg["file"])
-            rec.hits += bool(msg["hit"])
+        if msg.file not in rec.entries:
+            rec.entries.append(msg.file)
+            rec.hits += bool(msg.hit)
             if rec.id in self._tasks:
-                self._progress.update(self._tasks[rec.id], advance=1, description=self._label(rec.id, msg["kernel"]))
+                self._progress.update(self._tasks[rec.id], advance=1, description=self._label(rec.id, msg.kernel))
 
-    def _on_binaries(self, msg: dict) -> None:
+    def _on_binaries(self, msg: Lookup | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
-        entry = self.manifest.entries.get(msg["file"])
-        if entry is not None and msg.get("binaries"):
-            entry.binaries = sorted(set(entry.binaries) | set(msg["binaries"]))
+        entry = self.manifest.entries.get(msg.file)
+        if entry is not None and msg.binaries:
+            entry.binaries = sorted(set(entry.binaries) | set(msg.binaries))
 
     def _label(self, unit_id: str, what: str) -> str:
         unit = self.units[unit_id]
@@ -278,14 +279,15 @@ class Build:
         ctx = multiprocess.get_context("spawn")
         mine, theirs = ctx.Pipe()
         from . import child
-        attempts = {u.id: self.manifest.units[u.id].attempts + 1 for u in todo}
         index = {u.id: i for i, u in enumerate(self.plan.units)}   # the fault hook names units by plan position
-        chan = Channel(theirs)
-        options = {"selection": self.spec.selection.model_dump(), "overlap_compile": self.spec.overlap_compile}
+        units = tuple(ChildUnit(unit=u, index=index[u.id], attempt=self.manifest.units[u.id].attempts + 1)
+                      for u in todo)
+        options = ChildOptions(cache_dir=str(self.cache_dir), units=units, emulate=self.spec.emulate,
+                               selection=self.spec.selection, overlap_compile=self.spec.overlap_compile)
         if gpu is not None:   # a child of a sharded build sees its GPU only
-            options.update(gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
-        args = (chan, chan, str(self.cache_dir), [dict(u.model_dump(mode="json"), index=index[u.id]) for u in todo],
-                self.spec.emulate, attempts, options)
+            options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
+        chan = Channel(theirs)
+        args = (chan, chan, options)
         name = "autotune-cache-child" if gpu is None else f"autotune-cache-gpu{gpu}"
         proc = ctx.Process(target=child.main, name=name, daemon=True, args=args)
         return _Child(proc=proc, link=Channel(mine), theirs=theirs, gpu=gpu, todo=todo,
@@ -361,57 +363,63 @@ class Build:
                 c.exit_by = time.monotonic() + EXIT_GRACE_S
                 return
 
-    def _on_message(self, c: _Child, msg: dict) -> bool:
-        """One message of a child (protocol: child.py); True when it is the child's last."""
-        kind = msg["type"]
-        if kind == "no_gpu":
-            raise NoGPUError(msg["message"])
-        if kind == "hello":
-            answer = "go" if self._on_hello(Fingerprint(**msg["fingerprint"]), c.gpu) else "stop"
-            try:
-                c.link.put(answer)
-            except OSError:   # it died just after hello: the end of file comes next
-                pass
-        elif kind == "unit_start":
-            c.current, c.started_any = msg["unit"], True
-            rec = self.manifest.units[c.current]
-            rec.attempts += 1
-            rec.entries, rec.hits, rec.gpu = [], 0, c.gpu
-            c.deadline = time.monotonic() + self.spec.unit_timeout_s
-            if c.current in self._tasks:
-                self._progress.reset(self._tasks[c.current], description=self._label(c.current, "starting"))
-        elif kind == "lookup":
-            self._on_lookup(msg)
-        elif kind == "binaries":
-            self._on_binaries(msg)
-        elif kind == "unit_done":
-            rec = self.manifest.units[msg["unit"]]
-            rec.status, rec.error, rec.seconds = "done", None, round(msg["seconds"], 2)
-            rec.bench_seconds = round(msg.get("bench_seconds", 0.0), 2)
-            rec.precompile, rec.compiles = msg.get("precompile"), msg.get("compiles")
-            if rec.precompile and rec.precompile.get("failed"):
-                self.console.print(f"[yellow]{rec.id}: {rec.precompile['failed']} of {rec.precompile['workers']} "
-                                   f"compile workers failed ({rec.precompile.get('error')}); the child compiled "
-                                   "their configs itself[/yellow]")
-            elif rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
-                self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
-                                   "that the compile workers did not leave in the cache[/yellow]")
-            self._check_coverage(rec)
-            self._save()
-            if rec.id in self._tasks:
-                task = self._tasks[rec.id]
-                self._progress.update(task, completed=self._progress.tasks[task].total,
-                                      description=self._label(rec.id, f"done in {rec.seconds:.1f} s"))
-            c.current = None
-            c.deadline = time.monotonic() + self.spec.unit_timeout_s   # until the next unit_start
-        elif kind == "unit_failed":
-            self._fail(msg["unit"], msg["error"], count=False)
-            c.current, c.accounted = None, True   # the child exits after a failed unit
-            return True
-        elif kind == "done":
-            c.accounted = True
-            return True
+    def _on_message(self, c: _Child, msg) -> bool:
+        """One message of a child (protocol.py); True when it is the child's last."""
+        match msg:
+            case NoGPU():
+                raise NoGPUError(msg.message)
+            case Hello():
+                answer = Go() if self._on_hello(Fingerprint(**msg.fingerprint), c.gpu) else Stop()
+                try:
+                    c.link.put(answer)
+                except OSError:   # it died just after hello: the end of file comes next
+                    pass
+            case UnitStart():
+                self._on_unit_start(c, msg)
+            case Lookup():
+                self._on_lookup(msg)
+            case Binaries():
+                self._on_binaries(msg)
+            case UnitDone():
+                self._on_unit_done(c, msg)
+            case UnitFailed():
+                self._fail(msg.unit, msg.error, count=False)
+                c.current, c.accounted = None, True   # the child exits after a failed unit
+                return True
+            case Done():
+                c.accounted = True
+                return True
         return False
+
+    def _on_unit_start(self, c: _Child, msg: UnitStart) -> None:
+        c.current, c.started_any = msg.unit, True
+        rec = self.manifest.units[c.current]
+        rec.attempts += 1
+        rec.entries, rec.hits, rec.gpu = [], 0, c.gpu
+        c.deadline = time.monotonic() + self.spec.unit_timeout_s
+        if c.current in self._tasks:
+            self._progress.reset(self._tasks[c.current], description=self._label(c.current, "starting"))
+
+    def _on_unit_done(self, c: _Child, msg: UnitDone) -> None:
+        rec = self.manifest.units[msg.unit]
+        rec.status, rec.error, rec.seconds = "done", None, round(msg.seconds, 2)
+        rec.bench_seconds = round(msg.bench_seconds, 2)
+        rec.precompile, rec.compiles = msg.precompile, msg.compiles
+        if rec.precompile and rec.precompile.get("failed"):
+            self.console.print(f"[yellow]{rec.id}: {rec.precompile['failed']} of {rec.precompile['workers']} "
+                               f"compile workers failed ({rec.precompile.get('error')}); the child compiled "
+                               "their configs itself[/yellow]")
+        elif rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
+            self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
+                               "that the compile workers did not leave in the cache[/yellow]")
+        self._check_coverage(rec)
+        self._save()
+        if rec.id in self._tasks:
+            task = self._tasks[rec.id]
+            self._progress.update(task, completed=self._progress.tasks[task].total,
+                                  description=self._label(rec.id, f"done in {rec.seconds:.1f} s"))
+        c.current = None
+        c.deadline = time.monotonic() + self.spec.unit_timeout_s   # until the next unit_start
 
     def _timed_out(self, c: _Child) -> None:
         self._kill(c.proc)
