@@ -205,12 +205,12 @@ from autotune_cache.build.plan import plan
 cache, name = Path(sys.argv[1]), sys.argv[2]
 spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,
                  cache_dir=str(cache), emulate=True, gpus=2)
-b = Build(plan(spec), cache, progress=False)
-b.manifest = manifest_mod.load(cache)
-b._sharded, b._reported = True, set(b.manifest.entries)
-b._save()
-print(json.dumps({"reconciled": sorted(b._reconciled), "imported": sorted(m for m in sys.modules
-                                                                          if m.split(".")[0] in ("triton", "torch"))}))
+ledger = Build(plan(spec), cache, progress=False).ledger
+ledger.manifest = manifest_mod.load(cache)
+ledger.sharded, ledger.reported = True, set(ledger.manifest.entries)
+ledger.save()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("triton", "torch"))
+print(json.dumps({"reconciled": sorted(ledger.reconciled), "imported": heavy}))
 """
 
 
