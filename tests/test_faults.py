@@ -468,3 +468,54 @@ def test_python_api_cache_dir_that_is_a_file(tmp_path):
     with pytest.raises(CacheDirError, match="not a directory"):
         build(toy_spec(tmp_path / "f"), progress=False)
     assert (tmp_path / "f").read_text() == "x"
+
+
+# -- how a child's end is charged, without spawning one --------------------------------------------------------------
+class _Exited:
+    """A child process that has exited with `exitcode` (nothing left to kill, no temp dirs of its own)."""
+    pid = None
+
+    def __init__(self, exitcode):
+        self.exitcode = exitcode
+
+    def is_alive(self):
+        return False
+
+
+class _Charges:
+    """What a Supervisor charges to its ledger."""
+
+    def __init__(self):
+        self.charged = []
+
+    def fail(self, unit_id, error, *, count):
+        self.charged.append(("fail", unit_id, error, count))
+
+    def fail_next(self, todo, error):
+        self.charged.append(("fail_next", error))
+
+
+@pytest.mark.parametrize("began,where", [(0, "before its first unit"), (1, "between units"), (2, "in a unit")],
+                         ids=["starting", "between-units", "in-a-unit"])
+def test_a_child_whose_pipe_closes_is_charged_where_it_was(tmp_path, began, where):
+    # Its pipe at end of file, its process exited: the next step charges how it ended, by where it was then.
+    import multiprocess
+
+    from autotune_cache.build.channel import Channel
+    from autotune_cache.build.plan import plan
+    from autotune_cache.build.supervisor import Child, Supervisor
+    units = plan(toy_spec(tmp_path)).units
+    mine, theirs = multiprocess.get_context("spawn").Pipe()
+    theirs.close()
+    c = Child(proc=_Exited(3), link=Channel(mine), theirs=theirs, gpu=None, todo=list(units),
+              deadline=time.monotonic() + 60)
+    if began:
+        c.begin(units[0].id, 60)
+    if began == 1:
+        c.between_units(60)
+    ledger = _Charges()
+    assert Supervisor(tmp_path, ledger, 60, on_message=None)._step([c]) == [c]
+    if where == "in a unit":   # its attempt was counted when it began
+        assert ledger.charged == [("fail", units[0].id, "child exited with status 3", False)]
+    else:   # the next unit is charged an attempt: a child that never gets that far would otherwise loop forever
+        assert ledger.charged == [("fail_next", f"child exited with status 3 {where}")]

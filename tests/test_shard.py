@@ -158,14 +158,14 @@ def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
     b = Build(plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
               tmp_path, progress=False)
     assert b.devices == ("0", "1")
-    b.manifest = Manifest(tool_version="0")
+    b.ledger.manifest = Manifest(tool_version="0")
     h100 = Fingerprint(python="3.11.7", triton="3.6.0", torch="2.13.0", cuda="13.0", packages={},
                        gpu_name="NVIDIA H100 80GB HBM3", capability="9.0", ptxas="12.8", backend_hash="sm90",
                        triton_key_sha256="k", env={})
     a100 = h100.model_copy(update={"backend_hash": "sm80", "capability": "8.0", "gpu_name": "NVIDIA A100"})
-    assert b._on_hello(h100, "0") and b._on_hello(h100, "1")
+    assert b.ledger.on_hello(h100, "0") and b.ledger.on_hello(h100, "1")
     with pytest.raises(CacheDirError, match=r"GPU 1 makes other disk keys than GPU 0 .*--gpus 1"):
-        b._on_hello(a100, "1")
+        b.ledger.on_hello(a100, "1")
 
 
 def test_cores_are_shared_out_between_the_children(monkeypatch):

@@ -23,8 +23,11 @@ from autotune_cache.build.selection import Settings as SelectionSettings
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.verify import changed_files, verify
+import test_faults
 from helpers import probe, run_cli
-from test_faults import TAG, assert_entries_intact, no_temp_files, tag, tagged_pids, wait_until  # noqa: F401 - tag
+from test_faults import TAG, assert_entries_intact, no_temp_files, tagged_pids, wait_until
+
+tag = test_faults.tag   # the fixture, usable here under its name (an import of it reads as unused to pyflakes)
 
 
 def spec(cache_dir, **kw):
@@ -112,7 +115,7 @@ def test_rebuild_of_a_sharded_cache_does_nothing(built, tmp_path):
     assert [u.attempts for u in again.units.values()] == [1, 1, 1] and again.entries == two.entries
 
 
-def test_a_fault_in_one_shard_is_retried_and_the_other_shard_finishes(tmp_path, monkeypatch, tag):  # noqa: F811
+def test_a_fault_in_one_shard_is_retried_and_the_other_shard_finishes(tmp_path, monkeypatch, tag):
     # unit 2 raises on its first attempt: shard 0 did unit 0 first, its retry child does unit 2 only
     monkeypatch.setenv("AUTOTUNE_CACHE_FAULT", "2:raise")
     m = sharded_build(tmp_path / "c", monkeypatch, tmp_path / "calls.jsonl")
@@ -125,8 +128,7 @@ def test_a_fault_in_one_shard_is_retried_and_the_other_shard_finishes(tmp_path, 
     no_temp_files(tmp_path / "c")
 
 
-def test_a_hang_in_one_shard_is_killed_at_the_timeout_and_the_other_shard_finishes(tmp_path, monkeypatch,
-                                                                                   tag):  # noqa: F811
+def test_a_hang_in_one_shard_is_killed_at_the_timeout_and_the_other_shard_finishes(tmp_path, monkeypatch, tag):
     # unit 1 (the other GPU's only unit) hangs on its first attempt
     monkeypatch.setenv("AUTOTUNE_CACHE_FAULT", "1:hang")
     m = sharded_build(tmp_path / "c", monkeypatch, tmp_path / "calls.jsonl", unit_timeout_s=10)
@@ -160,7 +162,7 @@ def test_a_key_two_gpus_tune_at_once_is_recorded_as_the_file_written_last(tmp_pa
     assert verify(scan(tmp_path / "c"), p).ok
 
 
-def test_sigint_kills_every_child_and_saves_the_units_as_pending(tmp_path, tag):  # noqa: F811
+def test_sigint_kills_every_child_and_saves_the_units_as_pending(tmp_path, tag):
     # Both children are held in their first benchmark (a barrier for 3 that only 2 reach) when Ctrl-C comes.
     barrier, cache = tmp_path / "barrier", tmp_path / "c"
     barrier.mkdir()
@@ -205,12 +207,12 @@ from autotune_cache.build.plan import plan
 cache, name = Path(sys.argv[1]), sys.argv[2]
 spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,
                  cache_dir=str(cache), emulate=True, gpus=2)
-b = Build(plan(spec), cache, progress=False)
-b.manifest = manifest_mod.load(cache)
-b._sharded, b._reported = True, set(b.manifest.entries)
-b._save()
-print(json.dumps({"reconciled": sorted(b._reconciled), "imported": sorted(m for m in sys.modules
-                                                                          if m.split(".")[0] in ("triton", "torch"))}))
+ledger = Build(plan(spec), cache, progress=False).ledger
+ledger.manifest = manifest_mod.load(cache)
+ledger.sharded, ledger.reported = True, set(ledger.manifest.entries)
+ledger.save()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("triton", "torch"))
+print(json.dumps({"reconciled": sorted(ledger.reconciled), "imported": heavy}))
 """
 
 

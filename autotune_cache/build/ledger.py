@@ -1,0 +1,231 @@
+"""The build's manifest bookkeeping: open it (dropping damaged files), record what the children report, charge
+failures, save it (reconciling keys two children tuned at once). Plain JSON: never imports torch or triton."""
+from __future__ import annotations
+
+from hashlib import sha256
+from pathlib import Path
+
+from rich.console import Console
+
+from ..cache import manifest as manifest_mod
+from ..cache.fingerprint import Fingerprint, mismatches
+from ..cache.manifest import Entry, FileRecord, Manifest, UnitRecord
+from ..errors import CacheDirError
+from ..version import __version__
+from .plan import Plan
+from .protocol import Binaries, Lookup, UnitDone
+from .spec import Unit
+
+
+class Ledger:
+    """The manifest of one build of a plan into a cache dir (`manifest`, from `open()`)."""
+
+    def __init__(self, plan: Plan, cache_dir: Path, console: Console):
+        self.plan = plan
+        self.cache_dir = cache_dir
+        self.console = console
+        self.units = {u.id: u for u in plan.units}
+        self.max_attempts = 1 + plan.spec.retries
+        self.manifest: Manifest | None = None
+        self.sharded = False      # children ran at once: the same key may have been tuned twice
+        self.reported = set()     # autotune files (Entry.file) the children of this build reported
+        self.reconciled = set()   # ... whose file another child rewrote after its report (the last writer won)
+        self._hello_gpu = None    # the GPU whose child set the fingerprint in this build
+
+    # -- opening and saving -----------------------------------------------------------------------------------
+    def open(self) -> Manifest:
+        m = manifest_mod.load(self.cache_dir) or Manifest(tool_version=__version__)
+        if self._drop_damaged_files(m):
+            # Which unit wrote a compiled file is not recorded: every done unit runs again (hits, and a compile of
+            # each winner whose files are gone); units of other plans stay pending until their next build.
+            for rec in m.units.values():
+                if rec.status == "done":
+                    rec.status, rec.error = "pending", "damaged cache files were removed; build again to restore them"
+        for unit in self.plan.units:
+            rec = m.units.get(unit.id)
+            # a done unit reached at least one key: none recorded is as broken as a changed one
+            if rec is None or (rec.status == "done" and
+                               (not rec.entries or m.damaged_entry(rec, self.cache_dir) is not None)):
+                m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
+                                              shape=unit.shape.model_dump(), dtypes=unit.dtypes,
+                                              tokens=list(unit.tokens))
+            elif rec.status != "done":   # failed, pending after an interrupt, or with files to restore
+                rec.status, rec.attempts, rec.failures = "pending", 0, []
+            if rec is not None:
+                rec.tp = sorted(set(rec.tp) | set(unit.tp))
+        self.manifest = m
+        return m
+
+    def _drop_damaged_files(self, m: Manifest) -> list[str]:
+        """Delete files the manifest recorded whose bytes changed since (a disk error, a tool, a hand): Triton
+        would load a damaged compiled kernel as it is and fail every call of it. Rerunning the units restores them
+        (Triton rewrites what is missing); missing files are left to that too, foreign files are never touched."""
+        from ..cache.files import sha256_file
+        damaged = []
+        for rel, rec in m.files.items():
+            path = self.cache_dir / rel
+            try:
+                if path.stat().st_size == rec.size and sha256_file(path) == rec.sha256:
+                    continue
+            except FileNotFoundError:
+                continue
+            path.unlink(missing_ok=True)
+            damaged.append(rel)
+        if damaged:
+            self.console.print(f"[yellow]{len(damaged)} cache file(s) changed since the last build, removed and "
+                               f"rebuilt: {_some(damaged)}[/yellow]")
+        return damaged
+
+    def save(self) -> None:
+        try:
+            self.manifest.files = manifest_mod.cache_files(self.cache_dir)
+            if self.sharded:
+                self._reconcile_entries()
+            manifest_mod.save(self.manifest, self.cache_dir)   # atomic: the previous manifest stays on failure
+        except OSError as e:
+            raise CacheDirError(f"cannot write {manifest_mod.path_of(self.cache_dir)}: {e.strerror or e} "
+                                "(the manifest on disk is the one before this step)") from None
+
+    def _reconcile_entries(self) -> None:
+        """Entries of this build whose autotune file changed after the child reported it: two children tuned the
+        same key at once and the last writer won. Record the file as it is now (hash, size, winner, timings) and
+        keep the binaries both reported (prune keeps them; the winner's are among them). Plain JSON: no Triton."""
+        from ..cache.layout import parse_autotune
+        files = self.manifest.files
+        for name in sorted(self.reported):
+            entry, on_disk = self.manifest.entries.get(name), files.get(name)
+            if entry is None or on_disk is None or on_disk.sha256 == entry.sha256:
+                continue
+            try:
+                data = (self.cache_dir / name).read_bytes()   # once: the hash and the parse of the same bytes
+                parsed = parse_autotune(data)
+            except (OSError, ValueError, TypeError) as e:   # left as it is: verify names the difference
+                self.console.print(f"[yellow]warning: {name} changed after it was tuned and cannot be read "
+                                   f"({type(e).__name__}: {e})[/yellow]")
+                continue
+            files[name] = FileRecord(size=len(data), sha256=sha256(data).hexdigest())
+            entry.sha256, entry.size, entry.configs = files[name].sha256, len(data), len(parsed.timings)
+            entry.winner, entry.best, entry.margin = parsed.winner, parsed.best, parsed.margin
+            self.reconciled.add(name)
+
+    def report_reconciled(self) -> None:
+        if self.reconciled:
+            self.console.print(f"{len(self.reconciled)} key(s) were tuned on more than one GPU; the manifest "
+                               f"records the file written last: {_some(sorted(self.reconciled))}")
+
+    # -- which units run --------------------------------------------------------------------------------------
+    def runnable(self, units: list[Unit]) -> list[Unit]:
+        """The units not done with attempts left."""
+        return [u for u in units if self.manifest.units[u.id].status != "done"
+                and self.manifest.units[u.id].attempts < self.max_attempts]
+
+    def not_done(self) -> list[Unit]:
+        """This plan's units not done, in plan order (not other builds' units)."""
+        return [u for u in self.plan.units if self.manifest.units[u.id].status != "done"]
+
+    def interrupted(self) -> None:
+        for unit in self.not_done():   # not other builds' units: they were not interrupted
+            rec = self.manifest.units[unit.id]
+            rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
+        self.save()
+
+    # -- what the children report -----------------------------------------------------------------------------
+    def on_hello(self, fp: Fingerprint, gpu: str | None = None) -> bool:
+        m = self.manifest
+        if m.fingerprint is not None and m.fingerprint.key_identity() != fp.key_identity():
+            reasons = "; ".join(mismatches(m.fingerprint, fp)) or "different Triton build or env vars"
+            if self._hello_gpu is not None and gpu != self._hello_gpu:
+                raise CacheDirError(f"GPU {gpu} makes other disk keys than GPU {self._hello_gpu} ({reasons}); a cache "
+                                    "holds one kind of GPU's keys: build with --gpus 1, or CUDA_VISIBLE_DEVICES set "
+                                    "to GPUs of one kind")
+            raise CacheDirError(f"{self.cache_dir} holds a cache for another environment ({reasons}); "
+                                "build into a separate directory")
+        m.fingerprint = fp
+        if self._hello_gpu is None:
+            self._hello_gpu = gpu
+        return True
+
+    def on_unit_start(self, unit_id: str, gpu: str | None) -> None:
+        rec = self.manifest.units[unit_id]
+        rec.attempts += 1
+        rec.entries, rec.hits, rec.gpu = [], 0, gpu
+
+    def on_lookup(self, msg: Lookup) -> bool:
+        """Record a lookup; True when it is a key the unit had not reached before in this attempt."""
+        rec = self.manifest.units[msg.unit]
+        if msg.file is None:
+            self.console.print(f"[yellow]warning: {msg.kernel} {msg.key} was tuned without the disk "
+                               "cache (pre_hook or empty key): a server will tune it too[/yellow]")
+            return False
+        entry = self.manifest.entries.get(msg.file)
+        if entry is None or entry.sha256 != msg.sha256:
+            # Reported before in this build with other bytes: another child tuned the key too. Its binaries stay
+            # listed: which write lasts is known only from the file (_reconcile_entries).
+            binaries = entry.binaries if entry is not None and msg.file in self.reported else []
+            entry = Entry(kernel=msg.kernel, key=list(msg.key), file=msg.file, sha256=msg.sha256, size=msg.size,
+                          configs=msg.configs, winner=msg.winner, best=msg.best, margin=msg.margin,
+                          tokens=None if msg.hit else msg.tokens, selection=msg.selection,
+                          units=entry.units if entry else [], binaries=binaries)
+            self.manifest.entries[msg.file] = entry
+        self.reported.add(msg.file)
+        if rec.id not in entry.units:
+            entry.units.append(rec.id)
+        self.on_binaries(msg)
+        if msg.file in rec.entries:
+            return False
+        rec.entries.append(msg.file)
+        rec.hits += bool(msg.hit)
+        return True
+
+    def on_binaries(self, msg: Lookup | Binaries) -> None:
+        """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
+        entry = self.manifest.entries.get(msg.file)
+        if entry is not None and msg.binaries:
+            entry.binaries = sorted(set(entry.binaries) | set(msg.binaries))
+
+    def on_unit_done(self, msg: UnitDone) -> UnitRecord:
+        rec = self.manifest.units[msg.unit]
+        rec.status, rec.error, rec.seconds = "done", None, round(msg.seconds, 2)
+        rec.bench_seconds = round(msg.bench_seconds, 2)
+        rec.precompile, rec.compiles = msg.precompile, msg.compiles
+        if rec.precompile and rec.precompile.get("failed"):
+            self.console.print(f"[yellow]{rec.id}: {rec.precompile['failed']} of {rec.precompile['workers']} "
+                               f"compile workers failed ({rec.precompile.get('error')}); the child compiled "
+                               "their configs itself[/yellow]")
+        elif rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
+            self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
+                               "that the compile workers did not leave in the cache[/yellow]")
+        self._check_coverage(rec)
+        self.save()
+        return rec
+
+    def _check_coverage(self, rec: UnitRecord) -> None:
+        """Warn where the real call reached other keys than the plan predicted (kernel source drift)."""
+        unit = self.units[rec.id]
+        planned = {(k.kernel, tuple(k.key)) for k in unit.keys}
+        reached = {(self.manifest.entries[f].kernel, tuple(self.manifest.entries[f].key)) for f in rec.entries}
+        for kernel, key in sorted(planned - reached, key=str):
+            self.console.print(f"[yellow]warning: planned key not reached: {kernel} {key}[/yellow]")
+        for kernel, key in sorted(reached - planned, key=str):
+            self.console.print(f"[yellow]warning: key reached but not planned: {kernel} {key}[/yellow]")
+
+    # -- failures ---------------------------------------------------------------------------------------------
+    def fail(self, unit_id: str, error: str, *, count: bool) -> None:
+        """`count`: the failure was outside the unit's own attempt (which UnitStart counted already)."""
+        rec = self.manifest.units[unit_id]
+        rec.attempts += int(count)
+        rec.status, rec.error = "failed", error
+        rec.failures.append(f"attempt {rec.attempts}: {error}")
+        self.console.print(f"[red]unit {unit_id} failed (attempt {rec.attempts}): {error}[/red]")
+        self.save()   # after the message: on a full disk this raises, and the cause must be on screen already
+
+    def fail_next(self, todo: list[Unit], error: str) -> None:
+        """Charge a failure outside any unit to the next unit not done: every child then counts against a retry."""
+        nxt = next((u.id for u in todo if self.manifest.units[u.id].status != "done"), None)
+        if nxt is not None:
+            self.fail(nxt, error, count=True)
+
+
+def _some(names: list[str]) -> str:
+    """The first three of `names`, and " ..." when there are more."""
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")

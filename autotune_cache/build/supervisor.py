@@ -1,0 +1,227 @@
+"""The build children, as processes: start one per shard, watch them all at once, hold them to their deadlines,
+kill them (with every compiler they spawned), charge how each ended, clean up after them. What a child says is
+handed to the caller (`on_message`); what it was charged goes to the ledger."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import multiprocess
+from multiprocess.connection import wait
+
+from .channel import Channel
+from .ledger import Ledger
+from .protocol import ChildOptions
+from .spec import Unit
+
+STARTUP_TIMEOUT_S = 600.0   # imports + driver init of a child, before its first unit
+EXIT_GRACE_S = 30.0         # a child that said done (or failed) and has not exited by then is killed
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode == -signal.SIGKILL:   # not by us: we say "timed out" for our own kills
+        return "killed by SIGKILL (out of memory? the kernel's OOM killer sends SIGKILL)"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class State(Enum):
+    """Where a child stands. STARTING, IN_UNIT, BETWEEN_UNITS: its run goes on, and `deadline` is when it must
+    speak next. ENDED, LOST: its run is over, and `deadline` is when it must have exited (else it is killed)."""
+    STARTING = "starting"             # spawned, no unit begun: the startup deadline runs
+    IN_UNIT = "in a unit"             # in `current`: the unit timeout runs
+    BETWEEN_UNITS = "between units"   # the unit timeout runs until the next unit starts
+    ENDED = "ended"                   # said done, failed a unit, or timed out: how it ended is charged already
+    LOST = "lost"                     # its pipe closed without a last word (exited, crashed, killed): see `lost_in`
+    CLOSED = "closed"                 # its pipe and temp dirs are cleaned up
+
+
+RUNNING = (State.STARTING, State.IN_UNIT, State.BETWEEN_UNITS)
+
+
+@dataclass(eq=False)
+class Child:
+    """One build child and where it stands: the units it was given, the one it is in, when it must speak next."""
+    proc: object                  # multiprocess.Process (spawn)
+    link: Channel                 # the parent's end of its pipe
+    theirs: object                # the child's end, closed here once it started
+    gpu: str | None               # its CUDA_VISIBLE_DEVICES; None: it sees every visible GPU (a one-child build)
+    todo: list[Unit]
+    deadline: float               # time.monotonic(): see State
+    state: State = State.STARTING
+    current: str | None = None    # the unit it is in
+    lost_in: State | None = None  # LOST: the state it was in when its pipe closed
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING
+
+    def begin(self, unit: str, timeout_s: float) -> None:
+        self.state, self.current, self.deadline = State.IN_UNIT, unit, time.monotonic() + timeout_s
+
+    def between_units(self, timeout_s: float) -> None:
+        self.state, self.current, self.deadline = State.BETWEEN_UNITS, None, time.monotonic() + timeout_s
+
+    def end(self, grace_s: float = EXIT_GRACE_S) -> None:
+        """Its run is over and how it ended is charged (it exits after done and after a failed unit)."""
+        self.state, self.current, self.deadline = State.ENDED, None, time.monotonic() + grace_s
+
+    def lose(self) -> None:
+        """Its pipe closed with nothing charged yet: that waits for its exit code (_finish)."""
+        self.lost_in, self.state, self.deadline = self.state, State.LOST, time.monotonic() + EXIT_GRACE_S
+
+    def tell(self, msg) -> None:
+        try:
+            self.link.put(msg)
+        except OSError:   # it died just after hello: the end of file comes next
+            pass
+
+
+class Supervisor:
+    """Runs the children of one build into `cache_dir`, each message of theirs handed to `on_message(child, msg)`
+    (which moves the child's state on), failures charged to `ledger`."""
+
+    def __init__(self, cache_dir: Path, ledger: Ledger, unit_timeout_s: float,
+                 on_message: Callable[[Child, object], None]):
+        self.cache_dir = cache_dir
+        self.ledger = ledger
+        self.unit_timeout_s = unit_timeout_s
+        self.on_message = on_message
+
+    def start(self, options: ChildOptions) -> Child:
+        ctx = multiprocess.get_context("spawn")
+        mine, theirs = ctx.Pipe()
+        from . import child
+        chan = Channel(theirs)
+        name = "autotune-cache-child" if options.gpu is None else f"autotune-cache-gpu{options.gpu}"
+        proc = ctx.Process(target=child.main, name=name, daemon=True, args=(chan, chan, options))
+        c = Child(proc=proc, link=Channel(mine), theirs=theirs, gpu=options.gpu, todo=[u.unit for u in options.units],
+                  deadline=time.monotonic() + STARTUP_TIMEOUT_S)
+        c.proc.start()
+        c.theirs.close()   # the child holds the only write end now: its death reads as end of file
+        return c
+
+    def run(self, shards: list[list[Unit]], devices: tuple[str | None, ...],
+            options: Callable[[list[Unit], str | None], ChildOptions]) -> None:
+        """Run the shards (shard.plan_shards) until every unit is done or out of attempts: one child per shard at
+        a time, each on a GPU of its own (`devices`), all watched at once from this one thread. `options(units,
+        gpu)`: what a child is started with. A shard whose child ended with units left starts a fresh child on a
+        free GPU, another than the last one where there is a choice."""
+        free = list(devices)
+        last_gpu: dict[int, str | None] = {}
+        running: dict[int, Child] = {}   # by shard
+        try:
+            while True:
+                for i, shard in enumerate(shards):
+                    left = self.ledger.runnable(shard)
+                    if i in running or not left or not free:
+                        continue
+                    gpu = next((g for g in free if g != last_gpu.get(i)), free[0])
+                    free.remove(gpu)
+                    running[i] = self.start(options(left, gpu))
+                if not running:
+                    break
+                ended = self._step(list(running.values()))
+                for i, c in list(running.items()):
+                    if c in ended:
+                        del running[i]
+                        free.append(c.gpu)
+                        last_gpu[i] = c.gpu
+        except BaseException:
+            for c in running.values():
+                _kill(c.proc)
+            raise
+        finally:
+            for c in running.values():
+                self._close(c)
+
+    def _step(self, children: list[Child]) -> list[Child]:
+        """Wait for the next message, exit or deadline of any child and handle it; returns the children whose end
+        is now accounted for. A child that said done or failed, or whose pipe closed, is given
+        EXIT_GRACE_S to exit while the others go on."""
+        nearest = min(c.deadline for c in children)
+        wait([c.link if c.running else c.proc.sentinel for c in children],
+             timeout=min(max(0.0, nearest - time.monotonic()), 1.0))
+        ended = []
+        for c in children:
+            if c.running:
+                self._read(c)
+                if c.running and time.monotonic() >= c.deadline and not c.link.poll():
+                    self._timed_out(c)
+            if not c.running and (not c.proc.is_alive() or time.monotonic() >= c.deadline):
+                self._finish(c)
+                ended.append(c)
+        return ended
+
+    def _read(self, c: Child) -> None:
+        """Handle every message the child has sent so far, up to its last."""
+        while c.running and c.link.poll():
+            try:
+                msg = c.link.get()
+            except (EOFError, OSError):   # the child is gone: exited, crashed or killed
+                c.lose()
+                return
+            self.on_message(c, msg)
+
+    def _timed_out(self, c: Child) -> None:
+        _kill(c.proc)
+        if c.state is State.IN_UNIT:
+            self.ledger.fail(c.current, f"timed out after {self.unit_timeout_s:g} s", count=False)
+        elif c.state is State.STARTING:
+            self.ledger.fail_next(c.todo, f"child did not start within {STARTUP_TIMEOUT_S:g} s")
+        else:   # nothing is charged where its units are all done
+            self.ledger.fail_next(c.todo, f"child hung between units for {self.unit_timeout_s:g} s")
+        c.end(grace_s=0.0)
+
+    def _finish(self, c: Child) -> None:
+        """The child exited, or had its EXIT_GRACE_S: charge what it left unaccounted, then clean up after it."""
+        if c.proc.is_alive() or c.state is State.LOST:
+            _kill(c.proc)   # hung at exit, or died in a unit: take its compilers down too
+        if c.state is State.LOST:
+            died = f"child {_signal_name(c.proc.exitcode)}"
+            if c.lost_in is State.IN_UNIT:   # the child died inside a unit
+                self.ledger.fail(c.current, died, count=False)
+            else:   # died between units or before the first: charge the next unit, else we loop forever
+                where = "between units" if c.lost_in is State.BETWEEN_UNITS else "before its first unit"
+                self.ledger.fail_next(c.todo, f"{died} {where}")
+        self._close(c)
+
+    def _close(self, c: Child) -> None:
+        if c.state is State.CLOSED:
+            return
+        c.state = State.CLOSED
+        c.link.close()
+        c.theirs.close()
+        if c.proc.pid is not None:
+            self._remove_temp_dirs(c.proc.pid)
+
+    def _remove_temp_dirs(self, pid: int) -> None:
+        """Triton writes each file into <hash dir>/tmp.pid_<pid>_<uuid>/ and then renames it into place: a child
+        killed in between leaves that dir behind. Only the dead child's own are removed (a server may be writing)."""
+        for tmp in self.cache_dir.glob(f"*/tmp.pid_{pid}_*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill(proc) -> None:
+    if proc.pid is None:
+        return
+    try:
+        # The child and every compiler it spawned. Safe before the child is reaped: no other group can have
+        # its pid as id. Before its setsid() there is no such group: then the child alone.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        if proc.exitcode is None:
+            proc.kill()
+    proc.join(timeout=10)

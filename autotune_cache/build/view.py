@@ -1,0 +1,72 @@
+"""What a build shows while it runs: one rich progress bar per unit (keys reached, what it is doing, on which
+GPU), and the sharding announcement."""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .plan import Plan
+from .shard import shared_keys, unit_configs
+from .spec import Unit
+
+
+class View:
+    """`gpu_of(unit id)`: the GPU of the unit's last attempt, named in its label in a build over several GPUs.
+    Without `progress` only the announcements are printed."""
+
+    def __init__(self, console: Console, plan: Plan, devices: tuple[str | None, ...], progress: bool,
+                 gpu_of: Callable[[str], str | None]):
+        self.console = console
+        self.units = {u.id: u for u in plan.units}
+        self.devices = devices
+        self.show_progress = progress
+        self.gpu_of = gpu_of
+        self._progress: Progress | None = None
+        self._tasks = {}
+
+    @contextmanager
+    def live(self, units: list[Unit]) -> Iterator[None]:
+        """Draw a bar for each of `units` (those not done yet) while the block runs."""
+        progress = (Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("keys"), TimeElapsedColumn(), console=self.console, transient=False)
+                    if self.show_progress else None)
+        with progress or nullcontext():
+            self._progress = progress
+            if progress is not None:
+                for unit in units:
+                    self._tasks[unit.id] = progress.add_task(self._label(unit.id, "waiting"), total=len(unit.keys))
+            yield
+
+    def _label(self, unit_id: str, what: str) -> str:
+        unit = self.units[unit_id]
+        s = unit.shape
+        gpu = self.gpu_of(unit_id) if self.devices != (None,) else None
+        where = "" if gpu is None else f"GPU {gpu} "
+        return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{where}{what}[/dim]"
+
+    def starting(self, unit_id: str) -> None:
+        if unit_id in self._tasks:
+            self._progress.reset(self._tasks[unit_id], description=self._label(unit_id, "starting"))
+
+    def reached(self, unit_id: str, kernel: str) -> None:
+        """The unit reached a key of `kernel` it had not reached before."""
+        if unit_id in self._tasks:
+            self._progress.update(self._tasks[unit_id], advance=1, description=self._label(unit_id, kernel))
+
+    def done(self, unit_id: str, seconds: float) -> None:
+        if unit_id in self._tasks:
+            task = self._tasks[unit_id]
+            self._progress.update(task, completed=self._progress.tasks[task].total,
+                                  description=self._label(unit_id, f"done in {seconds:.1f} s"))
+
+    def announce(self, shards: list[list[Unit]]) -> None:
+        parts = [f"{len(s)} unit{'s' * (len(s) > 1)} ({sum(map(unit_configs, s))} configs)" for s in shards]
+        self.console.print(f"sharding {sum(map(len, shards))} units over {len(shards)} GPUs "
+                           f"({', '.join(str(g) for g in self.devices[:len(shards)])}): {'; '.join(parts)}")
+        shared = shared_keys(shards)
+        if shared:
+            self.console.print(f"[dim]{len(shared)} key(s) are reached by more than one shard: tuned on each GPU that "
+                               "misses them, the last file written is kept[/dim]")
