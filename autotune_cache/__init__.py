@@ -6,20 +6,20 @@ ARCHITECTURE.md.
 from .version import __version__
 from .errors import (AutotuneCacheError, BuildFailedError, CacheDirError, ConfigError, NoGPUError,  # noqa: E402
                      SpecError, UnknownModelError)
-from .build.spec import BuildSpec  # noqa: E402
+from .builder.spec import BuildSpec  # noqa: E402
 from .models import ModelShape, PRESETS  # noqa: E402
 from .serve.loader import install  # noqa: E402  (imports no kernel module and no GPU: cheap)
 
 
 def plan(spec):
     """BuildSpec -> Plan (units, keys, config counts). Pure: runs anywhere."""
-    from .build.plan import plan as _plan
+    from .builder.plan import plan as _plan
     return _plan(spec)
 
 
 def build(spec, **kwargs):
     """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest."""
-    from .build.orchestrator import build as _build
+    from .builder.orchestrator import build as _build
     return _build(spec, **kwargs)
 
 

@@ -349,7 +349,7 @@ def time_launches(launches: list[Launch], labels: list[str], repeats: int, bench
 def worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec["emulate"]:
-        from autotune_cache.build import emulation
+        from autotune_cache.builder import emulation
         emulation.install()
     os.environ["TRITON_CACHE_DIR"] = spec["scratch_dir"]   # compiled kernels only: autotuning never touches disk
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)

@@ -82,7 +82,7 @@ def main():
     if not args.skip_serial:
         for tp in tps:   # one cold server per TP degree
             (unit,) = plan(BuildSpec(model=models.preset(args.model), tp=(tp,), max_tokens=args.max_tokens)).units
-            _, out = timed([sys.executable, "-m", "autotune_cache.serve.probe", "--cache-dir",
+            _, out = timed([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir",
                             tempfile.mkdtemp(prefix=f"serial-tp{tp}-"), "--model", args.model, "--tp", str(tp),
                             "--tokens", ",".join(map(str, unit.tokens)), "--json"])
             report = json.loads(out.strip().splitlines()[-1])

@@ -23,7 +23,7 @@ ac inspect "$cache" > "$out/inspect.txt" 2>&1
 cp "$cache/manifest.json" "$out/manifest.json"
 
 echo "== serving process with install() only (writable)"
-python3 -m autotune_cache.serve.probe --cache-dir "$cache" --loader --tokens 16,64,512,4096,16384 --json \
+python3 -m autotune_cache.serve.stand_in --cache-dir "$cache" --loader --tokens 16,64,512,4096,16384 --json \
     > "$out/loader_rw.json" 2> "$out/loader_rw.log"; echo "rc=$?"; tail -9 "$out/loader_rw.log"
 
 echo "== serving process with install() only (read-only cache, root's write override dropped)"
@@ -31,7 +31,7 @@ chmod -R a-w "$cache"
 drop=""; command -v setpriv >/dev/null && drop="setpriv --bounding-set=-dac_override,-dac_read_search,-fowner"
 touch "$cache/.probe" 2>/dev/null && echo "note: still writable for root here" ; rm -f "$cache/.probe"
 AUTOTUNE_CACHE_OVERLAY=/tmp/overlay $drop \
-    python3 -m autotune_cache.serve.probe --cache-dir "$cache" --loader --tokens 16,64,512,4096,16384,20000 --json \
+    python3 -m autotune_cache.serve.stand_in --cache-dir "$cache" --loader --tokens 16,64,512,4096,16384,20000 --json \
     > "$out/loader_ro.json" 2> "$out/loader_ro.log"; echo "rc=$?"; tail -9 "$out/loader_ro.log"
 find /tmp/overlay -name "*.autotune.json" | wc -l
 chmod -R u+w "$cache"

@@ -1,5 +1,5 @@
-"""`python count_compiles.py <probe args>`: autotune_cache.serve.probe in this process, plus how many kernels Triton
-compiled and how many it loaded from the cache (its compilation listener, FACTS.md §1). Prints the probe's JSON
+"""`python count_compiles.py <stand_in args>`: autotune_cache.serve.stand_in in this process, plus how many kernels Triton
+compiled and how many it loaded from the cache (its compilation listener, FACTS.md §1). Prints the stand-in's JSON
 report with "compiles" and "loaded" added."""
 import contextlib
 import io
@@ -17,11 +17,11 @@ def listener(**kwargs):
 
 triton.knobs.compilation.listener = listener
 
-from autotune_cache.serve import probe  # noqa: E402
+from autotune_cache.serve import stand_in  # noqa: E402
 
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
-    probe.main(sys.argv[1:] + ["--json"])
+    stand_in.main(sys.argv[1:] + ["--json"])
 report = json.loads(buf.getvalue().strip().splitlines()[-1])
 report.update(counts)
 print(json.dumps(report))

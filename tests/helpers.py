@@ -16,9 +16,9 @@ def run_cli(*args, env=None, check=None):
     return proc
 
 
-def probe(cache_dir, *args, env=None):
+def stand_in(cache_dir, *args, env=None):
     """A fresh 'serving' process against cache_dir; returns its lookup report."""
-    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.probe", "--cache-dir", str(cache_dir), "--json",
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir", str(cache_dir), "--json",
                            *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -26,12 +26,22 @@ def probe(cache_dir, *args, env=None):
 
 
 def compiles(cache_dir, *args, env=None):
-    """probe() that also counts Triton compiles and cache loads in the fresh process (count_compiles.py)."""
+    """stand_in() that also counts Triton compiles and cache loads in the fresh process (count_compiles.py)."""
     proc = subprocess.run([sys.executable, str(TESTS / "count_compiles.py"), "--cache-dir", str(cache_dir),
                            *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=900)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_each_spec_reached_its_plan(manifest, specs, configs: int) -> None:
+    """Each spec's one unit reached exactly the (kernel, key) pairs its plan predicted, benchmarking `configs`."""
+    from autotune_cache import plan
+    for spec in specs:
+        (unit,) = plan(spec).units
+        reached, planned = reached_and_planned(manifest, unit)
+        assert reached == planned
+        assert configs_reached(manifest, unit) == configs
 
 
 def reached_and_planned(manifest, unit):

@@ -8,7 +8,7 @@ import sys
 
 os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-from autotune_cache.build import emulation, precompile  # noqa: E402
+from autotune_cache.builder import emulation, precompile  # noqa: E402
 
 emulation.install()
 import triton  # noqa: E402

@@ -10,14 +10,14 @@ import sys
 os.environ["TRITON_CACHE_DIR"] = os.path.abspath(sys.argv[1])
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 
-from autotune_cache.build import emulation  # noqa: E402
+from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.install()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from autotune_cache.serve.probe import counters  # noqa: E402
+from autotune_cache.serve.stand_in import counters  # noqa: E402
 
 stats = counters()
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: E402

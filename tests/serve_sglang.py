@@ -11,7 +11,7 @@ import sys
 os.environ["TRITON_CACHE_DIR"] = os.path.abspath(sys.argv[1])
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 
-from autotune_cache.build import emulation  # noqa: E402
+from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.install()
 import torch  # noqa: E402

@@ -13,7 +13,7 @@ import types
 os.environ["TRITON_CACHE_DIR"] = os.path.abspath(sys.argv[1])
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"   # vLLM >= 0.19 sets it at import, too
 
-from autotune_cache.build import emulation  # noqa: E402
+from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.install()
 import torch  # noqa: E402

@@ -15,7 +15,7 @@ if mode == "plain":   # Triton alone: TRITON_CACHE_DIR + TRITON_CACHE_AUTOTUNING
 else:
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)   # a server that never asked for the disk cache
 
-from autotune_cache.build import emulation  # noqa: E402
+from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.install()
 import autotune_cache  # noqa: E402

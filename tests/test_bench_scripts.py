@@ -34,7 +34,7 @@ TIMES_C = {**TIMES, f"{B32} @ n=16384": [0.25], f"{B32} @ n=8192": [0.25]}
 
 
 def toy_build(cache_dir, max_tokens, times=None):
-    from autotune_cache.build.emulation import FAKE_TIMES_ENV
+    from autotune_cache.builder.emulation import FAKE_TIMES_ENV
     import os
     os.environ[FAKE_TIMES_ENV] = json.dumps(times or TIMES)   # the build child inherits it
     try:
@@ -256,7 +256,7 @@ def test_winners_script_resolves_each_caches_winner(builds, tmp_path):
 
 
 def test_winners_script_reports_a_key_missing_from_a_cache(builds, tmp_path):
-    (da, ma), (db, mb) = builds["a1"], builds["b"]
+    (da, _), (db, _) = builds["a1"], builds["b"]
     before = files_of(db)
     out = tmp_path / "w.json"
     proc = script("bench_winners.py", "--ours", da, "--baseline", db, "--target", "toy_target", "--tokens", "3000",

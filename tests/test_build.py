@@ -9,7 +9,7 @@ from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.errors import CacheDirError
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import probe, run_cli
+from helpers import stand_in, run_cli
 
 
 def toy_spec(cache_dir, **kw):
@@ -52,7 +52,7 @@ def test_manifest_lists_every_cache_file_with_its_hash(built):
 
 def test_fresh_process_hits_every_entry_with_zero_benchmarks(built):
     cache, _ = built
-    report = probe(cache, "--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "--emulate")
+    report = stand_in(cache, "--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "--emulate")
     assert report["lookups"] == 3 and report["hits"] == 3
     assert report["benchmarks"] == 0 and report["configs_benchmarked"] == 0
 
@@ -60,7 +60,7 @@ def test_fresh_process_hits_every_entry_with_zero_benchmarks(built):
 def test_a_key_beyond_max_tokens_is_a_miss(built):
     # proves the probe can see a miss: 3001..4096 tokens is NB=4, never built
     cache, _ = built
-    report = probe(cache, "--target", "toy_target", "--tokens", "4000", "--emulate")
+    report = stand_in(cache, "--target", "toy_target", "--tokens", "4000", "--emulate")
     assert report["benchmarks"] == 1 and report["configs_benchmarked"] == 3
 
 

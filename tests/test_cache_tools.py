@@ -33,7 +33,7 @@ def built(tmp_path_factory):
 
 def verified(cache, tp=(1,), max_tokens=None, targets=("toy_target",)):
     """verify in this process (the CLI's own output is tested in the verify tests): the checks that failed."""
-    from autotune_cache.build.plan import plan
+    from autotune_cache.builder.plan import plan
     from autotune_cache.cache.verify import verify
     p = plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=targets, tp=tp, max_tokens=max_tokens)) \
         if max_tokens else None

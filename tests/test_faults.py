@@ -17,11 +17,11 @@ import pytest
 
 from autotune_cache import BuildFailedError, BuildSpec, build, models
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.build import orchestrator
+from autotune_cache.builder import orchestrator
 from autotune_cache.errors import AutotuneCacheError, CacheDirError, ConfigError, SpecError, UnknownModelError
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import probe, run_cli
+from helpers import stand_in, run_cli
 
 TAG = "AUTOTUNE_CACHE_TEST_TAG"   # set in a build's environment: every process it starts inherits it
 
@@ -405,7 +405,7 @@ def test_corrupt_files_known_to_the_manifest_are_removed_and_rebuilt(tmp_path):
     assert_entries_intact(tmp_path, again)
     assert not any((tmp_path / rel).read_bytes() == b"\0garbage" for rel in damaged if (tmp_path / rel).exists())
     # a fresh serving process loads the rebuilt winners: no crash on a damaged kernel, nothing benchmarked
-    report = probe(tmp_path, "--target", "toy_target", "--tokens", "1024,2048,3000", "--emulate")
+    report = stand_in(tmp_path, "--target", "toy_target", "--tokens", "1024,2048,3000", "--emulate")
     assert report["hits"] == report["lookups"] == 3 and report["benchmarks"] == 0
 
 
@@ -501,9 +501,9 @@ def test_a_child_whose_pipe_closes_is_charged_where_it_was(tmp_path, began, wher
     # Its pipe at end of file, its process exited: the next step charges how it ended, by where it was then.
     import multiprocess
 
-    from autotune_cache.build.channel import Channel
-    from autotune_cache.build.plan import plan
-    from autotune_cache.build.supervisor import Child, Supervisor
+    from autotune_cache.builder.channel import Channel
+    from autotune_cache.builder.plan import plan
+    from autotune_cache.builder.supervisor import Child, Supervisor
     units = plan(toy_spec(tmp_path)).units
     mine, theirs = multiprocess.get_context("spawn").Pipe()
     theirs.close()

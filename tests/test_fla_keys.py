@@ -11,7 +11,7 @@ import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache import plan
-from helpers import TESTS, assert_probed, configs_reached, reached_and_planned
+from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
 
 pytest.importorskip("fla")
 DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
@@ -46,11 +46,8 @@ def fla_cache(tmp_path_factory):
 
 def test_reached_keys_are_exactly_the_planned_keys(fla_cache):
     cache, specs, manifest = fla_cache
-    for spec in specs:
-        (unit,) = plan(spec).units
-        reached, planned = reached_and_planned(manifest, unit)
-        assert reached == planned
-        assert configs_reached(manifest, unit) == sum(k.configs for k in unit.keys) == 59
+    assert all(sum(k.configs for k in plan(s).units[0].keys) == 59 for s in specs)
+    assert_each_spec_reached_its_plan(manifest, specs, configs=59)
     assert_probed(cache, manifest, plan(specs[0]).units[0])
 
 

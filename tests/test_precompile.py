@@ -111,7 +111,7 @@ def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
 
 def test_workers_share_the_configs_evenly(tmp_path):
     # 3 NB keys of 3 configs, 2 workers: dealt round-robin over all 9 (5 and 4), not 2+1 per key (6 and 3)
-    from autotune_cache.build import precompile
+    from autotune_cache.builder import precompile
     from autotune_cache.models import preset
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [3000, 2000, 1000, 3000]}
@@ -120,7 +120,7 @@ def test_workers_share_the_configs_evenly(tmp_path):
 
 
 def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(tmp_path):
-    from autotune_cache.build import precompile
+    from autotune_cache.builder import precompile
     from autotune_cache.models import preset
     shape = preset("qwen3.5-9b").per_rank(1).model_dump()
     units = [{"target": "toy_target", "shape": shape, "dtypes": {"act": "bfloat16"}, "tokens": [t]}
@@ -145,7 +145,7 @@ def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(t
 
 def test_failed_workers_are_counted_with_their_error(tmp_path):
     # the zygote cannot import the target: every worker counts as failed, and the report says why
-    from autotune_cache.build import precompile
+    from autotune_cache.builder import precompile
     from autotune_cache.models import preset
     unit = {"target": "no_such_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [1000]}
@@ -162,7 +162,7 @@ def test_workers_emulate_the_profile_they_are_given(tmp_path):
     # another GPU than the default H100 (sm_80, 108 SMs, 164 KB shared memory): the compiled kernels are for it
     import dataclasses
     import json as _json
-    from autotune_cache.build import device, precompile
+    from autotune_cache.builder import device, precompile
     from autotune_cache.models import preset
     a100 = dataclasses.replace(device.H100, name="NVIDIA A100-SXM4-80GB", major=8, minor=0, multiprocessor_count=108,
                                max_shared_mem=166912)

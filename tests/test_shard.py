@@ -3,11 +3,11 @@ import pytest
 
 from autotune_cache import BuildSpec, models
 from autotune_cache.errors import SpecError
-from autotune_cache.build.gpus import for_build, visible
+from autotune_cache.builder.gpus import for_build, visible
 from autotune_cache.models import RankShape
-from autotune_cache.build.plan import plan
-from autotune_cache.build.shard import overlapping_groups, plan_shards, shared_keys, unit_configs
-from autotune_cache.build.spec import PlannedKey, Unit
+from autotune_cache.builder.plan import plan
+from autotune_cache.builder.shard import overlapping_groups, plan_shards, shared_keys, unit_configs
+from autotune_cache.builder.spec import PlannedKey, Unit
 
 SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
@@ -153,7 +153,7 @@ def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
     from autotune_cache.errors import CacheDirError
     from autotune_cache.cache.fingerprint import Fingerprint
     from autotune_cache.cache.manifest import Manifest
-    from autotune_cache.build.orchestrator import Build
+    from autotune_cache.builder.orchestrator import Build
 
     b = Build(plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
               tmp_path, progress=False)
@@ -169,7 +169,7 @@ def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
 
 
 def test_cores_are_shared_out_between_the_children(monkeypatch):
-    from autotune_cache.build.orchestrator import Build
+    from autotune_cache.builder.orchestrator import Build
     monkeypatch.delenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))   # the cores this process may use
     # each child benchmarks on one of its share

@@ -16,15 +16,15 @@ import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.build.plan import plan
+from autotune_cache.builder.plan import plan
 from autotune_cache.cache.scan import scan
-from autotune_cache.build.shard import plan_shards
-from autotune_cache.build.selection import Settings as SelectionSettings
+from autotune_cache.builder.shard import plan_shards
+from autotune_cache.builder.selection import Settings as SelectionSettings
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.verify import changed_files, verify
 import test_faults
-from helpers import probe, run_cli
+from helpers import stand_in, run_cli
 from test_faults import TAG, assert_entries_intact, no_temp_files, tagged_pids, wait_until
 
 tag = test_faults.tag   # the fixture, usable here under its name (an import of it reads as unused to pyflakes)
@@ -103,7 +103,7 @@ def test_verify_passes_on_the_merged_cache_and_a_fresh_process_hits_every_key(bu
     assert "coverage" in {c.name for c in v.checks}
     run_cli("verify", root / "two", "--model", "qwen3.5-9b", "--tp", "1,2,4", "--target", "toy_shard_target",
             "--max-tokens", "2048", check=0)
-    report = probe(root / "two", "--model", "qwen3.5-9b", "--tp", "4", "--target", "toy_shard_target",
+    report = stand_in(root / "two", "--model", "qwen3.5-9b", "--tp", "4", "--target", "toy_shard_target",
                    "--tokens", "1024,2048", "--emulate")
     assert report["lookups"] == report["hits"] == 3 and report["benchmarks"] == 0
 
@@ -201,8 +201,8 @@ import json, sys
 from pathlib import Path
 from autotune_cache import BuildSpec, models
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.build.orchestrator import Build
-from autotune_cache.build.plan import plan
+from autotune_cache.builder.orchestrator import Build
+from autotune_cache.builder.plan import plan
 
 cache, name = Path(sys.argv[1]), sys.argv[2]
 spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,

@@ -12,7 +12,7 @@ import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache import plan
-from helpers import TESTS, assert_probed, configs_reached, reached_and_planned
+from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
 
 pytest.importorskip("vllm.third_party.flash_linear_attention.ops")
 pytestmark = pytest.mark.slow
@@ -41,11 +41,7 @@ def vllm_cache(tmp_path_factory):
 
 def test_vllm_reached_keys_are_the_planned_keys(vllm_cache):
     _, specs, manifest = vllm_cache
-    for spec in specs:
-        (unit,) = plan(spec).units
-        reached, planned = reached_and_planned(manifest, unit)
-        assert reached == planned
-        assert configs_reached(manifest, unit) == 88   # FACTS.md §3, SM >= 90
+    assert_each_spec_reached_its_plan(manifest, specs, configs=88)   # FACTS.md §3, SM >= 90
     assert_probed(vllm_cache[0], manifest, plan(specs[0]).units[0])
 
 

@@ -37,7 +37,7 @@ def toy_heads_kernel(x, y, n, H: tl.constexpr, NB: tl.constexpr, BLOCK: tl.const
 
 def _barrier(spec: str) -> None:
     """Wrap the emulated benchmark: its first call in this process waits for the other processes."""
-    from autotune_cache.build import emulation
+    from autotune_cache.builder import emulation
 
     if getattr(emulation._fake_timing, "_barrier", False):
         return

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from .. import models, targets
-from ..build.selection import Settings as SelectionSettings
-from ..build.spec import DEFAULT_MAX_TOKENS, BuildSpec
+from ..builder.selection import Settings as SelectionSettings
+from ..builder.spec import DEFAULT_MAX_TOKENS, BuildSpec
 from ..errors import SpecError
 
 

@@ -58,7 +58,7 @@ def print_plan(p, console: Console) -> None:
 
 
 def cmd_plan(args) -> int:
-    from ..build.plan import plan
+    from ..builder.plan import plan
     p = plan(spec_from_args(args))
     if args.json:
         print(json.dumps(plan_json(p), indent=1))
@@ -68,9 +68,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from ..build.gpus import for_build
-    from ..build.orchestrator import Build, prepare_cache_dir
-    from ..build.plan import plan
+    from ..builder.gpus import for_build
+    from ..builder.orchestrator import Build, prepare_cache_dir
+    from ..builder.plan import plan
 
     spec = spec_from_args(args)
     if spec.cache_dir is None:

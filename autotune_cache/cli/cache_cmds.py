@@ -89,7 +89,7 @@ def cmd_verify(args) -> int:
     plan = None
     if args.model or args.config:
         from .args import spec_from_args
-        from ..build.plan import plan as make_plan
+        from ..builder.plan import plan as make_plan
         plan = make_plan(spec_from_args(args))
     s = scan(args.dir)
     v = verify(s, plan, allow_writable=args.allow_writable, public_key=args.public_key)
@@ -110,15 +110,21 @@ def cmd_verify(args) -> int:
     return 0 if v.ok else 1
 
 
+def _carry_out(computed, args) -> bool:
+    """Execute a computed prune or merge plan unless --dry-run; True when --json printed it (nothing else to show)."""
+    if not args.dry_run:
+        computed.execute()
+    if args.json:
+        print_json(dict(computed.as_dict(), dry_run=args.dry_run))
+    return args.json
+
+
 # -- prune ----------------------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     from ..cache.prune import plan_prune
     from ..cache.scan import scan
     p = plan_prune(scan(args.dir), all_binaries=args.all_binaries)
-    if not args.dry_run:
-        p.execute()
-    if args.json:
-        print_json(dict(p.as_dict(), dry_run=args.dry_run))
+    if _carry_out(p, args):
         return 0
     console = out
     verb = "would free" if args.dry_run else "freed"
@@ -181,10 +187,7 @@ def cmd_sign(args) -> int:
 def cmd_merge(args) -> int:
     from ..cache.merge import plan_merge
     p = plan_merge(args.dirs, args.into)
-    if not args.dry_run:
-        p.execute()
-    if args.json:
-        print_json(dict(p.as_dict(), dry_run=args.dry_run))
+    if _carry_out(p, args):
         return 0
     console = out
     for w in p.warnings:

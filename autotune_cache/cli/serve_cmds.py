@@ -23,8 +23,8 @@ def cmd_ensure(args) -> int:
     from ..cache import fingerprint, manifest as manifest_mod, trust
     from .console import err, out
     from .args import spec_from_args
-    from ..build.orchestrator import Build, prepare_cache_dir
-    from ..build.plan import plan as make_plan
+    from ..builder.orchestrator import Build, prepare_cache_dir
+    from ..builder.plan import plan as make_plan
 
     spec = spec_from_args(args)
     p = make_plan(spec)

@@ -1,3 +1,3 @@
 """The serving side: point a server's Triton at a built cache and make its autotuners read it (loader), a cache
 manager that never writes into a checked cache (layered), the vLLM plugin, and a stand-in server for tests and
-benchmarks (probe)."""
+benchmarks (stand_in)."""

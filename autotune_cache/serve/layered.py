@@ -13,6 +13,8 @@ import os
 
 from triton.runtime.cache import FileCacheManager
 
+from ..cache.layout import GROUP_PREFIX
+
 BASE_ENV = "AUTOTUNE_CACHE_BASE"
 
 
@@ -39,7 +41,7 @@ class LayeredCacheManager(FileCacheManager):
         # A group file lists absolute paths of its members: those of the base point into the base. A base group
         # with a member elsewhere (a cache copied without `autotune-cache import`) is not used: those files were
         # never checked against the manifest; Triton compiles the kernel into the overlay instead.
-        grp = f"__grp__{filename}"
+        grp = f"{GROUP_PREFIX}{filename}"
         if self._base_path(grp):
             overlay_dir, self.cache_dir = self.cache_dir, self.base_dir
             try:

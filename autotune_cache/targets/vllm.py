@@ -58,7 +58,7 @@ def _ops():
 
 def relax_for_fake_gpu() -> None:
     """vLLM stages host-to-device copies in pinned memory and empties the accelerator's cache: both need a real
-    GPU. On the fake one (build/emulation.py), plain copies and no-op emptying change no kernel argument, so no key."""
+    GPU. On the fake one (builder/emulation.py), plain copies and no-op emptying change no kernel argument, so no key."""
     import torch
     import vllm.utils.torch_utils as torch_utils
 

@@ -6,7 +6,7 @@ import tempfile
 import pytest
 
 from autotune_cache import BuildSpec, build, models
-from helpers import assert_only_entries_on_disk, probe
+from helpers import assert_only_entries_on_disk, stand_in
 
 pytestmark = pytest.mark.gpu
 TOKENS = "16,64,512,4096,16384"
@@ -28,7 +28,7 @@ def test_build_is_complete(gpu_cache):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_fresh_process_hits_every_key(gpu_cache, tp):
     cache, _ = gpu_cache
-    report = probe(cache, "--model", "qwen3.5-9b", "--tp", tp, "--tokens", TOKENS)
+    report = stand_in(cache, "--model", "qwen3.5-9b", "--tp", tp, "--tokens", TOKENS)
     print(f"\nTP {tp}: " + "; ".join(f"{k}: lookups {s['lookups']} hits {s['hits']} benchmarks {s['benchmarks']}"
                                       for k, s in report["kernels"].items()))
     assert len(report["kernels"]) == 6
@@ -68,7 +68,7 @@ def test_device_profile_matches_what_torch_and_triton_see():
     import torch
     from triton.runtime.driver import driver
 
-    from autotune_cache.build import device
+    from autotune_cache.builder import device
     profile = device.read()
     assert profile is not None
     assert (profile.major, profile.minor) == torch.cuda.get_device_capability(0)

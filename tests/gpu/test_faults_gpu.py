@@ -15,7 +15,7 @@ from autotune_cache import BuildSpec, build, models
 from autotune_cache import plan
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import probe
+from helpers import stand_in
 
 pytestmark = pytest.mark.gpu
 TOKENS = "16,64,512,4096"
@@ -55,5 +55,5 @@ def test_gpu_fault_in_second_unit_keeps_first_and_retry_completes(tmp_path, monk
         assert sha256_file(tmp_path / rel) == rec.sha256, rel
     # a fresh serving process hits every key of both units: nothing tuned again, nothing lost
     for tp in (2, 8):
-        report = probe(tmp_path, "--model", "qwen3.5-9b", "--tp", tp, "--tokens", TOKENS)
+        report = stand_in(tmp_path, "--model", "qwen3.5-9b", "--tp", tp, "--tokens", TOKENS)
         assert report["benchmarks"] == 0 and report["hits"] == report["lookups"] > 0, report

@@ -15,6 +15,7 @@ from typing import Callable
 import multiprocess
 from multiprocess.connection import wait
 
+from ..cache.layout import TMP_PREFIX
 from .channel import Channel
 from .ledger import Ledger
 from .protocol import ChildOptions
@@ -210,7 +211,7 @@ class Supervisor:
     def _remove_temp_dirs(self, pid: int) -> None:
         """Triton writes each file into <hash dir>/tmp.pid_<pid>_<uuid>/ and then renames it into place: a child
         killed in between leaves that dir behind. Only the dead child's own are removed (a server may be writing)."""
-        for tmp in self.cache_dir.glob(f"*/tmp.pid_{pid}_*"):
+        for tmp in self.cache_dir.glob(f"*/{TMP_PREFIX}{pid}_*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -10,6 +10,14 @@ from .selection import Settings as SelectionSettings
 DEFAULT_MAX_TOKENS = 16384
 
 
+def _whole(value, what: str, low: int = 1) -> int:
+    """`value` if it is an int (not a bool) of at least `low`, else SpecError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        need = "a positive integer" if low == 1 else f">= {low}"
+        raise SpecError(f"{what} must be {need}, got {value!r}")
+    return value
+
+
 class BuildSpec(BaseModel):
     """A build request. Example: qwen3.5-9b at TP 1 and 2, upstream FLA, prefills up to 16384 tokens."""
     model_config = ConfigDict(frozen=True)
@@ -37,39 +45,27 @@ class BuildSpec(BaseModel):
     def _tp(cls, v):
         if not v:
             raise SpecError("give at least one TP degree")
-        for t in v:
-            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-                raise SpecError(f"TP degree must be a positive integer, got {t!r}")
-        return tuple(dict.fromkeys(v))
+        return tuple(dict.fromkeys(_whole(t, "TP degree") for t in v))
 
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v):
-        if v < 1:
-            raise SpecError(f"--max-tokens must be a positive integer, got {v}")
-        return v
+        return _whole(v, "--max-tokens")
 
     @field_validator("tokens")
     @classmethod
     def _tokens(cls, v):
-        for t in v:
-            if t < 1:
-                raise SpecError(f"token counts must be positive integers, got {t}")
-        return tuple(sorted(set(v)))
+        return tuple(sorted({_whole(t, "each token count") for t in v}))
 
     @field_validator("retries")
     @classmethod
     def _retries(cls, v):
-        if v < 0:
-            raise SpecError(f"retries must be >= 0, got {v}")
-        return v
+        return _whole(v, "retries", low=0)
 
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, v):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise SpecError(f"--gpus must be a positive integer, got {v!r}")
-        return v
+        return v if v is None else _whole(v, "--gpus")
 
     @field_validator("unit_timeout_s")
     @classmethod

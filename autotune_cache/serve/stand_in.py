@@ -1,7 +1,7 @@
-"""Play the serving process: make a target's serving call in THIS process against a cache dir and count, per
+"""A stand-in server: make a target's serving call in THIS process against a cache dir and count, per
 kernel, disk lookups, hits and benchmarks. Used by tests, GPU checks and benchmarks.
 
-    python -m autotune_cache.serve.probe --cache-dir DIR --model qwen3.5-9b --tp 1 --tokens 16,64,4096 [--emulate]
+    python -m autotune_cache.serve.stand_in --cache-dir DIR --model qwen3.5-9b --tp 1 --tokens 16,64,4096 [--emulate]
 
 Sets TRITON_CACHE_DIR and TRITON_CACHE_AUTOTUNING=1 before the kernels are imported, as a server would.
 """
@@ -32,7 +32,7 @@ def counters():
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m autotune_cache.serve.probe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m autotune_cache.serve.stand_in", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", required=True)
     ap.add_argument("--model", default=None)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.emulate:
-        from ..build import emulation
+        from ..builder import emulation
         emulation.install()
     from ..targets import get
     loader_report = None
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
               "hits": sum(s["hits"] for s in stats.values()),
               "benchmarks": sum(s["benchmarks"] for s in stats.values())}
     if args.emulate:
-        from ..build import emulation
+        from ..builder import emulation
         report["configs_benchmarked"] = emulation.bench_calls
     if loader_report is not None:
         report["loader"] = loader_report.as_dict()
