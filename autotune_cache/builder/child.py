@@ -56,6 +56,9 @@ def main(out, control, options: ChildOptions) -> None:
     """Build `options.units` into `options.cache_dir`, reporting on `out` (protocol.py); `control` says go."""
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
     _die_with_parent()
+    # Triton (and the compile workers this child starts) write the cache with the process umask: under 0002 or 0
+    # the files would be group- or world-writable, and the loader and `verify` refuse such a cache.
+    os.umask(0o022)
     if options.gpu is not None:   # before torch initializes CUDA: one child per GPU of a sharded build
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options.gpu)
     os.environ["TRITON_CACHE_DIR"] = options.cache_dir
