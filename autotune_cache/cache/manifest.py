@@ -1,16 +1,25 @@
-"""manifest.json: what a cache directory holds, beside Triton's own files (which it never replaces)."""
+"""manifest.json: what a cache directory holds, beside Triton's own files (which it never replaces).
+
+A manifest is read from a directory or a bundle that anyone may have written: `load`/`parse` never hang (a FIFO, a
+device), never read more than MAX_MANIFEST_BYTES and turn every way a manifest can be bad into one CacheDirError.
+Every path in it (the keys of `files` and `entries`, Entry.file, Entry.binaries, UnitRecord.entries) is checked
+where it is parsed (files.path_problem), so the commands that delete, move or write by it only ever meet paths
+inside the cache dir.
+"""
 from __future__ import annotations
 
 import json
 import os
+import stat
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import CacheDirError
-from .files import sha256_bytes, sha256_file, write_atomic
+from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, size_text, write_atomic
 from .fingerprint import Fingerprint
 from .layout import is_triton_tmp
 
@@ -21,17 +30,41 @@ SIG_NAME = "manifest.sig"          # `autotune-cache sign`: an ed25519 signature
 OWN_FILES = (MANIFEST_NAME, LOCK_NAME, SIG_NAME)
 # Staging dirs of import and merge (bundle.py, merge.py), inside the cache dir under its lock.
 IMPORT_STAGING, MERGE_STAGING = ".import-", ".merge-"
+# A manifest of 2,000 files is about 1 MB; the loader reads it inside a server, so a bigger one is refused unread.
+MAX_MANIFEST_BYTES = 64 << 20
+# JSON nesting of a real manifest stays under 10 levels (selection candidates' timings); deeper cannot be written
+# back (pydantic refuses to serialize past a few hundred) and is refused at load.
+MAX_DEPTH = 64
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _rel_path(rel: str) -> str:
+    problem = path_problem(rel)
+    if problem:
+        raise ValueError(f"path {rel!r} {problem}")
+    return rel
+
+
+def _listed_path(rel: str) -> str:
+    _rel_path(rel)
+    if is_own(rel):
+        raise ValueError(f"path {rel!r} is autotune-cache's own file or a write in flight, never part of a cache")
+    return rel
+
+
+# A path inside the cache dir (files.path_problem); ListedPath: one a manifest may list as a file of the cache.
+RelPath = Annotated[str, AfterValidator(_rel_path)]
+ListedPath = Annotated[str, AfterValidator(_listed_path)]
+
+
 class Entry(BaseModel):
     """One autotune result on disk. Example: l2norm_fwd_kernel, key (128, 1, 'torch.bfloat16', ...)."""
     kernel: str
     key: list
-    file: str                      # relative to the cache dir: "<hash dir>/<kernel>.autotune.json"
+    file: ListedPath               # relative to the cache dir: "<hash dir>/<kernel>.autotune.json"
     sha256: str
     size: int
     configs: int                   # configs benchmarked for it
@@ -42,7 +75,7 @@ class Entry(BaseModel):
     tokens: int | None = None      # token count of the call that tuned it
     # Compiled-kernel dirs ("<hash dir>") the winning config launched from: what prune keeps. Empty = unknown
     # (a manifest older than this field, or a call that failed before its launch).
-    binaries: list[str] = Field(default_factory=list)
+    binaries: list[RelPath] = Field(default_factory=list)
     # How the build chose the winner (selection.py): noise, kept_incumbent, and per candidate its config, its
     # position in the kernel's config list, median and every timing (ms). None: Triton's own choice, or a hit.
     selection: dict | None = None
@@ -67,7 +100,7 @@ class UnitRecord(BaseModel):
     # compile span), import_s (their start and imports), compiled (kernels they compiled)}
     precompile: dict | None = None
     compiles: int | None = None    # kernels the benchmarking child compiled itself (not found compiled)
-    entries: list[str] = Field(default_factory=list)   # Entry.file of every key it reached
+    entries: list[ListedPath] = Field(default_factory=list)   # Entry.file of every key it reached
     hits: int = 0                  # keys found on disk already (tuned by an earlier unit or build)
     # CUDA_VISIBLE_DEVICES of the child that ran its last attempt, e.g. "1", in a build sharded over several GPUs;
     # None: the build's one child, which saw every visible GPU (and manifests older than the field).
@@ -88,9 +121,22 @@ class Manifest(BaseModel):
     updated: str = Field(default_factory=now)
     fingerprint: Fingerprint | None = None
     units: dict[str, UnitRecord] = Field(default_factory=dict)
-    entries: dict[str, Entry] = Field(default_factory=dict)   # by Entry.file
+    entries: dict[ListedPath, Entry] = Field(default_factory=dict)   # by Entry.file
     # Every file of the cache a server may read (autotune JSON, binaries, __grp__, launcher .so), by path.
-    files: dict[str, FileRecord] = Field(default_factory=dict)
+    files: dict[ListedPath, FileRecord] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_meaning_per_path(self):
+        """An entry is kept under its own file's path, and no listed file is also a dir of another listed file
+        (a bundle could not hold both)."""
+        for rel, entry in self.entries.items():
+            if entry.file != rel:
+                raise ValueError(f"entry {rel!r} names another file ({entry.file!r})")
+        dirs = {rel.rsplit("/", i)[0] for rel in self.files for i in range(1, rel.count("/") + 1)}
+        clash = sorted(dirs & set(self.files))
+        if clash:
+            raise ValueError(f"path {clash[0]!r} is listed as a file and is a directory of other listed files")
+        return self
 
     @property
     def failed(self) -> list[UnitRecord]:
@@ -101,10 +147,11 @@ class Manifest(BaseModel):
         return [u for u in self.units.values() if u.status == "pending"]
 
     def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
-        """The first entry `rec` reached whose autotune file is unlisted, gone or changed; None when all are intact."""
+        """The first entry `rec` reached whose autotune file is unlisted, gone, not a regular file or changed; None
+        when all are intact."""
         for name in rec.entries:
-            entry, path = self.entries.get(name), Path(cache_dir) / name
-            if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
+            entry = self.entries.get(name)
+            if entry is None or sha256_regular(Path(cache_dir) / name) != entry.sha256:
                 return name
         return None
 
@@ -117,35 +164,82 @@ def path_of(cache_dir: Path) -> Path:
     return Path(cache_dir) / MANIFEST_NAME
 
 
-def load(cache_dir: Path) -> Manifest | None:
-    """The manifest of a cache dir, None if there is none. Raises CacheDirError if it is unreadable."""
-    path = path_of(cache_dir)
+def read(cache_dir: Path) -> bytes | None:
+    """The bytes of a cache dir's manifest.json, None if there is none; CacheDirError if it is no regular file, is
+    larger than MAX_MANIFEST_BYTES or cannot be read."""
     try:
-        text = path.read_text()
+        return read_regular(path_of(cache_dir), MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise CacheDirError(f"{path}: cannot read ({e})") from None
+
+
+def parse(data: bytes, where: str | os.PathLike) -> Manifest:
+    """A manifest from its bytes; CacheDirError (one line, starting with `where`) for anything else than a valid
+    one: not UTF-8, not JSON, nested deeper than MAX_DEPTH, another schema, a wrong field or path."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CacheDirError(f"{where}: larger than {size_text(MAX_MANIFEST_BYTES)}, the most a manifest may be")
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CacheDirError(f"{path}: corrupt manifest ({e})") from None
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CacheDirError(f"{where}: corrupt manifest (not UTF-8: byte {e.start})") from None
+    except RecursionError:
+        raise CacheDirError(f"{where}: corrupt manifest (nested deeper than {MAX_DEPTH} levels)") from None
+    except ValueError as e:   # JSONDecodeError, and an integer of more digits than Python converts
+        raise CacheDirError(f"{where}: corrupt manifest ({_one_line(e)})") from None
+    if _depth_exceeds(raw, MAX_DEPTH):
+        raise CacheDirError(f"{where}: corrupt manifest (nested deeper than {MAX_DEPTH} levels)")
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
-        raise CacheDirError(f"{path}: manifest schema {raw.get('schema_version')!r}, this tool reads {SCHEMA_VERSION}")
+        raise CacheDirError(f"{where}: manifest schema {_short(raw.get('schema_version'))}, this tool reads "
+                            f"{SCHEMA_VERSION}")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
-        raise CacheDirError(f"{path}: invalid manifest ({e.error_count()} errors: {e.errors()[0]['msg']})") from None
+        first = e.errors()[0]
+        loc = ".".join(part if isinstance(part, str) and part.isidentifier() else _short(part)
+                       for part in first["loc"] if part != "[key]") or "manifest"
+        raise CacheDirError(f"{where}: invalid manifest ({e.error_count()} errors: {loc}: "
+                            f"{_one_line(first['msg'])})") from None
+    except (ValueError, TypeError, RecursionError) as e:   # pydantic's own limits, beyond its ValidationError
+        raise CacheDirError(f"{where}: invalid manifest ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def load(cache_dir: Path) -> Manifest | None:
+    """The manifest of a cache dir, None if there is none. Raises CacheDirError if it is unreadable or invalid."""
+    data = read(cache_dir)
+    return None if data is None else parse(data, path_of(cache_dir))
+
+
+def _depth_exceeds(value, limit: int) -> bool:
+    """Whether JSON `value` nests more than `limit` lists/objects deep (iterative: never recursion itself)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _short(value, limit: int = 80) -> str:
+    """repr of a value from a manifest for a message: escaped (one line) and cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _one_line(e, limit: int = 300) -> str:
+    """An error's text for a one-line message: whitespace runs as one space, anything unprintable escaped, cut."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(e).split()))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def save(manifest: Manifest, cache_dir: Path) -> Path:
     """Write atomically (temp file + os.replace): a reader sees the old or the new manifest, never half; synced
     before the rename, so after a crash it is the old one or all of the new one, never an empty file."""
     manifest.updated = now()
-    umask = os.umask(0)
-    os.umask(umask)
-    # a plain file's mode under this umask: a server of another user must read it
-    return write_atomic(path_of(cache_dir), manifest.model_dump_json(indent=1), mode=0o666 & ~umask, fsync=True)
+    # explicit, whatever the umask: a server of another user must read it, and no one else may write it (under
+    # umask 000 a derived mode would be world-writable, and trust would refuse the cache)
+    return write_atomic(path_of(cache_dir), manifest.model_dump_json(indent=1), mode=FILE_MODE, fsync=True)
 
 
 def is_own(rel: str) -> bool:
@@ -158,16 +252,42 @@ def is_own(rel: str) -> bool:
             or any(is_triton_tmp(p) for p in parts))
 
 
-def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
-    """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
+@dataclass(frozen=True)
+class FileStat:
+    """What tells a file's version apart without reading it: a rewrite (Triton's temp file + rename) changes the
+    inode, an edit in place the size or mtime."""
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def file_stats(cache_dir: Path) -> dict[str, FileStat]:
+    """Every regular file under the cache dir except our own and writes in flight (is_own), by relative path; links
+    and special files are skipped (integrity checks report them), never followed. Nothing is read."""
     root = Path(cache_dir)
     out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink() or not path.is_file() or is_own(rel):
-            continue   # a link is never part of a cache: integrity checks report it
-        try:
-            out[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
-        except FileNotFoundError:   # removed while we scanned (another process's temp file): not part of the cache
-            continue
+    for dirpath, dirnames, filenames in os.walk(root):   # os.walk never descends into a link to a dir
+        prefix = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if prefix == "." else prefix + "/"
+        dirnames[:] = [d for d in dirnames if not is_own(prefix + d)]
+        for name in filenames:
+            rel = prefix + name
+            if is_own(rel):
+                continue
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:   # removed while we walked (another process's temp file)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def cache_files(cache_dir: Path) -> dict[str, FileRecord]:
+    """Size and sha256 of every file under the cache dir except our own (manifest, lock, temp files)."""
+    out = {}
+    for rel, st in sorted(file_stats(cache_dir).items()):
+        digest = sha256_regular(Path(cache_dir) / rel)
+        if digest is not None:   # None: removed or replaced while we scanned: not part of the cache
+            out[rel] = FileRecord(size=st.size, sha256=digest)
     return out
