@@ -6,34 +6,50 @@ carries the files as they are; `import` rewrites every group file for the direct
 cache loads its binaries with no compile (the server must then use that directory, by the same absolute path).
 
 Layout: `bundle.json` ({"format", "version", "manifest_digest", "files", "tool_version"}), `manifest.json`,
-`manifest.sig` if the cache is signed, then every file the manifest lists, by its relative path. Import trusts
-nothing in it: members must be plain files or directories with relative, normalized names (no links, no "..", no
-absolute paths), every file must be listed in the manifest with its sha256, and the manifest must have the digest
-that bundle.json names. That digest only proves the bundle is whole: whoever crafts a bundle can compute it. With
-a public key, import also requires manifest.sig to be a valid signature of the manifest (signing.py).
+`manifest.sig` if the cache is signed, then every file the manifest lists, by its relative path.
+
+`export` only reads the cache (no lock: it works on a read-only dir): each listed file is read once, and the bytes
+that went into the bundle are the bytes checked against the manifest's sha256.
+
+`import` trusts nothing in a bundle and writes nothing it has not checked. It reads the tar as a stream: bundle.json
+and manifest.json first (size-capped; a bundle that does not start with them is refused), then each member is
+checked before a byte of it is written: a plain file (no link, device or other special member; directories are
+skipped), a relative, normalized name (no "..", no absolute path), listed in the manifest (or manifest.sig), its
+size the manifest's, once. Its bytes are hashed as they are written and must have the manifest's sha256; so at most
+the manifest's sizes are written, all into a staging dir inside the target, which goes on any failure (with a target
+dir the import created). The manifest must have the digest that bundle.json names. That digest only proves the
+bundle is whole: whoever crafts a bundle can compute it. With a public key, import also requires manifest.sig to be
+a valid signature of the manifest (signing.py).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
 import tarfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-from pydantic import ValidationError
+from typing import BinaryIO
 
 from ..version import __version__
 from . import manifest as manifest_mod
 from ..errors import BundleError, CacheDirError
-from .files import atomic_file, move_in, sha256_file, staging_dir
+from .files import (FILE_MODE, atomic_file, inside, make_dirs, move_in, open_new, open_regular,
+                    path_problem, read_regular, remove_created, sha256_bytes, staging_dir)
 from .layout import is_group_file, members_first, read_group, relocated_group
 from .manifest import FileRecord, Manifest
 
 BUNDLE_INFO = "bundle.json"
 BUNDLE_FORMAT = "autotune-cache-bundle"
 BUNDLE_VERSION = 1
+MAX_INFO_BYTES = 1 << 20    # bundle.json: a few hundred bytes
+MAX_SIG_BYTES = 64 << 10    # manifest.sig: about 400 bytes
+BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,32 +82,34 @@ class ImportReport:
 
 # -- export ---------------------------------------------------------------------------------------------------
 def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportReport:
-    """Write the files the manifest lists (checked against their sha256) and the manifest into `bundle`."""
-    from .lock import locked
-    from .scan import scan
-    from .verify import require_intact
-
+    """Write the manifest and the files it lists (each read once, checked against its sha256) into `bundle`."""
     root = Path(cache_dir).expanduser().resolve()
     out = Path(bundle).expanduser().resolve()
     if out == root or root in out.parents:
         raise CacheDirError(f"write the bundle outside the cache dir ({out} is inside {root})")
-    with locked(root):
-        s = scan(root)
-        m = require_intact(s, "export")
-        digest = m.digest()
-        info = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "manifest_digest": digest,
-                "files": len(m.files), "tool_version": __version__}
-        on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-        left_out = sorted(on_disk - set(m.files) - set(manifest_mod.OWN_FILES))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # 0600: the mode export has always given a bundle (mkstemp's); sharing it is the user's chmod
-        with atomic_file(out, mode=0o600) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
-            _add_bytes(tar, BUNDLE_INFO, json.dumps(info, indent=1).encode())
-            _add_bytes(tar, manifest_mod.MANIFEST_NAME, (root / manifest_mod.MANIFEST_NAME).read_bytes())
-            if (root / manifest_mod.SIG_NAME).is_file():
-                _add_bytes(tar, manifest_mod.SIG_NAME, (root / manifest_mod.SIG_NAME).read_bytes())
-            for rel in sorted(m.files):
-                tar.add(root / rel, arcname=rel, recursive=False, filter=_plain)
+    if not root.is_dir():
+        raise CacheDirError(f"{root}: no such cache directory" if not root.exists() else f"{root} is not a directory")
+    data = manifest_mod.read(root)
+    if data is None:
+        raise CacheDirError(f"{root}: no readable manifest.json; export needs a cache built by autotune-cache")
+    m = manifest_mod.parse(data, manifest_mod.path_of(root))   # the bytes exported are the bytes checked
+    try:
+        sig = read_regular(root / manifest_mod.SIG_NAME, MAX_SIG_BYTES)
+    except FileNotFoundError:
+        sig = None
+    digest = m.digest()
+    info = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "manifest_digest": digest,
+            "files": len(m.files), "tool_version": __version__}
+    left_out = sorted(set(manifest_mod.file_stats(root)) - set(m.files))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # 0600: the mode export has always given a bundle (mkstemp's); sharing it is the user's chmod
+    with atomic_file(out, mode=0o600) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+        _add_bytes(tar, BUNDLE_INFO, json.dumps(info, indent=1).encode())
+        _add_bytes(tar, manifest_mod.MANIFEST_NAME, data)
+        if sig is not None:
+            _add_bytes(tar, manifest_mod.SIG_NAME, sig)
+        for rel, rec in sorted(m.files.items()):
+            _add_checked(tar, root, rel, rec)
     return ExportReport(bundle=out, files=len(m.files), bytes=sum(f.size for f in m.files.values()),
                         bundle_bytes=out.stat().st_size, manifest_digest=digest, left_out=tuple(left_out))
 
@@ -109,33 +127,71 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class _Hashing(io.RawIOBase):
+    """A file read through: what tarfile copies into the bundle is exactly what was hashed."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.h = f, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _add_checked(tar: tarfile.TarFile, root: Path, rel: str, rec: FileRecord) -> None:
+    """One listed file into the bundle, refused (the bundle is not written) unless its bytes are the manifest's."""
+    path = inside(root, rel)
+    try:
+        f = open_regular(path)
+    except FileNotFoundError:
+        raise _differs(root, rel, "listed in the manifest, missing on disk") from None
+    except CacheDirError as e:
+        raise _differs(root, rel, str(e).removeprefix(f"{path}: ")) from None
+    with f:
+        st = os.fstat(f.fileno())
+        if st.st_size != rec.size:
+            raise _differs(root, rel, f"size {st.st_size}, the manifest says {rec.size}")
+        info = _plain(tarfile.TarInfo(rel))
+        info.size, info.mtime = rec.size, int(st.st_mtime)
+        info.mode = 0o755 if st.st_mode & 0o100 else 0o644
+        reader = _Hashing(f)
+        try:
+            tar.addfile(info, reader)   # copies exactly info.size bytes; fewer (truncated meanwhile): OSError
+        except OSError as e:
+            raise _differs(root, rel, f"changed while it was read ({e})") from None
+        if reader.h.hexdigest() != rec.sha256:
+            raise _differs(root, rel, "sha256 differs from the manifest")
+
+
+def _differs(root: Path, rel: str, why: str) -> CacheDirError:
+    return CacheDirError(f"{root}: {rel}: {why}; nothing exported (run `autotune-cache verify` on it, then rebuild "
+                         "or prune)")
+
+
 # -- import ---------------------------------------------------------------------------------------------------
-def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    """The members, or BundleError if any could write outside the target: links, devices, absolute names,
-    '..' components, duplicates."""
-    seen = set()
-    members = tar.getmembers()
-    for m in members:
-        name = m.name
-        parts = PurePosixPath(name).parts
-        if not (m.isfile() or m.isdir()):
-            kind = "link" if (m.issym() or m.islnk()) else "special file"
-            raise BundleError(f"unsafe bundle: {name!r} is a {kind}; a cache bundle holds plain files only")
-        if (not name or name.startswith(("/", "\\")) or "\\" in name or ":" in parts[0]
-                or any(p in ("..", "") for p in parts) or name != PurePosixPath(name).as_posix()):
-            raise BundleError(f"unsafe bundle: member name {name!r} is absolute or leaves the cache dir")
-        if m.isfile():
-            if name in seen:
-                raise BundleError(f"unsafe bundle: {name!r} appears twice")
-            seen.add(name)
-    return members
+def check_member(m: tarfile.TarInfo) -> None:
+    """BundleError if member `m` could write outside the target or is no plain file or directory: links, devices,
+    absolute names, '..' parts, names no manifest may hold (files.path_problem)."""
+    name = m.name
+    if not (m.isfile() or m.isdir()):
+        kind = "link" if (m.issym() or m.islnk()) else "special file"
+        raise BundleError(f"unsafe bundle: {name!r} is a {kind}; a cache bundle holds plain files only")
+    problem = path_problem(name)
+    if problem is not None or name != PurePosixPath(name).as_posix():
+        raise BundleError(f"unsafe bundle: member name {name!r} is absolute or leaves the cache dir "
+                          f"({problem or 'not normalized'})")
 
 
 def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, public_key=None) -> ImportReport:
-    """Unpack `bundle` into `cache_dir` (absent or empty) and rewrite its group files for it. Everything is
-    unpacked into a staging dir inside cache_dir and checked before the first file moves in; the manifest is
-    written last, so an interrupted import never looks like a complete cache. `public_key` (ed25519, PEM path or
-    bytes): the bundle must carry a valid signature by it (it stays valid for the imported dir)."""
+    """Unpack `bundle` into `cache_dir` (absent or empty) and rewrite its group files for it. Every member is
+    checked before it is written (see the module doc), into a staging dir inside cache_dir; files move in only when
+    all are there, the manifest last, so an interrupted import never looks like a complete cache. `public_key`
+    (ed25519, PEM path or bytes): the bundle must carry a valid signature by it (it stays valid for the imported
+    dir)."""
     from .lock import locked
 
     src = Path(bundle).expanduser()
@@ -144,82 +200,162 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, publi
     root = Path(cache_dir).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"{root} exists and is not a directory")
-    created = not root.exists()
-    if not created and any(p.name not in manifest_mod.OWN_FILES for p in root.iterdir()):
+    if root.exists() and any(p.name not in manifest_mod.OWN_FILES for p in root.iterdir()):
         raise CacheDirError(f"{root} is not empty: import into a new dir (then `autotune-cache merge` if needed)")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(root)
     except OSError as e:
         raise CacheDirError(f"cannot create {root}: {e.strerror or e}") from None
     try:
         with locked(root), staging_dir(root, manifest_mod.IMPORT_STAGING) as staging:
-            report = _unpack_checked(src, staging, root, public_key)
+            try:
+                report = _unpack_checked(src, staging, root, public_key)
+            except OSError as e:   # the bundle's reads are BundleErrors already: this is the target's disk
+                raise CacheDirError(f"{root}: cannot write ({e.strerror or e}); nothing was imported") from None
     except BaseException:
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
+        remove_created(created)
         raise
     return report
 
 
-def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> ImportReport:
+@contextmanager
+def _reading(src: Path) -> Iterator[None]:
+    """Errors of reading the bundle (not a tar, truncated, bad gzip) as one BundleError."""
     try:
-        with tarfile.open(src, "r:*") as tar:
-            safe_members(tar)
-            if hasattr(tarfile, "data_filter"):   # Python 3.12+ / 3.11.4+: the library refuses the same too
-                tar.extractall(staging, filter="data")
-            else:   # pragma: no cover - older Pythons; safe_members() did the checks
-                tar.extractall(staging)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, BundleError):
-            raise
+        yield
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         first = (str(e).splitlines() or [""])[0].rstrip(":")   # tarfile lists every method it tried, one a line
         raise BundleError(f"{src}: not a readable bundle ({type(e).__name__}: {first})") from None
+
+
+def _read_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, limit: int) -> bytes:
+    """A small member's bytes (bundle.json, manifest.json, manifest.sig), refused beyond `limit`."""
+    if ti.size > limit:
+        raise BundleError(f"{src}: {ti.name} is {ti.size} bytes, more than the {limit} it may have")
+    with _reading(src):
+        data = tar.extractfile(ti).read(ti.size)
+    if len(data) != ti.size:
+        raise BundleError(f"{src}: not a readable bundle ({ti.name} is truncated)")
+    return data
+
+
+def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Path) -> str:
+    """Write member `ti` (its size checked already) to `path`, a new file; returns the sha256 of what was written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    # the bundle's mode bits are its author's: only whether the file is executable is kept
+    with open_new(path, 0o755 if ti.mode & 0o100 else FILE_MODE) as out:
+        with _reading(src):
+            f = tar.extractfile(ti)
+        left = ti.size
+        while left:
+            with _reading(src):
+                block = f.read(min(left, BLOCK))
+            if not block:
+                raise BundleError(f"{src}: not a readable bundle ({ti.name} is truncated)")
+            h.update(block)
+            out.write(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def _checked_manifest(src: Path, own: dict[str, bytes]) -> Manifest:
+    """The bundle's manifest, from its first two members, checked against bundle.json."""
     try:
-        info = json.loads((staging / BUNDLE_INFO).read_text())
-        m = Manifest.model_validate_json((staging / manifest_mod.MANIFEST_NAME).read_text())
-    except (OSError, ValueError, ValidationError) as e:
-        raise BundleError(f"{src}: not an autotune-cache bundle (bundle.json / manifest.json: "
-                          f"{type(e).__name__})") from None
+        info = json.loads(own[BUNDLE_INFO].decode("utf-8"))
+    except (KeyError, ValueError, RecursionError) as e:
+        raise BundleError(f"{src}: not an autotune-cache bundle (bundle.json: {type(e).__name__})") from None
     if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{src}: not an autotune-cache bundle")
     if info.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{src}: bundle version {info.get('version')!r}, this tool reads {BUNDLE_VERSION}")
-    digest = m.digest()
-    if digest != info.get("manifest_digest"):
+        raise BundleError(f"{src}: bundle version {info.get('version')!r:.40}, this tool reads {BUNDLE_VERSION}")
+    if manifest_mod.MANIFEST_NAME not in own:
+        raise BundleError(f"{src}: not an autotune-cache bundle (no manifest.json)")
+    try:
+        m = manifest_mod.parse(own[manifest_mod.MANIFEST_NAME], manifest_mod.MANIFEST_NAME)
+    except CacheDirError as e:
+        raise BundleError(f"{src}: not an autotune-cache bundle ({e})") from None
+    if m.digest() != info.get("manifest_digest"):
         raise BundleError(f"{src}: the manifest does not match the digest in bundle.json (damaged or edited)")
-    unpacked = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
-    extra = sorted(unpacked - set(m.files) - {BUNDLE_INFO, manifest_mod.MANIFEST_NAME, manifest_mod.SIG_NAME})
-    if extra:
-        raise BundleError(f"{src}: holds {len(extra)} files its manifest does not list (first: {extra[0]})")
-    for rel, rec in sorted(m.files.items()):
-        path = staging / rel
-        if not path.is_file():
-            raise BundleError(f"{src}: {rel} is listed in its manifest but missing")
-        if path.stat().st_size != rec.size or sha256_file(path) != rec.sha256:
-            raise BundleError(f"{src}: {rel} differs from its manifest (damaged bundle)")
+    return m
+
+
+def _check_room(src: Path, staging: Path, m: Manifest) -> None:
+    """What the manifest says the files weigh must fit: a bundle of zeros compresses a thousandfold."""
+    need, free = sum(r.size for r in m.files.values()), shutil.disk_usage(staging).free
+    if need > free:
+        raise BundleError(f"{src}: its files take {need} bytes, {staging.parent} has {free} free; nothing was imported")
+
+
+def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> ImportReport:
+    first = (BUNDLE_INFO, manifest_mod.MANIFEST_NAME)   # what export writes first, in this order
+    own: dict[str, bytes] = {}
+    m: Manifest | None = None
+    written: set[str] = set()
     signed = staging / manifest_mod.SIG_NAME
+    with _reading(src):
+        tar = tarfile.open(src, mode="r|*")   # a stream: each member is seen once, in order, never looked up
+    with tar:
+        while True:
+            with _reading(src):
+                ti = tar.next()
+            if ti is None:
+                break
+            check_member(ti)
+            if len(own) < len(first):
+                if ti.name != first[len(own)] or not ti.isfile():
+                    raise BundleError(f"{src}: not an autotune-cache bundle (it must begin with bundle.json and "
+                                      f"manifest.json, not {ti.name!r})")
+                own[ti.name] = _read_member(src, tar, ti, MAX_INFO_BYTES if ti.name == BUNDLE_INFO
+                                            else manifest_mod.MAX_MANIFEST_BYTES)
+                continue
+            if ti.isdir():   # nothing to write: a file's dirs are made with it
+                continue
+            if m is None:   # before the first byte of any other member is written
+                m = _checked_manifest(src, own)
+                _check_room(src, staging, m)
+            if ti.name in first or ti.name in written or (ti.name == manifest_mod.SIG_NAME and signed.exists()):
+                raise BundleError(f"unsafe bundle: {ti.name!r} appears twice")
+            if ti.name == manifest_mod.SIG_NAME:
+                with open_new(signed) as out:
+                    out.write(_read_member(src, tar, ti, MAX_SIG_BYTES))
+                continue
+            rec = m.files.get(ti.name)
+            if rec is None:
+                raise BundleError(f"{src}: holds files its manifest does not list (first: {ti.name})")
+            if ti.size != rec.size:
+                raise BundleError(f"{src}: {ti.name} differs from its manifest (damaged bundle)")
+            if _write_member(src, tar, ti, inside(staging, ti.name)) != rec.sha256:
+                raise BundleError(f"{src}: {ti.name} differs from its manifest (damaged bundle)")
+            written.add(ti.name)
+    m = m or _checked_manifest(src, own)
+    for rel in sorted(m.files):
+        if rel not in written:
+            raise BundleError(f"{src}: {rel} is listed in its manifest but missing")
+    digest = m.digest()
+    groups = {}
+    for rel in sorted(m.files):
+        if is_group_file(rel):
+            try:
+                groups[rel] = read_group(inside(staging, rel))
+            except (OSError, ValueError, RecursionError) as e:
+                raise BundleError(f"{src}: {rel}: unreadable group file ({type(e).__name__}: {e})") from None
     if public_key is not None:
         from .signing import check
         try:   # the group files still list the build's paths: only their member names are signed
             check(staging, m, public_key, require_inside=False, sig_path=signed)
         except CacheDirError as e:
             raise BundleError(f"{src}: {str(e).replace(str(staging) + '/', '')}") from None
+        except RecursionError:
+            raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
 
-    rewritten = 0
-    for rel in sorted(m.files):
-        if not is_group_file(rel):
-            continue
-        path = staging / rel
-        try:
-            text = relocated_group(read_group(path), root / Path(rel).parent)
-        except (OSError, ValueError) as e:
-            raise BundleError(f"{src}: {rel}: unreadable group file ({e})") from None
-        path.write_text(text)
-        m.files[rel] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
-        rewritten += 1
+    for rel, paths in groups.items():   # each now lists its members where they land
+        text = relocated_group(paths, root / Path(rel).parent)
+        inside(staging, rel).write_bytes(text.encode())
+        m.files[rel] = FileRecord(size=len(text.encode()), sha256=sha256_bytes(text))
     move_in(staging, root, members_first(m.files))   # the manifest last
     if signed.is_file():   # still valid: the portable digest does not see where group members lie
         os.replace(signed, root / manifest_mod.SIG_NAME)
     manifest_mod.save(m, root)
     return ImportReport(cache_dir=root, files=len(m.files), bytes=sum(f.size for f in m.files.values()),
-                        groups_rewritten=rewritten, manifest_digest=digest)
+                        groups_rewritten=len(groups), manifest_digest=digest)

@@ -1,7 +1,14 @@
-"""The cache dir's lock: a build holds it, and every command that writes a cache takes it first."""
+"""The cache dir's lock: a build holds it, and every command that writes a cache takes it first; commands that only
+read (inspect, verify, export) never take it, so they work on a read-only dir and create nothing there.
+
+The lock file is `.autotune-cache.lock`, a plain file of mode 0644 (set explicitly: the umask must not decide it).
+filelock >= 4.3 opens it with O_NOFOLLOW: a link planted there fails the command (ELOOP), where older versions
+truncated and chmod-ed the link's target as whoever ran the command (root, in an image build).
+"""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import filelock
@@ -9,15 +16,31 @@ import filelock
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
 
+LOCK_MODE = 0o644
+
 
 @contextlib.contextmanager
-def locked(cache_dir: Path, timeout: float = 10.0):
-    """The lock a build holds: never prune or merge under a running build."""
-    lock = filelock.FileLock(Path(cache_dir) / manifest_mod.LOCK_NAME)
+def locked(cache_dir: Path, timeout: float | None = 10.0, on_wait: Callable[[str], None] | None = None):
+    """Hold the cache dir's lock for the block: never prune, merge or import under a running build. `timeout`:
+    seconds to wait before CacheDirError, None to wait as long as it takes; `on_wait(lock file)` is called once when
+    the lock is not free within a second (a build says it is waiting)."""
+    path = Path(cache_dir) / manifest_mod.LOCK_NAME
+    lock = filelock.FileLock(path, mode=LOCK_MODE)
+    wait = -1 if timeout is None else timeout   # filelock: -1 waits forever
+    first = wait if on_wait is None else 1.0 if wait < 0 else min(1.0, wait)
     try:
-        lock.acquire(timeout=timeout)
+        try:
+            lock.acquire(timeout=first)
+        except filelock.Timeout:
+            if on_wait is None:
+                raise
+            on_wait(str(path))
+            lock.acquire(timeout=wait)
     except filelock.Timeout:
-        raise CacheDirError(f"{cache_dir} is locked by a running build ({lock.lock_file}); try again later") from None
+        raise CacheDirError(f"{cache_dir} is locked by a running build ({path}); try again later") from None
+    except OSError as e:   # a link (ELOOP), a dir, an unwritable cache dir
+        raise CacheDirError(f"{path}: cannot take the cache dir's lock ({e.strerror or e}); it must be a plain file "
+                            "(a link there is never followed)") from None
     try:
         yield
     finally:

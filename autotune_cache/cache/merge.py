@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
-from .files import move_in, sha256_bytes, staging_dir
+from .files import inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
 from .fingerprint import mismatches
 from .layout import is_group_file, members_first, read_group, relocated_group
 from .lock import locked
@@ -45,14 +45,18 @@ class MergePlan:
                 "files": len(self.manifest.files)}
 
     def execute(self) -> None:
-        self.into.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.into)   # its dirs and files of explicit modes (files.FILE_MODE, DIR_MODE), whatever the umask
         with locked(self.into), staging_dir(self.into, manifest_mod.MERGE_STAGING) as staging:
             for src, rel in self.copies:
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, staging / rel)
+                dest = inside(staging, rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open_regular(src) as f, open_new(dest) as out:   # a link put in place of a source: refused
+                    shutil.copyfileobj(f, out)
             for rel, text in self.writes:
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                (staging / rel).write_text(text)
+                dest = inside(staging, rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open_new(dest) as out:
+                    out.write(text.encode())
             order = members_first([rel for _, rel in self.copies] + [rel for rel, _ in self.writes])
             move_in(staging, self.into, order)
             manifest_mod.save(self.manifest, self.into)
@@ -96,7 +100,7 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
         elif ref is None:
             result.fingerprint = fp
         for rel, rec in sorted(m.files.items()):
-            src = root / rel
+            src = inside(root, rel)
             if is_group_file(rel):   # rewritten for its new dir: its bytes differ from the source by design
                 text = relocated_group(read_group(src), into / Path(rel).parent)
                 new = FileRecord(size=len(text.encode()), sha256=sha256_bytes(text))

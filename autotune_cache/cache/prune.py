@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from .files import inside
 from .layout import is_autotune_file, is_group_file
 from .lock import locked
 from .manifest import Manifest
@@ -21,7 +22,11 @@ from .scan import CacheScan
 
 
 def _remove_dir(d: Path) -> None:
-    """A compiled dir: its group file first (see module doc), then the rest."""
+    """A compiled dir: its group file first (see module doc), then the rest. A link put in its place since the scan
+    goes itself: what it points to is never entered."""
+    if d.is_symlink() or not d.is_dir():
+        d.unlink(missing_ok=True)
+        return
     for g in d.glob("*"):
         if is_group_file(g.name):
             g.unlink(missing_ok=True)
@@ -58,7 +63,7 @@ class PrunePlan:
         with locked(self.root):
             manifest_mod.save(self.manifest, self.root)
             for d in self.deletions:
-                path = self.root / d.path.rstrip("/")
+                path = inside(self.root, d.path.rstrip("/"))   # names from the scan; inside: a second line of defence
                 if d.path.endswith("/"):
                     _remove_dir(path)
                 else:
