@@ -1,15 +1,23 @@
 """The build's manifest bookkeeping: open it (dropping damaged files), record what the children report, charge
-failures, save it (reconciling keys two children tuned at once). Plain JSON: never imports torch or triton."""
+failures, save it (reconciling keys two children tuned at once). Plain JSON: never imports torch or triton.
+
+What the manifest lists is what a server will trust, so a build never adopts a file it did not write: it lists the
+files of the previous manifest that are still intact plus the files that appeared or changed since the build began
+(a snapshot of every file's size, mtime and inode at open()). Files that were there before, unlisted, are left as
+they are and named in one warning; `verify` and the loader report them as foreign."""
 from __future__ import annotations
 
+import stat
 from hashlib import sha256
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..cache import manifest as manifest_mod
+from ..cache.files import inside, path_problem, sha256_regular
 from ..cache.fingerprint import Fingerprint, mismatches
-from ..cache.manifest import Entry, FileRecord, Manifest, UnitRecord
+from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, UnitRecord
 from ..errors import CacheDirError
 from ..version import __version__
 from .plan import Plan
@@ -31,11 +39,18 @@ class Ledger:
         self.reported = set()     # autotune files (Entry.file) the children of this build reported
         self.reconciled = set()   # ... whose file another child rewrote after its report (the last writer won)
         self._hello_gpu = None    # the GPU whose child set the fingerprint in this build
+        self._before: dict[str, FileStat] = {}      # every file on disk when the build began (open())
+        self._kept: dict[str, FileRecord] = {}      # ... that the previous manifest listed, checked intact
+        self._hashed: dict[str, tuple[FileStat, FileRecord]] = {}   # files this build wrote, as last hashed
+        self.foreign: tuple[str, ...] = ()          # files there before the build, unlisted: not adopted
 
     # -- opening and saving -----------------------------------------------------------------------------------
     def open(self) -> Manifest:
         m = manifest_mod.load(self.cache_dir) or Manifest(tool_version=__version__)
-        if self._drop_damaged_files(m):
+        damaged = self._drop_damaged_files(m)
+        self._before = manifest_mod.file_stats(self.cache_dir)
+        self._kept = {rel: rec for rel, rec in m.files.items() if rel in self._before and rel not in damaged}
+        if damaged:
             # Which unit wrote a compiled file is not recorded: every done unit runs again (hits, and a compile of
             # each winner whose files are gone); units of other plans stay pending until their next build.
             for rec in m.units.values():
@@ -60,16 +75,18 @@ class Ledger:
         """Delete files the manifest recorded whose bytes changed since (a disk error, a tool, a hand): Triton
         would load a damaged compiled kernel as it is and fail every call of it. Rerunning the units restores them
         (Triton rewrites what is missing); missing files are left to that too, foreign files are never touched."""
-        from ..cache.files import sha256_file
         damaged = []
         for rel, rec in m.files.items():
-            path = self.cache_dir / rel
+            path = inside(self.cache_dir, rel)   # the manifest's paths are checked at load: a second line of defence
             try:
-                if path.stat().st_size == rec.size and sha256_file(path) == rec.sha256:
-                    continue
+                st = path.lstat()
             except FileNotFoundError:
                 continue
-            path.unlink(missing_ok=True)
+            if stat.S_ISDIR(st.st_mode):   # not ours to remove: verify names it
+                continue
+            if st.st_size == rec.size and stat.S_ISREG(st.st_mode) and sha256_regular(path) == rec.sha256:
+                continue
+            path.unlink(missing_ok=True)   # a changed file, or a link or FIFO in its place (the link, not its target)
             damaged.append(rel)
         if damaged:
             self.console.print(f"[yellow]{len(damaged)} cache file(s) changed since the last build, removed and "
@@ -78,13 +95,37 @@ class Ledger:
 
     def save(self) -> None:
         try:
-            self.manifest.files = manifest_mod.cache_files(self.cache_dir)
+            self.manifest.files = self._files()
             if self.sharded:
                 self._reconcile_entries()
             manifest_mod.save(self.manifest, self.cache_dir)   # atomic: the previous manifest stays on failure
         except OSError as e:
             raise CacheDirError(f"cannot write {manifest_mod.path_of(self.cache_dir)}: {e.strerror or e} "
                                 "(the manifest on disk is the one before this step)") from None
+
+    def _files(self) -> dict[str, FileRecord]:
+        """What the manifest lists now (see the module doc): the previous manifest's intact files that no one
+        touched since open(), and every file that appeared or changed since (hashed once per version)."""
+        files, foreign = {}, []
+        for rel, st in sorted(manifest_mod.file_stats(self.cache_dir).items()):
+            if self._before.get(rel) == st:
+                if rel in self._kept:
+                    files[rel] = self._kept[rel]
+                else:
+                    foreign.append(rel)
+                continue
+            if path_problem(rel):   # no manifest may name it (Triton never writes such a name): not adopted
+                foreign.append(rel)
+                continue
+            seen = self._hashed.get(rel)
+            if seen is None or seen[0] != st:
+                digest = sha256_regular(self.cache_dir / rel)
+                if digest is None:   # removed or replaced while we looked: not part of the cache
+                    continue
+                seen = self._hashed[rel] = (st, FileRecord(size=st.size, sha256=digest))
+            files[rel] = seen[1]
+        self.foreign = tuple(foreign)
+        return files
 
     def _reconcile_entries(self) -> None:
         """Entries of this build whose autotune file changed after the child reported it: two children tuned the
@@ -108,10 +149,16 @@ class Ledger:
             entry.winner, entry.best, entry.margin = parsed.winner, parsed.best, parsed.margin
             self.reconciled.add(name)
 
-    def report_reconciled(self) -> None:
+    def report(self) -> None:
+        """What the end of a build says about the manifest it wrote."""
         if self.reconciled:
             self.console.print(f"{len(self.reconciled)} key(s) were tuned on more than one GPU; the manifest "
                                f"records the file written last: {_some(sorted(self.reconciled))}")
+        if self.foreign:
+            self.console.print(f"[yellow]warning: {len(self.foreign)} file(s) were in {self.cache_dir} before this "
+                               "build and no manifest listed them: left as they are, not listed (a build lists only "
+                               "what it wrote); `verify` and the loader report them as foreign: "
+                               f"{_some(list(self.foreign))}[/yellow]")
 
     # -- which units run --------------------------------------------------------------------------------------
     def runnable(self, units: list[Unit]) -> list[Unit]:
@@ -227,5 +274,7 @@ class Ledger:
 
 
 def _some(names: list[str]) -> str:
-    """The first three of `names`, and " ..." when there are more."""
-    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    """The first three of `names`, and " ..." when there are more; names from disk are shown as text (rich markup
+    escaped, an unprintable one as its repr)."""
+    shown = [escape(n if n.isprintable() else repr(n)) for n in names[:3]]
+    return ", ".join(shown) + (" ..." if len(names) > 3 else "")

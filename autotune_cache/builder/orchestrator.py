@@ -8,12 +8,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import filelock
 from rich.console import Console
 
 from . import gpus
-from ..cache import manifest as manifest_mod
+from ..cache.files import make_dirs, remove_created
 from ..cache.fingerprint import Fingerprint
+from ..cache.lock import locked
 from ..cache.manifest import Manifest
 from ..errors import BuildFailedError, CacheDirError, NoGPUError
 from .ledger import Ledger
@@ -32,19 +32,16 @@ MIN_FREE_BYTES = 64 << 20
 
 def prepare_cache_dir(path: str | os.PathLike) -> Path:
     """Absolute, existing, writable directory with room to build, or CacheDirError before any work starts
-    (and then no directory this call created is left behind)."""
+    (and then no directory this call created is left behind). The dirs it creates are of mode 0755 whatever the
+    umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write."""
     if path is None:
         raise CacheDirError("a cache dir is needed (--cache-dir DIR)")
     root = Path(path).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"cache dir {root} exists and is not a directory")
-    created = []   # the directories mkdir is about to create, innermost first
-    for p in (root, *root.parents):
-        if p.exists():
-            break
-        created.append(p)
+    created = []   # the directories mkdir created, innermost first
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(root)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test.") as f:
             f.write(b"\0" * 4096)   # an empty file is created even on a full disk: write (and sync) a block
             f.flush()
@@ -54,11 +51,7 @@ def prepare_cache_dir(path: str | os.PathLike) -> Path:
             raise CacheDirError(f"cache dir {root} has {free / 1e6:.1f} MB free; a build needs at least "
                                 f"{MIN_FREE_BYTES / 1e6:.0f} MB (an FLA unit writes about 30 MB)")
     except (OSError, CacheDirError) as e:
-        for p in created:
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        remove_created(created)
         if isinstance(e, CacheDirError):
             raise
         raise CacheDirError(f"cache dir {root} is not writable: {e.strerror or e}") from None
@@ -136,13 +129,10 @@ class Build:
                 c.end()
 
     def run(self) -> Manifest:
-        lock = filelock.FileLock(self.cache_dir / manifest_mod.LOCK_NAME)
-        try:
-            lock.acquire(timeout=1)
-        except filelock.Timeout:
-            self.console.print(f"waiting for another build holding {lock.lock_file} ...")
-            lock.acquire()
-        try:
+        def waiting(lock_file: str) -> None:
+            self.console.print(f"waiting for another build holding {lock_file} ...")
+
+        with locked(self.cache_dir, timeout=None, on_wait=waiting):
             self.ledger.open()
             with self.view.live(self.ledger.not_done()):
                 todo = self.ledger.runnable(self.plan.units)
@@ -152,9 +142,7 @@ class Build:
                     self.ledger.interrupted()
                     raise
             self.ledger.save()
-            self.ledger.report_reconciled()
-        finally:
-            lock.release()
+            self.ledger.report()
         failed = [self.manifest.units[u.id] for u in self.ledger.not_done()]
         if failed:
             lines = "; ".join(f"{r.id}: {r.error}" for r in failed)
