@@ -68,3 +68,84 @@ def assert_probed(cache, manifest, unit, tokens=512):
 
 def configs_reached(manifest, unit) -> int:
     return sum(manifest.entries[f].configs for f in manifest.units[unit.id].entries)
+
+
+# -- hand-made caches and bundles (test_trust_paths, test_fuzz_manifest_bundle) -------------------------------------
+def small_manifest(files: dict):
+    """A valid Manifest listing `files` (relative path -> bytes) as a build records them: no Triton needed."""
+    from autotune_cache.cache.files import sha256_bytes
+    from autotune_cache.cache.manifest import FileRecord, Manifest
+    return Manifest(tool_version="0", files={rel: FileRecord(size=len(data), sha256=sha256_bytes(data))
+                                             for rel, data in files.items()})
+
+
+def small_cache(root, files: dict):
+    """`files` written under `root` with their manifest; returns the manifest."""
+    from autotune_cache.cache import manifest as manifest_mod
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    m = small_manifest(files)
+    manifest_mod.save(m, root)
+    return m
+
+
+def raw_digest(raw: dict) -> str:
+    """Manifest.digest() of a manifest as JSON data, valid or not (what a crafted bundle.json names)."""
+    from autotune_cache.cache.files import sha256_bytes
+    return sha256_bytes(json.dumps(raw, sort_keys=True))
+
+
+def tar_member(name, data=b"", kind=None, link="", size=None):
+    """(TarInfo, bytes or None) for write_bundle(): a plain file unless `kind` (a tarfile type) says otherwise;
+    `size` overrides the header's size."""
+    import tarfile
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.linkname = kind or tarfile.REGTYPE, link
+    regular = ti.type == tarfile.REGTYPE
+    ti.size = (len(data) if regular else 0) if size is None else size
+    return ti, data if regular else None
+
+
+def write_bundle(path, manifest, members=(), info=None):
+    """A bundle made by hand: bundle.json (naming the digest of `manifest`, a Manifest or JSON data, unless `info`
+    is given), manifest.json, then `members` ([(TarInfo, bytes or None)], as tar_member() makes them)."""
+    import io
+    import tarfile
+    raw = manifest.model_dump(mode="json") if hasattr(manifest, "model_dump") else manifest
+    data = json.dumps(raw).encode() if not isinstance(raw, bytes) else raw
+    if info is None:
+        info = {"format": "autotune-cache-bundle", "version": 1, "manifest_digest": raw_digest(raw)}
+    with tarfile.open(path, "w:gz") as tar:
+        for ti, body in [tar_member("bundle.json", json.dumps(info).encode()), tar_member("manifest.json", data),
+                         *members]:
+            tar.addfile(ti, io.BytesIO(body) if body is not None else None)
+    return Path(path)
+
+
+def listing(d) -> dict:
+    """Every path under `d` (links not followed) with its size: what a test compares before and after."""
+    out = {}
+    for dirpath, dirs, files in os.walk(d):   # never into a link to a dir
+        for name in dirs + files:
+            p = Path(dirpath, name)
+            out[p.relative_to(d).as_posix()] = -1 if name in dirs and not p.is_symlink() else p.lstat().st_size
+    return out
+
+
+def raw_manifest_with(files: dict) -> dict:
+    """A manifest as JSON data listing `files` (path -> FileRecord data) as they are, unchecked: what an attacker
+    writes (small_manifest() cannot hold a path the schema refuses)."""
+    raw = small_manifest({}).model_dump(mode="json")
+    raw["files"] = files
+    return raw
+
+
+def assert_refused_in_one_line(proc, text):
+    """The CLI refused: exit 2, its error in one line naming `text`, last on stderr (after a build's plan), no
+    traceback."""
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and text in errors[0], proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]
