@@ -23,7 +23,8 @@ try:
         from autotune_cache.integrations.vllm_plugin import register
         register()
     else:
-        loader.install(cache_dir, strict=strict, targets=(), public_key=key, copy="--no-copy" not in sys.argv)
+        loader.install(cache_dir, strict=strict, targets=(), public_key=key,
+                       **({"copy": False} if "--no-copy" in sys.argv else {}))
 except AutotuneCacheError as e:   # anything else is a traceback and a non-zero exit: what the tests forbid
     error = f"{type(e).__name__}: {e}"
 report = loader.report()

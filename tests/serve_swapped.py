@@ -28,7 +28,8 @@ emulation.install()
 import autotune_cache  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 
-report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",), copy="--no-copy" not in sys.argv)
+report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",),
+                                **({"copy": False} if "--no-copy" in sys.argv else {}))
 for path in cache_dir.rglob("*.autotune.json"):
     path.write_text("{")
 for path in cache_dir.rglob("__grp__*.json"):
