@@ -206,6 +206,7 @@ class _Copier:
     def __init__(self, dir: Path):
         self.dir, self.files, self.bytes, self.seconds, self.error = dir, 0, 0, 0.0, None
         self._buf = bytearray(self.BLOCK)
+        self._made: set[Path] = set()   # dirs made: one mkdir per hash dir, not per file
 
     def hash_into(self, f, rel: str) -> str:
         """sha256 of the rest of `f`, every block written to <copy>/<rel> on the way (one read of each byte)."""
@@ -224,7 +225,9 @@ class _Copier:
         start = time.perf_counter()
         try:
             dest = self.dir / rel
-            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if dest.parent not in self._made:
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._made.add(dest.parent)
             out = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
         except OSError as e:
             raise _CopyFailed(f"{self.dir / rel}: {e.strerror or e}") from None
