@@ -13,6 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+# The most read whole of a JSON file that may be anything (a manifest, a group file): a 2,000-file manifest is ~1 MB.
+MAX_JSON_BYTES = 64 << 20
+
 
 def sha256_bytes(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()

@@ -17,7 +17,7 @@ points Triton at a directory), `verify` and `ensure`. One pass over the director
   `import`, or crafted) are reported, and the layered manager never loads them (stray_members: the one rule).
 
 Every file is opened as files.open_plain does (plain files only, bounded: MAX_FILE_BYTES, JSON read whole at most
-MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash the
+files.MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash the
 check. Not hashed: our own files and writes in flight (`manifest.is_own`: manifest, lock, signature, temp names,
 Triton's `tmp.pid_*` dirs); Triton's lookups never read them. Every other file is hashed, whether the server reads
 it (cubin, launcher .so, autotune JSON, group and metadata JSON) or not (.source, .ttir, ...): about 1.3 GB/s of
@@ -37,14 +37,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import NotPlainFile, TooLargeFile, open_plain, read_plain, sha256_bytes, sha256_of
+from .files import MAX_JSON_BYTES, NotPlainFile, TooLargeFile, open_plain, read_plain, sha256_bytes, sha256_of
 from .layout import is_group_file, parse_group, relocated_group
 from .manifest import FileRecord, Manifest, is_own
 
 WRITE_BITS = stat.S_IWGRP | stat.S_IWOTH
-# The most a check reads of one file: JSON it parses (manifest, group files, manifest.sig) is read whole, so at most
-# MAX_JSON_BYTES (a 2,000-file manifest is ~1 MB); any other file is streamed (cubins, launcher .so: MBs).
-MAX_JSON_BYTES = 64 << 20
+# The most a check reads of one file it streams (cubins, launcher .so: MBs); JSON it parses (group files) is read
+# whole, at most files.MAX_JSON_BYTES.
 MAX_FILE_BYTES = 4 << 30
 # What each kind of problem means (report texts name the kind).
 KINDS = {

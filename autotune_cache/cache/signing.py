@@ -26,14 +26,13 @@ from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, IntegrityError
-from .files import read_plain, sha256_bytes, write_atomic
-from .integrity import MAX_JSON_BYTES, stray_members
+from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
+from .integrity import stray_members
 from .layout import is_group_file, parse_group
 from .manifest import Manifest
 
 ALGORITHM = "ed25519"
 CONTEXT = b"autotune-cache manifest signature v1\n"   # what is signed: CONTEXT + portable digest (hex)
-MAX_SIG_BYTES = 64 << 10   # manifest.sig is ~300 bytes of JSON: read no more than this of whatever is there
 
 
 def _crypto():
@@ -163,7 +162,7 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     kid = key_id(pub)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
-        sig = json.loads(read_plain(sig_path, MAX_SIG_BYTES))
+        sig = json.loads(read_plain(sig_path, MAX_JSON_BYTES))
         signature = base64.b64decode(sig["signature"], validate=True)
     except FileNotFoundError:
         raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "

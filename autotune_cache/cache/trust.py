@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import AutotuneCacheError, CacheDirError
 from . import integrity, manifest as manifest_mod, signing
-from .files import NotPlainFile, open_plain
+from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
 from .integrity import FileCheck, Writable
 from .manifest import Manifest
 
@@ -133,7 +133,7 @@ def _load_manifest(root: Path):
     which is refused unless allowed; manifest.load's own checks close that too.)"""
     path = manifest_mod.path_of(root)
     try:
-        open_plain(path, integrity.MAX_JSON_BYTES).close()
+        open_plain(path, MAX_JSON_BYTES).close()
     except FileNotFoundError:
         return None, None
     except NotPlainFile as e:

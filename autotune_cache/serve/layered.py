@@ -13,8 +13,8 @@ import os
 
 from triton.runtime.cache import FileCacheManager
 
-from ..cache.files import read_plain
-from ..cache.integrity import MAX_JSON_BYTES, stray_members
+from ..cache.files import MAX_JSON_BYTES, read_plain
+from ..cache.integrity import stray_members
 from ..cache.layout import GROUP_PREFIX, parse_group
 
 BASE_ENV = "AUTOTUNE_CACHE_BASE"
