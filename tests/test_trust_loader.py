@@ -177,6 +177,13 @@ def test_a_deeply_nested_autotune_file_is_a_miss_not_a_crash(cache, tmp_path):
     assert out["error"] is None and out["report"]["verified"] and out["configs_benchmarked"] == 3   # one key re-tuned
 
 
+def test_a_crafted_file_name_stays_on_one_line(cache, tmp_path):
+    c = copy_of(cache, tmp_path / "c")
+    (c / os.fsdecode(b"evil\xff\nrefused: nothing")).write_bytes(b"x")
+    (text,) = [r.text for r in trust.assess(c).refusals]
+    assert text == "evil\\udcff\\nrefused: nothing: not listed in the manifest (foreign file)"
+
+
 def test_a_check_that_fails_unforeseen_refuses_in_one_line(cache, tmp_path, monkeypatch):
     c = copy_of(cache, tmp_path / "c")
 

@@ -57,6 +57,12 @@ KINDS = {
 }
 
 
+def shown(path: str) -> str:
+    """A path as reports print it: as is, or escaped where a name holds a newline, a control character or bytes
+    that are not UTF-8 (a crafted name must not add lines to a server's log)."""
+    return path if path.isprintable() else repr(path)[1:-1]
+
+
 @dataclass(frozen=True)
 class Problem:
     """One file that stops a directory from being trusted. Example: ("KX3.../k.cubin", "changed",
@@ -66,7 +72,7 @@ class Problem:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.detail}"
+        return f"{shown(self.path)}: {self.detail}"
 
 
 @dataclass(frozen=True, order=True)
@@ -79,7 +85,7 @@ class Writable:
     fix: str = "chmod go-w"
 
     def __str__(self) -> str:
-        return f"{self.path} ({self.why})"
+        return f"{shown(self.path)} ({self.why})"
 
 
 @dataclass(frozen=True)

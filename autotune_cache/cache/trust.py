@@ -116,7 +116,7 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:
+def _unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:
     """The report on a dir whose check failed with an exception nobody expected: refused, naming it in one line."""
     files = FileCheck(root=root, listed=0, hashed=0, bytes_hashed=0, problems=(), writable=(), moved_groups=(),
                       seconds=0.0)
@@ -156,7 +156,7 @@ def assess(cache_dir: str | os.PathLike, policy: Policy = Policy(), *, copy_to: 
     try:
         return _assess(root, policy, copy_to)
     except Exception as e:   # a check's own failure on a dir nobody foresaw: the dir is not used, the caller goes on
-        return unchecked(root, policy, e)
+        return _unchecked(root, policy, e)
 
 
 def _assess(root: Path, policy: Policy, copy_to: Path | None) -> TrustReport:
