@@ -1,8 +1,8 @@
 """The file primitives every writer and checker of a cache uses: sha256 of a file or of bytes, an atomic write (one
-file), staging (many files moved in together, in an order the caller chooses), and the two guards on paths and files
+file), staging (many files moved in together, in an order the caller chooses), and the guards on paths and files
 that come from a cache (attacker input): which relative paths a manifest may name (`path_problem`), that a path to
-delete or move stays inside its root (`inside`), and reading only regular files, size-capped (`open_regular`,
-`read_regular`)."""
+delete or move stays inside its root (`inside`), and reading only plain files, size-capped and never blocking
+(`open_plain`/`read_plain`, raising OSError subclasses; `open_regular`/`read_regular`, the same as CacheDirError)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +23,8 @@ MAX_NAME_BYTES = 255
 # The modes of what our commands write into a cache, set explicitly whatever the umask: a server of another user
 # must read it, no one else may write it (trust refuses a cache writable by others).
 FILE_MODE, DIR_MODE = 0o644, 0o755
+# The most read whole of a JSON file that may be anything (a manifest, a group file): a 2,000-file manifest is ~1 MB.
+MAX_JSON_BYTES = 64 << 20
 
 
 def sha256_bytes(data: bytes | str) -> str:
@@ -31,16 +33,57 @@ def sha256_bytes(data: bytes | str) -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        return _sha256_of(f)
+        return sha256_of(f)
 
 
-def _sha256_of(f: BinaryIO) -> str:
+def sha256_of(f: BinaryIO) -> str:
+    """sha256 of what is left to read in a binary file."""
     if hasattr(hashlib, "file_digest"):   # Python 3.11+: one reused buffer, no allocation per block
         return hashlib.file_digest(f, "sha256").hexdigest()
     h = hashlib.sha256()
     for block in iter(lambda: f.read(1 << 18), b""):
         h.update(block)
     return h.hexdigest()
+
+
+class NotPlainFile(OSError):
+    """open_plain(): a link, a fifo, a device, a directory (the message says which, not the path: callers name it)."""
+
+
+class TooLargeFile(NotPlainFile):
+    """open_plain(): a plain file over the size limit."""
+
+
+def open_plain(path: str | os.PathLike, limit: int | None = None) -> BinaryIO:
+    """`path` opened for reading only if it is a plain file (of at most `limit` bytes): NotPlainFile naming what it
+    is otherwise, TooLargeFile over the limit. Never follows a link, never blocks and never opens a device: lstat
+    first (opening a device can act), then O_NOFOLLOW|O_NONBLOCK (a fifo would wait for a writer forever), and the
+    type and size from fstat of what was opened, which must be what was lstat'ed (a swap in between is caught).
+    FileNotFoundError passes through: callers tell absent apart."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotPlainFile(f"{_kind(st.st_mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            raise NotPlainFile("replaced while it was opened")
+        if limit is not None and opened.st_size > limit:
+            raise TooLargeFile(f"{opened.st_size} bytes, more than the {size_text(limit)} read from such a file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_plain(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of open_plain(path, limit), never more than `limit` (a file growing while read is cut short and
+    refused)."""
+    with open_plain(path, limit) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeFile(f"grew past {limit} bytes while read")
+    return data
 
 
 @contextlib.contextmanager
@@ -188,48 +231,39 @@ def _kind(mode: int) -> str:
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
-    """`path` opened to read, if it is a regular file; CacheDirError naming what it is otherwise. Never follows a
-    link, never blocks (a FIFO) and never opens a device: lstat first, then O_NOFOLLOW|O_NONBLOCK and fstat of what
-    was opened (a swap in between is caught). FileNotFoundError passes through: the callers tell absent apart."""
+    """open_plain() for a caller whose errors are CacheDirError: one line naming the path and what it is.
+    FileNotFoundError passes through."""
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise CacheDirError(f"{path}: {_kind(st.st_mode)}, not a regular file; refusing to read it")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return open_plain(path)
     except FileNotFoundError:
         raise
+    except NotPlainFile as e:
+        raise CacheDirError(f"{path}: {e}; refusing to read it") from None
     except OSError as e:
         raise CacheDirError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-            raise CacheDirError(f"{path}: replaced while it was opened; refusing to read it")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def sha256_regular(path: str | os.PathLike) -> str | None:
     """sha256 of a regular file (open_regular), None when it is absent, anything else, or unreadable."""
     try:
-        with open_regular(path) as f:
-            return _sha256_of(f)
-    except (OSError, CacheDirError):
+        with open_plain(path) as f:
+            return sha256_of(f)
+    except OSError:
         return None
 
 
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
-    """The bytes of a regular file (open_regular) of at most `limit` bytes; CacheDirError naming the cap if larger."""
-    with open_regular(path) as f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(limit + 1) if size <= limit else b""
-        except OSError as e:
-            raise CacheDirError(f"{path}: cannot read ({e.strerror or e})") from None
-    if size > limit or len(data) > limit:
-        raise CacheDirError(f"{path}: larger than {size_text(limit)}, the most it may be; refusing to read it")
-    return data
+    """read_plain() with CacheDirError naming the path and the cap. FileNotFoundError passes through."""
+    try:
+        return read_plain(path, limit)
+    except FileNotFoundError:
+        raise
+    except TooLargeFile:
+        raise CacheDirError(f"{path}: larger than {size_text(limit)}, the most it may be; refusing to read it") from None
+    except NotPlainFile as e:
+        raise CacheDirError(f"{path}: {e}; refusing to read it") from None
+    except OSError as e:
+        raise CacheDirError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def size_text(n: int) -> str:

@@ -73,6 +73,15 @@ class AutotuneFile:
         return ranked[1] / ranked[0] - 1 if len(ranked) > 1 and ranked[0] > 0 else None
 
 
+def _json(data: bytes | str):
+    """json.loads that fails only with ValueError: non-UTF-8 bytes are a UnicodeDecodeError (a ValueError) already,
+    nesting deeper than the interpreter's recursion limit is a RecursionError, which readers would not expect."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_autotune(path: Path) -> AutotuneFile:
     """Parse an autotune JSON; raises ValueError (or OSError) on a corrupt or unreadable file."""
     return parse_autotune(Path(path).read_bytes())
@@ -81,7 +90,7 @@ def read_autotune(path: Path) -> AutotuneFile:
 def parse_autotune(data: bytes | str) -> AutotuneFile:
     """read_autotune on the file's bytes (a caller that also hashes them reads the file once). Plain JSON: the
     build parent uses it and never imports Triton."""
-    raw = json.loads(data)
+    raw = _json(data)
     if not isinstance(raw, dict) or "key" not in raw or not isinstance(raw.get("configs_timings"), list):
         raise ValueError("not a Triton autotune file (needs 'key' and 'configs_timings')")
     timings = []
@@ -98,7 +107,12 @@ def parse_autotune(data: bytes | str) -> AutotuneFile:
 def read_group(path: Path) -> dict[str, str]:
     """child_paths of a `__grp__<name>.json`: file name -> ABSOLUTE path where Triton wrote it. Raises
     ValueError (or OSError) when unreadable: Triton itself would fail the kernel call on such a file."""
-    raw = json.loads(Path(path).read_text())
+    return parse_group(Path(path).read_bytes())
+
+
+def parse_group(data: bytes | str) -> dict[str, str]:
+    """read_group on the file's bytes (a checker that also hashes them reads the file once)."""
+    raw = _json(data)
     paths = raw.get("child_paths") if isinstance(raw, dict) else None
     if not isinstance(paths, dict) or not all(isinstance(v, str) for v in paths.values()):
         raise ValueError("not a Triton group file (needs 'child_paths': {name: path})")

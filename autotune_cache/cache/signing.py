@@ -9,8 +9,10 @@ proves that files were not damaged or mixed: whoever can write the directory can
 What is signed is the manifest's *portable digest*: Manifest.digest() with `updated` left out and each Triton group
 file (`__grp__*.json`, which lists its members by absolute path) counted by its member names alone, not by its
 bytes. Those are the only things `import` changes when it moves a cache, so a signed cache stays signed at its new
-path. In exchange, the check reads every group file and requires its members to lie in its own directory: a group
-pointing elsewhere fails it.
+path. The names are all that matters of a group because the check requires each member path to be, literally,
+`<the group's own dir>/<its name>` (integrity.stray_members: compared as strings, never resolved): the names then
+fully determine which files the group loads, and those files are themselves listed by sha256. A group pointing
+anywhere else, a link that resolves back inside included, fails the check.
 
 Keys: `openssl genpkey -algorithm ed25519 -out key.pem` (private, for `sign`) and
 `openssl pkey -in key.pem -pubout -out key.pub.pem` (public, for the checks).
@@ -24,8 +26,9 @@ from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, IntegrityError
-from .files import sha256_bytes, write_atomic
-from .layout import is_group_file, read_group
+from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
+from .integrity import stray_members
+from .layout import is_group_file, parse_group
 from .manifest import Manifest
 
 ALGORITHM = "ed25519"
@@ -89,26 +92,31 @@ def group_members(paths: dict[str, str]) -> str:
 
 
 def read_groups(root: Path, manifest: Manifest, *, require_inside: bool) -> dict[str, dict[str, str]]:
-    """child_paths of every group file the manifest lists. require_inside: every member must be in the group's own
-    dir under root (IntegrityError otherwise); off for a bundle's staging dir (import rewrites them)."""
+    """child_paths of every group file the manifest lists. require_inside: every member must be at `<the group's
+    own dir>/<its name>` under root (IntegrityError otherwise); off for a bundle's staging dir (import rewrites
+    them)."""
     out = {}
     for rel in manifest.files:
         if not is_group_file(rel):
             continue
         try:
-            paths = read_group(root / rel)
+            out[rel] = parse_group(read_plain(root / rel, MAX_JSON_BYTES))
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{rel}: unreadable group file ({type(e).__name__}): the signature cannot be "
                                  "checked", files=[rel]) from None
-        if require_inside:
-            own = (root / rel).parent
-            outside = [p for p in paths.values()
-                       if Path(p).parent != own and Path(os.path.realpath(p)).parent != own]
-            if outside:
-                raise IntegrityError(f"{rel}: lists {outside[0]}, outside its directory (copied without "
-                                     "`autotune-cache import`?): the signature does not cover it", files=[rel])
-        out[rel] = paths
+    if require_inside:
+        require_members_inside(root, out)
     return out
+
+
+def require_members_inside(root: Path, groups: dict[str, dict[str, str]]) -> None:
+    """IntegrityError naming the first group file with a member not at `<its own dir>/<its name>` (see the module
+    doc: only then does the signature say what the group loads)."""
+    for rel, paths in sorted(groups.items()):
+        stray = stray_members(paths, Path(root) / Path(rel).parent)
+        if stray:
+            raise IntegrityError(f"{rel}: lists {stray[0]}, outside its directory (copied without "
+                                 "`autotune-cache import`?): the signature does not cover it", files=[rel])
 
 
 def portable_digest(manifest: Manifest, groups: dict[str, dict[str, str]]) -> str:
@@ -145,26 +153,31 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
 
 
 def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = True,
-          sig_path: Path | None = None) -> str:
+          sig_path: Path | None = None, groups: dict[str, dict[str, str]] | None = None) -> str:
     """IntegrityError unless <root>/manifest.sig is a valid signature of `manifest` by `public_key`. Returns the
-    key id. The files themselves are integrity.check_files' job."""
+    key id. The files themselves are integrity.check_files' job. `groups`: every listed group file's child_paths
+    as that check parsed them from the bytes it hashed (else they are read here)."""
     _crypto()   # a clear error when `cryptography` is missing
     pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
     kid = key_id(pub)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
-        sig = json.loads(sig_path.read_text())
+        sig = json.loads(read_plain(sig_path, MAX_JSON_BYTES))
         signature = base64.b64decode(sig["signature"], validate=True)
     except FileNotFoundError:
         raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "
                              "sign DIR --key KEY.pem`)", files=[manifest_mod.SIG_NAME]) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise IntegrityError(f"{sig_path}: unreadable signature ({type(e).__name__})",
                              files=[manifest_mod.SIG_NAME]) from None
     if sig.get("algorithm") != ALGORITHM:
         raise IntegrityError(f"{sig_path}: algorithm {sig.get('algorithm')!r}, expected {ALGORITHM}",
                              files=[manifest_mod.SIG_NAME])
-    digest = portable_digest(manifest, read_groups(Path(root), manifest, require_inside=require_inside))
+    if groups is None:
+        groups = read_groups(Path(root), manifest, require_inside=require_inside)
+    elif require_inside:
+        require_members_inside(Path(root), groups)
+    digest = portable_digest(manifest, groups)
     try:
         _check_sig(pub, signature, CONTEXT + digest.encode())
     except ValueError:

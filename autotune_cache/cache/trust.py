@@ -2,11 +2,15 @@
 report it, so the three cannot disagree.
 
 A cache is code the server runs (cubins, Triton's launcher .so). assess() reads the manifest, checks every file
-against it and the modes of the dir, its entries and its parents (integrity.py), and the manifest's signature
-(signing.py) when a public key is given. Each problem under the Policy is a Refusal: one is enough for the dir not
-to be used. What does not stop the server from using the dir (no manifest when none is required, kernels whose
-group files point elsewhere) is a warning. Whether the entries will *hit* here (fingerprint, coverage) is not
+against it and the owners and modes of the dir, its entries and its parents (integrity.py), and the manifest's
+signature (signing.py) when a public key is given. Each problem under the Policy is a Refusal: one is enough for the
+dir not to be used. What does not stop the server from using the dir (no manifest when none is required, kernels
+whose group files point elsewhere) is a warning. Whether the entries will *hit* here (fingerprint, coverage) is not
 trust: that is fingerprint.py's and verify's.
+
+Whatever the dir holds, assess() returns, and soon: manifest.json that is not a plain file, is too large, not UTF-8
+or nested past the recursion limit is a refusal, and so is any exception a check did not expect (with a one-line
+reason: the server that asked must start, and a dir that could not be checked is not used).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from ..errors import AutotuneCacheError, CacheDirError
 from . import integrity, manifest as manifest_mod, signing
+from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
 from .integrity import FileCheck, Writable
 from .manifest import Manifest
 
@@ -24,8 +29,10 @@ TRUE = ("1", "true", "yes", "on")
 CHECKS = ("manifest", "files", "permissions", "signature")
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in TRUE
+def env_flag(name: str, default: bool = False) -> bool:
+    """A yes/no env var: `default` when unset or empty, else whether it says yes ("1", "true", "yes", "on")."""
+    value = os.environ.get(name, "")
+    return value.lower() in TRUE if value else default
 
 
 @dataclass(frozen=True)
@@ -98,22 +105,66 @@ class TrustReport:
 
 
 def writable_reason(w: Writable) -> str:
-    return (f"{w}: other users can change what the server loads (chmod go-w, or allow it explicitly: "
+    return (f"{w}: other users can change what the server loads ({w.fix}, or allow it explicitly: "
             "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1 / --allow-writable)")
 
 
-def assess(cache_dir: str | os.PathLike, policy: Policy = Policy()) -> TrustReport:
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """'RecursionError: maximum recursion depth exceeded': an unexpected exception as a refusal's reason."""
+    text = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:
+    """The report on a dir whose check failed with an exception nobody expected: refused, naming it in one line."""
+    files = FileCheck(root=root, listed=0, hashed=0, bytes_hashed=0, problems=(), writable=(), moved_groups=(),
+                      seconds=0.0)
+    return TrustReport(root=root, policy=policy, manifest=None, manifest_error=None, files=files, shared_writable=(),
+                       signed=False if policy.public_key is not None else None, key_id=None,
+                       refusals=(Refusal("files", f"{root}: cannot be checked ({one_line(e)})", (str(root),)),),
+                       warnings=())
+
+
+def _load_manifest(root: Path):
+    """manifest.load(root), never raising: (manifest or None, why it is unusable or None). What is there is opened
+    as a plain file first (a fifo would block the read forever, a sparse file of terabytes fill memory); only a
+    plain file of bounded size is handed to manifest.load. (Swapping it in between takes write access to the dir,
+    which is refused unless allowed; manifest.load's own checks close that too.)"""
+    path = manifest_mod.path_of(root)
+    try:
+        open_plain(path, MAX_JSON_BYTES).close()
+    except FileNotFoundError:
+        return None, None
+    except NotPlainFile as e:
+        return None, f"{path}: {e}"
+    except OSError as e:
+        return None, f"{path}: cannot read ({e.strerror or e})"
+    try:
+        return manifest_mod.load(root), None
+    except CacheDirError as e:   # damaged or edited: nothing to check the files against
+        return None, str(e)
+    except Exception as e:   # e.g. not UTF-8, nested past the recursion limit
+        return None, f"{path}: unreadable manifest ({one_line(e)})"
+
+
+def assess(cache_dir: str | os.PathLike, policy: Policy = Policy(), *, copy_to: Path | None = None) -> TrustReport:
     """Decide whether a server may load `cache_dir` (see the module doc). Never raises for a problem of the dir:
-    each is a Refusal."""
+    each is a Refusal. `copy_to`: an empty private dir the same pass copies the listed files into
+    (integrity.check_files; FileCheck.copy)."""
     root = Path(cache_dir).resolve()
+    try:
+        return _assess(root, policy, copy_to)
+    except Exception as e:   # a check's own failure on a dir nobody foresaw: the dir is not used, the caller goes on
+        return _unchecked(root, policy, e)
+
+
+def _assess(root: Path, policy: Policy, copy_to: Path | None) -> TrustReport:
     refusals: list[Refusal] = []
     warnings: list[str] = []
-    manifest = error = None
-    try:
-        manifest = manifest_mod.load(root)
-    except CacheDirError as e:   # damaged or edited: nothing to check the files against
-        error = str(e)
-        refusals.append(Refusal("manifest", f"{e}: the files cannot be checked", (manifest_mod.MANIFEST_NAME,)))
+    manifest, error = _load_manifest(root)
+    if error is not None:
+        refusals.append(Refusal("manifest", f"{error}: the files cannot be checked", (manifest_mod.MANIFEST_NAME,)))
     if manifest is None and error is None:
         if policy.needs_manifest:
             refusals.append(Refusal("manifest", f"{manifest_mod.path_of(root)}: no manifest, and one is required (a "
@@ -121,7 +172,7 @@ def assess(cache_dir: str | os.PathLike, policy: Policy = Policy()) -> TrustRepo
                                     "cannot be checked", (manifest_mod.MANIFEST_NAME,)))
         else:
             warnings.append("no manifest.json: not built by autotune-cache; files and compatibility unchecked")
-    files = integrity.check_files(root, manifest)
+    files = integrity.check_files(root, manifest, copy_to)
     refusals += [Refusal("files", str(p), (p.path,)) for p in files.problems]
     unsafe = tuple(integrity.shared_writable(files))
     if not policy.allow_shared_writable:
@@ -130,10 +181,14 @@ def assess(cache_dir: str | os.PathLike, policy: Policy = Policy()) -> TrustRepo
     if policy.public_key is not None:
         signed = False   # without a manifest, the manifest's refusal says why
         if manifest is not None:
-            try:
-                key_id, signed = signing.check(root, manifest, policy.public_key), True
+            try:   # the groups as hashed, when all matched: nothing is read twice
+                key_id, signed = signing.check(root, manifest, policy.public_key,
+                                               groups=dict(files.groups) if files.ok else None), True
             except AutotuneCacheError as e:   # IntegrityError, or a key / package that cannot check it
                 refusals.append(Refusal("signature", str(e), tuple(getattr(e, "files", ()))))
+            except Exception as e:   # a key or signature file nobody foresaw
+                refusals.append(Refusal("signature", f"{manifest_mod.SIG_NAME}: cannot be checked ({one_line(e)})",
+                                        (manifest_mod.SIG_NAME,)))
     if files.moved_groups:
         warnings.append(f"{len(files.moved_groups)} compiled kernels list their files outside their directory "
                         "(copied without `autotune-cache import`): those files are not loaded, the server compiles "

@@ -6,8 +6,8 @@ a manifest: a problem there is a reason the loader refuses the dir, word for wor
   not list (foreign), no link or special file (trust: files); beyond trust, what makes a server miss: a manifest
   whose entries and file list disagree, an entry without its file, compiled kernels whose group file points into
   another directory (a cache moved without `import`: the loader serves it, and compiles them);
-- permissions: neither the dir, nor an entry in it, nor a parent (without the sticky bit) is writable by users
-  other than the owner (unless allowed: then notes);
+- permissions: the dir, every entry in it and every parent are owned by this user or root, and none is writable by
+  users other than the owner (a parent may be, with the sticky bit) (unless allowed: then notes);
 - signature (with a public key): manifest.sig is a valid ed25519 signature of the manifest (signing.py);
 - compatibility: the manifest's fingerprint against this machine (fingerprint.here, querying the GPU if there is
   one, and fingerprint.mismatches);
@@ -115,13 +115,14 @@ def check_checksums(s: CacheScan, t: TrustReport) -> Check:
 def check_permissions(t: TrustReport) -> Check:
     """Who else can change what a server loads from this dir (integrity.shared_writable)."""
     if not t.shared_writable:
-        return Check("permissions", True, notes=("only the owner can write the dir, its entries and its parents",))
+        return Check("permissions", True, notes=("only the owner (this user or root) can write the dir, its entries "
+                                                 "and its parents",))
     if t.policy.allow_shared_writable:
         return Check("permissions", True, notes=tuple(map(writable_reason, t.shared_writable))
                      + ("allowed (--allow-writable)",))
     return Check("permissions", False, tuple(r.text for r in t.of("permissions")),
-                 ("`chmod -R go-w` the dir (and fix the parents), or --allow-writable; the loader refuses it the "
-                  "same way",))
+                 ("`chmod -R go-w` the dir and `chown` what another user owns (and fix the parents), or "
+                  "--allow-writable; the loader refuses it the same way",))
 
 
 def check_signature(t: TrustReport) -> Check:

@@ -2,9 +2,9 @@
 
 Triton's FileCacheManager creates `<dir>/<key>/` on construction and writes misses into it: on a read-only
 cache dir (a baked image layer, readOnlyRootFilesystem) any miss raises OSError and the kernel call fails. The
-loader selects this class through TRITON_CACHE_MANAGER when the cache dir is not writable, and for every cache it
-checked against its manifest (the server then never adds files to it):
-  AUTOTUNE_CACHE_BASE     the read-only cache (read first)
+loader selects this class through TRITON_CACHE_MANAGER for every cache it checked against its manifest (the server
+then never adds files to it), and when the cache dir is not writable:
+  AUTOTUNE_CACHE_BASE     the checked cache (read first): the loader's private verified copy, or the dir itself
   TRITON_CACHE_DIR        the writable overlay (everything written goes there)
 """
 from __future__ import annotations
@@ -13,7 +13,9 @@ import os
 
 from triton.runtime.cache import FileCacheManager
 
-from ..cache.layout import GROUP_PREFIX
+from ..cache.files import MAX_JSON_BYTES, read_plain
+from ..cache.integrity import stray_members
+from ..cache.layout import GROUP_PREFIX, parse_group
 
 BASE_ENV = "AUTOTUNE_CACHE_BASE"
 
@@ -23,10 +25,6 @@ class LayeredCacheManager(FileCacheManager):
         super().__init__(key, override=override, dump=dump)   # the overlay: TRITON_CACHE_DIR
         base = os.environ.get(BASE_ENV)
         self.base_dir = os.path.join(base, key) if base and not (override or dump) else None
-        self._base_real = os.path.realpath(self.base_dir) if self.base_dir else None
-
-    def _inside_base(self, path: str) -> bool:
-        return os.path.dirname(os.path.realpath(path)) == self._base_real
 
     def _base_path(self, filename):
         if self.base_dir is None:
@@ -38,16 +36,22 @@ class LayeredCacheManager(FileCacheManager):
         return self._base_path(filename) or super().get_file(filename)
 
     def get_group(self, filename):
-        # A group file lists absolute paths of its members: those of the base point into the base. A base group
-        # with a member elsewhere (a cache copied without `autotune-cache import`) is not used: those files were
-        # never checked against the manifest; Triton compiles the kernel into the overlay instead.
-        grp = f"{GROUP_PREFIX}{filename}"
-        if self._base_path(grp):
-            overlay_dir, self.cache_dir = self.cache_dir, self.base_dir
-            try:
-                found = super().get_group(filename)
-            finally:
-                self.cache_dir = overlay_dir
-            if found is not None and all(self._inside_base(p) for p in found.values()):
-                return found
-        return super().get_group(filename)
+        found = self._base_group(filename)
+        return found if found is not None else super().get_group(filename)
+
+    def _base_group(self, filename):
+        """The base's group, as Triton's get_group reads it (members that exist), or None: then Triton compiles the
+        kernel into the overlay. A group file lists absolute paths: one with a member anywhere but literally
+        `<its own dir>/<name>` (a cache copied without `autotune-cache import`, a path through a link) is not used,
+        those bytes were never checked against the manifest. Nor is one that is no plain, bounded, readable group
+        file: Triton would fail the kernel call on it."""
+        path = self._base_path(f"{GROUP_PREFIX}{filename}")
+        if path is None:
+            return None
+        try:
+            paths = parse_group(read_plain(path, MAX_JSON_BYTES))
+        except (OSError, ValueError):
+            return None
+        if stray_members(paths, self.base_dir):
+            return None
+        return {name: p for name, p in paths.items() if os.path.exists(p)}

@@ -11,10 +11,17 @@ without the GPU (fingerprint.here, ptxas for the cache's compute capability); th
 ptxas for it) at the first autotune lookup, when the server has initialized CUDA itself.
 
 Before Triton is pointed at the directory, cache/trust.py decides whether it may be used (every file against the
-manifest, the modes, the signature: a cache is code the server runs; `verify` and `ensure` report the same
-decision). A directory that fails is refused: the server tunes into a private empty cache dir instead (strict mode:
-IntegrityError naming the files). A checked directory is never written by the server: misses go to an overlay
+manifest, the owners and modes, the signature: a cache is code the server runs; `verify` and `ensure` report the
+same decision). A directory that fails is refused: the server tunes into a private empty cache dir instead (strict
+mode: IntegrityError naming the files). A checked directory is never written by the server: misses go to an overlay
 (layered.py), so it stays exactly what its manifest lists.
+
+Triton reads the files long after the check. So by default the check's own pass copies every listed file, as its
+bytes are hashed, into a private dir (0700, this user's, removed at exit; group files rewritten for its path), and
+Triton reads that copy: whoever can write the original dir can no longer swap a cubin between check and load.
+
+Whatever the directory holds, install() returns (or, strict, raises an AutotuneCacheError): nothing in it can hang
+or crash the server. A check that fails in a way nobody foresaw refuses the dir, with a one-line reason.
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ class LoaderReport:
         self.verified = False
         self.refused: list[str] = []
         self.private_dir: Path | None = None
+        # The private verified copy Triton reads instead of cache_dir (None: not copied: no manifest, refused, or
+        # copy=False), and the seconds spent writing it (the reads are the check's own, in verify_seconds).
+        self.copy_dir: Path | None = None
+        self.copy_seconds = 0.0
         self.signed: bool | None = None        # manifest signature checked (None: no public key given)
         self.files_checked = 0                 # files hashed
         self.bytes_checked = 0
@@ -81,6 +92,8 @@ class LoaderReport:
                  if self.overlay_dir else "")
         check = (f"verified {self.files_checked} files in {self.verify_seconds:.2f} s" if self.verified
                  else "refused" if self.refused else "unchecked (no manifest)")
+        if self.copy_dir:
+            check += f", served from a private copy {self.copy_dir} (written in {self.copy_seconds:.2f} s)"
         lines = [f"autotune-cache: {self.cache_dir}{where}: {check}; "
                  f"{t['lookups']} lookups, {t['hits']} hits, {t['misses']} misses (benchmarked)"]
         for kernel, c in sorted(self.counters.items()):
@@ -97,6 +110,7 @@ class LoaderReport:
                 "private_dir": str(self.private_dir) if self.private_dir else None, "signed": self.signed,
                 "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
                 "verify_seconds": round(self.verify_seconds, 4),
+                "copy_dir": str(self.copy_dir) if self.copy_dir else None, "copy_seconds": round(self.copy_seconds, 4),
                 "counters": dict(self.counters), "totals": self.totals}
 
 
@@ -149,10 +163,16 @@ def _writable(path: Path) -> bool:
 
 
 def _private_dir(prefix: str) -> Path:
-    """A fresh empty dir only this user can read or write, removed at exit."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, True)
+    """A fresh empty dir only this user can read or write, removed at exit (of this process: a forked child that
+    exits normally leaves it to its parent)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
+    atexit.register(_remove_if_ours, path, os.getpid())
     return path
+
+
+def _remove_if_ours(path: Path, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
@@ -192,46 +212,80 @@ def _point_triton_at(report: LoaderReport, allow_shared_writable: bool) -> None:
     if report.private_dir is not None:   # refused: Triton never sees the directory
         os.environ["TRITON_CACHE_DIR"] = str(report.private_dir)
         return
+    served = report.copy_dir or report.cache_dir   # what Triton reads: the bytes checked
     writable = _writable(report.cache_dir)
     if os.environ.get("TRITON_CACHE_MANAGER"):
-        if not writable:
+        if not writable and report.copy_dir is None:
             report.warnings.append(f"cache dir is read-only and TRITON_CACHE_MANAGER is already "
                                    f"{os.environ['TRITON_CACHE_MANAGER']}: a miss will fail the kernel call")
         if report.verified:
             report.warnings.append(f"TRITON_CACHE_MANAGER is {os.environ['TRITON_CACHE_MANAGER']}: it decides "
                                    "what is read, which may not be the files checked here")
-        os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
+        os.environ["TRITON_CACHE_DIR"] = str(served)
         return
     if writable and report.manifest is None:   # a plain Triton cache, unchecked: used as Triton alone would
         os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
         return
-    # Read-only, or checked: reads come from the cache dir, writes go to the overlay. A checked dir that the server
-    # wrote its misses into would hold foreign files at the next start, and be refused.
+    # Read-only, or checked: reads come from the cache dir (its verified copy), writes go to the overlay. A checked
+    # dir that the server wrote its misses into would hold foreign files at the next start, and be refused.
     overlay = _overlay_dir(report, allow_shared_writable)
     report.read_only, report.overlay_dir = not writable, overlay
-    os.environ["AUTOTUNE_CACHE_BASE"] = str(report.cache_dir)
+    os.environ["AUTOTUNE_CACHE_BASE"] = str(served)
     os.environ["TRITON_CACHE_DIR"] = str(overlay)
     os.environ["TRITON_CACHE_MANAGER"] = LAYERED
 
 
+def _copy_dir(report: LoaderReport) -> Path | None:
+    """A fresh private dir for the verified copy, or None (with a warning) where other users could replace it: a
+    parent of the temp dir they can write without the sticky bit, or own."""
+    path = _private_dir("autotune-cache-copy-")
+    unsafe = integrity.writable_parents(path)
+    if not unsafe:
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    report.warnings.append(f"no private copy in {path.parent} ({'; '.join(map(str, unsafe))}): Triton reads "
+                           f"{report.cache_dir} itself, which whoever can write it can change after the check")
+    return None
+
+
 def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
-                     public_key) -> None:
-    """Act on trust.assess(): on any refusal, refuse the dir (strict: raise)."""
-    t = trust.assess(report.cache_dir, trust.Policy(require_manifest, allow_shared_writable, public_key))
+                     public_key, copy: bool = False) -> None:
+    """Act on trust.assess(): on any refusal, refuse the dir (strict: raise). `copy`: the check's pass also writes
+    the private copy Triton then reads (report.copy_dir)."""
+    copy_to = _copy_dir(report) if copy else None
+    t = trust.assess(report.cache_dir, trust.Policy(require_manifest, allow_shared_writable, public_key),
+                     copy_to=copy_to)
     report.trust, report.manifest, report.signed = t, t.manifest, t.signed
     report.files_checked, report.bytes_checked, report.verify_seconds = (t.files.hashed, t.files.bytes_hashed,
                                                                          t.files.seconds)
     report.warnings += t.warnings
     report.verified = t.verified
-    if t.trusted:
-        return
-    report.refused = [r.text for r in t.refusals]
+    done = t.files.copy
+    if t.verified and done is not None and done.error is None:
+        report.copy_dir, report.copy_seconds = done.dir, done.seconds
+    elif copy_to is not None:   # refused, nothing checked (no manifest), or a failed copy: none of it is read
+        shutil.rmtree(copy_to, ignore_errors=True)
+        if t.verified and done is not None:
+            report.warnings.append(f"the private copy failed ({done.error}): Triton reads {report.cache_dir} "
+                                   "itself, which whoever can write it can change after the check")
+    if not t.trusted:
+        _refuse(report, [r.text for r in t.refusals], t.summary(), [p for r in t.refusals for p in r.paths],
+                shared_writable=bool(t.of("permissions")))
+
+
+def _refuse(report: LoaderReport, reasons: list[str], summary: str, files: list[str], *,
+            shared_writable: bool = False) -> None:
+    """Refuse the dir: strict, raise naming `files`; else the server tunes into a fresh private dir, and nothing of
+    the dir (nor of its copy) is read."""
+    report.refused, report.verified = reasons, False
+    if report.copy_dir is not None:
+        shutil.rmtree(report.copy_dir, ignore_errors=True)
+        report.copy_dir = None
     if report.strict:
-        error = SharedWritableError if t.of("permissions") else IntegrityError
-        raise error(f"autotune-cache strict mode: cache {report.cache_dir} refused: {t.summary()}",
-                    files=[p for r in t.refusals for p in r.paths])
+        error = SharedWritableError if shared_writable else IntegrityError
+        raise error(f"autotune-cache strict mode: cache {report.cache_dir} refused: {summary}", files=files)
     report.private_dir = _private_dir("autotune-cache-refused-")
-    report.warnings.append(f"cache {report.cache_dir} refused ({t.summary()}); serving from an empty private cache "
+    report.warnings.append(f"cache {report.cache_dir} refused ({summary}); serving from an empty private cache "
                            f"dir {report.private_dir} instead: kernels are tuned in this process")
     log.warning("autotune-cache: %s", report.warnings[-1])
 
@@ -242,8 +296,13 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
     if built is None:   # no manifest, or a refused dir: nothing of it is used
         return
-    here = fingerprint.collect(emulated=built.emulated) if with_gpu else fingerprint.here(built, query_gpu=False)[0]
-    found = [m for m in fingerprint.mismatches(built, here) if m not in report.mismatches]
+    try:
+        here = (fingerprint.collect(emulated=built.emulated) if with_gpu
+                else fingerprint.here(built, query_gpu=False)[0])
+        found = fingerprint.mismatches(built, here)
+    except Exception as e:   # a fingerprint nobody foresaw (the manifest's, or this machine's): no proof it fits
+        found = [f"the fingerprints cannot be compared ({trust.one_line(e)})"]
+    found = [m for m in found if m not in report.mismatches]
     report.mismatches += found
     for m in found:
         log.warning("autotune-cache: %s may miss here: %s", report.cache_dir, m)
@@ -253,8 +312,8 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
 
 def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict: bool | None = None,
             modules=(), log_at_exit: bool | None = None, require_manifest: bool | None = None,
-            allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None
-            ) -> LoaderReport:
+            allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None,
+            copy: bool | None = None) -> LoaderReport:
     """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`.
 
     cache_dir defaults to env AUTOTUNE_CACHE_DIR; strict to env AUTOTUNE_CACHE_STRICT (a miss then raises
@@ -263,10 +322,19 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
     switched too. Returns the live report.
 
     The directory is refused (see the module doc) when a file differs from its manifest, is missing, foreign, a
-    link; when another user can write it or a parent (`allow_shared_writable` / AUTOTUNE_CACHE_ALLOW_WRITABLE=1
-    allows it); without a manifest when `require_manifest` (env AUTOTUNE_CACHE_REQUIRE_MANIFEST, implied by strict);
-    with `public_key` (an ed25519 public key, PEM path or bytes; env AUTOTUNE_CACHE_PUBLIC_KEY) when manifest.sig
-    is absent or does not verify.
+    link; when another user owns or can write it, an entry or a parent (`allow_shared_writable` /
+    AUTOTUNE_CACHE_ALLOW_WRITABLE=1 allows it); without a manifest when `require_manifest` (env
+    AUTOTUNE_CACHE_REQUIRE_MANIFEST, implied by strict); with `public_key` (an ed25519 public key, PEM path or bytes;
+    env AUTOTUNE_CACHE_PUBLIC_KEY; it implies a manifest) when manifest.sig is absent or does not verify; and when
+    it cannot be checked at all (a manifest that is a fifo, huge, not UTF-8, ...: the reason in one line).
+
+    `copy` (env AUTOTUNE_CACHE_COPY, default on): Triton reads a private copy of the checked files, written by the
+    check's own pass (report.copy_dir, copy_seconds; it costs the cache's bytes in the temp dir, per process).
+    copy=False / AUTOTUNE_CACHE_COPY=0 serves the directory itself and reopens the window between check and load:
+    whoever can write the directory can then swap a file after install() returned and before Triton reads it.
+
+    Raises only AutotuneCacheError: CacheDirError for a `cache_dir` that is no directory, for an unknown target,
+    and, strict, the refusals and mismatches above. Whatever the directory holds, a non-strict install() returns.
     """
     cache_dir = cache_dir or os.environ.get("AUTOTUNE_CACHE_DIR")
     if not cache_dir:
@@ -276,6 +344,8 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
         raise CacheDirError(f"cache dir {root} does not exist or is not a directory")
     if strict is None:
         strict = trust.env_flag("AUTOTUNE_CACHE_STRICT")
+    if copy is None:
+        copy = trust.env_flag("AUTOTUNE_CACHE_COPY", default=True)
     policy = trust.policy_from_env(require_manifest=True if strict and require_manifest is None else require_manifest,
                                    allow_shared_writable=allow_shared_writable, public_key=public_key)
     from .. import targets as targets_mod
@@ -286,16 +356,41 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
         raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(known)}")
     prefixes = tuple(p for t in targets for p in known[t].module_prefixes) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
-    _check_integrity(report, require_manifest=policy.require_manifest,
-                     allow_shared_writable=policy.allow_shared_writable, public_key=policy.public_key)
+    try:
+        _use(report, policy, copy)
+    except AutotuneCacheError:
+        raise
+    except Exception as e:   # the temp dir, Triton itself: nothing of the cache, yet the server must hear it typed
+        raise AutotuneCacheError(f"autotune-cache: install({root}) failed: {trust.one_line(e)}") from e
+    if log_at_exit or (log_at_exit is None and trust.env_flag("AUTOTUNE_CACHE_LOG")):
+        atexit.register(lambda: log.warning("%s", report.summary()))
+    return report
+
+
+def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
+    """Check the dir (and copy it), then point Triton at what passed and switch the autotuners."""
+    try:
+        _check_integrity(report, require_manifest=policy.require_manifest,
+                         allow_shared_writable=policy.allow_shared_writable, public_key=policy.public_key, copy=copy)
+    except AutotuneCacheError:
+        raise
+    except Exception as e:   # trust.assess refuses what it cannot check; this is the loader's own step failing
+        reason = f"{report.cache_dir}: cannot be checked ({trust.one_line(e)})"
+        _refuse(report, [reason], reason, [str(report.cache_dir)])
+    _check_fingerprint(report, with_gpu=False)   # before Triton is pointed: strict, an unfit cache is never used
     _point_triton_at(report, policy.allow_shared_writable)
+    _hook(report)
+
+
+def _hook(report: LoaderReport) -> None:
+    """Switch the target autotuners (live and future) to the disk cache, count their lookups, check the GPU's
+    fingerprint at the first one and, strict, fail a miss."""
     from ..cache import lookups
     _state["report"] = report
     _hook_new_autotuners(report)
     for tuner in lookups.live_autotuners():
-        if _matches(tuner, prefixes):
+        if _matches(tuner, report.prefixes):
             _flip(tuner, report)
-    _check_fingerprint(report, with_gpu=False)
 
     checked_gpu = threading.Event()
 
@@ -317,9 +412,6 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
 
     lookups.add_listener(on_lookup)
     lookups.add_miss_hook(on_miss)
-    if log_at_exit or (log_at_exit is None and trust.env_flag("AUTOTUNE_CACHE_LOG")):
-        atexit.register(lambda: log.warning("%s", report.summary()))
-    return report
 
 
 def report() -> LoaderReport | None:

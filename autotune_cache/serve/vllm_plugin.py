@@ -3,6 +3,10 @@
 Calls autotune_cache.install() when AUTOTUNE_CACHE_DIR is set; otherwise does nothing. It imports no kernel
 module (the GDN kernels are imported later, when the model is built, and their autotuners are switched then)
 and touches no GPU. Select it alone with VLLM_PLUGINS=autotune_cache.
+
+vLLM does not catch what a plugin raises: the server would die at start. So the plugin never raises unless strict
+(AUTOTUNE_CACHE_STRICT), and then only an AutotuneCacheError. Otherwise a cache install() cannot use (refused: it
+tunes into a private dir; or no such dir) is logged and the server starts, tuning its kernels itself.
 """
 import logging
 import os
@@ -13,7 +17,18 @@ log = logging.getLogger("autotune_cache")
 def register() -> None:
     if not os.environ.get("AUTOTUNE_CACHE_DIR"):
         return
+    from ..cache.trust import env_flag, one_line
+    from ..errors import AutotuneCacheError
     from .loader import install
-    report = install(log_at_exit=True)
+    try:
+        report = install(log_at_exit=True)
+    except Exception as e:   # install() raises AutotuneCacheError only; anything else is a bug of ours
+        if env_flag("AUTOTUNE_CACHE_STRICT"):
+            if isinstance(e, AutotuneCacheError):
+                raise
+            raise AutotuneCacheError(f"autotune-cache: install failed: {one_line(e)}") from e
+        log.error("autotune-cache: cache %s not used (%s); the server tunes its kernels itself",
+                  os.environ["AUTOTUNE_CACHE_DIR"], one_line(e))
+        return
     log.info("autotune-cache: serving GDN kernels from %s%s", report.cache_dir,
              " (read-only, misses go to an overlay)" if report.read_only else "")
