@@ -68,3 +68,14 @@ def assert_probed(cache, manifest, unit, tokens=512):
 
 def configs_reached(manifest, unit) -> int:
     return sum(manifest.entries[f].configs for f in manifest.units[unit.id].entries)
+
+
+def run_cli_bounded(*args, timeout=60, memory=2 << 30):
+    """run_cli() that can neither hang nor exhaust the machine: killed after `timeout` seconds (TimeoutExpired fails
+    the test), its address space capped at `memory` bytes (past it MemoryError: a traceback and exit 1)."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    return subprocess.run([sys.executable, "-m", "autotune_cache", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap)
