@@ -1,8 +1,10 @@
 """Errors a user can act on. The CLI prints their message on one line and exits 2.
 
-Also `printable`: any text on its way to a terminal (names read from disk, a bundle or a config.json must reach it
-as text, never as escapes).
+Also how a message shows what it quotes: `shown` (a refused value, cut short) and `printable` (any text on its
+way to a terminal: names read from disk, a bundle or a config.json must reach it as text, never as escapes).
 """
+import reprlib
+
 # Characters a terminal acts on instead of showing: the C0 controls (ESC starts colour, cursor, title and
 # clipboard sequences; CR returns to overwrite the line; BEL rings), DEL, and the C1 controls (0x9b is a one-byte
 # CSI to some terminals); also the bidirectional overrides and isolates, which reorder what the line shows.
@@ -16,6 +18,19 @@ def printable(text, *, lines: bool = False) -> str:
     echoing a name cannot colour, move, retitle or rewrite the user's terminal. One line unless `lines` (a
     console's own multi-line output), which keeps newlines."""
     return str(text).translate(_CONTROL_BUT_NEWLINE if lines else _CONTROL)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def shown(value) -> str:
+    """repr() of a refused value, cut short: a message quotes what it refuses, not a 4 MiB list from a
+    config.json, nor an int past Python's 4,300-digit limit (whose repr() itself raises)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
 
 
 class AutotuneCacheError(Exception):
