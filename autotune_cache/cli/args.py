@@ -63,7 +63,7 @@ def add_model_args(p) -> None:
 
 
 def add_build_args(p) -> None:
-    """The flags of a command that builds (build, ensure): per-unit deadline, retries, GPUs."""
+    """The flags every command that builds (build, ensure) shares: per-unit deadline, retries, emulation."""
     p.add_argument("--timeout", type=float, default=1800.0,
                    help=f"seconds per unit before its child is killed (default 1800, at most {MAX_UNIT_TIMEOUT_S:g})")
     p.add_argument("--retries", type=int, default=1,
