@@ -75,3 +75,11 @@ def test_console_output_escapes_names_and_keeps_our_markup(tmp_path):
     assert shown.startswith("\x1b[1mcache\x1b[0m ")   # our own bold: the console's sequences remain
     assert_shown_escaped(shown.replace("\x1b[1m", "").replace("\x1b[0m", ""))   # and only those
     assert shown.count("evil\\x1b[31m\\x0d\\x07\\x9b") == 2
+
+
+def test_a_name_with_brackets_rich_cannot_read_is_shown_plain_not_a_crash(tmp_path):
+    name = tmp_path / "x[" / "bold]y"   # printed: .../x[/bold]y, a closing tag that opened nowhere
+    name.mkdir(parents=True)
+    proc = run_cli_bounded("inspect", name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"cache[/bold] {name}" in proc.stdout   # that line plain, markup and all; the table as before

@@ -8,16 +8,22 @@ import json
 import sys
 
 from rich.console import Console
+from rich.errors import MarkupError
 
 from ..errors import printable
 
 
 class _Console(Console):
     """A rich Console that escapes control characters in every string it renders (print's arguments, table cells)
-    before it reads their markup, so our own [bold]...[/bold] still works and a name's ESC cannot."""
+    before it reads their markup, so our own [bold]...[/bold] still works and a name's ESC cannot. A name whose
+    brackets are not markup rich can read (a dir named "x[/bold]") makes that one string plain text, not a crash."""
 
     def render_str(self, text: str, **kwargs):
-        return super().render_str(printable(text, lines=True), **kwargs)
+        text = printable(text, lines=True)
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
 
 
 def _console(stream, **kwargs) -> Console:
