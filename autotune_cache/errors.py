@@ -1,4 +1,36 @@
-"""Errors a user can act on. The CLI prints their message on one line and exits 2."""
+"""Errors a user can act on. The CLI prints their message on one line and exits 2.
+
+Also how a message shows what it quotes: `shown` (a refused value, cut short) and `printable` (any text on its
+way to a terminal: names read from disk, a bundle or a config.json must reach it as text, never as escapes).
+"""
+import reprlib
+
+# Characters a terminal acts on instead of showing: the C0 controls (ESC starts colour, cursor, title and
+# clipboard sequences; CR returns to overwrite the line; BEL rings), DEL, and the C1 controls (0x9b is a one-byte
+# CSI to some terminals); also the bidirectional overrides and isolates, which reorder what the line shows.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+_CONTROL_BUT_NEWLINE = {c: e for c, e in _CONTROL.items() if c != 0x0A}
+
+
+def printable(text, *, lines: bool = False) -> str:
+    """`text` with every control character written out as `\\xNN` (`\\u202e` for a bidi override), so that
+    echoing a name cannot colour, move, retitle or rewrite the user's terminal. One line unless `lines` (a
+    console's own multi-line output), which keeps newlines."""
+    return str(text).translate(_CONTROL_BUT_NEWLINE if lines else _CONTROL)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def shown(value) -> str:
+    """repr() of a refused value, cut short: a message quotes what it refuses, not a 4 MiB list from a
+    config.json, nor an int past Python's 4,300-digit limit (whose repr() itself raises)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
 
 
 class AutotuneCacheError(Exception):

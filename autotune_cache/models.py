@@ -1,12 +1,42 @@
-"""GDN model shapes: presets (FACTS.md §4) and local Hugging Face config.json files."""
+"""GDN model shapes: presets (FACTS.md §4) and local Hugging Face config.json files; the bounds on every size the
+tool accepts, and the one check (`whole`) that applies them."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from .errors import ConfigError, SpecError, UnknownModelError
+from .errors import ConfigError, SpecError, UnknownModelError, shown
+
+# Bounds on the sizes a model and a build request may have, whether from a flag, a config.json or the Python API;
+# the message refusing a value past one names it. Far above any GDN model (16-64 heads of dim 128, TP <= 16,
+# prefills of 16k-256k tokens), they keep a typo or a hostile config.json from sizing a plan, a loop or a tensor:
+# `plan --max-tokens 99999999999` grew to 22 GB, and a config.json with 2**31 heads likewise.
+MAX_HEADS = 4096             # linear-attention key heads, and value heads, of the whole model
+MAX_HEAD_DIM = 1024          # linear_key_head_dim, linear_value_head_dim
+MAX_TP = 1024                # a tensor-parallel degree (it must also divide the heads)
+MAX_TOKENS = 1_048_576       # --max-tokens, and each count of --tokens and --probe-tokens
+CONFIG_MAX_BYTES = 4 << 20   # a config.json (real ones: a few KiB); read no further
+
+
+def whole(value, what: str, low: int = 1, high: int | None = None, error: type[Exception] = SpecError) -> int:
+    """`value` if it is an int (not a bool) from `low` to `high`, else `error` naming `what` and the bound it
+    misses. Example: whole(99999999999, "--max-tokens", high=MAX_TOKENS) raises
+    "--max-tokens must be at most 1048576, got 99999999999"."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        need = "a positive integer" if low == 1 else f">= {low}"
+        raise error(f"{what} must be {need}, got {shown(value)}")
+    if high is not None and value > high:
+        raise error(f"{what} must be at most {high}, got {shown(value)}")
+    return value
+
+
+# Each size of a ModelShape, its config.json field and its bound.
+SIZES = {"num_k_heads": ("linear_num_key_heads", MAX_HEADS), "num_v_heads": ("linear_num_value_heads", MAX_HEADS),
+         "head_k_dim": ("linear_key_head_dim", MAX_HEAD_DIM), "head_v_dim": ("linear_value_head_dim", MAX_HEAD_DIM)}
 
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
           "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
@@ -24,10 +54,14 @@ class ModelShape(BaseModel):
     dtype: str = "bfloat16"        # activations (q, k, v): torch_dtype
     state_dtype: str = "bfloat16"  # recurrent state: mamba_ssm_dtype, else dtype
 
+    @field_validator(*SIZES)
+    @classmethod
+    def _size(cls, v, info: ValidationInfo):
+        return whole(v, info.field_name, high=SIZES[info.field_name][1])
+
     def per_rank(self, tp: int) -> "RankShape":
         """Shape one tensor-parallel rank sees. Raises SpecError when tp does not split the heads."""
-        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-            raise SpecError(f"TP degree must be a positive integer, got {tp!r}")
+        whole(tp, "TP degree", high=MAX_TP)
         for what, n in (("key", self.num_k_heads), ("value", self.num_v_heads)):
             if n % tp:
                 raise SpecError(f"TP degree {tp} does not divide the {n} linear-attention {what} heads of {self.name}")
@@ -73,20 +107,58 @@ def preset(name: str) -> ModelShape:
 
 def _dtype(value, field, path) -> str:
     if not isinstance(value, str) or value.lower().removeprefix("torch.") not in DTYPES:
-        raise ConfigError(f"{path}: {field} must be one of {sorted(set(DTYPES.values()))}, got {value!r}")
+        raise ConfigError(f"{path}: {field} must be one of {sorted(set(DTYPES.values()))}, got {shown(value)}")
     return DTYPES[value.lower().removeprefix("torch.")]
+
+
+def _read_config(path: Path) -> tuple[Path, bytes]:
+    """The bytes of a config.json (of a dir: its config.json), or ConfigError unless it is a regular file of at most
+    CONFIG_MAX_BYTES. Its type is checked before it is opened (a FIFO would block the open and the read, /dev/zero
+    never ends), and again on the open file, in case another took its place in between."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            path = path / "config.json"
+            st = os.stat(path)
+        _regular(path, st)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:   # ValueError: a NUL in the path
+        raise ConfigError(f"{path}: not a readable JSON file ({getattr(e, 'strerror', None) or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        _regular(path, os.fstat(fd))
+        data = f.read(CONFIG_MAX_BYTES + 1)   # a file growing as it is read stops here too
+    if len(data) > CONFIG_MAX_BYTES:
+        _too_large(path)
+    return path, data
+
+
+def _regular(path: Path, st: os.stat_result) -> None:
+    """ConfigError unless `st` is a regular file of at most CONFIG_MAX_BYTES, naming what it is instead."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+        raise ConfigError(f"{path}: {kind}; a config.json must be a regular file")
+    if st.st_size > CONFIG_MAX_BYTES:
+        _too_large(path)
+
+
+def _too_large(path: Path):
+    raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES} bytes ({CONFIG_MAX_BYTES >> 20} MiB), the most a "
+                      "config.json may have")
 
 
 def from_config(path: str | Path) -> ModelShape:
     """Read a local HF config.json, or the config.json of a local snapshot dir."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "config.json"
+    path, data = _read_config(Path(path))
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a readable JSON file (not UTF-8: byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a readable JSON file (nested too deeply)") from None
+    except ValueError as e:   # JSONDecodeError, and an int past Python's 4,300-digit limit
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
@@ -94,19 +166,14 @@ def from_config(path: str | Path) -> ModelShape:
     cfg = raw if "linear_num_key_heads" in raw else raw.get("text_config") or {}
     if not isinstance(cfg, dict) or "linear_num_key_heads" not in cfg:
         raise ConfigError(f"{path}: no linear_num_key_heads: not a Gated DeltaNet (Qwen3-Next / Qwen3.5) config")
-    ints = {}
-    for field in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"):
-        value = cfg.get(field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: {field} must be a positive integer, got {value!r}")
-        ints[field] = value
+    sizes = {size: whole(cfg.get(field), f"{path}: {field}", high=bound, error=ConfigError)
+             for size, (field, bound) in SIZES.items()}
     dtype = _dtype(cfg.get("torch_dtype", cfg.get("dtype", raw.get("torch_dtype", "bfloat16"))), "torch_dtype", path)
     state = cfg.get("mamba_ssm_dtype")
     state_dtype = dtype if state is None else _dtype(state, "mamba_ssm_dtype", path)
-    name = raw.get("_name_or_path") or path.parent.name or "config"
-    return ModelShape(name=str(name), num_k_heads=ints["linear_num_key_heads"],
-                      num_v_heads=ints["linear_num_value_heads"], head_k_dim=ints["linear_key_head_dim"],
-                      head_v_dim=ints["linear_value_head_dim"], dtype=dtype, state_dtype=state_dtype)
+    name = raw.get("_name_or_path")
+    name = name if isinstance(name, str) and name else path.parent.name or "config"
+    return ModelShape(name=name, dtype=dtype, state_dtype=state_dtype, **sizes)
 
 
 def resolve(model: str | None = None, config: str | Path | None = None) -> ModelShape:

@@ -149,3 +149,14 @@ def assert_refused_in_one_line(proc, text):
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert proc.returncode == 2 and len(errors) == 1 and text in errors[0], proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def run_cli_bounded(*args, timeout=60, memory=2 << 30):
+    """run_cli() that can neither hang nor exhaust the machine: killed after `timeout` seconds (TimeoutExpired fails
+    the test), its address space capped at `memory` bytes (past it MemoryError: a traceback and exit 1)."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    return subprocess.run([sys.executable, "-m", "autotune_cache", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap)

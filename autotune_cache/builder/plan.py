@@ -1,10 +1,14 @@
-"""BuildSpec -> units of work and the keys each will tune. Pure: no GPU, no kernel imports."""
+"""BuildSpec -> units of work and the keys each will tune. Pure: no GPU, no kernel imports. A plan past
+MAX_PLAN_CALLS or MAX_PLAN_KEYS (spec.py) is refused as it is made, before it holds more than that."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
 from .. import targets as targets_mod
-from .spec import BuildSpec, PlannedKey, Unit
+from ..errors import SpecError
+from .spec import MAX_PLAN_CALLS, MAX_PLAN_KEYS, BuildSpec, PlannedKey, Unit
+
+_SMALLER = "lower --max-tokens, or give fewer --tokens, TP degrees or targets"
 
 
 class Plan(BaseModel):
@@ -29,6 +33,7 @@ def unit_id(target: str, shape, dtypes: dict[str, str], tokens) -> str:
 
 def plan_units(spec: BuildSpec) -> list[Unit]:
     units: dict[str, Unit] = {}
+    calls = keys = 0   # so far, over the units made
     for target_name in spec.targets:
         target = targets_mod.get(target_name)
         for tp in spec.tp:
@@ -41,18 +46,28 @@ def plan_units(spec: BuildSpec) -> list[Unit]:
             if uid in units:  # another TP degree (or model) with the same per-rank shape: one unit serves both
                 units[uid] = units[uid].model_copy(update={"tp": units[uid].tp + (tp,)})
                 continue
+            calls += len(tokens)
+            if calls > MAX_PLAN_CALLS:
+                raise SpecError(f"the plan would drive more than {MAX_PLAN_CALLS} serving calls (token counts over "
+                                f"its units), the most a plan may have: {_SMALLER}")
+            unit_keys = expected_keys(target, shape, dtypes, tokens, limit=MAX_PLAN_KEYS - keys)
+            keys += len(unit_keys)
             units[uid] = Unit(id=uid, target=target_name, shape=shape.model_copy(update={"tp": tp}), tp=(tp,),
-                              dtypes=dtypes, tokens=tokens, keys=tuple(expected_keys(target, shape, dtypes, tokens)))
+                              dtypes=dtypes, tokens=tokens, keys=tuple(unit_keys))
     return list(units.values())
 
 
-def expected_keys(target, shape, dtypes, tokens) -> list[PlannedKey]:
-    """Every (kernel, key) the serving call reaches for these token counts, in first-reached order."""
+def expected_keys(target, shape, dtypes, tokens, limit: int = MAX_PLAN_KEYS) -> list[PlannedKey]:
+    """Every (kernel, key) the serving call reaches for these token counts, in first-reached order; SpecError
+    past `limit` of them (what is left of MAX_PLAN_KEYS)."""
     seen: dict[tuple, PlannedKey] = {}
     for t in tokens:
         for kernel in target.kernels:
             key = kernel.key(shape, t, dtypes)
             if (kernel.name, key) not in seen:
+                if len(seen) >= limit:
+                    raise SpecError(f"the plan would tune more than {MAX_PLAN_KEYS} (kernel, key) pairs, the most "
+                                    f"a plan may have: {_SMALLER}")
                 seen[(kernel.name, key)] = PlannedKey(kernel=kernel.name, fields=kernel.fields(shape, t), key=key,
                                                       configs=kernel.configs_sm90, tokens=t)
     return list(seen.values())

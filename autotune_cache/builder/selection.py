@@ -42,7 +42,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..errors import shown
+from ..models import MAX_TOKENS, whole
+
 INF = float("inf")
+MAX_PROBES = 16   # probe token counts: each is one more dry pass over every unit
 
 
 class Settings(BaseModel):
@@ -53,7 +57,7 @@ class Settings(BaseModel):
     top: int = Field(4, ge=2)                 # candidates timed again
     window: float = Field(0.10, ge=0)         # ... within this fraction of the screening's fastest
     rounds: int = Field(4, ge=1)              # extra timings per candidate
-    noise: float = Field(0.02, ge=0, lt=1)    # a challenger must beat the incumbent by more than this
+    noise: float = 0.02                       # a challenger must beat the incumbent by more than this (< 1)
     floor_us: float = Field(0.3, ge=0)        # ... and by more than this many microseconds
     screen_warmup_ms: float = Field(10.0, gt=0)
     screen_rep_ms: float = Field(25.0, gt=0)
@@ -64,12 +68,22 @@ class Settings(BaseModel):
     probe_warmup_ms: float = Field(5.0, gt=0)   # probe timings: kernels of a few microseconds,
     probe_rep_ms: float = Field(10.0, gt=0)     # so thousands of repetitions all the same
 
+    # The messages of the two a flag sets name the flag and the bound: the CLI prints them as they are.
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, v):
+        if not 0 <= v < 1:   # NaN too
+            raise ValueError(f"--noise must be at least 0 and less than 1, got {v}")
+        return v
+
     @field_validator("probe_tokens")
     @classmethod
     def _probe_tokens(cls, v):
+        if len(set(v)) > MAX_PROBES:
+            raise ValueError(f"--probe-tokens: at most {MAX_PROBES} probe token counts, got {len(set(v))}")
         if any(isinstance(t, bool) or t < 1 for t in v):
-            raise ValueError(f"probe token counts must be positive integers, got {list(v)}")
-        return tuple(sorted(set(v)))
+            raise ValueError(f"probe token counts must be positive integers, got {shown(list(v))}")
+        return tuple(sorted({whole(t, "each probe token count", high=MAX_TOKENS, error=ValueError) for t in v}))
 
 
 @dataclass(frozen=True)

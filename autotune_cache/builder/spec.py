@@ -4,18 +4,19 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SpecError
-from ..models import ModelShape, RankShape
+from ..models import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
 from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384
-
-
-def _whole(value, what: str, low: int = 1) -> int:
-    """`value` if it is an int (not a bool) of at least `low`, else SpecError naming `what`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        need = "a positive integer" if low == 1 else f">= {low}"
-        raise SpecError(f"{what} must be {need}, got {value!r}")
-    return value
+# Bounds of a build request besides the model's and the token counts (models.py), each named in the message that
+# refuses a value past it.
+MAX_RETRIES = 100                     # fresh-child retries of a failed unit
+MAX_GPUS = 256                        # build children at once (real hosts: <= 16 GPUs; emulated builds any number)
+MAX_UNIT_TIMEOUT_S = 7 * 24 * 3600.0  # a week per unit (units take minutes); inf would never time out
+# The size of a plan (plan.py), over all its units: what the bounds above allow can still multiply past what a
+# build can do (4096 heads at 1M tokens: 65,536 l2norm buckets at TP 1). Real plans: a few hundred of each.
+MAX_PLAN_CALLS = 10_000   # serving calls a build drives: the token counts of every unit
+MAX_PLAN_KEYS = 10_000    # (kernel, key) pairs a build tunes
 
 
 class BuildSpec(BaseModel):
@@ -45,33 +46,35 @@ class BuildSpec(BaseModel):
     def _tp(cls, v):
         if not v:
             raise SpecError("give at least one TP degree")
-        return tuple(dict.fromkeys(_whole(t, "TP degree") for t in v))
+        return tuple(dict.fromkeys(whole(t, "TP degree", high=MAX_TP) for t in v))
 
     @field_validator("max_tokens")
     @classmethod
     def _max_tokens(cls, v):
-        return _whole(v, "--max-tokens")
+        return whole(v, "--max-tokens", high=MAX_TOKENS)
 
     @field_validator("tokens")
     @classmethod
     def _tokens(cls, v):
-        return tuple(sorted({_whole(t, "each token count") for t in v}))
+        return tuple(sorted({whole(t, "each token count", high=MAX_TOKENS) for t in v}))
 
     @field_validator("retries")
     @classmethod
     def _retries(cls, v):
-        return _whole(v, "retries", low=0)
+        return whole(v, "retries", low=0, high=MAX_RETRIES)
 
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, v):
-        return v if v is None else _whole(v, "--gpus")
+        return v if v is None else whole(v, "--gpus", high=MAX_GPUS)
 
     @field_validator("unit_timeout_s")
     @classmethod
     def _timeout(cls, v):
         if not v > 0:   # NaN too: no deadline would ever pass
             raise SpecError(f"unit timeout must be a positive number of seconds, got {v}")
+        if v > MAX_UNIT_TIMEOUT_S:
+            raise SpecError(f"unit timeout must be at most {MAX_UNIT_TIMEOUT_S:g} seconds, got {v:g}")
         return v
 
 

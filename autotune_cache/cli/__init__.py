@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from ..errors import AutotuneCacheError
+from ..errors import AutotuneCacheError, printable
 from . import build_cmds, cache_cmds, serve_cmds
 from .console import Parser
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except AutotuneCacheError as e:
-        print(f"autotune-cache: error: {e}", file=sys.stderr)
+        print(f"autotune-cache: error: {printable(e)}", file=sys.stderr)   # one line, whatever names it quotes
         return 2
     except KeyboardInterrupt as e:
         print("autotune-cache: interrupted; finished units are kept", file=sys.stderr)

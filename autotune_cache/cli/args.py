@@ -1,12 +1,14 @@
-"""The arguments every model-taking command shares (--model/--config/--tp/--target/--max-tokens/--tokens), and the
-BuildSpec they make."""
+"""The arguments every model-taking command shares (--model/--config/--tp/--target/--max-tokens/--tokens), those of
+the commands that build (--timeout/--retries/--emulate), and the BuildSpec they make. Each help text names the
+bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
 from pydantic import ValidationError
 
 from .. import models, targets
 from ..builder.selection import Settings as SelectionSettings
-from ..builder.spec import DEFAULT_MAX_TOKENS, BuildSpec
+from ..builder.spec import (DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S,
+                            BuildSpec)
 from ..errors import SpecError
 
 
@@ -39,16 +41,32 @@ def _selection(args) -> SelectionSettings:
     try:
         return SelectionSettings(**given)
     except ValidationError as e:
-        raise SpecError(f"--selection/--noise/--probe-tokens: {e.errors()[0]['msg']}") from None
+        first = e.errors()[0]
+        own = first.get("ctx", {}).get("error")   # a validator's own message names its flag and bound
+        raise SpecError(str(own) if own else f"--selection/--noise/--probe-tokens: {first['msg']}") from None
 
 
 def add_model_args(p) -> None:
     p.add_argument("--model", help=f"preset name (see `autotune-cache models`; default {models.DEFAULT_MODEL})")
-    p.add_argument("--config", help="local HF config.json or snapshot dir, instead of --model")
-    p.add_argument("--tp", default="1", help="tensor-parallel degrees, comma-separated (default 1)")
+    p.add_argument("--config", help=f"local HF config.json (a regular file of at most {models.CONFIG_MAX_BYTES} "
+                                    f"bytes; at most {models.MAX_HEADS} heads of dim {models.MAX_HEAD_DIM}) or "
+                                    "snapshot dir, instead of --model")
+    p.add_argument("--tp", default="1", help=f"tensor-parallel degrees, comma-separated, each dividing the heads and "
+                                             f"at most {models.MAX_TP} (default 1)")
     p.add_argument("--target", default=targets.DEFAULT,
                    help=f"kernel source(s), comma-separated: {', '.join(targets.names())} (default {targets.DEFAULT})")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
-                        f"(default {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--tokens", help="extra token counts to drive, comma-separated")
+                        f"(default {DEFAULT_MAX_TOKENS}, at most {models.MAX_TOKENS}; a plan may drive at most "
+                        f"{MAX_PLAN_CALLS} calls and tune {MAX_PLAN_KEYS} keys)")
+    p.add_argument("--tokens", help=f"extra token counts to drive, comma-separated (each at most {models.MAX_TOKENS})")
+
+
+def add_build_args(p) -> None:
+    """The flags every command that builds (build, ensure) shares: per-unit deadline, retries, emulation."""
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help=f"seconds per unit before its child is killed (default 1800, at most {MAX_UNIT_TIMEOUT_S:g})")
+    p.add_argument("--retries", type=int, default=1,
+                   help=f"fresh-child retries of a failed unit (default 1, at most {MAX_RETRIES})")
+    p.add_argument("--emulate", action="store_true",
+                   help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")

@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import models
+from ..builder.selection import MAX_PROBES
+from ..builder.spec import MAX_GPUS
 from ..errors import BuildFailedError, NoGPUError, SpecError
 from ..targets import SHORT
-from .args import add_model_args, spec_from_args
+from .args import add_build_args, add_model_args, spec_from_args
 from .console import err, out
 
 
@@ -119,10 +121,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
     add_model_args(p)
     p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
-    p.add_argument("--retries", type=int, default=1, help="fresh-child retries of a failed unit (default 1)")
-    p.add_argument("--emulate", action="store_true",
-                   help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
+    add_build_args(p)
     p.add_argument("--compile-workers", type=int, default=None,
                    help="threads compiling each key's configs before they are benchmarked, where compile worker "
                         "processes are off (AUTOTUNE_CACHE_COMPILE_PROCESSES=1, emulated builds) or the GPU's "
@@ -136,14 +135,14 @@ def add_commands(sub) -> None:
                         "first in the kernel's list kept unless another beats it beyond --noise; triton: Triton's "
                         "own single pass and minimum, as a server tunes")
     p.add_argument("--noise", type=float, default=None,
-                   help="robust selection: fraction a challenger must win by (default 0.02)")
+                   help="robust selection: fraction a challenger must win by (default 0.02; at least 0, below 1)")
     p.add_argument("--probe-tokens", default=None,
-                   help="robust selection: token counts to also time every key at (comma-separated; 'none' for "
-                        "none; default 512): a key serves every size of its bucket, so the winner must not be slow "
-                        "at a small one")
+                   help=f"robust selection: token counts to also time every key at (comma-separated, at most "
+                        f"{MAX_PROBES}; 'none' for none; default 512): a key serves every size of its bucket, so the "
+                        "winner must not be slow at a small one")
     p.add_argument("--gpus", type=int, default=None,
-                   help="shard the units over N GPUs, one child each (default: every visible GPU, from "
-                        "CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1)")
+                   help=f"shard the units over N GPUs, one child each (default: every visible GPU, from "
+                        f"CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1; at most {MAX_GPUS})")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_build)

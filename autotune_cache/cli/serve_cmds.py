@@ -67,16 +67,15 @@ def cmd_ensure(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from .args import add_model_args
+    from ..builder.spec import MAX_GPUS
+    from .args import add_build_args, add_model_args
     p = sub.add_parser("ensure", help="build what the cache lacks, verify the rest; exit 0 only if the server will hit")
     add_model_args(p)
     p.add_argument("--cache-dir", required=True)
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per unit before its child is killed")
-    p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--emulate", action="store_true", help="no GPU: fake sm_90 build (tests only)")
+    add_build_args(p)
     p.add_argument("--gpus", type=int, default=None,
-                   help="build over N GPUs, one child each (default: every visible GPU; an init container sharing "
-                        "its host with a running server should name the ones it may use)")
+                   help=f"build over N GPUs, one child each (default: every visible GPU; an init container sharing "
+                        f"its host with a running server should name the ones it may use; at most {MAX_GPUS})")
     p.add_argument("--allow-writable", action="store_true",
                    help="do not fail when users other than the owner can write the dir or a parent (as the server's "
                         "AUTOTUNE_CACHE_ALLOW_WRITABLE=1)")
