@@ -2,13 +2,13 @@
 tool accepts, and the one check (`whole`) that applies them."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from . import untrusted
 from .errors import ConfigError, SpecError, UnknownModelError, shown
 
 # Bounds on the sizes a model and a build request may have, whether from a flag, a config.json or the Python API;
@@ -153,12 +153,8 @@ def from_config(path: str | Path) -> ModelShape:
     """Read a local HF config.json, or the config.json of a local snapshot dir."""
     path, data = _read_config(Path(path))
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a readable JSON file (not UTF-8: byte {e.start})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not a readable JSON file (nested too deeply)") from None
-    except ValueError as e:   # JSONDecodeError, and an int past Python's 4,300-digit limit
+        raw = untrusted.json_value(data)
+    except ValueError as e:
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")

@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 from ..version import __version__
 from . import manifest as manifest_mod
+from .. import untrusted
 from ..errors import BundleError, CacheDirError
 from .files import (FILE_MODE, atomic_file, inside, make_dirs, move_in, open_new, open_regular,
                     path_problem, read_regular, remove_created, sha256_bytes, staging_dir)
@@ -262,8 +263,8 @@ def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Pa
 def _checked_manifest(src: Path, own: dict[str, bytes]) -> Manifest:
     """The bundle's manifest, from its first two members, checked against bundle.json."""
     try:
-        info = json.loads(own[BUNDLE_INFO].decode("utf-8"))
-    except (KeyError, ValueError, RecursionError) as e:
+        info = untrusted.json_value(own[BUNDLE_INFO])
+    except (KeyError, ValueError) as e:
         raise BundleError(f"{src}: not an autotune-cache bundle (bundle.json: {type(e).__name__})") from None
     if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{src}: not an autotune-cache bundle")

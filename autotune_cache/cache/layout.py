@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import untrusted
+
 AUTOTUNE_SUFFIX = ".autotune.json"
 GROUP_PREFIX = "__grp__"
 # A dir left with this prefix means a Triton writer died mid-write (its own temp dir, renamed away on success).
@@ -73,15 +75,6 @@ class AutotuneFile:
         return ranked[1] / ranked[0] - 1 if len(ranked) > 1 and ranked[0] > 0 else None
 
 
-def _json(data: bytes | str):
-    """json.loads that fails only with ValueError: non-UTF-8 bytes are a UnicodeDecodeError (a ValueError) already,
-    nesting deeper than the interpreter's recursion limit is a RecursionError, which readers would not expect."""
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
 def read_autotune(path: Path) -> AutotuneFile:
     """Parse an autotune JSON; raises ValueError (or OSError) on a corrupt or unreadable file."""
     return parse_autotune(Path(path).read_bytes())
@@ -90,7 +83,7 @@ def read_autotune(path: Path) -> AutotuneFile:
 def parse_autotune(data: bytes | str) -> AutotuneFile:
     """read_autotune on the file's bytes (a caller that also hashes them reads the file once). Plain JSON: the
     build parent uses it and never imports Triton."""
-    raw = _json(data)
+    raw = untrusted.json_value(data)
     if not isinstance(raw, dict) or "key" not in raw or not isinstance(raw.get("configs_timings"), list):
         raise ValueError("not a Triton autotune file (needs 'key' and 'configs_timings')")
     timings = []
@@ -112,7 +105,7 @@ def read_group(path: Path) -> dict[str, str]:
 
 def parse_group(data: bytes | str) -> dict[str, str]:
     """read_group on the file's bytes (a checker that also hashes them reads the file once)."""
-    raw = _json(data)
+    raw = untrusted.json_value(data)
     paths = raw.get("child_paths") if isinstance(raw, dict) else None
     if not isinstance(paths, dict) or not all(isinstance(v, str) for v in paths.values()):
         raise ValueError("not a Triton group file (needs 'child_paths': {name: path})")

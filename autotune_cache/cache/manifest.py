@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .. import untrusted
 from ..errors import CacheDirError
 from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, size_text, write_atomic
 from .fingerprint import Fingerprint
@@ -34,7 +35,7 @@ IMPORT_STAGING, MERGE_STAGING = ".import-", ".merge-"
 MAX_MANIFEST_BYTES = 64 << 20
 # JSON nesting of a real manifest stays under 10 levels (selection candidates' timings); deeper cannot be written
 # back (pydantic refuses to serialize past a few hundred) and is refused at load.
-MAX_DEPTH = 64
+MAX_DEPTH = untrusted.MAX_DEPTH
 
 
 def now() -> str:
@@ -179,15 +180,9 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise CacheDirError(f"{where}: larger than {size_text(MAX_MANIFEST_BYTES)}, the most a manifest may be")
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CacheDirError(f"{where}: corrupt manifest (not UTF-8: byte {e.start})") from None
-    except RecursionError:
-        raise CacheDirError(f"{where}: corrupt manifest (nested deeper than {MAX_DEPTH} levels)") from None
-    except ValueError as e:   # JSONDecodeError, and an integer of more digits than Python converts
-        raise CacheDirError(f"{where}: corrupt manifest ({_one_line(e)})") from None
-    if _depth_exceeds(raw, MAX_DEPTH):
-        raise CacheDirError(f"{where}: corrupt manifest (nested deeper than {MAX_DEPTH} levels)")
+        raw = untrusted.json_value(data, MAX_DEPTH)
+    except ValueError as e:
+        raise CacheDirError(f"{where}: corrupt manifest ({e})") from None
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
         raise CacheDirError(f"{where}: manifest schema {_short(raw.get('schema_version'))}, this tool reads "
                             f"{SCHEMA_VERSION}")
@@ -198,9 +193,9 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
         loc = ".".join(part if isinstance(part, str) and part.isidentifier() else _short(part)
                        for part in first["loc"] if part != "[key]") or "manifest"
         raise CacheDirError(f"{where}: invalid manifest ({e.error_count()} errors: {loc}: "
-                            f"{_one_line(first['msg'])})") from None
+                            f"{untrusted.one_line(first['msg'])})") from None
     except (ValueError, TypeError, RecursionError) as e:   # pydantic's own limits, beyond its ValidationError
-        raise CacheDirError(f"{where}: invalid manifest ({type(e).__name__}: {_one_line(e)})") from None
+        raise CacheDirError(f"{where}: invalid manifest ({type(e).__name__}: {untrusted.one_line(e)})") from None
 
 
 def load(cache_dir: Path) -> Manifest | None:
@@ -209,27 +204,9 @@ def load(cache_dir: Path) -> Manifest | None:
     return None if data is None else parse(data, path_of(cache_dir))
 
 
-def _depth_exceeds(value, limit: int) -> bool:
-    """Whether JSON `value` nests more than `limit` lists/objects deep (iterative: never recursion itself)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return False
-
-
 def _short(value, limit: int = 80) -> str:
     """repr of a value from a manifest for a message: escaped (one line) and cut."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _one_line(e, limit: int = 300) -> str:
-    """An error's text for a one-line message: whitespace runs as one space, anything unprintable escaped, cut."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(e).split()))
     return text if len(text) <= limit else text[:limit] + "..."
 
 

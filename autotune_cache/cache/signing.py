@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from . import manifest as manifest_mod
+from .. import untrusted
 from ..errors import AutotuneCacheError, IntegrityError
 from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
 from .integrity import stray_members
@@ -162,12 +163,12 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     kid = key_id(pub)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
-        sig = json.loads(read_plain(sig_path, MAX_JSON_BYTES))
+        sig = untrusted.json_value(read_plain(sig_path, MAX_JSON_BYTES))
         signature = base64.b64decode(sig["signature"], validate=True)
     except FileNotFoundError:
         raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "
                              "sign DIR --key KEY.pem`)", files=[manifest_mod.SIG_NAME]) from None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"{sig_path}: unreadable signature ({type(e).__name__})",
                              files=[manifest_mod.SIG_NAME]) from None
     if sig.get("algorithm") != ALGORITHM:
