@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import untrusted
-from ..errors import CacheDirError
+from ..errors import CacheDirError, shown
 from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, size_text, write_atomic
 from .fingerprint import Fingerprint
 from .layout import is_triton_tmp
@@ -184,13 +184,13 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
     except ValueError as e:
         raise CacheDirError(f"{where}: corrupt manifest ({e})") from None
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
-        raise CacheDirError(f"{where}: manifest schema {_short(raw.get('schema_version'))}, this tool reads "
+        raise CacheDirError(f"{where}: manifest schema {shown(raw.get('schema_version'))}, this tool reads "
                             f"{SCHEMA_VERSION}")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(part if isinstance(part, str) and part.isidentifier() else _short(part)
+        loc = ".".join(part if isinstance(part, str) and part.isidentifier() else shown(part)
                        for part in first["loc"] if part != "[key]") or "manifest"
         raise CacheDirError(f"{where}: invalid manifest ({e.error_count()} errors: {loc}: "
                             f"{untrusted.one_line(first['msg'])})") from None
@@ -202,12 +202,6 @@ def load(cache_dir: Path) -> Manifest | None:
     """The manifest of a cache dir, None if there is none. Raises CacheDirError if it is unreadable or invalid."""
     data = read(cache_dir)
     return None if data is None else parse(data, path_of(cache_dir))
-
-
-def _short(value, limit: int = 80) -> str:
-    """repr of a value from a manifest for a message: escaped (one line) and cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def save(manifest: Manifest, cache_dir: Path) -> Path:
