@@ -88,3 +88,15 @@ class IncompatibleCacheError(AutotuneCacheError):
 
 class SharedWritableError(IntegrityError):
     """A cache dir, an entry in it or a parent that users other than the owner can write."""
+
+
+class RegistryError(AutotuneCacheError):
+    """A cache registry (registry/) that cannot be read or written, or holds nothing for the request."""
+
+
+class RegistryUnreachableError(RegistryError):
+    """The registry's storage did not answer (no network, no such bucket): a server may fall back to tuning."""
+
+
+class NoMatchingBundleError(RegistryError):
+    """The registry holds no bundle for this model, TP degrees, kernel sources and machine."""

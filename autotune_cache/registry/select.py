@@ -1,0 +1,91 @@
+"""Which published bundle serves a machine: pure, given the records, the unit ids the request plans, the machine's
+GPU, and a `misses` function (fingerprint.mismatches against this machine, computed at the edge: machine.py).
+
+Order of the rules: the bundle must hold every planned unit; its compute capability must be the machine's (when
+known); its disk keys must be this machine's (Triton wheel, Python, ptxas, cache-invalidating env vars, kernel
+package versions: `misses` is empty); an emulated build only when asked for. Then a bundle tuned on this GPU model
+(exact name) wins; else one of the same compute capability, with a warning (FACTS §1: H100 and H200 share entries,
+their winners may differ). Among equals, the newest.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..errors import NoMatchingBundleError
+from .index import Record
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The GPU a cache is fetched for: this one, or one named (`--gpu-name H200`, `--capability 9.0`) on a machine
+    without it (an image build). Example: Machine(gpu_name="NVIDIA H200", capability="9.0")."""
+    gpu_name: str | None
+    capability: str | None
+    allow_emulated: bool = False   # tests: emulated bundles (fake timings) may be chosen
+
+
+@dataclass(frozen=True)
+class Choice:
+    record: Record
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[\s_]+", name.lower()) if w]
+
+
+def gpu_type_of(name: str) -> str:
+    """A GPU type as Ray names accelerators, from a device name: "NVIDIA H100 80GB HBM3" -> "H100",
+    "NVIDIA A100-SXM4-80GB" -> "A100", "NVIDIA GeForce RTX 4090" -> "RTX"."""
+    words = [w for w in name.replace("-", " ").split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE")]
+    return re.sub(r"[^A-Za-z0-9._-]", "", words[0]) if words else "unknown"
+
+
+def same_gpu(record: Record, gpu_name: str) -> bool:
+    """`gpu_name` ("H200" or "NVIDIA H200") names the GPU the record was built for: its type, or its device name
+    (whole words, so H100 is not H100 NVL's... but "H100" does name "NVIDIA H100 80GB HBM3")."""
+    asked = _words(gpu_name)
+    if asked == [record.gpu_type.lower()] or gpu_type_of(gpu_name).lower() == record.gpu_type.lower():
+        return True
+    have = _words(record.fingerprint.gpu_name or "")
+    return bool(asked) and any(have[i:i + len(asked)] == asked for i in range(len(have)))
+
+
+def choose(records: Iterable[Record], units: Iterable[str], machine: Machine,
+           misses: Callable[[Record], list[str]]) -> Choice:
+    """The bundle for `machine` holding every unit in `units`; NoMatchingBundleError saying why none fits."""
+    records, need = list(records), set(units)
+    if not records:
+        raise NoMatchingBundleError("the registry holds no bundle")
+    holding = [r for r in records if need <= set(r.units)]
+    if not holding:
+        raise NoMatchingBundleError(f"no bundle holds the {len(need)} planned units (first: {sorted(need)[0]}); "
+                                    f"the registry has {len(records)} bundles for other models, TP degrees, "
+                                    "kernel sources or --max-tokens")
+    why: list[str] = []
+    fit = []
+    for r in holding:
+        fp = r.fingerprint
+        if machine.capability and fp.capability != machine.capability:
+            why.append(f"{r.gpu_type}: compute capability {fp.capability}, not {machine.capability}")
+        elif fp.emulated and not machine.allow_emulated:
+            why.append(f"{r.gpu_type}: an emulated build (fake timings)")
+        elif found := misses(r):
+            why.append(f"{r.gpu_type} ({fp.gpu_name}): {found[0]}")
+        else:
+            fit.append(r)
+    if not fit:
+        raise NoMatchingBundleError(f"{len(holding)} bundles hold the units, none fits this machine: "
+                                    + "; ".join(sorted(set(why))[:4]))
+    newest = lambda rs: max(rs, key=lambda r: (r.published, r.bundle_sha256))   # noqa: E731
+    if machine.gpu_name is None:
+        return Choice(newest(fit))
+    exact = [r for r in fit if same_gpu(r, machine.gpu_name)]
+    if exact:
+        return Choice(newest(exact))
+    r = newest(fit)
+    return Choice(r, (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
+                      f"({r.gpu_type}, same compute capability {r.fingerprint.capability}): every entry hits, its "
+                      "winners may not be this GPU's fastest",))

@@ -1,0 +1,165 @@
+"""The registry's storage, through fsspec: one URL (`file:///srv/reg`, `s3://bucket/gdn`, `gs://...`, `hf://...`)
+and the few operations the registry needs, each turning the backend's own exceptions into RegistryError
+(RegistryUnreachableError when the storage did not answer at all).
+
+Every object the registry writes is written once under a name derived from its content and never rewritten, so
+two publishers never write one name with different bytes: that is what makes the index race-free (index.py). A
+single object write is atomic on object stores (S3 PUT, GCS upload: a reader sees the old object or the whole new
+one); on a local or mounted file system fsspec writes in place, so here it goes to a temp name first and is
+renamed over (same dir, os.replace). `create` (registry.json, the one object whose name is not content-derived) is
+create-if-absent: os.link on a file system, `If-None-Match: *` (fsspec's mode="create") on object stores.
+
+Storage options come from fsspec's own configuration: env vars `FSSPEC_S3_ENDPOINT_URL=...` (any
+`FSSPEC_<PROTOCOL>_<OPTION>`), or the backend's (AWS_* for s3fs).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import RegistryError, RegistryUnreachableError
+
+BLOCK = 1 << 20
+
+
+def _fail(url: str, what: str, e: BaseException) -> RegistryError:
+    if isinstance(e, RegistryError):
+        return e
+    if isinstance(e, (PermissionError, ValueError, TypeError)):
+        return RegistryError(f"{url}: cannot {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    first = str(e).splitlines()[0] if str(e) else ""
+    return RegistryUnreachableError(f"{url}: cannot {what} ({type(e).__name__}: {first[:200]})")
+
+
+@dataclass
+class Store:
+    """One registry root. `url` as the user gave it; `fs` the fsspec filesystem; `root` its path there."""
+    url: str
+    fs: object
+    root: str
+
+    @property
+    def local(self) -> bool:
+        return "file" in _protocols(self.fs)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write `data` as object `rel`, whole or not at all."""
+        try:
+            if self.local:
+                target = Path(self.path(rel))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            else:
+                self.fs.pipe_file(self.path(rel), data)
+        except Exception as e:  # noqa: BLE001 - every backend has its own exceptions
+            raise _fail(self.url, f"write {rel}", e) from None
+
+    def put_file(self, rel: str, local_path: Path) -> None:
+        """Upload a local file as object `rel`, whole or not at all."""
+        try:
+            if self.local:
+                import shutil
+                target = Path(self.path(rel))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+                shutil.copyfile(local_path, tmp)
+                os.replace(tmp, target)
+            else:
+                self.fs.put_file(str(local_path), self.path(rel))
+        except Exception as e:  # noqa: BLE001
+            raise _fail(self.url, f"upload {rel}", e) from None
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write `rel` only if no object has that name; False when one had (its content is the first writer's)."""
+        try:
+            if self.local:
+                target = Path(self.path(rel))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+                tmp.write_bytes(data)
+                try:
+                    os.link(tmp, target)   # fails if the name exists: create-if-absent, and never half written
+                except FileExistsError:
+                    return False
+                finally:
+                    tmp.unlink()
+                return True
+            self.fs.pipe_file(self.path(rel), data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except Exception as e:  # noqa: BLE001
+            if "PreconditionFailed" in str(e) or "412" in str(e):   # S3 answers 412 when the name exists
+                return False
+            raise _fail(self.url, f"write {rel}", e) from None
+
+    def get(self, rel: str, limit: int) -> bytes | None:
+        """The bytes of object `rel`, None if there is none; RegistryError past `limit` bytes."""
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001
+            raise _fail(self.url, f"read {rel}", e) from None
+        if len(data) > limit:
+            raise RegistryError(f"{self.url}: {rel} is larger than {limit} bytes, the most it may be")
+        return data
+
+    def get_file(self, rel: str, dest: Path, limit: int) -> int:
+        """Copy object `rel` into the new local file `dest`, at most `limit` bytes; returns the bytes copied."""
+        n = 0
+        try:
+            with self.fs.open(self.path(rel), "rb") as f, open(dest, "xb") as out:
+                while block := f.read(BLOCK):
+                    n += len(block)
+                    if n > limit:
+                        raise RegistryError(f"{self.url}: {rel} is larger than its index entry says ({limit} bytes)")
+                    out.write(block)
+        except FileNotFoundError:
+            raise RegistryError(f"{self.url}: {rel} is listed in the index but missing") from None
+        except Exception as e:  # noqa: BLE001
+            raise _fail(self.url, f"download {rel}", e) from None
+        return n
+
+    def find(self, prefix: str) -> list[str]:
+        """Every object under `prefix`, relative to the root, sorted (one listing: S3 ListObjectsV2 pages)."""
+        base = self.path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        except Exception as e:  # noqa: BLE001
+            raise _fail(self.url, f"list {prefix}", e) from None
+        root = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        return sorted(p[len(root):] for p in found if p.startswith(root))
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+def open_store(url: str) -> Store:
+    """The registry at `url`; RegistryError for a URL fsspec cannot use (unknown protocol, missing backend)."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError:
+        raise RegistryError("a registry needs fsspec: pip install 'autotune-cache[fleet]'") from None
+    if "://" not in url:
+        url = Path(url).expanduser().resolve().as_uri()
+    try:
+        fs, root = url_to_fs(url)
+    except ImportError as e:
+        raise RegistryError(f"{url}: this protocol needs a package that is not installed ({e}); for s3:// "
+                            "pip install 'autotune-cache[s3]'") from None
+    except (ValueError, TypeError) as e:
+        raise RegistryError(f"{url}: not a registry URL fsspec can open ({e})") from None
+    return Store(url=url, fs=fs, root=root.rstrip("/") or "/")
