@@ -44,13 +44,10 @@ def gpu_type_of(name: str) -> str:
 
 
 def same_gpu(record: Record, gpu_name: str) -> bool:
-    """`gpu_name` ("H200" or "NVIDIA H200") names the GPU the record was built for: its type, or its device name
-    (whole words, so H100 is not H100 NVL's... but "H100" does name "NVIDIA H100 80GB HBM3")."""
-    asked = _words(gpu_name)
-    if asked == [record.gpu_type.lower()] or gpu_type_of(gpu_name).lower() == record.gpu_type.lower():
-        return True
-    have = _words(record.fingerprint.gpu_name or "")
-    return bool(asked) and any(have[i:i + len(asked)] == asked for i in range(len(have)))
+    """`gpu_name` ("H200", or a device name "NVIDIA H200") is the GPU type the record was built for, or its device's
+    whole name."""
+    return (gpu_type_of(gpu_name).lower() == record.gpu_type.lower()
+            or _words(gpu_name) == _words(record.fingerprint.gpu_name or ""))
 
 
 def choose(records: Iterable[Record], units: Iterable[str], machine: Machine,
