@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import BuildFailedError, NoGPUError
@@ -31,6 +32,12 @@ def cmd_ensure(args) -> int:
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
     gaps = unit_gaps(m, p, cache_dir)
+    if args.from_url:   # the registry's cache when this one is missing or stale (registry/pull.py)
+        from ..registry.pull import pull_for_ensure
+        pull_for_ensure(args.from_url, cache_dir, spec, args.public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY"),
+                        err)
+        m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
+        gaps = unit_gaps(m, p, cache_dir)
     built = False
     if gaps:
         err.print(f"{len(gaps)} of {len(p.units)} units to build: " + "; ".join(gaps))
@@ -82,6 +89,9 @@ def add_commands(sub) -> None:
     p.add_argument("--public-key", metavar="PUB.pem",
                    help="require manifest.sig to be a valid signature by this ed25519 public key (default: the "
                         "server's AUTOTUNE_CACHE_PUBLIC_KEY)")
+    p.add_argument("--from", dest="from_url", metavar="URL",
+                   help="fetch the registry's cache (autotune-cache publish) when this one is missing or stale, "
+                        "before building; unreachable: build instead (AUTOTUNE_CACHE_STRICT=1: exit 2)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ensure)

@@ -15,6 +15,7 @@ from .index import Record
 from .select import Machine
 
 GPU_NAME_ENV, CAPABILITY_ENV = "AUTOTUNE_CACHE_GPU_NAME", "AUTOTUNE_CACHE_CAPABILITY"
+ALLOW_EMULATED_ENV = "AUTOTUNE_CACHE_ALLOW_EMULATED"   # tests: pod-start fetches may take emulated bundles
 
 
 def _read_gpu(isolated: bool) -> tuple[str, str] | None:
@@ -51,6 +52,7 @@ def detect(gpu_name: str | None = None, capability: str | None = None, *, allow_
             raise NoGPUError("no NVIDIA GPU here: name the GPU to fetch for with --gpu-name (e.g. H200) and/or "
                              f"--capability (e.g. 9.0), or {GPU_NAME_ENV}")
         gpu_name, capability = found
+    allow_emulated = allow_emulated or os.environ.get(ALLOW_EMULATED_ENV, "").lower() in ("1", "true", "yes", "on")
     return Machine(gpu_name=gpu_name, capability=capability, allow_emulated=allow_emulated)
 
 

@@ -1,6 +1,8 @@
 """vLLM general plugin (entry-point group `vllm.general_plugins`), loaded in every vLLM process before device init.
 
-Calls autotune_cache.install() when AUTOTUNE_CACHE_DIR is set; otherwise does nothing. It imports no kernel
+Calls autotune_cache.install() when AUTOTUNE_CACHE_DIR is set; otherwise does nothing. With AUTOTUNE_CACHE_URL, it
+first fetches the registry's cache when the dir's is missing or stale (registry/pull.py; one process per node
+downloads). It imports no kernel
 module (the GDN kernels are imported later, when the model is built, and their autotuners are switched then)
 and touches no GPU. Select it alone with VLLM_PLUGINS=autotune_cache.
 
@@ -20,6 +22,9 @@ def register() -> None:
     from ..cache.trust import env_flag, one_line
     from ..errors import AutotuneCacheError
     from .loader import install
+    if os.environ.get("AUTOTUNE_CACHE_URL"):   # fetch the registry's cache first when missing or stale
+        from ..registry.pull import pull_for_server
+        pull_for_server(log)
     try:
         report = install(log_at_exit=True)
     except Exception as e:   # install() raises AutotuneCacheError only; anything else is a bug of ours

@@ -1,0 +1,153 @@
+"""At pod start: fetch the registry's cache when the local one is missing or stale (`ensure --from URL`, the vLLM
+plugin with AUTOTUNE_CACHE_URL).
+
+Stale: a planned unit not done or its entry file changed (Manifest.damaged_entry), or a fingerprint whose disk
+keys differ here (fingerprint.misses_here, without the GPU). The N processes of one node (TP workers, the engine
+core) take one file lock beside the cache dir (`.<name>.fetch.lock` in its parent): the first fetches, the others
+wait and then find it fresh. A stale dir is moved aside (`.<name>.stale-<pid>`) before the fetch and removed after
+it; on a failed fetch it is moved back. A registry that cannot be reached or holds nothing for this machine is an
+error when strict, else a warning and the local dir stays as it was (the server then tunes what it misses).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import filelock
+
+from ..builder.plan import plan as make_plan
+from ..builder.spec import BuildSpec
+from ..cache import fingerprint, manifest as manifest_mod
+from ..errors import AutotuneCacheError, CacheDirError, RegistryError
+from .fetch import fetch
+from .select import Machine
+
+LOCK_TIMEOUT_S = 1800.0   # a bundle of a few MB takes seconds; a stuck fetcher must not hang a pod forever
+
+
+@dataclass
+class PullReport:
+    cache_dir: Path
+    action: str                  # "fresh" | "fetched" | "fetched-by-another" | "fallback"
+    stale: list[str] = field(default_factory=list)    # why the local cache was not used as it was
+    warnings: list[str] = field(default_factory=list)
+    bundle_sha256: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"cache_dir": str(self.cache_dir), "action": self.action, "stale": self.stale,
+                "warnings": self.warnings, "bundle_sha256": self.bundle_sha256}
+
+
+def why_stale(cache_dir: Path, spec: BuildSpec) -> list[str]:
+    """Why the cache in `cache_dir` would not serve `spec` here; empty when it would."""
+    try:
+        m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
+    except CacheDirError as e:
+        return [str(e)]
+    if m is None:
+        return [f"{cache_dir}: no cache"]
+    out = []
+    for unit in make_plan(spec).units:
+        rec = m.units.get(unit.id)
+        if rec is None or rec.status != "done":
+            out.append(f"{unit.id}: {'not built' if rec is None else rec.status}")
+        elif (name := m.damaged_entry(rec, cache_dir)) is not None:
+            out.append(f"{unit.id}: entry {name} missing or changed")
+    if m.fingerprint is not None:
+        out += fingerprint.misses_here(m.fingerprint, query_gpu=False)[0]
+    return out
+
+
+def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machine | None, *, public_key=None,
+         strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S) -> PullReport:
+    """Make `cache_dir` hold the registry's cache for `spec` unless it serves already. `machine` None: detected
+    when a fetch is needed (machine.detect, isolated: no CUDA call in this process)."""
+    root = Path(cache_dir).expanduser().resolve()
+    stale = why_stale(root, spec)
+    if not stale:
+        return PullReport(root, "fresh")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(root.parent / f".{root.name}.fetch.lock", mode=0o644)
+    try:
+        lock.acquire(timeout=lock_timeout)
+    except filelock.Timeout:
+        raise RegistryError(f"{root}: another process has been fetching for {lock_timeout:g} s "
+                            f"({lock.lock_file})") from None
+    try:
+        if not why_stale(root, spec):   # another worker fetched while we waited
+            return PullReport(root, "fetched-by-another", stale)
+        aside = None
+        if root.exists():
+            aside = root.parent / f".{root.name}.stale-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(root, aside)
+        try:
+            if machine is None:
+                from .machine import detect
+                machine = detect(isolated=True)
+            got = fetch(url, root, spec, machine, public_key=public_key)
+        except AutotuneCacheError as e:
+            if aside is not None:
+                shutil.rmtree(root, ignore_errors=True)
+                os.replace(aside, root)
+            if strict:
+                raise
+            return PullReport(root, "fallback", stale, [f"no cache fetched from {url}: {e}"])
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return PullReport(root, "fetched", stale, list(got.warnings), got.record.bundle_sha256)
+    finally:
+        lock.release()
+
+
+def spec_from_env(env=os.environ) -> BuildSpec:
+    """The request the entrypoint and the plugin read: AUTOTUNE_CACHE_MODEL (or AUTOTUNE_CACHE_CONFIG),
+    AUTOTUNE_CACHE_TP, AUTOTUNE_CACHE_TARGET, AUTOTUNE_CACHE_MAX_TOKENS (defaults qwen3.5-9b, 1, fla, 16384)."""
+    from .. import models
+    from ..builder.spec import DEFAULT_MAX_TOKENS
+    shape = models.resolve(env.get("AUTOTUNE_CACHE_MODEL") or None, env.get("AUTOTUNE_CACHE_CONFIG") or None)
+    try:
+        tp = tuple(int(t) for t in env.get("AUTOTUNE_CACHE_TP", "1").split(",") if t.strip())
+        max_tokens = int(env.get("AUTOTUNE_CACHE_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
+    except ValueError as e:
+        from ..errors import SpecError
+        raise SpecError(f"AUTOTUNE_CACHE_TP / AUTOTUNE_CACHE_MAX_TOKENS: {e}") from None
+    return BuildSpec(model=shape, tp=tp, targets=tuple((env.get("AUTOTUNE_CACHE_TARGET") or "fla").split(",")),
+                     max_tokens=max_tokens)
+
+
+def pull_for_server(log) -> PullReport | None:
+    """The vLLM plugin's hook: with AUTOTUNE_CACHE_URL and AUTOTUNE_CACHE_DIR set, pull() for the request in the
+    env (spec_from_env), strict per AUTOTUNE_CACHE_STRICT, key from AUTOTUNE_CACHE_PUBLIC_KEY; logged."""
+    from ..cache.trust import env_flag
+    url, cache_dir = os.environ.get("AUTOTUNE_CACHE_URL"), os.environ.get("AUTOTUNE_CACHE_DIR")
+    if not url or not cache_dir:
+        return None
+    strict = env_flag("AUTOTUNE_CACHE_STRICT")
+    try:
+        report = pull(url, cache_dir, spec_from_env(), None, strict=strict,
+                      public_key=os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None)
+    except AutotuneCacheError as e:
+        if strict:
+            raise
+        log.error("autotune-cache: no cache fetched from %s (%s)", url, e)
+        return None
+    for w in report.warnings:
+        log.warning("autotune-cache: %s", w)
+    if report.action != "fresh":
+        log.info("autotune-cache: %s: %s from %s", report.cache_dir, report.action, url)
+    return report
+
+
+def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console) -> PullReport:
+    """`ensure --from URL`: pull() for ensure's request, strict per AUTOTUNE_CACHE_STRICT; what it did on stderr."""
+    from ..cache.trust import env_flag
+    report = pull(url, cache_dir, spec, None, strict=env_flag("AUTOTUNE_CACHE_STRICT"), public_key=public_key)
+    for w in report.warnings:
+        console.print(f"[yellow]warning[/yellow]: {w}")
+    if report.action != "fresh":
+        console.print(f"ensure: {report.action} from {url}" + (f" (bundle {report.bundle_sha256[:12]})"
+                                                              if report.bundle_sha256 else ""))
+    return report
