@@ -50,15 +50,20 @@ def held(url: str, job: Job) -> str | None:
     if machine is None:
         return None
     here, need = Here(), set(job.units)
-    for r in index.scan(open_store(url)).records:
+    for r in index.scan(open_store(url), job.gpu_type).records:
         if (r.gpu_type == job.gpu_type and need <= set(r.units) and r.fingerprint.emulated == job.spec.emulate
                 and r.fingerprint.capability == machine.capability and not here.misses(r)):
             return r.bundle_sha256
     return None
 
 
-def run_job(job: Job, url: str, key: str | None = None) -> JobResult:
+def run_job(job: Job, url: str, key: str | None = None, compile_processes: int | None = None) -> JobResult:
+    """`compile_processes`: this job's share of its node's cores (Ray starts one job per GPU; each build would
+    otherwise start a compile worker per core of the whole node)."""
+    import os
     import socket
+    if compile_processes and "AUTOTUNE_CACHE_COMPILE_PROCESSES" not in os.environ:
+        os.environ["AUTOTUNE_CACHE_COMPILE_PROCESSES"] = str(compile_processes)
 
     from ..builder.orchestrator import build
     from ..cache.prune import plan_prune

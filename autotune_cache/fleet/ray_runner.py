@@ -58,6 +58,20 @@ def _connect(ray, address: str | None) -> None:
         ray.init(object_store_memory=OBJECT_STORE_BYTES, **kwargs)
 
 
+def _cpus_per_gpu(ray) -> dict[str, int]:
+    """Per GPU type, the cores each of its GPUs gets on the leanest node that has it (CPU // GPU, at least 1): what
+    a job asks Ray for and uses as its compile processes."""
+    out: dict[str, int] = {}
+    for node in ray.nodes():
+        res = node.get("Resources", {}) if node.get("Alive") else {}
+        gpus = res.get("GPU", 0)
+        for k in res:
+            if k.startswith("accelerator_type:") and gpus:
+                t = k.split(":", 1)[1]
+                out[t] = min(out.get(t, 1 << 30), max(1, int(res.get("CPU", 1) // gpus)))
+    return out
+
+
 def run(matrix: Matrix, url: str, *, address: str | None = None, key: str | None = None,
         on_done: Callable[[JobResult], None] | None = None) -> FleetResult:
     from ..registry.store import open_store
@@ -67,6 +81,7 @@ def run(matrix: Matrix, url: str, *, address: str | None = None, key: str | None
     _connect(ray, address)
     offered = {k.split(":", 1)[1] for k in ray.cluster_resources() if k.startswith("accelerator_type:")}
     task = ray.remote(run_job)
+    share = _cpus_per_gpu(ray)
     pending, results = {}, []
     for j in js:
         if j.gpu_type not in offered:
@@ -77,9 +92,10 @@ def run(matrix: Matrix, url: str, *, address: str | None = None, key: str | None
             if on_done:
                 on_done(r)
             continue
-        ref = task.options(num_gpus=1, accelerator_type=j.gpu_type, max_retries=0,
+        cpus = share.get(j.gpu_type, 1)
+        ref = task.options(num_gpus=1, num_cpus=cpus, accelerator_type=j.gpu_type, max_retries=0,
                            name=f"autotune-cache {j.gpu_type} {j.label} tp{','.join(map(str, j.spec.tp))}"
-                           ).remote(j, url, key)
+                           ).remote(j, url, key, cpus)
         pending[ref] = j
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

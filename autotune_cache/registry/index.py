@@ -152,10 +152,11 @@ def parse_record(data: bytes, where: str) -> Record:
         raise RegistryError(f"{where}: not a registry entry ({untrusted.one_line(msg)[:200]})") from None
 
 
-def scan(store: Store) -> IndexScan:
-    """The registry's info and every entry, in one listing (plus one read per entry)."""
+def scan(store: Store, gpu_type: str | None = None) -> IndexScan:
+    """The registry's info and every entry (of one GPU type: one prefix listed), in one listing plus one read per
+    entry."""
     info = read_info(store)
-    names = [n for n in store.find("index") if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+    names = [n for n in store.find(f"index/{gpu_type}" if gpu_type else "index") if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
     if len(names) > MAX_ENTRIES:
         raise RegistryError(f"{store.url}: {len(names)} index entries, more than the {MAX_ENTRIES} a scan reads")
     records, warnings = [], []
