@@ -11,7 +11,10 @@ import pytest
 
 from autotune_cache.cache import manifest as manifest_mod
 from helpers import run_cli
-from test_registry import TOY, caches, toy_build  # noqa: F401 - the module fixture
+import test_registry
+from test_registry import TOY, toy_build
+
+caches = test_registry.caches   # its module fixture: the two toy caches
 
 NODE = {"AUTOTUNE_CACHE_GPU_NAME": "H100", "AUTOTUNE_CACHE_ALLOW_EMULATED": "1", "AUTOTUNE_CACHE_STRICT": "0"}
 UNREACHABLE = {"FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
@@ -19,7 +22,7 @@ UNREACHABLE = {"FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_I
 
 
 @pytest.fixture(scope="module")
-def registry(caches, tmp_path_factory):  # noqa: F811
+def registry(caches, tmp_path_factory):
     url = (tmp_path_factory.mktemp("reg") / "reg").as_uri()
     run_cli("publish", caches[0], url, "--gpu-type", "H100", check=0)   # TP 1 and 2
     return url
