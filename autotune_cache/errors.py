@@ -88,3 +88,12 @@ class IncompatibleCacheError(AutotuneCacheError):
 
 class SharedWritableError(IntegrityError):
     """A cache dir, an entry in it or a parent that users other than the owner can write."""
+
+
+class RecordError(AutotuneCacheError):
+    """A record file (autotune-cache record, install(record=...)) that cannot be read or written at all."""
+
+
+class UnreplayableError(AutotuneCacheError):
+    """A recorded autotune lookup that cannot be made again here: its kernel's module does not import, the kernel
+    is not found in it, its source changed since the record, or an argument was not described."""

@@ -7,7 +7,7 @@ import sys
 import threading
 
 from ..errors import AutotuneCacheError, printable
-from . import build_cmds, cache_cmds, serve_cmds
+from . import build_cmds, cache_cmds, record_cmds, serve_cmds
 from .console import Parser
 
 
@@ -17,6 +17,7 @@ def parser() -> Parser:
     build_cmds.add_commands(sub)   # models, plan, build
     cache_cmds.add_commands(sub)   # inspect, verify, prune, export, import, sign, merge
     serve_cmds.add_commands(sub)   # ensure
+    record_cmds.add_commands(sub)  # record
     return ap
 
 
