@@ -185,3 +185,31 @@ def test_a_servers_misses_are_a_record_to_build(recorded, tmp_path):
     served = run("--cache", cache, "--install", "--misses", again, "scale:300", "copy:1000")
     assert served["totals"] == {"lookups": 2, "hits": 2, "misses": 0} and served["bench_calls"] == 0
     assert not again.exists() or again.read_text() == ""
+
+
+OVERHEAD = """
+import json, os, sys
+os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
+from autotune_cache.builder import emulation
+emulation.install()
+import triton.runtime.autotuner as at
+run_before = at.Autotuner.run
+from autotune_cache.record import recorder
+recorder.start(sys.argv[2])
+described = []
+real = recorder._describe
+recorder._describe = lambda *a: described.append(1) or real(*a)
+import record_kernels
+for _ in range(5):
+    record_kernels.scale(300)
+print(json.dumps({"run_untouched": at.Autotuner.run is run_before, "described": len(described)}))
+"""
+
+
+def test_a_key_seen_before_costs_nothing_more(tmp_path):
+    """Recording leaves Autotuner.run as it is: its hook is on prune_configs, which Triton calls on an in-memory
+    miss only, so the calls after a key's first go through Triton's own dict lookup alone."""
+    proc = subprocess.run([sys.executable, "-c", OVERHEAD, str(tmp_path / "c"), str(tmp_path / "r.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"run_untouched": True, "described": 1}
