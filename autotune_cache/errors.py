@@ -100,3 +100,10 @@ class RegistryUnreachableError(RegistryError):
 
 class NoMatchingBundleError(RegistryError):
     """The registry holds no bundle for this model, TP degrees, kernel sources and machine."""
+class RecordError(AutotuneCacheError):
+    """A record file (autotune-cache record, install(record=...)) that cannot be read or written at all."""
+
+
+class UnreplayableError(AutotuneCacheError):
+    """A recorded autotune lookup that cannot be made again here: its kernel's module does not import, the kernel
+    is not found in it, its source changed since the record, or an argument was not described."""

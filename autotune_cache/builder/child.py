@@ -24,7 +24,10 @@ def _die_with_parent() -> None:
     die_with(parent.pid if parent is not None else None)
 
 
-def _imports(get, target: str) -> tuple[str, ...]:
+def _imports(get, unit) -> tuple[str, ...]:
+    if unit.kernel is not None:   # a replay unit: its kernel's module
+        return (unit.kernel.module,)
+    target = unit.target
     try:
         return get(target).imports
     except Exception:  # noqa: BLE001 - an unknown target fails its unit, with the reason
@@ -103,7 +106,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
     # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
     import importlib
-    for name in dict.fromkeys(m for u in units for m in _imports(get, u.unit.target)):
+    for name in dict.fromkeys(m for u in units for m in _imports(get, u.unit)):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the unit's own import raises it again, reported with the unit
@@ -173,9 +176,12 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                     compiled = pool.ready(index)
                 elif pool is not None and index == 0:   # every unit's configs, before the first timing
                     compiled = pool.ready(len(units) - 1)
-                target = get(unit.target)
+                if unit.replay:   # recorded calls of one kernel, made again (record/replay.py): no token counts
+                    from ..record.replay import replay_all
+                    replay_all(unit.replay, device)
+                target = get(unit.target) if not unit.replay else None
                 selection.probes.clear()
-                for tokens in (t for t in probe_tokens if t < max(unit.tokens)):
+                for tokens in (t for t in probe_tokens if unit.tokens and t < max(unit.tokens)):
                     current["tokens"] = tokens
                     with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                         target.run(unit.shape, unit.dtypes, tokens, device)
@@ -191,8 +197,10 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                 flush()
                 # The first line names the fault ("AcceleratorError: CUDA error: an illegal memory access was
                 # encountered"); torch's advice lines after it would flood the one-line summary.
+                from ..errors import UnreplayableError
                 out.put(UnitFailed(unit=unit.id, error=f"{type(e).__name__}: {e}".strip().splitlines()[0][:1000],
-                                   traceback=traceback.format_exc()[-4000:]))
+                                   traceback=traceback.format_exc()[-4000:],
+                                   retry=not isinstance(e, UnreplayableError)))
                 out.close()
                 out.join_thread()
                 sys.stdout.flush()

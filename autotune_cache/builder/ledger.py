@@ -62,7 +62,7 @@ class Ledger:
             if rec is None or (rec.status == "done" and
                                (not rec.entries or m.damaged_entry(rec, self.cache_dir) is not None)):
                 m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
-                                              shape=unit.shape.model_dump(), dtypes=unit.dtypes,
+                                              shape=_described(unit), dtypes=unit.dtypes,
                                               tokens=list(unit.tokens))
             elif rec.status != "done":   # failed, pending after an interrupt, or with files to restore
                 rec.status, rec.attempts, rec.failures = "pending", 0, []
@@ -278,3 +278,11 @@ def _some(names: list[str]) -> str:
     escaped, an unprintable one as its repr)."""
     shown = [escape(n if n.isprintable() else repr(n)) for n in names[:3]]
     return ", ".join(shown) + (" ..." if len(names) > 3 else "")
+
+
+def _described(unit: Unit) -> dict:
+    """What the manifest says a unit's calls were made with: its per-rank shape, or a replay unit's kernel (the
+    loader reads its module: record/)."""
+    if unit.shape is not None:
+        return unit.shape.model_dump()
+    return unit.kernel.model_dump() if unit.kernel is not None else {}

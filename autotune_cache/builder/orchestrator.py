@@ -124,6 +124,8 @@ class Build:
                 c.between_units(timeout)   # until the next UnitStart
             case UnitFailed():
                 self.ledger.fail(msg.unit, msg.error, count=False)
+                if not msg.retry:
+                    self.manifest.units[msg.unit].attempts = self.ledger.max_attempts
                 c.end()   # the child exits after a failed unit
             case Done():
                 c.end()

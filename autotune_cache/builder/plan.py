@@ -34,6 +34,8 @@ def unit_id(target: str, shape, dtypes: dict[str, str], tokens) -> str:
 def plan_units(spec: BuildSpec) -> list[Unit]:
     units: dict[str, Unit] = {}
     calls = keys = 0   # so far, over the units made
+    if spec.model is None:
+        raise SpecError("a plan needs a model (--model or --config), or records to replay (--from-record)")
     for target_name in spec.targets:
         target = targets_mod.get(target_name)
         for tp in spec.tp:

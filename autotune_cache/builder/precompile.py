@@ -72,6 +72,7 @@ NICE = 10   # below the benchmarking child, which times units next to them with 
 # The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
 # then costs time, not the build).
 WAIT_CAP_S = 600.0
+ARGV_MAX = 100_000   # bytes of the zygote's JSON argument; past it the JSON goes through a temp file
 
 
 def cores() -> int:
@@ -138,6 +139,10 @@ def _empty(*size, generator=None, **kwargs):
     return torch.empty(*size, **kwargs)
 
 
+def _unit_imports(unit: dict, get) -> tuple[str, ...]:
+    return (unit["kernel"]["module"],) if unit.get("kernel") else get(unit["target"]).imports
+
+
 def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int) -> None:
     import importlib
     import sys
@@ -165,7 +170,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     torch.randn = torch.rand = _empty
     share = _Share(n)
     share.install()
-    for name in dict.fromkeys(m for unit in units for m in get(unit["target"]).imports):
+    for name in dict.fromkeys(m for unit in units for m in _unit_imports(unit, get)):
         importlib.import_module(name)   # the slow part (FLA: ~5-10 s), while the child imports the same
     _say(f"imported {time.monotonic() - started:.2f}")
     if sys.stdin.readline().strip() != "go":   # the parent may refuse the dir (another environment's cache)
@@ -185,9 +190,14 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                 except AttributeError:
                     pass
                 for index, unit in enumerate(units):
-                    target, shape = get(unit["target"]), RankShape(**unit["shape"])
-                    for tokens in unit["tokens"]:
-                        target.run(shape, unit["dtypes"], tokens, "cpu")
+                    if unit.get("replay"):   # recorded calls (record/replay.py), made with Autotuner.run as above
+                        from ..record.replay import replay_all
+                        from ..record.schema import Record
+                        replay_all([Record.model_validate(r) for r in unit["replay"]], "cpu")
+                    else:
+                        target, shape = get(unit["target"]), RankShape(**unit["shape"])
+                        for tokens in unit["tokens"]:
+                            target.run(shape, unit["dtypes"], tokens, "cpu")
                     _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled[0]}")
                 code = 0
             except BaseException:  # noqa: BLE001 - its configs are left to the benchmark
@@ -223,8 +233,13 @@ class Pool:
         self.ended = False                 # the zygote's output closed: nothing more will come
         self._cond = threading.Condition()
         self.stderr = tempfile.TemporaryFile()   # the zygote's and workers' tracebacks, for a failed worker's why
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__,
-                                      json.dumps([cache_dir, units, profile, n, os.getpid()])],
+        argv = json.dumps([cache_dir, units, profile, n, os.getpid()])
+        if len(argv) > ARGV_MAX:   # replay units carry their records: too long for one argument (128 KiB on Linux)
+            self._argv_file = tempfile.NamedTemporaryFile("w", prefix="autotune-cache-units-", suffix=".json")
+            self._argv_file.write(argv)
+            self._argv_file.flush()
+            argv = "@" + self._argv_file.name
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, argv],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
 
@@ -324,4 +339,8 @@ if __name__ == "__main__":
     import json
     import sys
 
-    _zygote(*json.loads(sys.argv[1]))
+    given = sys.argv[1]
+    if given.startswith("@"):
+        with open(given[1:]) as f:
+            given = f.read()
+    _zygote(*json.loads(given))

@@ -81,6 +81,7 @@ class UnitFailed:
     unit: str
     error: str                  # one line: the exception's type and first line
     traceback: str
+    retry: bool = True          # False: another attempt fails alike (an unreplayable record), none is made
 
 
 @dataclass(frozen=True)

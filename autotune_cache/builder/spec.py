@@ -5,6 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SpecError
 from ..models import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
+from ..record.schema import KernelId, Record
 from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384
@@ -23,7 +24,7 @@ class BuildSpec(BaseModel):
     """A build request. Example: qwen3.5-9b at TP 1 and 2, upstream FLA, prefills up to 16384 tokens."""
     model_config = ConfigDict(frozen=True)
 
-    model: ModelShape
+    model: ModelShape | None = None   # None: a build of records only (replay_unit.py)
     tp: tuple[int, ...] = (1,)
     targets: tuple[str, ...] = ("fla",)
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -95,12 +96,15 @@ class Unit(BaseModel):
 
     id: str                 # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
     target: str
-    shape: RankShape
-    tp: tuple[int, ...]     # TP degrees that share this per-rank shape
-    dtypes: dict[str, str]  # role -> torch dtype name: act, state, g, beta, index
+    shape: RankShape | None = None   # None: a replay unit
+    tp: tuple[int, ...] = ()     # TP degrees that share this per-rank shape
+    dtypes: dict[str, str] = Field(default_factory=dict)  # role -> torch dtype name: act, state, g, beta, index
     varlen: bool = True
-    tokens: tuple[int, ...]  # driven in this order (largest first: shared keys tune at the largest size)
+    tokens: tuple[int, ...] = ()  # driven in this order (largest first: shared keys tune at the largest size)
     keys: tuple[PlannedKey, ...] = Field(default=())
+    # A replay unit (target "record", replay_unit.py): the recorded calls of one kernel, made again in the child
+    kernel: KernelId | None = None
+    replay: tuple[Record, ...] = ()
 
     @property
     def expected_keys(self) -> int:

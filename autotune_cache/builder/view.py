@@ -45,6 +45,8 @@ class View:
         s = unit.shape
         gpu = self.gpu_of(unit_id) if self.devices != (None,) else None
         where = "" if gpu is None else f"GPU {gpu} "
+        if s is None:   # a replay unit: one recorded kernel
+            return f"{unit.kernel.qualname if unit.kernel else unit.id} [dim]{where}{what}[/dim]"
         return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{where}{what}[/dim]"
 
     def starting(self, unit_id: str) -> None:

@@ -7,7 +7,7 @@ import sys
 import threading
 
 from ..errors import AutotuneCacheError, printable
-from . import build_cmds, cache_cmds, fleet_cmds, serve_cmds
+from . import build_cmds, cache_cmds, fleet_cmds, record_cmds, serve_cmds
 from .console import Parser
 
 
@@ -18,6 +18,7 @@ def parser() -> Parser:
     cache_cmds.add_commands(sub)   # inspect, verify, prune, export, import, sign, merge
     serve_cmds.add_commands(sub)   # ensure
     fleet_cmds.add_commands(sub)   # publish, fetch, ls, fleet plan, fleet build
+    record_cmds.add_commands(sub)  # record
     return ap
 
 

@@ -15,6 +15,7 @@ from ..builder.spec import MAX_GPUS
 from ..errors import BuildFailedError, NoGPUError, SpecError
 from ..targets import SHORT
 from .args import add_build_args, add_model_args, spec_from_args
+from . import record_cmds
 from .console import err, out
 
 
@@ -61,6 +62,8 @@ def print_plan(p, console: Console) -> None:
 
 def cmd_plan(args) -> int:
     from ..builder.plan import plan
+    if args.from_record:
+        return record_cmds.cmd_plan(args)
     p = plan(spec_from_args(args))
     if args.json:
         print(json.dumps(plan_json(p), indent=1))
@@ -74,6 +77,8 @@ def cmd_build(args) -> int:
     from ..builder.orchestrator import Build, prepare_cache_dir
     from ..builder.plan import plan
 
+    if args.from_record:
+        return record_cmds.cmd_build(args)
     spec = spec_from_args(args)
     if spec.cache_dir is None:
         raise SpecError("build needs --cache-dir DIR")
@@ -116,10 +121,12 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("plan", help="show the units and keys a build would tune (no GPU needed)")
     add_model_args(p)
+    record_cmds.add_from_record(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
     add_model_args(p)
+    record_cmds.add_from_record(p)
     p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
     add_build_args(p)
     p.add_argument("--compile-workers", type=int, default=None,

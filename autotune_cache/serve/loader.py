@@ -72,6 +72,7 @@ class LoaderReport:
         self.flipped: list[str] = []          # "module.kernel" of every autotuner switched to the disk cache
         self.mismatches: list[str] = []       # why the cache may miss here (fingerprint differences)
         self.warnings: list[str] = []
+        self.recording: list[str] = []        # record files this process appends its lookups to (record/)
         self.counters = defaultdict(lambda: {"lookups": 0, "hits": 0, "misses": 0})
         self._lock = threading.Lock()
 
@@ -111,7 +112,7 @@ class LoaderReport:
                 "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
                 "verify_seconds": round(self.verify_seconds, 4),
                 "copy_dir": str(self.copy_dir) if self.copy_dir else None, "copy_seconds": round(self.copy_seconds, 4),
-                "counters": dict(self.counters), "totals": self.totals}
+                "counters": dict(self.counters), "totals": self.totals, "recording": self.recording}
 
 
 _state: dict = {}   # the one installed report of this process
@@ -313,7 +314,8 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
 def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict: bool | None = None,
             modules=(), log_at_exit: bool | None = None, require_manifest: bool | None = None,
             allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None,
-            copy: bool | None = None) -> LoaderReport:
+            copy: bool | None = None, record: str | os.PathLike | None = None,
+            misses: str | os.PathLike | None = None) -> LoaderReport:
     """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`.
 
     cache_dir defaults to env AUTOTUNE_CACHE_DIR; strict to env AUTOTUNE_CACHE_STRICT (a miss then raises
@@ -332,6 +334,10 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
     check's own pass (report.copy_dir, copy_seconds; it costs the cache's bytes in the temp dir, per process).
     copy=False / AUTOTUNE_CACHE_COPY=0 serves the directory itself and reopens the window between check and load:
     whoever can write the directory can then swap a file after install() returned and before Triton reads it.
+
+    `record` (env AUTOTUNE_CACHE_RECORD): append every autotune lookup of this process to that file; `misses` (env
+    AUTOTUNE_CACHE_MISSES): only those not found in the cache, what the server still tuned. Either file is a record
+    (autotune_cache/record/): `autotune-cache build --from-record FILE` builds exactly those keys.
 
     Raises only AutotuneCacheError: CacheDirError for a `cache_dir` that is no directory, for an unknown target,
     and, strict, the refusals and mismatches above. Whatever the directory holds, a non-strict install() returns.
@@ -356,6 +362,11 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict:
         raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(known)}")
     prefixes = tuple(p for t in targets for p in known[t].module_prefixes) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
+    from ..record import recorder
+    for path, only_misses in ((record or os.environ.get(recorder.RECORD_ENV), False),
+                              (misses or os.environ.get(recorder.MISSES_ENV), True)):
+        if path:   # before _hook: a strict miss raises in the hooks after the recorder's
+            report.recording.append(str(recorder.start(path, misses=only_misses).path))
     try:
         _use(report, policy, copy)
     except AutotuneCacheError:
@@ -382,11 +393,22 @@ def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
     _hook(report)
 
 
+def _recorded_modules(report: LoaderReport) -> tuple[str, ...]:
+    """The kernel modules of the units a build replayed from records (builder/replay_unit.py): their autotuners
+    read the cache as the targets' do."""
+    if report.manifest is None or report.private_dir is not None:
+        return ()
+    return tuple(dict.fromkeys(u.shape["module"] for u in report.manifest.units.values()
+                               if u.target == "record" and isinstance(u.shape.get("module"), str)
+                               and u.shape["module"] not in report.prefixes))
+
+
 def _hook(report: LoaderReport) -> None:
     """Switch the target autotuners (live and future) to the disk cache, count their lookups, check the GPU's
     fingerprint at the first one and, strict, fail a miss."""
     from ..cache import lookups
     _state["report"] = report
+    report.prefixes += _recorded_modules(report)
     _hook_new_autotuners(report)
     for tuner in lookups.live_autotuners():
         if _matches(tuner, report.prefixes):

@@ -1,0 +1,154 @@
+"""CLI commands around records (autotune_cache/record/): `record -- CMD` runs a command recording the autotune
+lookups of every Python process it starts; `plan --from-record` and `build --from-record` (build_cmds.py hands them
+here) plan and build exactly the recorded lookups."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from rich.markup import escape
+
+from ..errors import BuildFailedError, NoGPUError, SpecError
+from .console import err, out
+
+
+def _boot_dir() -> str:
+    return str(Path(__file__).resolve().parent.parent / "record" / "boot")
+
+
+def cmd_record(args) -> int:
+    from ..record import MISSES_ENV, RECORD_ENV, store
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SpecError("record needs a command to run: autotune-cache record --out PATH -- CMD ...")
+    path = store.open_for_append(args.out)
+    before = path.stat().st_size
+    env = dict(os.environ)
+    env[MISSES_ENV if args.misses else RECORD_ENV] = str(path)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_boot_dir(), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(command, env=env)
+    except OSError as e:
+        raise SpecError(f"cannot run {command[0]!r}: {e.strerror or e}") from None
+    with open(path, "rb") as f:
+        f.seek(before)
+        added = sum(1 for line in f if line.strip())
+    err.print(f"autotune-cache record: {added} lookup line(s) appended to {escape(str(path))}; build them with: "
+              f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR")
+    return proc.returncode
+
+
+def _spec(args):
+    from ..builder.spec import BuildSpec
+    from .args import _selection
+    return BuildSpec(model=None, targets=(), cache_dir=getattr(args, "cache_dir", None),
+                     unit_timeout_s=getattr(args, "timeout", 1800.0), retries=getattr(args, "retries", 1),
+                     emulate=getattr(args, "emulate", False), gpus=getattr(args, "gpus", None),
+                     selection=_selection(args), overlap_compile=getattr(args, "overlap_compile", False))
+
+
+def plan_json(rp) -> dict:
+    return {"records": rp.records, "lines": rp.lines,
+            "units": [{"id": u.id, "kernel": u.kernel.model_dump(), "keys": [list(k.key) for k in u.keys],
+                       "configs": sum(k.configs or 0 for k in u.keys)} for u in rp.plan.units],
+            "unreplayable": [vars(x) for x in rp.unreplayable], "warnings": list(rp.warnings),
+            "totals": {"units": len(rp.plan.units), "keys": rp.plan.keys, "configs": rp.plan.configs}}
+
+
+def print_plan(rp, console) -> None:
+    console.print(f"[bold]plan[/bold] from records: {rp.lines} line(s), {rp.records} distinct lookup(s)")
+    for u in rp.plan.units:
+        console.print(f"  {escape(u.kernel.label)}: {len(u.keys)} key(s), "
+                      f"{sum(k.configs or 0 for k in u.keys)} configs")
+    _print_problems(rp, console)
+    console.print(f"[bold]total[/bold]: {len(rp.plan.units)} kernels, {rp.plan.keys} keys, {rp.plan.configs} "
+                  "configs to benchmark")
+
+
+def _print_problems(rp, console) -> None:
+    for x in rp.unreplayable:
+        console.print(f"[red]unreplayable[/red] {escape(x.kernel)} ({x.keys} key(s)): {escape(x.reason)}")
+    for w in rp.warnings[:20]:
+        console.print(f"[yellow]warning: not a record: {escape(w)}[/yellow]")
+
+
+def cmd_plan(args) -> int:
+    from ..builder import replay_unit
+    rp = replay_unit.plan(args.from_record, _spec(args))
+    if args.json:
+        print(json.dumps(plan_json(rp), indent=1))
+    else:
+        print_plan(rp, out)
+    return 0
+
+
+def cmd_build(args) -> int:
+    from ..builder import replay_unit
+    from ..builder.gpus import for_build
+    from ..builder.orchestrator import Build, prepare_cache_dir
+
+    spec = _spec(args)
+    if spec.cache_dir is None:
+        raise SpecError("build needs --cache-dir DIR")
+    devices = for_build(spec.gpus, spec.emulate)
+    if args.compile_workers is not None:
+        if args.compile_workers < 1:
+            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
+        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
+    rp = replay_unit.plan(args.from_record, spec)
+    print_plan(rp, err)
+    summary = {"cache_dir": None, "records": rp.records, "units": 0, "entries": 0,
+               "unreplayable": [vars(x) for x in rp.unreplayable], "failed": [], "same_file": 0, "other_file": []}
+    manifest = None
+    if rp.plan.units:
+        existed = Path(spec.cache_dir).exists()
+        cache_dir = prepare_cache_dir(spec.cache_dir)
+        summary["cache_dir"] = str(cache_dir)
+        try:
+            manifest = Build(rp.plan, cache_dir, console=err, progress=not args.no_progress, devices=devices).run()
+        except NoGPUError as e:
+            if not existed:
+                shutil.rmtree(cache_dir, ignore_errors=True)
+            raise NoGPUError(f"{e}; or pass --emulate to compile for a fake sm_90 GPU (tests only)") from None
+        except BuildFailedError as e:
+            manifest = e.manifest
+            summary["failed"] = [{"unit": r.id, "error": r.error} for r in manifest.units.values()
+                                 if r.status != "done" and r.id in {u.id for u in rp.plan.units}]
+    if manifest is not None:
+        ids = {u.id for u in rp.plan.units}
+        summary["units"] = sum(1 for r in manifest.units.values() if r.id in ids and r.status == "done")
+        summary["entries"] = len({f for r in manifest.units.values() if r.id in ids for f in r.entries})
+        cmp = replay_unit.compare(rp, manifest)
+        summary["same_file"], summary["other_file"] = cmp.same, list(cmp.other)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        for f in summary["failed"]:
+            err.print(f"[red]not built[/red] {escape(f['unit'])}: {escape(str(f['error']))}")
+        out.print(f"built {summary['units']} of {len(rp.plan.units)} recorded kernels, {summary['entries']} autotune "
+                  f"entries in {summary['cache_dir']}; {summary['same_file']} recorded lookups at the very autotune "
+                  f"file their process looked up, {len(summary['other_file'])} at another")
+        for line in summary["other_file"][:10]:
+            out.print(f"  [yellow]other disk key[/yellow] {escape(line)}")
+    return 1 if summary["unreplayable"] or summary["failed"] else 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("record", help="run a command, recording the autotune lookups of every Python process it "
+                                      "starts (build them with build --from-record)")
+    p.add_argument("--out", required=True, help="the record file (JSON lines, appended)")
+    p.add_argument("--misses", action="store_true", help="record only lookups not found in the disk cache")
+    p.add_argument("command", nargs="...", help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_record)
+
+
+def add_from_record(p) -> None:
+    """The --from-record option of plan and build (build_cmds.py)."""
+    p.add_argument("--from-record", nargs="+", metavar="PATH", default=None,
+                   help="record file(s) (autotune-cache record, install(record=/misses=)): plan or build exactly the "
+                        "recorded lookups, merged and deduplicated, instead of a model's")
