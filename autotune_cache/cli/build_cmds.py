@@ -68,6 +68,23 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def found(cache_dir: Path) -> set[str] | None:
+    """What a cache dir holds before a build (None: no dir), for leave_as_found()."""
+    return set(os.listdir(cache_dir)) if cache_dir.is_dir() else None
+
+
+def leave_as_found(cache_dir: Path, before: set[str] | None) -> None:
+    """After a build that could not start (no GPU): the dir goes if the build created it, else the files of ours it
+    added (the lock), so a mistake leaves nothing behind."""
+    from ..cache.manifest import OWN_FILES
+    if before is None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(cache_dir)) - before:
+        if name in OWN_FILES:
+            (cache_dir / name).unlink(missing_ok=True)
+
+
 def cmd_build(args) -> int:
     from ..builder.gpus import for_build
     from ..builder.orchestrator import Build, prepare_cache_dir
@@ -84,13 +101,12 @@ def cmd_build(args) -> int:
     p = plan(spec)
     if not args.quiet:
         print_plan(p, err)
-    existed = Path(spec.cache_dir).exists()
+    before = found(Path(spec.cache_dir).expanduser())
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
         manifest = Build(p, cache_dir, console=err, progress=progress_mode(args), devices=devices).run()
     except NoGPUError as e:
-        if not existed:  # leave nothing behind for a build that could not start
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        leave_as_found(cache_dir, before)
         raise NoGPUError(f"{e}. The plan above is what a GPU host would build; run there, "
                          "or pass --emulate to compile for a fake sm_90 GPU with fake timings (tests only)") from None
     except BuildFailedError as e:

@@ -32,19 +32,15 @@ def _build(p, cache_dir: Path, args, gaps: list[str]):
     """Build the plan's missing units into cache_dir; a dir this call created is removed when the build cannot
     start (no GPU), so a mistake leaves nothing."""
     from ..builder.orchestrator import Build, prepare_cache_dir
-    existed = cache_dir.exists()
+    from .build_cmds import found, leave_as_found
+    before = found(cache_dir)
     if not args.quiet:
         err.print(f"{len(gaps)} of {len(p.units)} units to build in {cache_dir}: " + "; ".join(gaps))
     try:
         return Build(p, prepare_cache_dir(cache_dir), console=err, progress=progress_mode(args)).run()
     except NoGPUError as e:
-        if not existed:
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        leave_as_found(cache_dir, before)
         raise NoGPUError(f"the cache lacks {len(gaps)} units and there is no GPU to build them ({e})") from None
-    except BaseException:
-        if not existed and not any(cache_dir.glob("*/")):   # nothing built: leave nothing
-            shutil.rmtree(cache_dir, ignore_errors=True)
-        raise
 
 
 def _stale(m, allow_emulated: bool | None) -> list[str]:
