@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
 from ..errors import CacheDirError
-from .console import Column, add_output_args, err, out, print_json, print_table
+from .console import Column, add_output_args, err, out, print_item, print_json, print_table
 
 
 def _writable_dir(d, what: str) -> None:
@@ -121,11 +121,11 @@ def cmd_verify(args) -> int:
     for c in v.checks:
         console.print(f"{c.name}: " + ("[green]OK[/green]" if c.ok else "[red]FAIL[/red]"))
         for p in c.problems:
-            console.print(f"  [red]problem[/red]: {p}")
+            print_item(console, f"problem: {p}")
             if args.quiet:
-                err.print(f"{c.name}: {p}")
+                print_item(err, f"{c.name}: {p}", 0)
         for n in c.notes:
-            console.print(f"  note: {n}")
+            print_item(console, f"note: {n}")
     if plan is None:
         console.print("coverage: not checked (give --model or --config, and --tp)")
     console.print("[green]all checks passed[/green]" if v.ok else "[red]verify failed[/red]")

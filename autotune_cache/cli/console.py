@@ -114,6 +114,16 @@ def print_table(console: Console, columns: list[Column], rows: list[list]) -> No
         console.print(line, markup=False, soft_wrap=True)
 
 
+def print_item(console: Console, text: str, indent: int = 2) -> None:
+    """An indented line of a list (a problem, a note); at a width its wrapped lines keep the indent, plus two."""
+    if console.soft_wrap:
+        console.print(" " * indent + text, markup=False, soft_wrap=True)
+        return
+    for line in textwrap.wrap(text, console.width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                              break_on_hyphens=False, break_long_words=False):
+        console.print(line, markup=False, soft_wrap=True)
+
+
 # -- JSON, errors ---------------------------------------------------------------------------------------------
 _json_errors = False   # --json was given: errors go to stdout as JSON too
 
