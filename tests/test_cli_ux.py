@@ -167,7 +167,7 @@ MISTAKES = {
     "merge, missing parent": (("merge", "{cache}", "--into", "{tmp}/no/such/m"), "must exist"),
     "merge into itself": (("merge", "{cache}", "--into", "{cache}"), "nothing to merge"),
     "import a non-bundle": (("import", "{file}", "{tmp}/new"), "not a readable bundle"),
-    "import, missing parent": (("import", "{file}", "{tmp}/no/such/new"), "must exist"),
+    "import a non-bundle, new parent": (("import", "{file}", "{tmp}/no/such/new"), "not a readable bundle"),
     "import into a file": (("import", "{file}", "{file}"), "not a directory"),
     "ensure into a file": (("ensure", *TOY, "--cache-dir", "{file}"), "is a file"),
     "ensure, no GPU": (("ensure", "--cache-dir", "{tmp}/new", "--no-progress"), "GPU"),

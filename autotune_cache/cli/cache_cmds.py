@@ -188,7 +188,7 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from ..cache.bundle import import_bundle
-    r = import_bundle(args.bundle, _new_path(args.dir, "cache dir"), public_key=args.public_key)
+    r = import_bundle(args.bundle, args.dir, public_key=args.public_key)   # dirs it creates go on any failure
     if args.json:
         print_json(r.as_dict())
         return 0
@@ -286,7 +286,7 @@ def add_export(sub) -> None:
 def add_import(sub) -> None:
     p = sub.add_parser("import", help="unpack a bundle into a new dir, rewriting Triton's absolute paths for it")
     p.add_argument("bundle")
-    p.add_argument("dir", help="an absent or empty dir (its parent must exist); the server must use this path")
+    p.add_argument("dir", help="an absent or empty dir; the server must use this path")
     p.add_argument("--public-key", metavar="PUB.pem",
                    help="require the bundle's manifest.sig to be a valid signature by this ed25519 public key")
     add_output_args(p)
