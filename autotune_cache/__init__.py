@@ -17,10 +17,13 @@ def plan(spec):
     return _plan(spec)
 
 
-def build(spec, **kwargs):
-    """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest."""
+def build(spec: BuildSpec, *, console=None, progress: bool | str = True):
+    """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest (raises
+    BuildFailedError, with .manifest, when units stayed failed; NoGPUError without a GPU unless spec.emulate).
+    `console`: a rich Console for the plan, warnings and progress (default stderr); `progress`: True (bars on a
+    terminal, a line per unit elsewhere), False, or "tty" / "plain" / "none"."""
     from .builder.orchestrator import build as _build
-    return _build(spec, **kwargs)
+    return _build(spec, console=console, progress=progress)
 
 
 __all__ = ["AutotuneCacheError", "BuildFailedError", "BuildSpec", "CacheDirError", "ConfigError", "ModelShape",

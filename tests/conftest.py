@@ -7,6 +7,13 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # toy_target, importable by spawned children too (they inherit sys.path)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+# The CPU tests' caches are built emulated (fake timings), which `verify` and `ensure` refuse unless allowed;
+# tests/test_cli_ux.py checks that refusal with this unset.
+os.environ.setdefault("AUTOTUNE_CACHE_ALLOW_EMULATED", "1")
+# The CLI fits its output to COLUMNS when set (a shell may export it): the tests read piped, full-width output
+# unless they set a width themselves (test_cli_ux.py: COLUMNS=80).
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,6 @@
-"""What a build shows while it runs: one rich progress bar per unit (keys reached, what it is doing, on which
-GPU), and the sharding announcement."""
+"""What a build shows while it runs, in one of three modes: "tty", one rich progress bar per unit (keys reached,
+what it is doing, on which GPU), redrawn in place; "plain", one line when a unit starts and one when it is done (a
+log or a pipe: no bars, no redraws); "none". And the sharding announcement, in every mode."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -13,16 +14,32 @@ from .shard import shared_keys, unit_configs
 from .spec import Unit
 
 
+MODES = ("tty", "plain", "none")
+
+
+def mode_of(progress: bool | str) -> str:
+    """A mode from MODES; True (the Python API's default) is bars on a terminal, plain lines elsewhere."""
+    if progress is True:
+        return "auto"
+    if progress is False or progress is None:
+        return "none"
+    if progress not in MODES + ("auto",):
+        raise ValueError(f"progress must be one of {', '.join(MODES)} or auto, got {progress!r}")
+    return progress
+
+
 class View:
     """`gpu_of(unit id)`: the GPU of the unit's last attempt, named in its label in a build over several GPUs.
-    Without `progress` only the announcements are printed."""
+    `progress`: a mode (MODES, or "auto": tty on a terminal, else plain; True: auto, False: none)."""
 
-    def __init__(self, console: Console, plan: Plan, devices: tuple[str | None, ...], progress: bool,
+    def __init__(self, console: Console, plan: Plan, devices: tuple[str | None, ...], progress: bool | str,
                  gpu_of: Callable[[str], str | None]):
         self.console = console
         self.units = {u.id: u for u in plan.units}
         self.devices = devices
-        self.show_progress = progress
+        mode = mode_of(progress)
+        self.mode = ("tty" if console.is_terminal else "plain") if mode == "auto" else mode
+        self.show_progress = self.mode == "tty"
         self.gpu_of = gpu_of
         self._progress: Progress | None = None
         self._tasks = {}
@@ -49,7 +66,13 @@ class View:
             return f"{unit.kernel.qualname if unit.kernel else unit.id} [dim]{where}{what}[/dim]"
         return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{where}{what}[/dim]"
 
+    def _line(self, unit_id: str, what: str) -> None:
+        if self.mode == "plain":
+            self.console.print(self._label(unit_id, what).replace("[dim]", "").replace("[/dim]", ""), markup=False,
+                               soft_wrap=True)
+
     def starting(self, unit_id: str) -> None:
+        self._line(unit_id, "starting")
         if unit_id in self._tasks:
             self._progress.reset(self._tasks[unit_id], description=self._label(unit_id, "starting"))
 
@@ -59,6 +82,7 @@ class View:
             self._progress.update(self._tasks[unit_id], advance=1, description=self._label(unit_id, kernel))
 
     def done(self, unit_id: str, seconds: float) -> None:
+        self._line(unit_id, f"done in {seconds:.1f} s")
         if unit_id in self._tasks:
             task = self._tasks[unit_id]
             self._progress.update(task, completed=self._progress.tasks[task].total,

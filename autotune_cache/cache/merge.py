@@ -32,6 +32,12 @@ class MergePlan:
     warnings: tuple[str, ...]                  # fingerprint differences that do not change disk keys
     manifest: Manifest
     created: bool = field(default=False)       # `into` does not exist yet
+    manifest_unchanged: bool = field(default=False)   # the merged manifest is `into`'s own (but for `updated`)
+
+    @property
+    def empty(self) -> bool:
+        """Every file is there already and the manifest would stay as it is: execute() changes nothing."""
+        return not self.copies and not self.writes and not self.created and self.manifest_unchanged
 
     @property
     def bytes(self) -> int:
@@ -45,6 +51,8 @@ class MergePlan:
                 "files": len(self.manifest.files)}
 
     def execute(self) -> None:
+        if self.empty:
+            return
         make_dirs(self.into)   # its dirs and files of explicit modes (files.FILE_MODE, DIR_MODE), whatever the umask
         with locked(self.into), staging_dir(self.into, manifest_mod.MERGE_STAGING) as staging:
             for src, rel in self.copies:
@@ -75,6 +83,8 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
     roots = [Path(s).expanduser().resolve() for s in sources]
     if not roots:
         raise CacheDirError("merge needs at least one source cache dir")
+    if all(root == into for root in roots):
+        raise CacheDirError(f"nothing to merge: every source is the --into dir {into}; name the caches to merge in")
     if into.exists() and not into.is_dir():
         raise CacheDirError(f"{into} is not a directory")
     base = manifest_mod.load(into) if into.is_dir() else None
@@ -93,10 +103,12 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
         fp, ref = m.fingerprint, result.fingerprint
         if fp is not None and ref is not None:
             if fp.key_identity() != ref.key_identity():
-                why = "; ".join(mismatches(ref, fp)) or "different Triton build, ptxas or env vars"
-                raise CacheDirError(f"{root} was built for another environment than {into if base else roots[0]} "
+                first = into if base else roots[0]
+                why = "; ".join(_between(w, first, root) for w in mismatches(ref, fp)) \
+                    or "different Triton build, ptxas or env vars"
+                raise CacheDirError(f"{root} was built for another environment than {first} "
                                     f"({why}): its disk keys differ, a server could not hit both; keep separate dirs")
-            warnings += [f"{root}: {w}" for w in mismatches(ref, fp)]
+            warnings += [f"{root}: {_between(w, into if base else roots[0], root)}" for w in mismatches(ref, fp)]
         elif ref is None:
             result.fingerprint = fp
         for rel, rec in sorted(m.files.items()):
@@ -133,12 +145,29 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
                     result.units[uid].tp = sorted(set(have.tp) | set(unit.tp))
             else:
                 have.tp = sorted(set(have.tp) | set(unit.tp))
-    if result is None:
-        raise CacheDirError("nothing to merge: every source is the target dir")
     result.files = dict(sorted(existing.items()))
     return MergePlan(into=into, sources=tuple(roots), copies=tuple(copies), writes=tuple(writes), skipped=skipped,
                      conflicts=tuple(conflicts), warnings=tuple(dict.fromkeys(warnings)), manifest=result,
-                     created=not into.exists())
+                     created=not into.exists(), manifest_unchanged=base is not None and _same(base, result))
+
+
+def _same(a: Manifest, b: Manifest) -> bool:
+    """Equal but for `updated` (save() stamps it)."""
+    return a.model_copy(update={"updated": ""}) == b.model_copy(update={"updated": ""})
+
+
+def _between(mismatch: str, first: Path, other: Path) -> str:
+    """fingerprint.mismatches() speaks of a cache and "here" (this machine); in a merge both sides are caches:
+    "python: cache built with 3.12, here 3.11" -> "python: 3.12 in FIRST, 3.11 in OTHER"."""
+    for said in ("cache built with ", "cache tuned on "):
+        head, sep, rest = mismatch.partition(said)
+        if sep:
+            break
+    a, sep2, b = rest.partition(", here ")
+    if not sep or not sep2:
+        return mismatch
+    b, paren, tail = b.partition(" (")
+    return f"{head}{a} in {first}, {b} in {other}" + (f" ({tail}" if paren else "")
 
 
 def _union(have: Entry, other: Entry) -> None:

@@ -51,6 +51,11 @@ class PrunePlan:
     manifest: Manifest                 # the manifest after prune
 
     @property
+    def empty(self) -> bool:
+        """Nothing to delete and no entry to drop: execute() would change nothing (so the CLI does not call it)."""
+        return not self.deletions and not self.dropped_entries
+
+    @property
     def bytes_freed(self) -> int:
         return sum(d.bytes for d in self.deletions)
 
@@ -60,6 +65,8 @@ class PrunePlan:
                 "kept_unknown": list(self.kept_unknown)}
 
     def execute(self) -> None:
+        if self.empty:   # not even the manifest is rewritten: a read-only cache with nothing to prune is fine
+            return
         with locked(self.root):
             manifest_mod.save(self.manifest, self.root)
             for d in self.deletions:

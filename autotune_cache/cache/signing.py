@@ -137,6 +137,11 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
 
     key = load_private_key(private_key)
     root = Path(cache_dir).expanduser().resolve()
+    if not root.is_dir():   # before the lock, which would create the dir and its lock file
+        raise AutotuneCacheError(f"{root}: no such cache directory" if not root.exists()
+                                 else f"{root} is not a directory (sign takes the cache dir)")
+    if not manifest_mod.path_of(root).exists():
+        raise AutotuneCacheError(f"{root}: no manifest.json to sign (sign a cache built by autotune-cache)")
     with locked(root):
         m = manifest_mod.load(root)
         if m is None:

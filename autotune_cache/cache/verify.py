@@ -10,7 +10,8 @@ a manifest: a problem there is a reason the loader refuses the dir, word for wor
   users other than the owner (a parent may be, with the sticky bit) (unless allowed: then notes);
 - signature (with a public key): manifest.sig is a valid ed25519 signature of the manifest (signing.py);
 - compatibility: the manifest's fingerprint against this machine (fingerprint.here, querying the GPU if there is
-  one, and fingerprint.mismatches);
+  one, and fingerprint.mismatches), and no emulated build (fake timings: arbitrary winners) unless allowed
+  (`emulated_problem`, which `ensure` applies too);
 - coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
   plan (pure), without running a kernel.
 """
@@ -133,14 +134,30 @@ def check_signature(t: TrustReport) -> Check:
 
 
 # -- compatibility --------------------------------------------------------------------------------------------
-def check_compatibility(s: CacheScan) -> Check:
+def emulated_problem(fp, allowed: bool | None) -> str | None:
+    """The one rule on emulated caches (`build --emulate`: a fake sm_90 GPU, fake timings): its entries hit, but its
+    winners are arbitrary, so a check that says "ship it" (verify, ensure) fails it unless `allowed` (None: env
+    AUTOTUNE_CACHE_ALLOW_EMULATED)."""
+    from .trust import env_flag
+    if allowed is None:
+        allowed = env_flag("AUTOTUNE_CACHE_ALLOW_EMULATED")
+    if fp is None or not fp.emulated or allowed:
+        return None
+    return ("built with --emulate (a fake GPU, fake timings): every winner is arbitrary; rebuild on the serving GPU, "
+            "or pass --allow-emulated (tests only)")
+
+
+def check_compatibility(s: CacheScan, allow_emulated: bool | None = None) -> Check:
     fp = s.manifest.fingerprint if s.manifest else None
     if fp is None:
         return Check("compatibility", False, ("no fingerprint in the manifest: cannot tell which Triton, ptxas "
                                               "and env vars the entries are keyed for",))
     problems, notes = fingerprint.misses_here(fp, query_gpu=True)
-    if fp.emulated:
-        notes.append("the cache was built emulated (fake sm_90 GPU): its winners are arbitrary")
+    emulated = emulated_problem(fp, allow_emulated)
+    if emulated:
+        problems.append(emulated)
+    elif fp.emulated:
+        notes.append("the cache was built emulated (fake sm_90 GPU): its winners are arbitrary (allowed)")
     return Check("compatibility", not problems, tuple(problems), tuple(notes))
 
 
@@ -173,10 +190,12 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
     return Check("coverage", not problems, tuple(problems), notes, tuple(rows))
 
 
-def verify(s: CacheScan, plan=None, *, allow_writable: bool = False, public_key=None) -> Verification:
-    """Run the checks; coverage only when a plan is given, signature only with a public key."""
+def verify(s: CacheScan, plan=None, *, allow_writable: bool = False, public_key=None,
+           allow_emulated: bool | None = None) -> Verification:
+    """Run the checks; coverage only when a plan is given, signature only with a public key; an emulated cache
+    fails compatibility unless `allow_emulated` (None: env AUTOTUNE_CACHE_ALLOW_EMULATED)."""
     t = assess(s.root, Policy(require_manifest=True, allow_shared_writable=allow_writable, public_key=public_key))
-    checks = [check_checksums(s, t), check_permissions(t), check_compatibility(s)]
+    checks = [check_checksums(s, t), check_permissions(t), check_compatibility(s, allow_emulated)]
     if public_key is not None:
         checks.append(check_signature(t))
     if plan is not None:

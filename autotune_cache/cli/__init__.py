@@ -1,19 +1,25 @@
 """autotune-cache command line: one module per command group (build_cmds, cache_cmds, serve_cmds), the shared
-arguments (args) and consoles (console). Errors a user can act on: one line on stderr, exit 2."""
+arguments (args) and output (console: tables that fit, JSON, errors, progress modes).
+
+Exit codes: 0 fine, 1 a check failed (verify, ensure) or a build stayed incomplete, 2 a mistake (bad input, a
+cache dir or bundle that cannot be used: one line that says what to do, nothing created), 130/143 interrupted."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 
-from ..errors import AutotuneCacheError, printable
+from ..errors import AutotuneCacheError
+from ..version import __version__
 from . import build_cmds, cache_cmds, fleet_cmds, record_cmds, serve_cmds
-from .console import Parser
+from .console import Parser, apply_quiet, expect_json, report_error
 
 
 def parser() -> Parser:
-    ap = Parser(prog="autotune-cache", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    ap = Parser(prog="autotune-cache", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"autotune-cache {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     build_cmds.add_commands(sub)   # models, plan, build
     cache_cmds.add_commands(sub)   # inspect, verify, prune, export, import, sign, merge
     serve_cmds.add_commands(sub)   # ensure
@@ -35,17 +41,37 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    expect_json(argv)
     args = parser().parse_args(argv)
+    apply_quiet(args)
     main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:   # `... | head`: the reader has what it wanted; as a command killed by SIGPIPE
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
     except AutotuneCacheError as e:
-        print(f"autotune-cache: error: {printable(e)}", file=sys.stderr)   # one line, whatever names it quotes
-        return 2
+        return report_error(str(e))
+    except OSError as e:   # a path the user gave that cannot be used: the OS's reason, one line
+        where = f"{e.filename}: " if e.filename else ""
+        return report_error(f"{where}{e.strerror or e}")
     except KeyboardInterrupt as e:
-        print("autotune-cache: interrupted; finished units are kept", file=sys.stderr)
+        note = getattr(args, "on_interrupt", None)
+        print("autotune-cache: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
     finally:
         for sig, handler in previous.items():

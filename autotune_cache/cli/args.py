@@ -46,8 +46,11 @@ def _selection(args) -> SelectionSettings:
         raise SpecError(str(own) if own else f"--selection/--noise/--probe-tokens: {first['msg']}") from None
 
 
-def add_model_args(p) -> None:
-    p.add_argument("--model", help=f"preset name (see `autotune-cache models`; default {models.DEFAULT_MODEL})")
+def add_model_args(p, *, optional: bool = False) -> None:
+    """`optional`: the model is an option of the command (verify's coverage), with no default model."""
+    p.add_argument("--model", help="preset name (see `autotune-cache models`); " + (
+        "checks coverage of this model's keys (none without --model or --config)" if optional
+        else f"default {models.DEFAULT_MODEL}"))
     p.add_argument("--config", help=f"local HF config.json (a regular file of at most {models.CONFIG_MAX_BYTES} "
                                     f"bytes; at most {models.MAX_HEADS} heads of dim {models.MAX_HEAD_DIM}) or "
                                     "snapshot dir, instead of --model")

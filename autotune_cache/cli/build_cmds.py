@@ -1,13 +1,11 @@
 """CLI commands that plan and build: models, plan, build."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from .. import models
 from ..builder.selection import MAX_PROBES
@@ -16,20 +14,20 @@ from ..errors import BuildFailedError, NoGPUError, SpecError
 from ..targets import SHORT
 from .args import add_build_args, add_model_args, spec_from_args
 from . import record_cmds
-from .console import err, out
+from .console import Column, add_output_args, err, out, print_json, print_table, progress_mode, report_error
 
 
 def cmd_models(args) -> int:
-    rows = [m.model_dump() for m in models.PRESETS.values()]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print_json([m.model_dump() for m in models.PRESETS.values()])
         return 0
-    table = Table("model", "key heads", "value heads", "K", "V", "dtype", "state dtype", "TP degrees that fit")
+    rows = []
     for m in models.PRESETS.values():
         fits = [str(t) for t in (1, 2, 4, 8, 16) if m.num_k_heads % t == 0 and m.num_v_heads % t == 0]
-        table.add_row(m.name, str(m.num_k_heads), str(m.num_v_heads), str(m.head_k_dim), str(m.head_v_dim),
-                      m.dtype, m.state_dtype, ",".join(fits))
-    out.print(table)
+        rows.append([m.name, f"{m.num_k_heads}/{m.num_v_heads}", m.head_k_dim, m.head_v_dim, m.dtype, m.state_dtype,
+                     ",".join(fits)])
+    print_table(out, [Column("model", key=True), Column("heads k/v", right=True), Column("K", right=True),
+                      Column("V", right=True), Column("dtype"), Column("state dtype"), Column("TP that fit")], rows)
     return 0
 
 
@@ -50,13 +48,14 @@ def print_plan(p, console: Console) -> None:
                       f"H={sh.H} HV={sh.HV} K={sh.K} V={sh.V}; dtypes "
                       + ", ".join(f"{r}={d}" for r, d in u.dtypes.items())
                       + f"; varlen; token counts {', '.join(map(str, u.tokens))}")
-        table = Table("kernel", "key fields", "dtypes", "configs (sm_90)", "tuned at T", box=None, pad_edge=False)
+        rows = []
         for k in u.keys:
             nfields = len(k.fields)
-            table.add_row(k.kernel, " ".join(f"{n}={v}" for n, v in k.fields.items()),
-                          ",".join(SHORT.get(str(d).removeprefix("torch."), str(d)) for d in k.key[nfields:]),
-                          "?" if k.configs is None else str(k.configs), str(k.tokens))
-        console.print(table)
+            rows.append([k.kernel, " ".join(f"{n}={v}" for n, v in k.fields.items()),
+                         ",".join(SHORT.get(str(d).removeprefix("torch."), str(d)) for d in k.key[nfields:]),
+                         "?" if k.configs is None else k.configs, k.tokens])
+        print_table(console, [Column("kernel", key=True), Column("key fields", key=True), Column("dtypes"),
+                              Column("configs (sm_90)", right=True), Column("tuned at T", right=True)], rows)
     console.print(f"\n[bold]total[/bold]: {len(p.units)} units, {p.keys} keys, {p.configs} configs to benchmark")
 
 
@@ -66,10 +65,27 @@ def cmd_plan(args) -> int:
         return record_cmds.cmd_plan(args)
     p = plan(spec_from_args(args))
     if args.json:
-        print(json.dumps(plan_json(p), indent=1))
+        print_json(plan_json(p))
     else:
         print_plan(p, out)
     return 0
+
+
+def found(cache_dir: Path) -> set[str] | None:
+    """What a cache dir holds before a build (None: no dir), for leave_as_found()."""
+    return set(os.listdir(cache_dir)) if cache_dir.is_dir() else None
+
+
+def leave_as_found(cache_dir: Path, before: set[str] | None) -> None:
+    """After a build that could not start (no GPU): the dir goes if the build created it, else the files of ours it
+    added (the lock), so a mistake leaves nothing behind."""
+    from ..cache.manifest import OWN_FILES
+    if before is None:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(cache_dir)) - before:
+        if name in OWN_FILES:
+            (cache_dir / name).unlink(missing_ok=True)
 
 
 def cmd_build(args) -> int:
@@ -88,41 +104,41 @@ def cmd_build(args) -> int:
             raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
         os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
     p = plan(spec)
-    print_plan(p, err)
-    existed = Path(spec.cache_dir).exists()
+    if not args.quiet:
+        print_plan(p, err)
+    before = found(Path(spec.cache_dir).expanduser())
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
-        manifest = Build(p, cache_dir, console=err, progress=not args.no_progress, devices=devices).run()
+        manifest = Build(p, cache_dir, console=err, progress=progress_mode(args), devices=devices).run()
     except NoGPUError as e:
-        if not existed:  # leave nothing behind for a build that could not start
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        leave_as_found(cache_dir, before)
         raise NoGPUError(f"{e}. The plan above is what a GPU host would build; run there, "
                          "or pass --emulate to compile for a fake sm_90 GPU with fake timings (tests only)") from None
     except BuildFailedError as e:
-        err.print(f"[red]build incomplete[/red]: {e}")
-        err.print(f"finished units are kept in {cache_dir}; run the same command again to retry the rest")
-        return 1
+        return report_error(f"build incomplete: {e}; finished units are kept in {cache_dir}: run the same command "
+                            "again to retry the rest", 1)
     done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
     summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len(manifest.entries),
                "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
                "manifest": str(cache_dir / "manifest.json")}
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print_json(summary)
     else:
         out.print(f"built {summary['units']} units, {summary['entries']} autotune entries, {summary['files']} files "
                   f"({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
-        out.print(f"serve with: TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
+        out.print(f"serve with: AUTOTUNE_CACHE_DIR={cache_dir} (the vLLM plugin, install()), or "
+                  f"TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
     return 0
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("models", help="list model presets")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("plan", help="show the units and keys a build would tune (no GPU needed)")
     add_model_args(p)
     record_cmds.add_from_record(p)
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
     add_model_args(p)
@@ -150,6 +166,5 @@ def add_commands(sub) -> None:
     p.add_argument("--gpus", type=int, default=None,
                    help=f"shard the units over N GPUs, one child each (default: every visible GPU, from "
                         f"CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1; at most {MAX_GPUS})")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=cmd_build)
+    add_output_args(p, json_help="print a JSON summary (errors too)", progress=True)
+    p.set_defaults(func=cmd_build, on_interrupt="finished units are kept")

@@ -1,22 +1,37 @@
-"""Where the CLI writes: one rich console for stdout and one for stderr, and its argument parser. What they print
-passes through errors.printable: names from disk, a bundle or a config.json reach the terminal as text, never as
-escape sequences (--json output is safe already: json.dumps escapes every control character)."""
+"""Where the CLI writes, and how: the two consoles (stdout, stderr), tables that fit the width, JSON, errors, the
+output flags every command shares (--json, --quiet, --progress) and the argument parser.
+
+Width: `COLUMNS` when set, else the terminal's; piped without `COLUMNS`: unlimited, so nothing is truncated or
+wrapped and `grep` sees whole lines. Tables are plain text (no box characters, no trailing spaces); at a width
+they do not fit they stack, one block per row, and never drop a column. Colour only on a terminal, never with
+`NO_COLOR` (rich reads it). What they print passes through errors.printable: names from disk, a bundle or a
+config.json reach the terminal as text, never as escape sequences (JSON is safe already: json.dumps escapes every
+control character).
+
+Errors: one line on stderr, `autotune-cache: error: ...`; under --json also `{"error": ..., "exit": N}` on stdout,
+so a script reading stdout always gets JSON.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import textwrap
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.errors import MarkupError
 
 from ..errors import printable
 
+PROGRESS_MODES = ("auto", "plain", "tty", "none")
+
 
 class _Console(Console):
-    """A rich Console that escapes control characters in every string it renders (print's arguments, table cells)
-    before it reads their markup, so our own [bold]...[/bold] still works and a name's ESC cannot. A name whose
-    brackets are not markup rich can read (a dir named "x[/bold]") makes that one string plain text, not a crash."""
+    """A rich Console that escapes control characters in every string it renders before it reads their markup, so
+    our own [bold]...[/bold] still works and a name's ESC cannot. A name whose brackets are not markup rich can
+    read (a dir named "x[/bold]") makes that one string plain text, not a crash."""
 
     def render_str(self, text: str, **kwargs):
         text = printable(text, lines=True)
@@ -25,23 +40,143 @@ class _Console(Console):
         except MarkupError:
             return super().render_str(text, **{**kwargs, "markup": False})
 
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1 (our "a check failed"); main() ends every command's broken pipe alike
+        self.quiet = True
+        raise BrokenPipeError
+
+    def _render_buffer(self, buffer) -> str:
+        # rich keeps the space it wrapped a line at; a log or `diff` should not see it
+        return "\n".join(line.rstrip(" ") for line in super()._render_buffer(buffer).split("\n"))
+
+
+def width(stream=None) -> int | None:
+    """Columns to fit: COLUMNS when set (a positive number), else the terminal's; None when piped (no limit)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    stream = stream or sys.stdout
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
 
 def _console(stream, **kwargs) -> Console:
-    """Piped (logs, CI, `| less`, tests): tables 160 wide rather than rich's 80-column default, and no line broken
-    inside a message (a long cache path used to split "changed since it was signed" over two lines)."""
-    piped = not stream.isatty()
-    return _Console(highlight=False, width=160 if piped else None, soft_wrap=piped, **kwargs)
+    """Without a width (piped): no line is broken inside a message (a long cache path used to split "changed since
+    it was signed" over two lines)."""
+    w = width(stream)
+    return _Console(highlight=False, width=w or 100_000, soft_wrap=w is None, **kwargs)
 
 
 out = _console(sys.stdout)
 err = _console(sys.stderr, stderr=True)
 
 
+# -- tables ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One column. `key`: it identifies the row (a kernel name, a key): shown first when rows stack. `right`:
+    right-aligned (numbers); stacked, these share one line."""
+    name: str
+    key: bool = False
+    right: bool = False
+
+
+def table_lines(columns: list[Column], rows: list[list], width_: int | None) -> list[str]:
+    """Aligned columns when they fit in `width_` (None: any width), else one block per row: its key cells on the
+    first line, then each other text column as `name: value` and the numbers on one line, wrapped at the width.
+    Plain text, no trailing spaces."""
+    cells = [[printable(c) for c in row] for row in rows]
+    widths = [max([len(col.name)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    if width_ is None or sum(widths) + 2 * (len(columns) - 1) <= width_:
+        def line(values):
+            return "  ".join(v.rjust(w) if col.right else v.ljust(w)
+                             for v, w, col in zip(values, widths, columns)).rstrip()
+        return [line([c.name for c in columns])] + [line(r) for r in cells]
+    lines = []
+    for r in cells:
+        head = "  ".join(v for v, col in zip(r, columns) if col.key)
+        lines += textwrap.wrap(head, width_, subsequent_indent="    ", break_on_hyphens=False) or [""]
+        for v, col in zip(r, columns):
+            if not col.key and not col.right:
+                lines += textwrap.wrap(f"{col.name}: {v}", width_, initial_indent="  ", subsequent_indent="    ",
+                                       break_on_hyphens=False)
+        numbers = ", ".join(f"{col.name} {v}" for v, col in zip(r, columns) if col.right)
+        if numbers:
+            lines += textwrap.wrap(numbers, width_, initial_indent="  ", subsequent_indent="    ")
+    return lines
+
+
+def print_table(console: Console, columns: list[Column], rows: list[list]) -> None:
+    """A table on `console` at its width (stdout's: `width()`), plain text (no markup read in the cells)."""
+    for line in table_lines(columns, rows, None if console.soft_wrap else console.width):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def print_item(console: Console, text: str, indent: int = 2) -> None:
+    """An indented line of a list (a problem, a note); at a width its wrapped lines keep the indent, plus two."""
+    if console.soft_wrap:
+        console.print(" " * indent + text, markup=False, soft_wrap=True)
+        return
+    for line in textwrap.wrap(text, console.width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                              break_on_hyphens=False, break_long_words=False):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+# -- JSON, errors ---------------------------------------------------------------------------------------------
+_json_errors = False   # --json was given: errors go to stdout as JSON too
+
+
 def print_json(data) -> None:
     print(json.dumps(data, indent=1, default=str))
 
 
+def report_error(message: str, code: int = 2) -> int:
+    """One line on stderr (and `{"error", "exit"}` on stdout under --json); returns the exit code."""
+    message = printable(message)
+    print(f"autotune-cache: error: {message}", file=sys.stderr)
+    if _json_errors:
+        print(json.dumps({"error": message, "exit": code}))
+    return code
+
+
+def expect_json(argv: list[str]) -> None:
+    """Before parsing: whether errors (a parse error included) are also JSON on stdout."""
+    global _json_errors
+    _json_errors = "--json" in argv
+
+
+# -- the output flags -----------------------------------------------------------------------------------------
+def add_output_args(p, *, json_help: str = "print the result as JSON (errors too: {\"error\", \"exit\"})",
+                    progress: bool = False) -> None:
+    """--json and --quiet for every command; --progress (and the older --no-progress) for those that build."""
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only problems and errors (the exit code says the rest)")
+    if progress:
+        p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                       help="auto (default): bars on a terminal, one line per unit when piped; plain: one line per "
+                            "unit; tty: bars; none: nothing")
+        p.add_argument("--no-progress", dest="progress", action="store_const", const="none",
+                       help="the same as --progress none")
+
+
+def progress_mode(args) -> str:
+    """'tty', 'plain' or 'none' for a build's view: --quiet is none, auto is tty on a terminal (stderr)."""
+    mode = getattr(args, "progress", "auto")
+    if getattr(args, "quiet", False) or mode == "none":
+        return "none"
+    if mode == "auto":
+        return "tty" if err.is_terminal else "plain"
+    return mode
+
+
+def apply_quiet(args) -> None:
+    """--quiet: stdout says nothing (errors and problems go to stderr)."""
+    out.quiet = bool(getattr(args, "quiet", False))
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
-        print(f"autotune-cache: error: {printable(message)} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_error(f"{message} (see --help)"))

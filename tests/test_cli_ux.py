@@ -1,0 +1,299 @@
+"""The command line as a new user meets it, as real subprocesses: every mistake is one line and exit 2 (or 1 for a
+failed check), never a traceback, and creates nothing; output whole and plain when piped, fitted to COLUMNS=80;
+JSON errors under --json; broken pipes; read-only caches; emulated caches; no-op prune/merge; ensure --rebuild.
+
+One small emulated toy cache is built once per session and copied by the tests that change a cache."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autotune_cache import BuildSpec, build, models
+from helpers import TESTS, assert_refused_in_one_line, listing
+
+H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
+TOY = ("--target", "toy_target", "--max-tokens", "1024")
+BOX = set("─│┃━┏┓┗┛┡┩╇┳┻╋…")
+NOT_ALLOWED = {k: v for k, v in os.environ.items() if k != "AUTOTUNE_CACHE_ALLOW_EMULATED"}
+
+
+def cli(*args, env=None, cwd=None):
+    """The CLI in a subprocess (bounded), with `env` replacing the environment when given."""
+    return subprocess.run([sys.executable, "-m", "autotune_cache", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=cwd)
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def one_line_error(proc, code=2, text=""):
+    """Exit `code`, stderr one `autotune-cache: error:` line naming `text`, no traceback."""
+    no_traceback(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1, (proc.returncode, proc.stderr, proc.stdout)
+    assert lines[0].startswith("autotune-cache: error: ") and text in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    """One unit of the toy kernel, emulated: 1 key, 3 configs (2 losers' compiled dirs for prune)."""
+    cache = tmp_path_factory.mktemp("ux") / "cache"
+    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
+                    cache_dir=str(cache), emulate=True), progress=False)
+    return cache
+
+
+@pytest.fixture
+def copy(toy, tmp_path):
+    """A copy of the toy cache made as `import` would (its group files point at it): `merge` into a new dir."""
+    dest = tmp_path / "copy"
+    proc = cli("merge", toy, "--into", dest)
+    assert proc.returncode == 0, proc.stderr
+    return dest
+
+
+@pytest.fixture(scope="session")
+def key(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    path = tmp_path_factory.mktemp("key") / "key.pem"
+    path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
+
+
+# -- basics ---------------------------------------------------------------------------------------------------
+def test_version_and_signatures():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("autotune-cache ")
+    import inspect
+    import autotune_cache
+    assert "public_key" in inspect.signature(autotune_cache.install).parameters
+    assert "progress" in inspect.signature(autotune_cache.build).parameters
+
+
+def test_verify_help_names_no_default_model():
+    text = cli("verify", "--help").stdout
+    assert "none without --model" in " ".join(text.split()) and "default qwen3.5-9b" not in text
+
+
+# -- piped and narrow output ----------------------------------------------------------------------------------
+def plain(text):
+    """No box characters, ellipses or trailing spaces."""
+    assert not BOX & set(text), [c for c in text if c in BOX][:5]
+    assert all(line == line.rstrip() for line in text.splitlines())
+
+
+@pytest.mark.parametrize("args", [("models",), ("plan", "--tp", "1,2"), ("inspect", H200),
+                                  ("verify", H200, "--model", "qwen3.5-9b", "--tp", "1,2")])
+def test_piped_output_is_whole_and_plain(args):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = cli(*args, env=env)
+    assert proc.returncode in (0, 1) and proc.stdout, proc.stderr
+    plain(proc.stdout)
+    if args[0] == "models":
+        assert all(name in proc.stdout.split() for name in models.PRESETS)
+    if args[0] in ("plan", "inspect"):   # `| grep` finds a kernel and its key on one line
+        assert any("chunk_gated_delta_rule_fwd_kernel_h_blockdim64" in line and "H=16" in line
+                   for line in proc.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args", [("models",), ("plan", "--tp", "1,2"), ("inspect", H200),
+                                  ("verify", H200, "--model", "qwen3.5-9b", "--tp", "1,2")])
+def test_columns_80_fits_and_drops_nothing(args):
+    proc = cli(*args, env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"})
+    assert proc.returncode in (0, 1), proc.stderr
+    plain(proc.stdout)
+    long = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert not long, long
+    words = proc.stdout.split()
+    if args[0] == "models":
+        assert all(name in words for name in models.PRESETS)
+    if args[0] == "inspect":   # every entry's kernel, key and winner are there
+        data = json.loads(cli("inspect", H200, "--json").stdout)
+        for e in data["entries"]:
+            assert e["kernel"] in words and set(e["key_text"].split()) <= set(words)
+            assert f"winner: {e['winner_text']}" in proc.stdout
+
+
+def test_broken_pipe_is_quiet(toy):
+    for args in (("models",), ("models", "--json"), ("plan",), ("plan", "--json"), ("inspect", H200),
+                 ("inspect", H200, "--json"), ("verify", toy), ("prune", toy, "--dry-run")):
+        proc = subprocess.Popen([sys.executable, "-m", "autotune_cache", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()   # the reader is gone before the first byte: `| head -0`
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141 and stderr == "", (args, stderr)
+
+
+# -- errors: one line, JSON under --json ----------------------------------------------------------------------
+@pytest.mark.parametrize("args,text", [
+    (("plan", "--tp", "3", "--json"), "TP degree 3"),
+    (("inspect", "/nonexistent/cache", "--json"), "no such cache directory"),
+    (("inspect", "--json"), "required: dir"),
+    (("build", "--noise", "-1", "--cache-dir", "x", "--json"), "--noise"),
+])
+def test_json_errors_on_stdout(args, text, tmp_path):
+    proc = cli(*args, cwd=tmp_path)
+    one_line_error(proc, 2, text)
+    data = json.loads(proc.stdout)
+    assert data["exit"] == 2 and text in data["error"]
+    assert listing(tmp_path) == {}
+
+
+def test_noise_names_one_flag():
+    proc = cli("build", "--noise", "-1", "--cache-dir", "x", "--emulate")
+    one_line_error(proc, 2, "--noise must be")
+    assert "--probe-tokens" not in proc.stderr and "--selection" not in proc.stderr
+
+
+# -- mistakes create nothing ----------------------------------------------------------------------------------
+MISTAKES = {
+    "sign a file": (("sign", "{file}", "--key", "{key}"), "not a directory"),
+    "sign a typo": (("sign", "{tmp}/typo", "--key", "{key}"), "no such cache directory"),
+    "export a file": (("export", "{file}", "{tmp}/b.tgz"), "not a directory"),
+    "export a typo": (("export", "{tmp}/typo", "{tmp}/b.tgz"), "no such cache directory"),
+    "export into a dir": (("export", "{cache}", "{tmp}"), "is a directory"),
+    "export, missing parent": (("export", "{cache}", "{tmp}/no/such/b.tgz"), "must exist"),
+    "prune a file": (("prune", "{file}"), "not a directory"),
+    "prune a typo": (("prune", "{tmp}/typo"), "no such cache directory"),
+    "inspect a file": (("inspect", "{file}"), "not a directory"),
+    "verify a typo": (("verify", "{tmp}/typo"), "no such cache directory"),
+    "merge a file": (("merge", "{file}", "--into", "{tmp}/m"), "not a directory"),
+    "merge into a file": (("merge", "{cache}", "--into", "{file}"), "not a directory"),
+    "merge, missing parent": (("merge", "{cache}", "--into", "{tmp}/no/such/m"), "must exist"),
+    "merge into itself": (("merge", "{cache}", "--into", "{cache}"), "nothing to merge"),
+    "import a non-bundle": (("import", "{file}", "{tmp}/new"), "not a readable bundle"),
+    "import a non-bundle, new parent": (("import", "{file}", "{tmp}/no/such/new"), "not a readable bundle"),
+    "import into a file": (("import", "{file}", "{file}"), "not a directory"),
+    "ensure into a file": (("ensure", *TOY, "--cache-dir", "{file}"), "is a file"),
+    "ensure, no GPU": (("ensure", "--cache-dir", "{tmp}/new", "--no-progress"), "GPU"),
+    "ensure, no GPU, empty dir": (("ensure", "--cache-dir", "{tmp}/empty", "--no-progress"), "GPU"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_mistake_is_one_line_and_creates_nothing(name, copy, key, tmp_path):
+    args, text = MISTAKES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "afile").write_text("not a cache\n")
+    (work / "empty").mkdir()
+    values = {"file": work / "afile", "tmp": work, "key": key, "cache": copy}
+    before, cache_before = listing(work), listing(copy)
+    manifest = (copy / "manifest.json").read_bytes()
+    proc = cli(*[a.format(**values) for a in args], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=work)
+    if args[0] == "ensure":   # it says what it was about to build, then why it cannot
+        assert_refused_in_one_line(proc, text)
+    else:
+        one_line_error(proc, 2, text)
+    assert listing(work) == before and listing(copy) == cache_before
+    assert (copy / "manifest.json").read_bytes() == manifest
+
+
+def test_failed_build_leaves_no_dir(tmp_path):
+    proc = cli("build", "--cache-dir", tmp_path / "c", "--quiet", env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    one_line_error(proc, 2, "no CUDA GPU")
+    assert not (tmp_path / "c").exists()
+
+
+# -- read-only caches -----------------------------------------------------------------------------------------
+def read_only(cache, *args):
+    """The CLI with `cache` mounted read-only (a private mount namespace): what root cannot fake with chmod."""
+    script = (f'mount --bind "{cache}" "{cache}" && mount -o remount,bind,ro "{cache}" && '
+              f'unset COLUMNS LINES && exec "{sys.executable}" -m autotune_cache "$@"')   # sh may set them
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_read_only_cache(copy, tmp_path):
+    probe = read_only(copy, "--version")
+    if probe.returncode != 0:
+        pytest.skip(f"no private read-only mount here: {probe.stderr.strip()[:100]}")
+    before = listing(copy)
+    one_line_error(read_only(copy, "prune", copy), 2, "read-only")
+    one_line_error(read_only(copy, "merge", H200, "--into", copy), 2, "")
+    assert listing(copy) == before
+    # what only reads works: inspect, verify, export (its bundle elsewhere), a prune with nothing to do
+    assert read_only(copy, "inspect", copy).returncode == 0
+    assert read_only(copy, "verify", copy).returncode == 0
+    assert read_only(copy, "export", copy, tmp_path / "b.tgz").returncode == 0
+    assert cli("prune", copy).returncode == 0
+    proc = read_only(copy, "prune", copy)
+    assert proc.returncode == 0 and "nothing to delete" in proc.stdout, proc.stderr
+
+
+# -- no-op prune and merge, one digest ------------------------------------------------------------------------
+def stamp(cache):
+    m = cache / "manifest.json"
+    return m.stat().st_mtime_ns, m.read_bytes(), listing(cache)
+
+
+def test_no_op_prune_and_merge_write_nothing(copy, toy, tmp_path):
+    before = stamp(copy)
+    proc = cli("merge", toy, "--into", copy, "--json")   # `copy` was merged from `toy`: all there
+    assert proc.returncode == 0 and json.loads(proc.stdout)["copied"] == 0, proc.stderr
+    assert stamp(copy) == before
+    assert cli("prune", copy).returncode == 0
+    before = stamp(copy)
+    proc = cli("prune", copy)
+    assert proc.returncode == 0 and "nothing changed" in proc.stdout
+    assert stamp(copy) == before
+
+
+def test_sign_inspect_and_export_show_one_digest(copy, key, tmp_path):
+    signed = cli("sign", copy, "--key", key)
+    inspected = cli("inspect", copy)
+    exported = cli("export", copy, tmp_path / "b.tgz")
+    digest = json.loads(cli("inspect", copy, "--json").stdout)["manifest"]["digest"][:16]
+    assert all(p.returncode == 0 for p in (signed, inspected, exported))
+    assert f"manifest digest {digest}" in signed.stdout and f"digest {digest}" in inspected.stdout
+    assert f"manifest digest {digest}" in exported.stdout
+
+
+# -- emulated caches, --quiet ---------------------------------------------------------------------------------
+def test_emulated_cache_fails_verify_and_ensure_unless_allowed(toy):
+    proc = cli("verify", toy, env=NOT_ALLOWED)
+    assert proc.returncode == 1 and "built with --emulate" in proc.stdout and "all checks passed" not in proc.stdout
+    assert cli("verify", toy, "--allow-emulated", env=NOT_ALLOWED).returncode == 0
+    ensure = ("ensure", *TOY, "--cache-dir", toy, "--emulate", "--no-progress")
+    proc = cli(*ensure, env=NOT_ALLOWED)
+    assert proc.returncode == 1 and "built with --emulate" in proc.stderr and "will hit" not in proc.stdout
+    proc = cli(*ensure, "--allow-emulated", env=NOT_ALLOWED)
+    assert proc.returncode == 0 and "arbitrary winners, allowed" in proc.stdout
+
+
+def test_quiet(toy):
+    proc = cli("verify", toy, "--quiet")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+    proc = cli("verify", toy, "--quiet", env=NOT_ALLOWED)
+    assert proc.returncode == 1 and proc.stdout == "" and "compatibility: built with --emulate" in proc.stderr
+
+
+# -- ensure --rebuild -----------------------------------------------------------------------------------------
+def test_ensure_rebuilds_an_incompatible_cache_and_swaps_it_in(copy, tmp_path):
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["fingerprint"]["python"] = "2.7.18"   # another environment: every disk key differs
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    args = ("ensure", *TOY, "--cache-dir", copy, "--emulate", "--progress", "plain")
+    before = listing(copy)
+    proc = cli(*args)
+    assert proc.returncode == 1 and "--rebuild" in proc.stderr and "python" in proc.stderr, proc.stderr
+    assert listing(copy) == before   # left alone: nothing built into another environment's cache
+    proc = cli(*args, "--rebuild", "--json")
+    no_traceback(proc)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["ok"] and result["rebuilt"], proc.stderr
+    assert "starting" in proc.stderr and not BOX & set(proc.stderr) and "\r" not in proc.stderr  # plain progress
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no fresh or old dir left
+    assert cli("verify", copy).returncode == 0   # its group files point at its own path: nothing moved
+    assert json.loads((copy / "manifest.json").read_text())["fingerprint"]["python"] != "2.7.18"
+
+
+def test_interrupt_note_only_where_units_are_kept():
+    from autotune_cache.cli import parser
+    assert getattr(parser().parse_args(["plan"]), "on_interrupt", None) is None
+    assert "finished units" in parser().parse_args(["build", "--cache-dir", "x"]).on_interrupt
