@@ -47,6 +47,12 @@ def sharded_build(cache, monkeypatch, record, **kw):
 
 
 GPUS = (1, 2, 4)
+B32, B64, B128 = (f"BLOCK: {b}, num_warps: {w}, num_ctas: 1, num_stages: 3, maxnreg: None"
+                  for b, w in ((32, 1), (64, 2), (128, 4)))
+# Fake timings fixed per config and call size n = tokens x heads (emulation.FAKE_TIMES_ENV; constexprs are not
+# among the arguments it sees): the winners then depend on the calls each key is tuned and probed at, and a key
+# tuned in another unit or at another token count than in a one-GPU build would come out otherwise.
+TIMES = {B32: [0.6], B64: [0.7], B128: [0.8], f"{B64} @ n=32768": [0.25], f"{B128} @ n=8192": [0.2]}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,7 @@ def builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard")
     out = {}
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOTUNE_CACHE_FAKE_TIMES", json.dumps(TIMES))   # the build children inherit it
         for g in GPUS:
             mp.setenv("AUTOTUNE_CACHE_TEST_RECORD", str(root / f"calls-{g}.jsonl"))
             s = spec(root / f"g{g}", gpus=g)
@@ -100,10 +107,12 @@ def test_the_cache_is_the_same_whatever_the_gpu_count_and_each_key_is_tuned_once
     root, out = builds
 
     def shape(m):
-        return ({name: (e.kernel, e.key, e.configs, e.tokens, sorted(e.units)) for name, e in m.entries.items()},
+        return ({name: (e.kernel, e.key, e.configs, e.tokens, sorted(e.units), e.winner["kwargs"])
+                 for name, e in m.entries.items()},
                 {uid: (u.status, sorted(u.entries), u.hits) for uid, u in m.units.items()}, sorted(m.files))
 
     one = shape(out[1][0])
+    assert len({w["BLOCK"] for *_, w in one[0].values()}) > 1   # the timings chose: not every winner alike
     for g in GPUS:
         m, _, tuned = out[g]
         assert shape(m) == one, g   # entries, tuned at the same token counts; unit coverage; every file
