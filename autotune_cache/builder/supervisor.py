@@ -1,6 +1,7 @@
-"""The build children, as processes: start one per shard (shard.py: its parts of units), watch them all at once, hold them to their deadlines,
-kill them (with every compiler they spawned), charge how each ended, clean up after them. What a child says is
-handed to the caller (`on_message`); what it was charged goes to the ledger."""
+"""The build children, as processes: start one per shard (shard.py: its parts of units), watch them all at once,
+hold them to their deadlines, kill them (with every compiler they spawned), charge how each ended (to the part it
+was in, or the next), clean up after them. What a child says is handed to the caller (`on_message`); what it was
+charged goes to the ledger."""
 from __future__ import annotations
 
 import os
