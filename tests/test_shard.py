@@ -1,12 +1,13 @@
-"""Pure parts of a sharded build: the split of units over GPUs (shard.py) and which GPUs are visible (gpus.py)."""
+"""Pure parts of a sharded build: the split of keys over GPUs (shard.py) and which GPUs are visible (gpus.py)."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from autotune_cache import BuildSpec, models
 from autotune_cache.errors import SpecError
 from autotune_cache.builder.gpus import for_build, visible
 from autotune_cache.models import RankShape
 from autotune_cache.builder.plan import plan
-from autotune_cache.builder.shard import overlapping_groups, plan_shards, shared_keys, unit_configs
+from autotune_cache.builder.shard import plan_parts, unit_configs
 from autotune_cache.builder.spec import PlannedKey, Unit
 
 SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
@@ -18,68 +19,95 @@ def unit(name, **keys):
                 keys=tuple(PlannedKey(kernel=k, fields={}, key=(k,), configs=c, tokens=64) for k, c in keys.items()))
 
 
-def ids(shards):
-    return [[u.id for u in s] for s in shards]
-
-
-def loads(shards):
-    """Configs each shard benchmarks: every key it reaches, once."""
-    out = []
-    for s in shards:
-        keys = {}
-        for u in s:
-            keys.update({k.key: k.configs for k in u.keys})
-        out.append(sum(keys.values()))
+def owned(sp):
+    """key -> the shards whose parts own it (one each, if the plan is right)."""
+    out = {}
+    for parts in sp.shards:
+        for part in parts:
+            for k in part.owns:
+                out.setdefault(k, set()).add(part.shard)
     return out
 
 
-def test_disjoint_units_are_balanced_largest_first():
-    units = [unit(f"u{i}", **{f"k{i}": c}) for i, c in enumerate((10, 9, 8, 7, 6, 5))]
-    shards = plan_shards(units, 2)
-    assert sorted(loads(shards)) == [22, 23]
-    assert sorted(u.id for s in shards for u in s) == sorted(u.id for u in units)   # each unit once
-    # three shards: 10+5, 9+6, 8+7
-    assert sorted(loads(plan_shards(units, 3))) == [15, 15, 15]
+def check(units, sp):
+    """What every shard plan must hold, whatever the units and shard count."""
+    keys = {(k.kernel, tuple(k.key)) for u in units for k in u.keys}
+    assert set(sp.owner) == keys and all(owned(sp)[k] == {s} for k, s in sp.owner.items())   # one owner per key
+    assert all(parts for parts in sp.shards) and [p.shard for parts in sp.shards for p in parts] == [
+        s for s, parts in enumerate(sp.shards) for _ in parts]
+    tuned = [k for parts in sp.shards for p in parts for k in p.tunes]
+    assert sorted(tuned, key=str) == sorted(keys, key=str)   # each key tuned in exactly one part
+    order = {u.id: i for i, u in enumerate(units)}
+    for parts in sp.shards:
+        assert [order[p.id] for p in parts] == sorted(order[p.id] for p in parts)   # plan order
+        for p in parts:
+            assert p.tokens == p.unit.tokens[len(p.unit.tokens) - len(p.tokens):]   # a tail, largest first
+            for k in p.unit.keys:   # an owned key is reached by the part's calls
+                if (k.kernel, tuple(k.key)) in p.owns:
+                    assert k.tokens in p.tokens
+            home = next(u for u in units if set(p.tunes) <= {(k.kernel, tuple(k.key)) for k in u.keys})
+            assert not p.tunes or home.id == p.id   # tuned in the first unit that reaches it
+    for u in units:   # every key of a unit is reported by one of its parts
+        parts = [p for s in sp.shards for p in s if p.id == u.id]
+        assert sorted((k for p in parts for k in p.owns), key=str) == sorted(
+            {(k.kernel, tuple(k.key)) for k in u.keys}, key=str)
+    return sp
 
 
-def test_each_shard_keeps_plan_order():
-    units = [unit(f"u{i}", **{f"k{i}": c}) for i, c in enumerate((1, 5, 2, 6, 3, 7))]
-    for shard in plan_shards(units, 2):
-        assert [u.id for u in shard] == sorted(u.id for u in shard)
+def test_keys_are_balanced_largest_first(monkeypatch):
+    monkeypatch.setattr("autotune_cache.builder.shard.KEY_COST", 0)
+    units = [unit("u", a=25, b=12, c=9, d=6)]
+    sp = check(units, plan_parts(units, 2))
+    assert sp.loads() == [25, 27] and sp.owner == {("a", ("a",)): 0, ("b", ("b",)): 1, ("c", ("c",)): 1,
+                                                    ("d", ("d",)): 1}
+    # one unit on both shards, each reporting its own keys
+    assert [[(p.id, p.owns) for p in s] for s in sp.shards] == [[("u", (("a", ("a",)),))],
+                                                                [("u", (("b", ("b",)), ("c", ("c",)), ("d", ("d",))))]]
 
 
-def test_units_sharing_keys_go_to_one_shard():
-    # A and B share a 25-config key (like l2norm's between TP degrees), C and D another. Placed one by one,
-    # balance alone would split both pairs ([A, C], [B, D]: 70 configs each, both shared keys tuned twice).
-    units = [unit("A", x=25, a=10), unit("C", y=25, c=10), unit("B", x=25, b=10), unit("D", y=25, d=10)]
-    shards = plan_shards(units, 2)
-    assert ids(shards) == [["A", "B"], ["C", "D"]]
-    assert loads(shards) == [45, 45] and shared_keys(shards) == {}
+def test_one_shard_drives_every_unit_whole_and_owns_every_key():
+    units = [unit("A", x=25, a=10), unit("B", x=25, b=10), unit("C", c=3)]
+    sp = check(units, plan_parts(units, 1))
+    assert [(p.id, p.tokens, len(p.owns)) for p in sp.shards[0]] == [("A", (64,), 2), ("B", (64,), 2), ("C", (64,), 1)]
+    assert sp.foreign(0) == frozenset()
+    assert sp.shards[0][1].tunes == {("b", ("b",))}   # x is tuned in A, a disk hit in B
 
 
-def test_a_group_too_big_for_one_shard_is_split_by_unit_and_overlap_still_counts():
-    # Every unit shares key x (one group of 40 + 4 * 10 = 80 configs > 80 / 2): placed unit by unit, the shared key
-    # tuned on both shards, the rest balanced.
-    units = [unit(f"u{i}", x=40, **{f"own{i}": 10}) for i in range(4)]
-    assert len(overlapping_groups(units)) == 1
-    shards = plan_shards(units, 2)
-    assert loads(shards) == [60, 60]
-    assert shared_keys(shards) == {("x", ("x",)): [0, 1]}
+def test_a_key_shared_by_units_is_tuned_once_by_its_owner():
+    # x is reached by A and B (like l2norm's keys between TP degrees): its owner tunes it in A and finds it on disk
+    # in B; the other shard launches it untuned
+    units = [unit("A", x=25, a=10), unit("B", x=25, b=10)]
+    sp = check(units, plan_parts(units, 2))
+    x = ("x", ("x",))
+    s = sp.owner[x]
+    assert [(p.id, x in p.tunes) for p in sp.shards[s] if x in p.owns] == [("A", True), ("B", False)]
+    assert x in sp.foreign(1 - s) and x not in sp.foreign(s)
+    assert sum(sp.loads()) == 45   # 25 + 10 + 10: x counted once
 
 
-def test_units_with_the_same_keys_stay_on_one_shard():
-    # the toy target at several TP degrees: the later units find every key on disk; a second GPU would tune them again
-    units = [unit(f"u{i}", k1=3, k2=3, k3=3) for i in range(3)]
-    assert ids(plan_shards(units, 2)) == [["u0", "u1", "u2"]]
+def test_a_part_drives_the_unit_from_its_first_owned_key_down():
+    shape_unit = Unit(id="u", target="t", shape=SHAPE, tp=(1,), dtypes={"act": "bfloat16"}, tokens=(4096, 2048, 1024),
+                      keys=(PlannedKey(kernel="big", fields={}, key=(1,), configs=30, tokens=4096),
+                            PlannedKey(kernel="nb", fields={}, key=(2,), configs=20, tokens=2048),
+                            PlannedKey(kernel="nb", fields={}, key=(1,), configs=20, tokens=1024)))
+    sp = check([shape_unit], plan_parts([shape_unit], 2))
+    assert sorted((p.tokens, p.owns) for s in sp.shards for p in s) == [
+        ((2048, 1024), (("nb", (2,)), ("nb", (1,)))), ((4096, 2048, 1024), (("big", (1,)),))]
 
 
-def test_never_more_shards_than_units_and_never_an_empty_one():
+def test_never_more_shards_than_keys():
     units = [unit("a", a=3), unit("b", b=1)]
-    assert ids(plan_shards(units, 8)) == [["a"], ["b"]]
-    assert ids(plan_shards(units, 1)) == [["a", "b"]]
-    assert plan_shards([], 4) == []
+    assert len(check(units, plan_parts(units, 8)).shards) == 2
+    assert len(plan_parts(units, 1).shards) == 1
+    assert plan_parts([], 4).shards == ()
     with pytest.raises(ValueError):
-        plan_shards(units, 0)
+        plan_parts(units, 0)
+
+
+def test_a_unit_without_keys_is_driven_whole_by_one_shard():
+    units = [unit("a", a=3, b=3), unit("empty")]
+    sp = check(units, plan_parts(units, 2))
+    assert [(p.id, p.tokens, p.owns) for s in sp.shards for p in s if p.id == "empty"] == [("empty", (64,), ())]
 
 
 def test_unknown_config_counts_count_zero():
@@ -87,14 +115,26 @@ def test_unknown_config_counts_count_zero():
     assert unit_configs(u) == 4
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from([None, 1, 3, 12, 25]), min_size=1),
+                min_size=1, max_size=6),
+       st.integers(1, 9))
+def test_any_plan_any_shard_count(key_sets, n):
+    units = [unit(f"u{i}", **keys) for i, keys in enumerate(key_sets)]
+    sp = check(units, plan_parts(units, n))
+    assert len(sp.shards) == min(n, len({k for keys in key_sets for k in keys}))
+
+
 def test_fla_plan_over_gpus():
-    # qwen3.5-9b at TP 1, 2, 4, 8 on upstream FLA: every unit is placed once, the loads are even within a unit
+    # qwen3.5-9b at TP 1, 2, 4, 8 on upstream FLA: 24 keys, 236 configs; no shard benchmarks more than the even
+    # share of the configs plus one key (the greedy bound), 4 GPUs exactly even
     p = plan(BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4, 8)))
-    for n in (2, 3, 4, 8):
-        shards = plan_shards(p.units, n)
-        assert len(shards) == min(n, len(p.units))
-        assert sorted(u.id for s in shards for u in s) == sorted(u.id for u in p.units)
-        assert max(loads(shards)) - min(loads(shards)) <= max(unit_configs(u) for u in p.units)
+    biggest = max(k.configs for u in p.units for k in u.keys)
+    for n in (1, 2, 3, 4, 8):
+        sp = check(p.units, plan_parts(p.units, n))
+        assert len(sp.shards) == n and sum(sp.loads()) == 236
+        assert max(sp.loads()) <= 236 / n + biggest
+    assert plan_parts(p.units, 2).loads() == [118, 118] and plan_parts(p.units, 4).loads() == [59] * 4
 
 
 # -- which GPUs ----------------------------------------------------------------------------------------------

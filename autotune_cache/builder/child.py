@@ -55,6 +55,32 @@ def _count_compiles() -> dict | None:
     return counts
 
 
+def _launch_foreign_untuned(foreign: frozenset) -> None:
+    """Keys another child owns (shard.py) launch with their first config (after pruning, as Triton would time it
+    first): no disk lookup, no benchmark, no file, nothing for the lookup listeners. Their owner tunes and reports
+    them; here they only carry the serving call on to the keys this child owns. Installed before every other
+    wrapper of prune_configs (compile threads, selection): the first config is picked without their side effects."""
+    import triton.runtime.autotuner as at
+
+    from ..cache.lookups import innermost_jit, tuning_key
+    prune, run = at.Autotuner.prune_configs, at.Autotuner.run
+    names: dict[int, str] = {}   # id(autotuner) -> its kernel's name
+
+    def run_foreign_first(self, *args, **kwargs):
+        if len(self.configs) > 1:
+            key = tuning_key(self, args, kwargs)
+            name = names.get(id(self)) or names.setdefault(id(self), innermost_jit(self.fn).__name__)
+            if key not in self.cache and (name, key) in foreign:
+                self.nargs = dict(zip(self.arg_names, args))
+                try:
+                    self.cache[key] = prune(self, kwargs)[0]
+                finally:
+                    self.nargs = None
+        return run(self, *args, **kwargs)
+
+    at.Autotuner.run = run_foreign_first
+
+
 def main(out, control, options: ChildOptions) -> None:
     """Build `options.units` into `options.cache_dir`, reporting on `out` (protocol.py); `control` says go."""
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
@@ -76,8 +102,10 @@ def main(out, control, options: ChildOptions) -> None:
     profile = None if options.emulate else device.read()
     pool = None
     if n_processes > 1 and (options.emulate or profile is not None):
-        units = [u.unit.model_dump(mode="json") for u in options.units]   # plain JSON: the zygote's argv
-        pool = precompile.Pool(options.cache_dir, units, n_processes, profile.to_dict() if profile else None)
+        # plain JSON: the zygote's argv; each unit at the token counts this child drives it at
+        units = [dict(u.unit.model_dump(mode="json"), tokens=list(u.calls)) for u in options.units]
+        pool = precompile.Pool(options.cache_dir, units, n_processes, profile.to_dict() if profile else None,
+                               foreign=[[kernel, list(key)] for kernel, key in sorted(options.foreign, key=repr)])
     try:
         _main(out, control, options, pool)
     finally:
@@ -97,6 +125,8 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             out.put(NoGPU("no CUDA GPU visible to the build child "
                           f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"))
             return
+    if options.foreign:
+        _launch_foreign_untuned(options.foreign)
     from ..cache import fingerprint, lookups
     from . import precompile, selection
     from ..targets import get
@@ -186,7 +216,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                     with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                         target.run(unit.shape, unit.dtypes, tokens, device)
                     lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
-                for tokens in unit.tokens:
+                for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
                     current["tokens"] = tokens
                     target.run(unit.shape, unit.dtypes, tokens, device)
                 selection.probes.clear()   # the probe calls' tensors

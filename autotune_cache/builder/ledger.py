@@ -8,6 +8,7 @@ they are and named in one warning; `verify` and the loader report them as foreig
 from __future__ import annotations
 
 import stat
+from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..errors import CacheDirError
 from ..version import __version__
 from .plan import Plan
 from .protocol import Binaries, Lookup, UnitDone
+from .shard import Part, ShardPlan
 from .spec import Unit
 
 
@@ -43,6 +45,9 @@ class Ledger:
         self._kept: dict[str, FileRecord] = {}      # ... that the previous manifest listed, checked intact
         self._hashed: dict[str, tuple[FileStat, FileRecord]] = {}   # files this build wrote, as last hashed
         self.foreign: tuple[str, ...] = ()          # files there before the build, unlisted: not adopted
+        self.parts: dict[tuple[str, int], _PartState] = {}   # (unit id, shard) -> its part's state (use())
+        self._shards_of: dict[str, list[int]] = {}           # unit id -> the shards of its parts
+        self.tuned: dict[tuple, int] = {}   # (kernel, key) -> times a child benchmarked it in this build (one each)
 
     # -- opening and saving -----------------------------------------------------------------------------------
     def open(self) -> Manifest:
@@ -160,11 +165,23 @@ class Ledger:
                                "what it wrote); `verify` and the loader report them as foreign: "
                                f"{_some(list(self.foreign))}[/yellow]")
 
-    # -- which units run --------------------------------------------------------------------------------------
+    # -- which units and parts run ----------------------------------------------------------------------------
     def runnable(self, units: list[Unit]) -> list[Unit]:
         """The units not done with attempts left."""
         return [u for u in units if self.manifest.units[u.id].status != "done"
                 and self.manifest.units[u.id].attempts < self.max_attempts]
+
+    def use(self, shards: ShardPlan) -> None:
+        """The parts this build runs (shard.plan_parts of the runnable units): each charged and retried on its own,
+        a unit done when every part of it is."""
+        self.parts = {(p.id, p.shard): _PartState() for parts in shards.shards for p in parts}
+        self._shards_of = {}
+        for unit_id, shard in self.parts:
+            self._shards_of.setdefault(unit_id, []).append(shard)
+
+    def runnable_parts(self, parts: list[Part]) -> list[Part]:
+        """The parts not done with attempts left (a part's unit may have failed on another shard: it still runs)."""
+        return [p for p in parts if self._part(p).status != "done" and self._part(p).attempts < self.max_attempts]
 
     def not_done(self) -> list[Unit]:
         """This plan's units not done, in plan order (not other builds' units)."""
@@ -175,6 +192,37 @@ class Ledger:
             rec = self.manifest.units[unit.id]
             rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
         self.save()
+
+    def _part(self, part) -> "_PartState":
+        """A Part's state; a unit id or Unit (a build that did not call use(): one part per unit) is its own part."""
+        key = (part.id, part.shard) if isinstance(part, Part) else (getattr(part, "id", part), 0)
+        if key not in self.parts:
+            self.parts[key] = _PartState()
+            self._shards_of.setdefault(key[0], []).append(key[1])
+        return self.parts[key]
+
+    def _sync(self, unit_id: str) -> UnitRecord:
+        """The unit's record from its parts: done when all are, failed when one is (until its retry is done);
+        entries and hits over all parts; attempts of its most tried part; seconds summed over the GPUs."""
+        rec = self.manifest.units[unit_id]
+        states = [self.parts[(unit_id, s)] for s in sorted(self._shards_of[unit_id])]
+        rec.attempts = max(st.attempts for st in states)
+        rec.entries = list(dict.fromkeys(f for st in states for f in st.entries))
+        rec.hits = sum(hit for st in states for hit in st.entries.values())
+        gpus = list(dict.fromkeys(st.gpu for st in states if st.gpu is not None))
+        rec.gpu = ",".join(gpus) if gpus else None   # a unit of a sharded build may run on several: "0,1"
+        if all(st.status == "done" for st in states):
+            rec.status, rec.error = "done", None
+            rec.seconds = round(sum(st.seconds for st in states), 2)
+            rec.bench_seconds = round(sum(st.bench_seconds for st in states), 2)
+            # every child reports its pool once, on its first part: keep the longest wait (the one that delayed)
+            reports = [st.precompile for st in states if st.precompile]
+            rec.precompile = max(reports, key=lambda r: r.get("seconds") or 0) if reports else None
+            counts = [st.compiles for st in states if st.compiles is not None]
+            rec.compiles = sum(counts) if counts else None
+        elif any(st.status == "failed" for st in states):
+            rec.status = "failed"
+        return rec
 
     # -- what the children report -----------------------------------------------------------------------------
     def on_hello(self, fp: Fingerprint, gpu: str | None = None) -> bool:
@@ -192,14 +240,17 @@ class Ledger:
             self._hello_gpu = gpu
         return True
 
-    def on_unit_start(self, unit_id: str, gpu: str | None) -> None:
-        rec = self.manifest.units[unit_id]
-        rec.attempts += 1
-        rec.entries, rec.hits, rec.gpu = [], 0, gpu
+    def on_unit_start(self, part: Part | str, gpu: str | None) -> None:
+        st = self._part(part)
+        st.attempts += 1
+        st.gpu = gpu
+        st.this_attempt = set()
+        self._sync(part.id if isinstance(part, Part) else part)
 
-    def on_lookup(self, msg: Lookup) -> bool:
-        """Record a lookup; True when it is a key the unit had not reached before in this attempt."""
-        rec = self.manifest.units[msg.unit]
+    def on_lookup(self, msg: Lookup, part: Part | str | None = None) -> bool:
+        """Record a lookup of `part` (default: the unit's one part); True when it is a key the part had not
+        reached before in this build."""
+        st = self._part(part if part is not None else msg.unit)
         if msg.file is None:
             self.console.print(f"[yellow]warning: {msg.kernel} {msg.key} was tuned without the disk "
                                "cache (pre_hook or empty key): a server will tune it too[/yellow]")
@@ -214,15 +265,19 @@ class Ledger:
                           tokens=None if msg.hit else msg.tokens, selection=msg.selection,
                           units=entry.units if entry else [], binaries=binaries)
             self.manifest.entries[msg.file] = entry
+        if not msg.hit:
+            self.tuned[(msg.kernel, tuple(msg.key))] = self.tuned.get((msg.kernel, tuple(msg.key)), 0) + 1
         self.reported.add(msg.file)
-        if rec.id not in entry.units:
-            entry.units.append(rec.id)
+        if msg.unit not in entry.units:
+            entry.units.append(msg.unit)
         self.on_binaries(msg)
-        if msg.file in rec.entries:
+        if msg.file in st.this_attempt:
             return False
-        rec.entries.append(msg.file)
-        rec.hits += bool(msg.hit)
-        return True
+        st.this_attempt.add(msg.file)
+        new = msg.file not in st.entries
+        st.entries[msg.file] = bool(msg.hit)   # a retry finds on disk what its first attempt tuned
+        self._sync(msg.unit)
+        return new
 
     def on_binaries(self, msg: Lookup | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
@@ -230,19 +285,21 @@ class Ledger:
         if entry is not None and msg.binaries:
             entry.binaries = sorted(set(entry.binaries) | set(msg.binaries))
 
-    def on_unit_done(self, msg: UnitDone) -> UnitRecord:
-        rec = self.manifest.units[msg.unit]
-        rec.status, rec.error, rec.seconds = "done", None, round(msg.seconds, 2)
-        rec.bench_seconds = round(msg.bench_seconds, 2)
-        rec.precompile, rec.compiles = msg.precompile, msg.compiles
-        if rec.precompile and rec.precompile.get("failed"):
-            self.console.print(f"[yellow]{rec.id}: {rec.precompile['failed']} of {rec.precompile['workers']} "
-                               f"compile workers failed ({rec.precompile.get('error')}); the child compiled "
+    def on_unit_done(self, msg: UnitDone, part: Part | str | None = None) -> UnitRecord:
+        """A part is done; the unit's record, done when its last part is."""
+        st = self._part(part if part is not None else msg.unit)
+        st.status, st.seconds, st.bench_seconds = "done", msg.seconds, msg.bench_seconds
+        st.precompile, st.compiles = msg.precompile, msg.compiles
+        if st.precompile and st.precompile.get("failed"):
+            self.console.print(f"[yellow]{msg.unit}: {st.precompile['failed']} of {st.precompile['workers']} "
+                               f"compile workers failed ({st.precompile.get('error')}); the child compiled "
                                "their configs itself[/yellow]")
-        elif rec.precompile and rec.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
-            self.console.print(f"[yellow]{rec.id}: the benchmarking child compiled {rec.compiles} kernel(s) "
+        elif st.precompile and st.compiles:   # workers on a fake GPU unlike this one, or a wait cut short
+            self.console.print(f"[yellow]{msg.unit}: the benchmarking child compiled {st.compiles} kernel(s) "
                                "that the compile workers did not leave in the cache[/yellow]")
-        self._check_coverage(rec)
+        rec = self._sync(msg.unit)
+        if rec.status == "done":
+            self._check_coverage(rec)
         self.save()
         return rec
 
@@ -257,20 +314,41 @@ class Ledger:
             self.console.print(f"[yellow]warning: key reached but not planned: {kernel} {key}[/yellow]")
 
     # -- failures ---------------------------------------------------------------------------------------------
-    def fail(self, unit_id: str, error: str, *, count: bool) -> None:
-        """`count`: the failure was outside the unit's own attempt (which UnitStart counted already)."""
-        rec = self.manifest.units[unit_id]
-        rec.attempts += int(count)
-        rec.status, rec.error = "failed", error
-        rec.failures.append(f"attempt {rec.attempts}: {error}")
-        self.console.print(f"[red]unit {unit_id} failed (attempt {rec.attempts}): {error}[/red]")
+    def fail(self, part: Part | str, error: str, *, count: bool, retry: bool = True) -> None:
+        """`count`: the failure was outside the part's own attempt (which UnitStart counted already). `retry`
+        False: no fresh child would do better (a recorded kernel whose module does not import): no attempts left."""
+        unit_id = part.id if isinstance(part, Part) else part
+        st = self._part(part)
+        st.attempts += int(count)
+        st.status = "failed"
+        rec = self._sync(unit_id)
+        if not retry:
+            st.attempts = rec.attempts = max(st.attempts, self.max_attempts)
+        rec.error = error
+        rec.failures.append(f"attempt {st.attempts}: {error}")
+        where = f" on GPU {st.gpu}" if st.gpu is not None and len(self._shards_of[unit_id]) > 1 else ""
+        self.console.print(f"[red]unit {unit_id} failed{where} (attempt {st.attempts}): {error}[/red]")
         self.save()   # after the message: on a full disk this raises, and the cause must be on screen already
 
-    def fail_next(self, todo: list[Unit], error: str) -> None:
-        """Charge a failure outside any unit to the next unit not done: every child then counts against a retry."""
-        nxt = next((u.id for u in todo if self.manifest.units[u.id].status != "done"), None)
+    def fail_next(self, todo: list[Part], error: str) -> None:
+        """Charge a failure outside any unit to the next part not done: every child then counts against a retry."""
+        nxt = next((p for p in todo if self._part(p).status != "done"), None)
         if nxt is not None:
             self.fail(nxt, error, count=True)
+
+
+@dataclass(eq=False)
+class _PartState:
+    """Where one part of a unit stands in this build (shard.Part; a build on one GPU: the whole unit)."""
+    status: str = "pending"     # pending, done, failed: as UnitRecord.status
+    attempts: int = 0
+    gpu: str | None = None      # CUDA_VISIBLE_DEVICES of the child of its last attempt
+    entries: dict[str, bool] = field(default_factory=dict)   # Entry.file -> found on disk, over its attempts
+    this_attempt: set = field(default_factory=set)       # files reported in the current attempt
+    seconds: float = 0.0
+    bench_seconds: float = 0.0
+    precompile: dict | None = None
+    compiles: int | None = None
 
 
 def _some(names: list[str]) -> str:

@@ -20,9 +20,10 @@ from .ledger import Ledger
 from .plan import Plan, plan as make_plan
 from .protocol import (Binaries, ChildOptions, ChildUnit, Done, Go, Hello, Lookup, NoGPU, Stop, UnitDone, UnitFailed,
                        UnitStart)
-from .shard import plan_shards
+from .shard import Part, ShardPlan, plan_parts
 from .spec import BuildSpec, Unit
 from .supervisor import Child, Supervisor
+from .timeline import Timeline
 from .view import View
 
 # Below this much free space a build does not start: one FLA unit writes about 30 MB (BENCHMARKS.md), and a disk
@@ -62,7 +63,7 @@ class Build:
     """One build of a plan into a cache dir. `run()` returns the manifest; units done are never redone.
 
     `devices`: the GPU of each child that runs at once (gpus.for_build; default from the spec): (None,) is one
-    child seeing every visible GPU; ("0", "1") shards the units over two children, one per GPU."""
+    child seeing every visible GPU; ("0", "1") shards the keys over two children, one per GPU (shard.py)."""
 
     def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool = True,
                  devices: tuple[str | None, ...] | None = None):
@@ -75,6 +76,9 @@ class Build:
         self.view = View(self.console, plan, self.devices, progress,
                          gpu_of=lambda unit_id: self.ledger.manifest.units[unit_id].gpu)
         self.supervisor = Supervisor(cache_dir, self.ledger, self.spec.unit_timeout_s, self._on_message)
+        self.shards = ShardPlan(shards=(), owner={})   # set by run(): who tunes which key
+        self.timeline = Timeline()
+        self._started: set[str] = set()   # units with a part started in this build (their bar is reset once)
 
     @property
     def manifest(self) -> Manifest | None:
@@ -91,12 +95,15 @@ class Build:
             return None
         return max(1, cores() // children - 1)
 
-    def _options(self, todo: list[Unit], gpu: str | None, children: int) -> ChildOptions:
+    def _options(self, todo: list[Part], gpu: str | None, children: int) -> ChildOptions:
         index = {u.id: i for i, u in enumerate(self.plan.units)}   # the fault hook names units by plan position
-        units = tuple(ChildUnit(unit=u, index=index[u.id], attempt=self.manifest.units[u.id].attempts + 1)
-                      for u in todo)
+        units = tuple(ChildUnit(unit=p.unit, index=index[p.id], attempt=self.ledger.parts[(p.id, p.shard)].attempts
+                                + 1, tokens=p.tokens) for p in todo)
+        shard = todo[0].shard
+        self.timeline.spawning(shard)
         options = ChildOptions(cache_dir=str(self.cache_dir), units=units, emulate=self.spec.emulate,
-                               selection=self.spec.selection, overlap_compile=self.spec.overlap_compile)
+                               selection=self.spec.selection, overlap_compile=self.spec.overlap_compile,
+                               foreign=self.shards.foreign(shard))
         if gpu is not None:   # a child of a sharded build sees its GPU only
             options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         return options
@@ -108,26 +115,33 @@ class Build:
             case NoGPU():
                 raise NoGPUError(msg.message)
             case Hello():
+                self.timeline.hello(c)
                 c.tell(Go() if self.ledger.on_hello(Fingerprint(**msg.fingerprint), c.gpu) else Stop())
             case UnitStart():
-                c.begin(msg.unit, timeout)
-                self.ledger.on_unit_start(msg.unit, c.gpu)
-                self.view.starting(msg.unit)
+                part = _part_of(c, msg.unit)
+                c.begin(part, timeout)
+                self.ledger.on_unit_start(part, c.gpu)
+                self.timeline.part_started(c, part)
+                if msg.unit not in self._started:   # one bar per unit, over all its parts
+                    self._started.add(msg.unit)
+                    self.view.starting(msg.unit)
             case Lookup():
-                if self.ledger.on_lookup(msg):
+                if self.ledger.on_lookup(msg, _part_of(c, msg.unit)):
                     self.view.reached(msg.unit, msg.kernel)
             case Binaries():
                 self.ledger.on_binaries(msg)
             case UnitDone():
-                rec = self.ledger.on_unit_done(msg)
-                self.view.done(rec.id, rec.seconds)
+                rec = self.ledger.on_unit_done(msg, _part_of(c, msg.unit))
+                self.timeline.part_done(c, msg)
+                if rec.status == "done":   # its last part
+                    self.view.done(rec.id, rec.seconds)
                 c.between_units(timeout)   # until the next UnitStart
             case UnitFailed():
-                self.ledger.fail(msg.unit, msg.error, count=False)
-                if not msg.retry:
-                    self.manifest.units[msg.unit].attempts = self.ledger.max_attempts
+                self.ledger.fail(_part_of(c, msg.unit), msg.error, count=False, retry=msg.retry)
+                self.timeline.ended(c)
                 c.end()   # the child exits after a failed unit
             case Done():
+                self.timeline.ended(c)
                 c.end()
 
     def run(self) -> Manifest:
@@ -145,6 +159,7 @@ class Build:
                     raise
             self.ledger.save()
             self.ledger.report()
+            self.timeline.write(self.ledger.tuned)
         failed = [self.manifest.units[u.id] for u in self.ledger.not_done()]
         if failed:
             lines = "; ".join(f"{r.id}: {r.error}" for r in failed)
@@ -153,12 +168,22 @@ class Build:
         return self.manifest
 
     def _run_children(self, todo: list[Unit]) -> None:
-        """`todo` sharded over the devices (shard.plan_shards), one child per shard at a time."""
-        shards = plan_shards(todo, len(self.devices))
-        if len(shards) > 1:
-            self.ledger.sharded = True
-            self.view.announce(shards)
-        self.supervisor.run(shards, self.devices, lambda units, gpu: self._options(units, gpu, len(shards)))
+        """The keys of `todo` sharded over the devices (shard.plan_parts), one child per shard at a time."""
+        self.shards = plan_parts(todo, len(self.devices))
+        self.ledger.use(self.shards)
+        n = len(self.shards.shards)
+        if n > 1:
+            self.ledger.sharded = True   # only keys the plan did not predict can be tuned twice now
+            loads = ", ".join(f"GPU {g}: {c}" for g, c in zip(self.devices, self.shards.loads()))
+            self.console.print(f"sharding {len(self.shards.owner)} keys of {len(todo)} units over {n} GPUs, each "
+                               f"key tuned by one of them (configs to benchmark: {loads})")
+        self.supervisor.run([list(s) for s in self.shards.shards], self.devices,
+                            lambda parts, gpu: self._options(parts, gpu, n))
+
+
+def _part_of(c: Child, unit_id: str) -> Part:
+    """The part of `unit_id` the child was given (a unit has at most one part per shard)."""
+    return next(p for p in c.todo if p.id == unit_id)
 
 
 def build(spec: BuildSpec, *, console: Console | None = None, progress: bool = True) -> Manifest:

@@ -99,17 +99,18 @@ def _say(line: str) -> None:
 class _Share:
     """Autotuner.run for a worker: compile this worker's share of the configs the benchmark will time, launch
     nothing. Configs are dealt round-robin over the whole sequence of misses, not per key (per key, worker 0 would
-    get the first config of all); every worker makes the same calls, so all deal alike."""
+    get the first config of all); every worker makes the same calls, so all deal alike. Keys of `foreign` (another
+    build child tunes them: shard.py) get their first config only, the one the child launches."""
 
-    def __init__(self, n: int):
-        self.n, self.wid = n, 0
+    def __init__(self, n: int, foreign: frozenset = frozenset()):
+        self.n, self.wid, self.foreign = n, 0, foreign
         self.seen: set = set()   # (autotuner, key) dealt already: l2norm runs twice per call, units share keys
         self.dealt = 0
 
     def install(self) -> None:
         import triton.runtime.autotuner as at
 
-        from ..cache.lookups import tuning_key
+        from ..cache.lookups import innermost_jit, tuning_key
         share = self
 
         def run(self, *args, **kwargs):
@@ -120,6 +121,8 @@ class _Share:
             self.nargs = dict(zip(self.arg_names, args))
             try:
                 configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
+                if (innermost_jit(self.fn).__name__, key[1]) in share.foreign:
+                    configs = configs[:1]
                 start, share.dealt = share.dealt, share.dealt + len(configs)
                 for i, config in enumerate(configs):
                     if (start + i) % share.n == share.wid:
@@ -143,7 +146,8 @@ def _unit_imports(unit: dict, get) -> tuple[str, ...]:
     return (unit["kernel"]["module"],) if unit.get("kernel") else get(unit["target"]).imports
 
 
-def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int) -> None:
+def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int,
+            foreign: list | None = None) -> None:
     import importlib
     import sys
     import time
@@ -168,7 +172,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     import triton
     # Input values are never read (nothing launches); random ones cost seconds per call on the CPU at 16k tokens
     torch.randn = torch.rand = _empty
-    share = _Share(n)
+    share = _Share(n, frozenset((kernel, tuple(key)) for kernel, key in foreign or ()))
     share.install()
     for name in dict.fromkeys(m for unit in units for m in _unit_imports(unit, get)):
         importlib.import_module(name)   # the slow part (FLA: ~5-10 s), while the child imports the same
@@ -216,9 +220,11 @@ class Pool:
     for units 0..i. Best effort: a worker that fails only leaves its configs to the benchmark. The zygote is a
     plain subprocess (the build child is a daemon process, which multiprocessing forbids to have children) in the
     child's process group, so a timeout kill takes it and its workers too.
-    `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds)."""
+    `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds).
+    `foreign`: [kernel, key] of the keys another build child tunes (first config only, see _Share)."""
 
-    def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None):
+    def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None,
+                 foreign: list | None = None):
         import json
         import subprocess
         import sys
@@ -233,7 +239,7 @@ class Pool:
         self.ended = False                 # the zygote's output closed: nothing more will come
         self._cond = threading.Condition()
         self.stderr = tempfile.TemporaryFile()   # the zygote's and workers' tracebacks, for a failed worker's why
-        argv = json.dumps([cache_dir, units, profile, n, os.getpid()])
+        argv = json.dumps([cache_dir, units, profile, n, os.getpid(), foreign or []])
         if len(argv) > ARGV_MAX:   # replay units carry their records: too long for one argument (128 KiB on Linux)
             self._argv_file = tempfile.NamedTemporaryFile("w", prefix="autotune-cache-units-", suffix=".json")
             self._argv_file.write(argv)

@@ -10,7 +10,9 @@ Child -> parent, on a Channel (channel.py: a pipe, written synchronously), in th
   UnitDone | UnitFailed   a failed unit ends the child: CUDA may be unusable
   Done
 Parent -> child, on the same Channel after Hello: Go or Stop.
-A unit's probe passes (selection.py: its call at each probe token count, dry, before its own calls) send nothing.
+A unit's probe passes (selection.py: its call at each probe token count, dry, before its own calls) send nothing,
+and neither do the keys of ChildOptions.foreign (another child owns them: shard.py). In a sharded build a unit is
+driven by several children, each sending UnitStart ... UnitDone for its part of it.
 
 Every record pickles with plain fields (and the pydantic models of spec.py and selection.py): the parent never
 imports torch or triton, so nothing here may need them.
@@ -106,6 +108,12 @@ class ChildUnit:
     unit: Unit
     index: int       # its position in the whole plan: the fault hook names units by it (a child's share shrinks)
     attempt: int     # which attempt of the unit this child makes, from 1
+    # The token counts this child drives the unit at (shard.Part: a tail of unit.tokens); None: all of them
+    tokens: tuple[int, ...] | None = None
+
+    @property
+    def calls(self) -> tuple[int, ...]:
+        return self.unit.tokens if self.tokens is None else self.tokens
 
 
 @dataclass(frozen=True)
@@ -118,3 +126,6 @@ class ChildOptions:
     gpu: str | None = None           # a physical GPU index: this child sees only that one (a sharded build)
     # Precompile worker processes; None: AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core but one
     compile_processes: int | None = None
+    # (kernel, key) pairs another child tunes (shard.ShardPlan.foreign): launched with their first config, never
+    # benchmarked, written or reported here. () = this child tunes every key it reaches.
+    foreign: frozenset = frozenset()

@@ -36,7 +36,7 @@ class BuildSpec(BaseModel):
     selection: SelectionSettings = SelectionSettings()   # how winners are chosen (selection.py)
     # Compile for a fake sm_90 GPU with fake timings (FACTS.md §2): CPU tests and key prediction only.
     emulate: bool = False
-    # GPUs to shard the units over, one child each; None = every visible GPU (emulated builds: 1). gpus.py.
+    # GPUs to shard the keys over, one child each; None = every visible GPU (emulated builds: 1). gpus.py.
     gpus: int | None = None
     # Benchmark unit i while the compile workers compile the units after it (faster: 41 s against 48 s on an H200
     # host), instead of waiting for every unit's configs first (the default: no timing next to compiling cores).

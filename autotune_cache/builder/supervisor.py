@@ -1,6 +1,7 @@
-"""The build children, as processes: start one per shard, watch them all at once, hold them to their deadlines,
-kill them (with every compiler they spawned), charge how each ended, clean up after them. What a child says is
-handed to the caller (`on_message`); what it was charged goes to the ledger."""
+"""The build children, as processes: start one per shard (shard.py: its parts of units), watch them all at once,
+hold them to their deadlines, kill them (with every compiler they spawned), charge how each ended (to the part it
+was in, or the next), clean up after them. What a child says is handed to the caller (`on_message`); what it was
+charged goes to the ledger."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from ..cache.layout import TMP_PREFIX
 from .channel import Channel
 from .ledger import Ledger
 from .protocol import ChildOptions
-from .spec import Unit
+from .shard import Part
 
 STARTUP_TIMEOUT_S = 600.0   # imports + driver init of a child, before its first unit
 EXIT_GRACE_S = 30.0         # a child that said done (or failed) and has not exited by then is killed
@@ -54,23 +55,25 @@ RUNNING = (State.STARTING, State.IN_UNIT, State.BETWEEN_UNITS)
 
 @dataclass(eq=False)
 class Child:
-    """One build child and where it stands: the units it was given, the one it is in, when it must speak next."""
+    """One build child and where it stands: the parts of units it was given, the one it is in, when it must speak
+    next."""
     proc: object                  # multiprocess.Process (spawn)
     link: Channel                 # the parent's end of its pipe
     theirs: object                # the child's end, closed here once it started
     gpu: str | None               # its CUDA_VISIBLE_DEVICES; None: it sees every visible GPU (a one-child build)
-    todo: list[Unit]
+    todo: list[Part]
     deadline: float               # time.monotonic(): see State
     state: State = State.STARTING
-    current: str | None = None    # the unit it is in
+    current: Part | None = None   # the part it is in
+    shard: int = 0                # which shard's parts it runs
     lost_in: State | None = None  # LOST: the state it was in when its pipe closed
 
     @property
     def running(self) -> bool:
         return self.state in RUNNING
 
-    def begin(self, unit: str, timeout_s: float) -> None:
-        self.state, self.current, self.deadline = State.IN_UNIT, unit, time.monotonic() + timeout_s
+    def begin(self, part: Part, timeout_s: float) -> None:
+        self.state, self.current, self.deadline = State.IN_UNIT, part, time.monotonic() + timeout_s
 
     def between_units(self, timeout_s: float) -> None:
         self.state, self.current, self.deadline = State.BETWEEN_UNITS, None, time.monotonic() + timeout_s
@@ -101,24 +104,24 @@ class Supervisor:
         self.unit_timeout_s = unit_timeout_s
         self.on_message = on_message
 
-    def start(self, options: ChildOptions) -> Child:
+    def start(self, options: ChildOptions, todo: list[Part], shard: int = 0) -> Child:
         ctx = multiprocess.get_context("spawn")
         mine, theirs = ctx.Pipe()
         from . import child
         chan = Channel(theirs)
         name = "autotune-cache-child" if options.gpu is None else f"autotune-cache-gpu{options.gpu}"
         proc = ctx.Process(target=child.main, name=name, daemon=True, args=(chan, chan, options))
-        c = Child(proc=proc, link=Channel(mine), theirs=theirs, gpu=options.gpu, todo=[u.unit for u in options.units],
-                  deadline=time.monotonic() + STARTUP_TIMEOUT_S)
+        c = Child(proc=proc, link=Channel(mine), theirs=theirs, gpu=options.gpu, todo=list(todo),
+                  deadline=time.monotonic() + STARTUP_TIMEOUT_S, shard=shard)
         c.proc.start()
         c.theirs.close()   # the child holds the only write end now: its death reads as end of file
         return c
 
-    def run(self, shards: list[list[Unit]], devices: tuple[str | None, ...],
-            options: Callable[[list[Unit], str | None], ChildOptions]) -> None:
-        """Run the shards (shard.plan_shards) until every unit is done or out of attempts: one child per shard at
-        a time, each on a GPU of its own (`devices`), all watched at once from this one thread. `options(units,
-        gpu)`: what a child is started with. A shard whose child ended with units left starts a fresh child on a
+    def run(self, shards: list[list[Part]], devices: tuple[str | None, ...],
+            options: Callable[[list[Part], str | None], ChildOptions]) -> None:
+        """Run the shards (shard.plan_parts) until every part is done or out of attempts: one child per shard at
+        a time, each on a GPU of its own (`devices`), all watched at once from this one thread. `options(parts,
+        gpu)`: what a child is started with. A shard whose child ended with parts left starts a fresh child on a
         free GPU, another than the last one where there is a choice."""
         free = list(devices)
         last_gpu: dict[int, str | None] = {}
@@ -126,12 +129,12 @@ class Supervisor:
         try:
             while True:
                 for i, shard in enumerate(shards):
-                    left = self.ledger.runnable(shard)
+                    left = self.ledger.runnable_parts(shard)
                     if i in running or not left or not free:
                         continue
                     gpu = next((g for g in free if g != last_gpu.get(i)), free[0])
                     free.remove(gpu)
-                    running[i] = self.start(options(left, gpu))
+                    running[i] = self.start(options(left, gpu), left, shard=i)
                 if not running:
                     break
                 ended = self._step(list(running.values()))

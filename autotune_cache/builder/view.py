@@ -1,6 +1,6 @@
 """What a build shows while it runs, in one of three modes: "tty", one rich progress bar per unit (keys reached,
 what it is doing, on which GPU), redrawn in place; "plain", one line when a unit starts and one when it is done (a
-log or a pipe: no bars, no redraws); "none". And the sharding announcement, in every mode."""
+log or a pipe: no bars, no redraws); "none"."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .plan import Plan
-from .shard import shared_keys, unit_configs
 from .spec import Unit
 
 
@@ -88,11 +87,3 @@ class View:
             self._progress.update(task, completed=self._progress.tasks[task].total,
                                   description=self._label(unit_id, f"done in {seconds:.1f} s"))
 
-    def announce(self, shards: list[list[Unit]]) -> None:
-        parts = [f"{len(s)} unit{'s' * (len(s) > 1)} ({sum(map(unit_configs, s))} configs)" for s in shards]
-        self.console.print(f"sharding {sum(map(len, shards))} units over {len(shards)} GPUs "
-                           f"({', '.join(str(g) for g in self.devices[:len(shards)])}): {'; '.join(parts)}")
-        shared = shared_keys(shards)
-        if shared:
-            self.console.print(f"[dim]{len(shared)} key(s) are reached by more than one shard: tuned on each GPU that "
-                               "misses them, the last file written is kept[/dim]")

@@ -164,7 +164,7 @@ def add_commands(sub) -> None:
                         f"{MAX_PROBES}; 'none' for none; default 512): a key serves every size of its bucket, so the "
                         "winner must not be slow at a small one")
     p.add_argument("--gpus", type=int, default=None,
-                   help=f"shard the units over N GPUs, one child each (default: every visible GPU, from "
+                   help=f"shard the keys over N GPUs, one child each (default: every visible GPU, from "
                         f"CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1; at most {MAX_GPUS})")
     add_output_args(p, json_help="print a JSON summary (errors too)", progress=True)
     p.set_defaults(func=cmd_build, on_interrupt="finished units are kept")

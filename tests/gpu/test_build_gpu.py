@@ -55,10 +55,11 @@ def test_every_key_was_also_timed_at_the_probe_and_only_the_entries_are_on_disk(
 def test_compile_workers_on_the_emulated_gpu_left_every_kernel_the_child_needed(gpu_cache):
     # The workers compile on a fake copy of this GPU (device.read()); had any of their keys differed from the
     # real child's, the child would have compiled that kernel itself.
-    # A child's pool report is on its first unit (it waited there for all its units' configs): one per GPU used.
+    # A child's pool report is on its first part (it waited there for all its parts' configs); on several GPUs
+    # every child starts in the TP 1 unit (each owns keys of it), whose record keeps the longest wait.
     _, manifest = gpu_cache
     reports = [u.precompile for u in manifest.units.values() if u.precompile is not None]
-    assert len(reports) == len({u.gpu for u in manifest.units.values()}), reports
+    assert 1 <= len(reports) <= len({g for u in manifest.units.values() for g in (u.gpu or "").split(",")}), reports
     assert all(r["workers"] > 1 and r["failed"] == 0 for r in reports), reports
     for unit in manifest.units.values():
         assert unit.compiles == 0, (unit.id, unit.compiles)
