@@ -3,7 +3,6 @@ lookups of every Python process it starts; `plan --from-record` and `build --fro
 here) plan and build exactly the recorded lookups."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..errors import BuildFailedError, NoGPUError, SpecError
-from .console import err, out
+from .console import err, out, print_json, progress_mode
 
 
 def _boot_dir() -> str:
@@ -81,7 +80,7 @@ def cmd_plan(args) -> int:
     from ..builder import replay_unit
     rp = replay_unit.plan(args.from_record, _spec(args))
     if args.json:
-        print(json.dumps(plan_json(rp), indent=1))
+        print_json(plan_json(rp))
     else:
         print_plan(rp, out)
     return 0
@@ -110,7 +109,7 @@ def cmd_build(args) -> int:
         cache_dir = prepare_cache_dir(spec.cache_dir)
         summary["cache_dir"] = str(cache_dir)
         try:
-            manifest = Build(rp.plan, cache_dir, console=err, progress=not args.no_progress, devices=devices).run()
+            manifest = Build(rp.plan, cache_dir, console=err, progress=progress_mode(args), devices=devices).run()
         except NoGPUError as e:
             if not existed:
                 shutil.rmtree(cache_dir, ignore_errors=True)
@@ -126,7 +125,7 @@ def cmd_build(args) -> int:
         cmp = replay_unit.compare(rp, manifest)
         summary["same_file"], summary["other_file"] = cmp.same, list(cmp.other)
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print_json(summary)
     else:
         for f in summary["failed"]:
             err.print(f"[red]not built[/red] {escape(f['unit'])}: {escape(str(f['error']))}")
