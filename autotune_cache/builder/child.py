@@ -74,7 +74,8 @@ def main(out, control, options: ChildOptions) -> None:
     pool = None
     if n_processes > 1 and (options.emulate or profile is not None):
         units = [u.unit.model_dump(mode="json") for u in options.units]   # plain JSON: the zygote's argv
-        pool = precompile.Pool(options.cache_dir, units, n_processes, profile.to_dict() if profile else None)
+        probes = options.selection.probe_tokens if options.selection.mode == "robust" else ()
+        pool = precompile.Pool(options.cache_dir, units, n_processes, profile.to_dict() if profile else None, probes)
     try:
         _main(out, control, options, pool)
     finally:
@@ -175,7 +176,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                     compiled = pool.ready(len(units) - 1)
                 target = get(unit.target)
                 selection.probes.clear()
-                for tokens in (t for t in probe_tokens if t < max(unit.tokens)):
+                for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
                     current["tokens"] = tokens
                     with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                         target.run(unit.shape, unit.dtypes, tokens, device)

@@ -138,7 +138,16 @@ def _empty(*size, generator=None, **kwargs):
     return torch.empty(*size, **kwargs)
 
 
-def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int) -> None:
+def probe_counts(tokens: list[int], probe_tokens=()) -> list[int]:
+    """The probe passes the build child drives a unit at before its own token counts: each probe count below the
+    unit's largest (selection.py). The workers drive them too: a kernel whose specialization depends on the size
+    (SGLang's chunk_h takes NT_BUCKET, a constexpr from the chunk count) is another compile at the probe's 512
+    tokens than at the unit's 16384, and the child would compile it itself."""
+    return [t for t in sorted(set(probe_tokens)) if t < max(tokens)]
+
+
+def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int,
+            probe_tokens: list[int] = ()) -> None:
     import importlib
     import sys
     import time
@@ -186,7 +195,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                     pass
                 for index, unit in enumerate(units):
                     target, shape = get(unit["target"]), RankShape(**unit["shape"])
-                    for tokens in unit["tokens"]:
+                    for tokens in [*probe_counts(unit["tokens"], probe_tokens), *unit["tokens"]]:
                         target.run(shape, unit["dtypes"], tokens, "cpu")
                     _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled[0]}")
                 code = 0
@@ -206,9 +215,11 @@ class Pool:
     for units 0..i. Best effort: a worker that fails only leaves its configs to the benchmark. The zygote is a
     plain subprocess (the build child is a daemon process, which multiprocessing forbids to have children) in the
     child's process group, so a timeout kill takes it and its workers too.
-    `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds)."""
+    `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds).
+    `probe_tokens`: the child's probe token counts (probe_counts(): the workers make the calls the child makes)."""
 
-    def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None):
+    def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None,
+                 probe_tokens: tuple[int, ...] = ()):
         import json
         import subprocess
         import sys
@@ -224,7 +235,7 @@ class Pool:
         self._cond = threading.Condition()
         self.stderr = tempfile.TemporaryFile()   # the zygote's and workers' tracebacks, for a failed worker's why
         self.proc = subprocess.Popen([sys.executable, "-m", __name__,
-                                      json.dumps([cache_dir, units, profile, n, os.getpid()])],
+                                      json.dumps([cache_dir, units, profile, n, os.getpid(), list(probe_tokens)])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
 
@@ -307,12 +318,12 @@ class Pool:
 
 
 def compile_in_processes(cache_dir: str, units: list[dict], n: int | None = None,
-                         profile: dict | None = None) -> dict:
+                         profile: dict | None = None, probe_tokens: tuple[int, ...] = ()) -> dict:
     """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait."""
     n = processes() if n is None else n
     if n <= 1:
         return {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
-    pool = Pool(cache_dir, units, n, profile)
+    pool = Pool(cache_dir, units, n, profile, probe_tokens)
     try:
         pool.go()
         return pool.wait()
