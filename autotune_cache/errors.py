@@ -88,3 +88,7 @@ class IncompatibleCacheError(AutotuneCacheError):
 
 class SharedWritableError(IntegrityError):
     """A cache dir, an entry in it or a parent that users other than the owner can write."""
+
+
+class UnsupportedEngineError(AutotuneCacheError):
+    """An engine version whose kernels a target does not describe (an older layout whose keys were never checked)."""
