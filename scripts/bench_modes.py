@@ -78,6 +78,7 @@ class Events:
         self.tune_s = 0.0                  # wall time of the kernel calls that benchmarked (compiles in them too)
         self.compiles = 0                  # kernels compiled (not loaded from a cache)
         self.compile_s = 0.0
+        self.compiled: list[str] = []     # their names
         self.jit_monitor: list[str] = []   # what vLLM's jit_monitor reported
         self.jit_monitor_loads = 0         # ... of which a kernel loaded from the disk cache, not compiled
         self.autotune_prints = 0           # Triton's "Triton autotuning for function" lines (knobs.autotuning.print)
@@ -85,6 +86,7 @@ class Events:
     def as_dict(self) -> dict:
         return {"keys_tuned": sorted(self.tuned), "configs_benchmarked": sum(self.tuned.values()),
                 "tune_s": round(self.tune_s, 3), "compiles": self.compiles, "compile_s": round(self.compile_s, 3),
+                "compiled": sorted(set(self.compiled)),
                 "jit_monitor_events": len(self.jit_monitor), "jit_monitor_loads": self.jit_monitor_loads,
                 "jit_monitor": self.jit_monitor[:20],
                 "autotune_prints": self.autotune_prints}
@@ -125,6 +127,7 @@ def _count(state: dict) -> None:
         state["last_cache_hit"] = bool(kw.get("cache_hit"))
         if not kw.get("cache_hit"):
             state["phase"].compiles += 1
+            state["phase"].compiled.append(str(getattr(kw.get("src"), "name", "?")))
             times = kw.get("times")
             state["phase"].compile_s += (getattr(times, "total", 0) or 0) / 1e6
 
@@ -155,7 +158,7 @@ def serve_main(spec_path: str, out_path: str) -> int:
         emulation.install()
     os.environ["TRITON_CACHE_DIR"] = spec["triton_dir"]   # empty: compiles and tuning are this process's own
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"            # what `import vllm` (>= 0.19) sets
-    mode, result = spec["mode"], {"mode": spec["mode"]}
+    mode, result, loader = spec["mode"], {"mode": spec["mode"]}, None
     state = {"phase": Events(), "configs": {}}
     phases = {"warmup": state["phase"]}
     from autotune_cache.targets import get, registered
@@ -176,7 +179,6 @@ def serve_main(spec_path: str, out_path: str) -> int:
         else:
             from autotune_cache.serve.loader import install
             loader = install(spec["cache_dir"], modules=extra)
-        result["loader"] = loader.as_dict() if loader else None
     elif mode == "first-config":
         os.environ["VLLM_TRITON_FORCE_FIRST_CONFIG"] = "1"
         import triton.runtime.autotuner as at
@@ -216,6 +218,8 @@ def serve_main(spec_path: str, out_path: str) -> int:
             call(lens)
     result["traffic_s"] = round(time.perf_counter() - start, 3)
     phases["traffic"].autotune_prints = printed.getvalue().count("Triton autotuning for function")
+    if mode in ("ours", "plugin"):   # its counters: what the target kernels looked up, after the traffic
+        result["loader"] = loader.as_dict() if loader else None
     result.update(phases={name: e.as_dict() for name, e in phases.items()}, configs=state["configs"],
                   calls=len(spec["traffic"]), max_tokens=max(sum(b) for b in spec["traffic"]))
     Path(out_path).write_text(json.dumps(result))

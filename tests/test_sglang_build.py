@@ -9,6 +9,9 @@ are another compile than 4096 or 16384. Now the workers make the probe calls too
 (a) "plan predicts 1 key, the build writes 2 autotune entries": the unit writes exactly its planned key, one
 autotune file in a fresh dir; the second entry was another plan's, already in that dir (the build's summary line
 counts the whole manifest's entries against this plan's units)."""
+import sys
+from pathlib import Path
+
 import pytest
 
 from autotune_cache import BuildSpec, build, models, plan
@@ -16,6 +19,7 @@ from helpers import assert_only_entries_on_disk, reached_and_planned, run_cli
 
 pytest.importorskip("sglang.kernels.ops.attention.fla.chunk")
 pytestmark = pytest.mark.slow
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 # 4096 tokens = 64 chunks: NT_BUCKET 1 at the unit's count, 0 at the 512-token probe
 SPEC = dict(model=models.preset("qwen3.5-27b"), targets=("sglang",), max_tokens=4096, emulate=True)
@@ -67,3 +71,20 @@ def test_build_summary_counts_this_plans_entries(sglang_tp1, tmp_path):
                    check=0)
     assert "1 keys" in proc.stderr
     assert "built 1 units, 1 autotune entries" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["ours", "plugin"])
+def test_sglang_layer_serves_varlen_batches_without_tuning_or_compiling(sglang_tp1, mode):
+    # SGLang's own TritonGDNKernel.extend, batches of 1 to 4096 tokens in up to 8 requests: every chunk_h NT_BUCKET
+    # below the build's largest prefill was compiled by the build (the CPU version of tests/gpu/test_engines.py)
+    import bench_modes
+    cache, spec, _ = sglang_tp1
+    shape = spec.model.per_rank(1)
+    out = bench_modes.run_serve({"emulate": True, "target": "sglang", "shape": shape.model_dump(),
+                                 "dtypes": {"act": "bfloat16", "state": "float32", "g": "float32", "beta": "float32",
+                                            "index": "int32"},
+                                 "traffic": bench_modes.traffic(4096), "jit_monitor": False, "cache_dir": str(cache),
+                                 "mode": mode, "warmup": [64]}, timeout=600)
+    assert out["loader"]["verified"] and out["loader"]["totals"]["hits"] > 0
+    done = {name: (p["configs_benchmarked"], p["compiles"], p["compiled"]) for name, p in out["phases"].items()}
+    assert all(p[:2] == (0, 0) for p in done.values()), done

@@ -3,7 +3,8 @@
 SGLang >= 0.5.23 keeps them in sglang.kernels.ops.attention.fla. Earlier versions kept them in
 sglang.srt.layers.attention.fla, whose keys were never checked: refused (UnsupportedEngineError). Its GDN
 prefill calls chunk_gated_delta_rule with g and beta from fused_gdn_gating (both fp32), the whole state pool plus
-int32 slot indices, int32 cu_seqlens (query_start_loc) and use_qk_l2norm_in_kernel=True. Of the kernels on that
+int32 slot indices, int32 cu_seqlens (query_start_loc) and use_qk_l2norm_in_kernel=True: run() and serve() call
+TritonGDNKernel.extend itself, after fused_gdn_gating. Of the kernels on that
 path only the fused kkt + solve kernel is autotuned (key H=value heads, Hg=key heads, K, BC); its key holds no
 token count. Checked against SGLang 0.5.23.
 """
@@ -23,15 +24,16 @@ KERNELS = (
 )
 
 
-# chunk_h (one config, so never tuned) takes NT_BUCKET, a constexpr of the chunk count (64 tokens a chunk): 0 up to
-# 32 chunks, 1 up to 128, 2 beyond. Each bucket is another compiled kernel, so the build drives one call per bucket
-# below the largest prefill: the server then compiles nothing at any size.
-NT_BUCKET_TOKENS = (2048, 8192)
+# Kernels on the path that are never tuned still compile one variant per value of a size-derived constexpr: chunk_h
+# takes NT_BUCKET (0 up to 32 chunks of 64 tokens, 1 up to 128, 2 beyond), chunk_o BT = min(64, max(16,
+# next_power_of_2(T))) (16, 32, 64). The build drives one call per variant below the largest prefill, so the server
+# compiles nothing at any size.
+VARIANT_TOKENS = (16, 32, 2048, 8192)
 
 
 def token_counts(shape: RankShape, max_tokens: int) -> list[int]:
     # No key holds T: the key is tuned once, at the largest prefill (the plan drives the largest first).
-    return [max_tokens] + [t for t in NT_BUCKET_TOKENS if t < max_tokens]
+    return [max_tokens] + [t for t in VARIANT_TOKENS if t < max_tokens]
 
 
 def default_dtypes(shape: RankShape) -> dict[str, str]:
@@ -49,21 +51,7 @@ def _chunk():
 
 
 def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> None:
-    import torch
-
-    chunk = _chunk()
-    dt = {role: getattr(torch, d) for role, d in dtypes.items()}
-    q, k = (torch.randn(1, tokens, shape.H, shape.K, dtype=dt["act"], device=device) for _ in range(2))
-    v = torch.randn(1, tokens, shape.HV, shape.V, dtype=dt["act"], device=device)
-    g = torch.nn.functional.logsigmoid(torch.randn(1, tokens, shape.HV, device=device)).to(dt["g"])
-    beta = torch.rand(1, tokens, shape.HV, device=device).sigmoid().to(dt["beta"])
-    pool = torch.zeros(2, shape.HV, shape.K, shape.V, dtype=dt["state"], device=device)   # SGLang's state pool
-    with torch.inference_mode():
-        chunk.chunk_gated_delta_rule(
-            q=q, k=k, v=v, g=g, beta=beta, initial_state=pool,
-            initial_state_indices=torch.tensor([1], dtype=dt["index"], device=device),
-            cu_seqlens=torch.tensor([0, tokens], dtype=dt["index"], device=device), head_first=False,
-            use_qk_l2norm_in_kernel=True)
+    serve(shape, dtypes, [tokens], device)   # one request: what the layer runs, gating kernel included
 
 
 TARGET = Target(
