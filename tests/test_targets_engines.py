@@ -61,3 +61,29 @@ def test_vllm_layer_reaches_exactly_the_planned_keys():
     assert out["first_config_rule"] == "vllm.triton_utils.force_first_config"
     assert set(out["configs"]) == {kt.key_id(k.kernel, k.key) for k in unit.keys}
     assert all(p["configs_benchmarked"] == 0 for p in out["phases"].values())
+
+
+@pytest.mark.slow
+def test_bench_modes_runs_end_to_end_on_the_fake_gpu(tmp_path):
+    # the plumbing only (times are fake): every mode served in its own process, each mode's config timed per T
+    import json
+
+    from autotune_cache import build
+    cache = tmp_path / "cache"
+    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
+                    cache_dir=str(cache), emulate=True), progress=False)
+    out = tmp_path / "modes.json"
+    proc = subprocess.run([sys.executable, str(Path(bench_modes.__file__)), "--cache-dir", str(cache), "--target",
+                           "toy_target", "--tokens", "3000", "--traffic-max", "3000", "--modes",
+                           "ours,first-config,cold", "--plugin", "--jit-monitor", "--repeats", "1", "--emulate",
+                           "--json-out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    ours, cold = report["modes"]["ours"], report["modes"]["cold"]
+    assert ours["loader"]["verified"] and ours["loader"]["totals"]["misses"] == 0
+    assert ours["phases"]["traffic"]["keys_tuned"] == [] and ours["phases"]["traffic"]["compiles"] == 0
+    tuned = cold["phases"]["traffic"]["keys_tuned"]   # the NB keys the traffic's sizes meet
+    assert tuned and cold["phases"]["traffic"]["autotune_prints"] == len(tuned)   # the jit_monitor's lines, one each
+    assert report["first_config_rule"] == "vllm.triton_utils.force_first_config"
+    (row,) = report["rows"]
+    assert set(row["ms"]) == {"ours", "first-config", "cold@T"} and row["sources"]["cold@T"] == "tuned in-process"
