@@ -100,6 +100,8 @@ class RegistryUnreachableError(RegistryError):
 
 class NoMatchingBundleError(RegistryError):
     """The registry holds no bundle for this model, TP degrees, kernel sources and machine."""
+
+
 class RecordError(AutotuneCacheError):
     """A record file (autotune-cache record, install(record=...)) that cannot be read or written at all."""
 
@@ -107,3 +109,7 @@ class RecordError(AutotuneCacheError):
 class UnreplayableError(AutotuneCacheError):
     """A recorded autotune lookup that cannot be made again here: its kernel's module does not import, the kernel
     is not found in it, its source changed since the record, or an argument was not described."""
+
+
+class UnsupportedEngineError(AutotuneCacheError):
+    """An engine version whose kernels a target does not describe (an older layout whose keys were never checked)."""

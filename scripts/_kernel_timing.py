@@ -31,8 +31,11 @@ sys.path.insert(0, str(REPO))   # the package of this checkout, whatever is inst
 
 EMULATED_NOTE = "EMULATED (fake sm_90 GPU): every time below is fake and means nothing; this run only checks the script"
 IN_PROCESS = "tuned in-process (not from the cache)"
+FIRST_CONFIG = "first-config"   # a --baseline that is no dir: what VLLM_TRITON_FORCE_FIRST_CONFIG launches
 SOURCES = {
     "cache": "the autotune file Triton reads from this dir (same disk key)",
+    "first valid config": "the kernel's first config that compiles and launches (vLLM's force_first_config rule)",
+    "served process": "the config a serving process ended up using for this key (bench_modes.py)",
     "cache (kernel+key match)": "an autotune file of the same kernel and key in this dir, under another disk key "
                                 "(built with another Triton build, ptxas or env vars: this process would miss it)",
     "tuned in-process": "not in the cache: tuned in this process, as a server with this cache would",
@@ -161,11 +164,14 @@ class Resolver:
         self.caches = caches
         self.records = {}
         for c in caches:
+            if "dir" not in c:   # a first-config or served-configs "cache": nothing on disk
+                continue
             by_key = {}
             for r in scan(c["dir"]).autotune:
                 by_key.setdefault(key_id(r.kernel, r.key), []).append(r)
             self.records[c["label"]] = by_key
         self.memo: dict[tuple, tuple] = {}
+        self.first_config_source: str | None = None   # set by capture() where a cache is FIRST_CONFIG
 
     def exact(self, root: str, tuner, key: tuple, configs):
         """Triton's own disk lookup against `root`, read-only. The winner Config, or None on a miss."""
@@ -194,6 +200,11 @@ class Resolver:
         """(Config or None, source). None: not in this cache (the caller tunes it in-process)."""
         from triton import Config
         memo_key = (label, key_id(kernel, key))
+        served = next(c for c in self.caches if c["label"] == label).get("configs")
+        if served is not None and memo_key not in self.memo:   # a serving process's configs, by key
+            found = served.get(key_id(kernel, key))
+            self.memo[memo_key] = ((Config(**found), "served process") if found is not None
+                                   else (None, "tuned in-process"))
         if memo_key not in self.memo:
             found, source = None, "tuned in-process"
             try:
@@ -233,6 +244,40 @@ def _signature(kernel, key, args, kwargs) -> str:
                        sorted((k, describe(v)) for k, v in kwargs.items())], default=str)
 
 
+def first_config_rule():
+    """(run, name): an Autotuner.run that launches the first config that compiles and launches, as
+    VLLM_TRITON_FORCE_FIRST_CONFIG does. vLLM's own (vllm/triton_utils/force_first_config.py) where it imports
+    (installed, taken, and Triton's run put back), else the same rule written here."""
+    import triton.runtime.autotuner as at
+    original, autotuning = at.Autotuner.run, os.environ.get("TRITON_CACHE_AUTOTUNING")
+    try:
+        from vllm.triton_utils import force_first_config   # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
+        force_first_config.install()                        # itself at this import; else here
+        if at.Autotuner.run is not original:
+            return at.Autotuner.run, "vllm.triton_utils.force_first_config"
+    except ImportError:
+        pass
+    finally:
+        at.Autotuner.run = original
+        if autotuning is None:   # `import vllm` sets it (>= 0.19): the timing process keeps tuning off disk
+            os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
+    from triton.compiler.errors import CompileTimeAssertionFailure
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    def run(self, *args, **kwargs):
+        for config in self.configs:
+            try:
+                if config.pre_hook is not None:
+                    config.pre_hook({**dict(zip(self.arg_names, args)), **kwargs, **config.all_kwargs()})
+                ret = self.fn.run(*args, **kwargs, **config.all_kwargs())
+            except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
+                continue
+            self.best_config = config
+            return ret
+        raise RuntimeError(f"no valid config for {self.base_fn.__name__}")
+    return run, "the same rule, written here (vLLM not importable)"
+
+
 def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Launch]:
     """Run `call()` with Autotuner.run wrapped; return the distinct autotuned launches it made."""
     import triton.runtime.autotuner as at
@@ -241,17 +286,30 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
     original = at.Autotuner.run
     launches: dict[str, Launch] = {}
     tuned_here: dict[str, object] = {}
+    first_labels = [c["label"] for c in resolver.caches if c.get("first_config")]
+    first_run = None
+    if first_labels:
+        first_run, resolver.first_config_source = first_config_rule()
+    first_picked: dict[str, object] = {}
+
+    def first_valid(self, kid, args, kwargs):
+        if kid not in first_picked:   # it launches the kernel once, as the server's call would
+            self.best_config = None
+            first_run(self, *args, **kwargs)
+            first_picked[kid] = self.best_config or self.configs[0]
+        return first_picked[kid]
 
     def run(self, *args, **kwargs):
         if len(self.configs) <= 1:
             return original(self, *args, **kwargs)
         kernel, key = innermost_jit(self.fn).__name__, tuning_key(self, args, kwargs)
+        kid = key_id(kernel, key)
         self.nargs = dict(zip(self.arg_names, args))
         configs = self.prune_configs(kwargs)
         self.nargs = None
-        resolved = {c["label"]: resolver.resolve(c["label"], c["dir"], self, kernel, key, configs)
+        resolved = {c["label"]: ((first_valid(self, kid, args, kwargs), "first valid config") if c.get("first_config")
+                                 else resolver.resolve(c["label"], c.get("dir"), self, kernel, key, configs))
                     for c in resolver.caches}
-        kid = key_id(kernel, key)
         if any(cfg is None for cfg, _ in resolved.values()) and kid not in tuned_here:
             # missing from a cache: Triton's own benchmark in this process, nothing read from or written to disk
             self.cache.pop(key, None)
@@ -379,7 +437,8 @@ def worker_main(spec_path: str, out_path: str) -> int:
         rows = time_launches(launches, [c["label"] for c in call["caches"]], spec["repeats"], bench,
                              call.get("distinct_only", False), sync)
         result["calls"].append({"tokens": call["tokens"], "target": call["target"], "shape": call["shape"],
-                                "launches": rows})
+                                "launches": rows,
+                                "first_config_rule": resolver.first_config_source})
         del launches
         if not spec["emulate"]:
             torch.cuda.empty_cache()

@@ -28,6 +28,12 @@ Typical use on a GPU host (two builds, then this; about a minute per T):
     python scripts/bench_winners.py --ours ./ours --baseline ./t64 --baseline-label tuned@T64 \
         --model qwen3.5-9b --tp 1 --json-out bench_winners.json
 
+--baseline first-config: no second dir; the baseline is each kernel's first config that compiles and launches,
+what VLLM_TRITON_FORCE_FIRST_CONFIG picks (vLLM's own force_first_config where vLLM imports, else the same rule;
+the JSON says which). With --target vllm or sglang it measures the engines' own kernels and config lists:
+
+    python scripts/bench_winners.py --ours ./ours --baseline first-config --model qwen3.5-9b --target vllm
+
 Exit codes: 0 measured (whatever the verdicts), 1 a timing process failed, 2 bad input or no CUDA GPU.
 --emulate runs on a fake sm_90 GPU (no GPU needed) to smoke-test the script: its times are fake.
 """
@@ -104,6 +110,8 @@ def print_report(report: dict) -> None:
         print(kt.EMULATED_NOTE)
     print(f"{report['model']} TP {report['tp']}, target {report['target']}, device {report['device']}, "
           f"{report['repeats']} repeats (median of do_bench medians; ±: max-min over median)")
+    if report.get("first_config_rule"):
+        print(f"{base}: each kernel's first valid config, by {report['first_config_rule']}")
     head = f"{'T':>6s}  {'kernel':47s} {'n':>2s} {ours[:14]:>14s} {base[:14]:>14s} {'ratio':>6s}  {'winners':7s} verdict"
     print(head)
     for res in report["results"]:
@@ -144,9 +152,10 @@ def print_report(report: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ours", required=True, help="cache dir A (e.g. built with default token counts)")
-    ap.add_argument("--baseline", required=True, help="cache dir B (e.g. built with --max-tokens 64)")
+    ap.add_argument("--baseline", required=True, help="cache dir B (e.g. built with --max-tokens 64), or "
+                    f"'{kt.FIRST_CONFIG}': each kernel's first valid config (VLLM_TRITON_FORCE_FIRST_CONFIG)")
     ap.add_argument("--ours-label", default="ours")
-    ap.add_argument("--baseline-label", default="baseline")
+    ap.add_argument("--baseline-label", default=None, help="default: baseline (first-config for that mode)")
     ap.add_argument("--model", default=None, help="preset (default qwen3.5-9b)")
     ap.add_argument("--config", default=None, help="HF config.json or snapshot dir, instead of --model")
     ap.add_argument("--tp", type=int, default=1)
@@ -161,10 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json-out", default="bench_winners.json")
     args = ap.parse_args(argv)
 
-    labels = (args.ours_label, args.baseline_label)
+    first = args.baseline == kt.FIRST_CONFIG
+    labels = (args.ours_label, args.baseline_label or (kt.FIRST_CONFIG if first else "baseline"))
     if labels[0] == labels[1]:
         ap.error("--ours-label and --baseline-label must differ")
-    for d in (args.ours, args.baseline):
+    for d in (args.ours,) if first else (args.ours, args.baseline):
         if not Path(d).is_dir():
             print(f"error: cache dir {d} does not exist", file=sys.stderr)
             return 2
@@ -186,11 +196,13 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dtypes = target.default_dtypes(shape)
-    caches = [{"label": label, "dir": str(Path(d).resolve())} for label, d in zip(labels, (args.ours, args.baseline))]
+    caches = [{"label": labels[0], "dir": str(Path(args.ours).resolve())},
+              {"label": labels[1], "first_config": True} if first else
+              {"label": labels[1], "dir": str(Path(args.baseline).resolve())}]
     scratch = tempfile.mkdtemp(prefix="bench-winners-scratch-")   # compiled kernels, shared by the T processes
     report = {"model": args.model or models.DEFAULT_MODEL, "config": args.config, "tp": args.tp,
               "target": args.target, "shape": shape.model_dump(), "dtypes": dtypes, "tokens": tokens,
-              "repeats": args.repeats, "labels": list(labels), "caches": {c["label"]: c["dir"] for c in caches},
+              "repeats": args.repeats, "labels": list(labels), "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},
               "timer": "do_bench_cudagraph" if args.cudagraph else f"do_bench(warmup={args.warmup_ms}, "
                                                                    f"rep={args.rep_ms})",
               "emulated": args.emulate, "results": []}
@@ -223,6 +235,8 @@ def _measure(report, tokens, caches, shape, dtypes, scratch, args) -> int:
             print(f"error: T={t}: {e}", file=sys.stderr)
             return 1
         report.update(device=result["device"], triton=result["triton"], torch=result["torch"])
+        if result["calls"][0].get("first_config_rule"):
+            report["first_config_rule"] = result["calls"][0]["first_config_rule"]
         report["results"].append(summarize_call(result["calls"][0], *report["labels"]))
     return 0
 

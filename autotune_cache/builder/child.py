@@ -102,8 +102,11 @@ def main(out, control, options: ChildOptions) -> None:
     profile = None if options.emulate else device.read()
     pool = None
     if n_processes > 1 and (options.emulate or profile is not None):
-        # plain JSON: the zygote's argv; each unit at the token counts this child drives it at
-        units = [dict(u.unit.model_dump(mode="json"), tokens=list(u.calls)) for u in options.units]
+        # plain JSON: the zygote's argv; each unit at the token counts this child drives it at, after the probe
+        # passes the child makes first (precompile.probe_counts)
+        probes = options.selection.probe_tokens if options.selection.mode == "robust" else ()
+        units = [dict(u.unit.model_dump(mode="json"), tokens=list(u.calls),
+                      probes=precompile.probe_counts(u.unit.tokens, probes)) for u in options.units]
         pool = precompile.Pool(options.cache_dir, units, n_processes, profile.to_dict() if profile else None,
                                foreign=[[kernel, list(key)] for kernel, key in sorted(options.foreign, key=repr)])
     try:
@@ -211,7 +214,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                     replay_all(unit.replay, device)
                 target = get(unit.target) if not unit.replay else None
                 selection.probes.clear()
-                for tokens in (t for t in probe_tokens if unit.tokens and t < max(unit.tokens)):
+                for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
                     current["tokens"] = tokens
                     with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                         target.run(unit.shape, unit.dtypes, tokens, device)

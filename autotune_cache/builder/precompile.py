@@ -146,6 +146,15 @@ def _unit_imports(unit: dict, get) -> tuple[str, ...]:
     return (unit["kernel"]["module"],) if unit.get("kernel") else get(unit["target"]).imports
 
 
+def probe_counts(tokens, probe_tokens=()) -> list[int]:
+    """The probe passes the build child drives a unit at before its own token counts: each probe count below the
+    unit's largest (selection.py); none for a unit without token counts (a replay unit). The workers drive them
+    too: a kernel whose specialization depends on the size (SGLang's chunk_h takes NT_BUCKET, a constexpr from the
+    chunk count) is another compile at the probe's 512 tokens than at the unit's 16384, and the child would compile
+    it itself."""
+    return [t for t in sorted(set(probe_tokens)) if tokens and t < max(tokens)]
+
+
 def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, parent: int,
             foreign: list | None = None) -> None:
     import importlib
@@ -200,7 +209,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                         replay_all([Record.model_validate(r) for r in unit["replay"]], "cpu")
                     else:
                         target, shape = get(unit["target"]), RankShape(**unit["shape"])
-                        for tokens in unit["tokens"]:
+                        for tokens in [*unit.get("probes", ()), *unit["tokens"]]:
                             target.run(shape, unit["dtypes"], tokens, "cpu")
                     _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled[0]}")
                 code = 0
@@ -221,7 +230,8 @@ class Pool:
     plain subprocess (the build child is a daemon process, which multiprocessing forbids to have children) in the
     child's process group, so a timeout kill takes it and its workers too.
     `profile`: the build GPU (device.Profile as a dict), None = emulation's default H100 (emulated builds).
-    `foreign`: [kernel, key] of the keys another build child tunes (first config only, see _Share)."""
+    `foreign`: [kernel, key] of the keys another build child tunes (first config only, see _Share). Each unit
+    dict may hold `probes`: the probe counts the child drives first (probe_counts()), made by the workers too."""
 
     def __init__(self, cache_dir: str, units: list[dict], n: int, profile: dict | None = None,
                  foreign: list | None = None):
@@ -328,12 +338,12 @@ class Pool:
 
 
 def compile_in_processes(cache_dir: str, units: list[dict], n: int | None = None,
-                         profile: dict | None = None) -> dict:
+                         profile: dict | None = None, probe_tokens: tuple[int, ...] = ()) -> dict:
     """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait."""
     n = processes() if n is None else n
     if n <= 1:
         return {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
-    pool = Pool(cache_dir, units, n, profile)
+    pool = Pool(cache_dir, units, n, profile, probe_tokens)
     try:
         pool.go()
         return pool.wait()

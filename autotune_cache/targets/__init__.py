@@ -95,3 +95,22 @@ def get(name: str) -> Target:
 
 def dtype_tag(dtypes: dict[str, str]) -> str:
     return "-".join(f"{role}_{SHORT[d]}" for role, d in sorted(dtypes.items()))
+
+
+def refuse_older_layout(old_module: str, distribution: str, supported: str) -> None:
+    """Raise UnsupportedEngineError when `old_module` (an engine's earlier kernel layout) imports: its keys were
+    never checked, so no build or server may rely on them. Engine targets call it when their kernels do not import."""
+    import importlib
+    import importlib.metadata
+
+    from ..errors import UnsupportedEngineError
+    try:
+        importlib.import_module(old_module)
+    except ImportError:
+        return
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    raise UnsupportedEngineError(f"{distribution} {version} keeps its FLA kernels in {old_module}, a layout this "
+                                 f"target does not describe; supported: {supported}")

@@ -1,7 +1,7 @@
 """vLLM's vendored FLA kernels, called as vLLM's GDN layer calls them on its Triton prefill path.
 
-vLLM >= 0.26 vendors FLA under vllm.third_party.flash_linear_attention.ops (earlier: vllm.model_executor.layers.fla
-.ops). Its Qwen GDN layer (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, 0.33) builds q/k/v/g/beta
+vLLM >= 0.26 vendors FLA under vllm.third_party.flash_linear_attention.ops. Earlier versions kept it in
+vllm.model_executor.layers.fla.ops, whose keys were never checked: they are refused (UnsupportedEngineError). Its Qwen GDN layer (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, 0.33) builds q/k/v/g/beta
 with fused_post_conv_prep (L2 norm applied there, so the autotuned l2norm kernel is not on this path), then calls
 chunk_gated_delta_rule with int32 cu_seqlens (query_start_loc), chunk indices/offsets precomputed by the metadata
 builder, the initial state gathered from the state cache ([N, HV, V, K], state dtype), output_final_state=True and
@@ -12,10 +12,12 @@ Checked against vLLM 0.33.0; on H100/H200 vLLM defaults to FlashInfer for GDN pr
 from __future__ import annotations
 
 from ..models import RankShape
-from . import KernelSpec, Target
+from . import KernelSpec, Target, refuse_older_layout
 
 BT = 64
-MODULES = ("vllm.third_party.flash_linear_attention.ops", "vllm.model_executor.layers.fla.ops")
+MODULES = ("vllm.third_party.flash_linear_attention.ops",)
+OLD_MODULE = "vllm.model_executor.layers.fla.ops"   # vLLM <= 0.25
+SUPPORTED = "vLLM >= 0.26 (keys checked with 0.33.0)"
 
 
 KERNELS = (
@@ -48,12 +50,11 @@ def default_dtypes(shape: RankShape) -> dict[str, str]:
 
 def _ops():
     import importlib
-    for name in MODULES:
-        try:
-            return name, importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("vLLM's vendored FLA kernels not found (need vllm with " + " or ".join(MODULES) + ")")
+    try:
+        return MODULES[0], importlib.import_module(MODULES[0])
+    except ImportError:
+        refuse_older_layout(OLD_MODULE, "vllm", SUPPORTED)
+        raise
 
 
 def relax_for_fake_gpu() -> None:
@@ -100,11 +101,44 @@ def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> N
 TARGET = Target(
     name="vllm",
     description="vLLM's vendored FLA chunk_gated_delta_rule (Triton GDN prefill path)",
-    module_prefixes=tuple(m.rsplit(".", 1)[0] + "." for m in MODULES),
+    module_prefixes=(MODULES[0].rsplit(".", 1)[0] + ".",),
     kernels=KERNELS,
     default_dtypes=default_dtypes,
     token_counts=token_counts,
     runner=f"{__name__}.run",
     requires=("vllm",),
-    imports=MODULES[:1],
+    imports=MODULES,
 )
+
+
+def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str) -> None:
+    """One prefill batch of len(lens) sequences as vLLM's GDN layer makes it on its Triton path: the layer's own
+    ChunkGatedDeltaRule.forward_native, chunk indices/offsets from the metadata builder's helpers, the initial state
+    gathered from the state cache, q and k already L2-normalized, output_final_state=True."""
+    import importlib
+
+    import torch
+    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn
+
+    name, _ = _ops()
+    dt = {role: getattr(torch, d) for role, d in dtypes.items()}
+    T, n = sum(lens), len(lens)
+    cu_seqlens = torch.tensor([0, *lens], dtype=dt["index"]).cumsum(0, dtype=dt["index"])
+    index = importlib.import_module(f"{name}.index")
+    if device == "cpu":
+        relax_for_fake_gpu()
+    extra = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
+             "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
+    cu_seqlens = cu_seqlens.to(device)
+    q, k = (torch.nn.functional.normalize(torch.randn(1, T, shape.H, shape.K, device=device), dim=-1)
+            .to(dt["act"]) for _ in range(2))
+    v = torch.randn(1, T, shape.HV, shape.V, dtype=dt["act"], device=device)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, T, shape.HV, device=device)).to(dt["g"])
+    beta = torch.rand(1, T, shape.HV, device=device).sigmoid().to(dt["beta"])
+    cache = torch.zeros(n + 1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
+    state = cache[torch.arange(1, n + 1, device=device)].contiguous()   # the layer gathers each sequence's slot
+    rule = object.__new__(gdn.ChunkGatedDeltaRule)   # forward_native needs no vLLM config
+    with torch.inference_mode():
+        gdn.ChunkGatedDeltaRule.forward_native(rule, q=q, k=k, v=v, g=g, beta=beta, initial_state=state,
+                                               output_final_state=True, cu_seqlens=cu_seqlens,
+                                               use_qk_l2norm_in_kernel=False, **extra)
