@@ -60,8 +60,6 @@ def test_a_fresh_dir_holds_exactly_the_planned_key(sglang_tp1):
     assert_only_entries_on_disk(cache, manifest)
 
 
-@pytest.mark.xfail(strict=True, reason="cli/build_cmds.py counts len(manifest.entries) (every plan's) in its "
-                                       "summary against this plan's units; the fix belongs to the CLI's owner")
 def test_build_summary_counts_this_plans_entries(sglang_tp1, tmp_path):
     import shutil
     cache = tmp_path / "c"

@@ -118,7 +118,8 @@ def cmd_build(args) -> int:
         return report_error(f"build incomplete: {e}; finished units are kept in {cache_dir}: run the same command "
                             "again to retry the rest", 1)
     done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
-    summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len(manifest.entries),
+    # this plan's entries: a cache dir may hold other plans' too (another TP degree built into it before)
+    summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
                "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
                "manifest": str(cache_dir / "manifest.json")}
     if args.json:
