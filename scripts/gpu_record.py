@@ -157,6 +157,10 @@ def _run(cmd, env=None, timeout=600):
 
 
 def _last_json(text: str):
+    try:   # the CLI's --json: one indented document
+        return json.loads(text)
+    except ValueError:
+        pass
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
             try:
@@ -225,7 +229,7 @@ def gdn_parity(out: Path, deadline: float) -> dict:
     same = files(target) == files(replay)
     return {"family": "gdn", "ok": proc.returncode == 0 and same and len(files(target)) == 6,
             "same_files": same, "files": files(replay), "target_build_s": target_s, "replay_build_s": replay_s,
-            "replay_summary": summary}
+            "replay_summary": summary, **({"error": proc.stderr[-2000:]} if proc.returncode != 0 else {})}
 
 
 def main() -> int:

@@ -217,3 +217,12 @@ def test_cores_are_shared_out_between_the_children(monkeypatch):
     assert Build.compile_processes(2, True) is None   # emulated: threads, as before
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "3")
     assert Build.compile_processes(2, False) is None   # the child reads the env var itself
+
+
+def test_replay_units_without_keys_or_token_counts_spread_over_the_shards():
+    # build --from-record: one unit per recorded kernel, its keys known only when it runs (builder/replay_unit.py)
+    replays = [Unit(id=f"replay/{i}", target="t", shape=SHAPE, tp=(1,), dtypes={}, tokens=()) for i in range(3)]
+    sp = plan_parts(replays, 2)
+    assert [[p.id for p in parts] for parts in sp.shards] == [["replay/0", "replay/2"], ["replay/1"]]
+    assert all(p.tokens == () and p.owns == () for parts in sp.shards for p in parts)
+    assert [[p.id for p in parts] for parts in plan_parts(replays[:1], 4).shards] == [["replay/0"]]

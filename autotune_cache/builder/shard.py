@@ -86,12 +86,12 @@ def _cost(configs: int | None) -> int:
 
 
 def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
-    """Split the keys of `units` over at most `n` shards (never more shards than keys, no empty shard).
+    """Split the keys of `units` over at most `n` shards (never more shards than keys and keyless units, no empty shard).
 
     Keys are placed largest first (configs + KEY_COST; ties in plan order) on the shard least loaded after taking
     it; among equally loaded shards, the one that drives the key's home unit at that token count already (no
     extra call), then the lower one. Example (KEY_COST 0): keys of 25, 12, 9 and 6 configs on 2 shards: [25] and
-    [12, 9, 6]. A unit without keys is driven whole by the least loaded shard."""
+    [12, 9, 6]. A unit without keys (a replay unit: no planned keys, no token counts) is driven whole by the least loaded shard."""
     units = list(units)
     if n < 1:
         raise ValueError(f"shards must be >= 1, got {n}")
@@ -99,7 +99,8 @@ def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
     for i, unit in enumerate(units):
         for k in unit.keys:
             home.setdefault((k.kernel, tuple(k.key)), (i, k.tokens, k.configs))
-    n = max(1, min(n, len(home)))
+    keyless = sum(1 for unit in units if not unit.keys)   # replay units: their keys are known only when they run
+    n = max(1, min(n, len(home) + keyless))
     order = {k: j for j, k in enumerate(home)}
     load = [0] * n
     top: list[dict[int, int]] = [{} for _ in range(n)]   # per shard: home unit index -> largest token count driven
@@ -120,10 +121,11 @@ def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
         mine: dict[int, list] = {}
         for k in unit.keys:
             mine.setdefault(owner[(k.kernel, tuple(k.key))], []).append(k)
-        if not unit.keys:
-            mine[min(range(n), key=lambda s: (load[s], s))] = []
+        if not unit.keys:   # driven whole where the least is to do, and counted as one key's worth there
+            s = min(range(n), key=lambda s: (load[s], s))
+            mine[s], load[s] = [], load[s] + _cost(None)
         for s in sorted(mine):
-            first = max((k.tokens for k in mine[s]), default=max(unit.tokens))
+            first = max((k.tokens for k in mine[s]), default=max(unit.tokens, default=0))
             owns = tuple(dict.fromkeys((k.kernel, tuple(k.key)) for k in mine[s]))
             tunes = frozenset(k for k in owns if home[k][0] == i)
             shards[s].append(Part(unit=unit, shard=s, tokens=tuple(t for t in unit.tokens if t <= first), owns=owns,
