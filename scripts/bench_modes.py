@@ -335,23 +335,29 @@ def main(argv=None) -> int:
               "emulated": args.emulate, "repeats": args.repeats, "tokens": tokens, "modes": {},
               "traffic": {"calls": len(batches), "max_tokens": args.traffic_max, "batches": batches}}
     started = time.monotonic()
+
+    def save(stage: str) -> None:   # after every part: a run killed at a time limit keeps what it measured
+        report["complete"] = stage == "done"
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+
     try:
         for mode in modes:
             print(f"{mode}: serving the traffic in a fresh process ...", file=sys.stderr)
             served = "plugin" if mode == "ours" and args.plugin else mode
             report["modes"][mode] = run_serve({**base, "mode": served, "warmup": WARMUPS[mode]}, args.timeout)
-        report["rows"] = _time(report, modes, shape, dtypes, tokens, args)
+            save(mode)
+        report["rows"] = _time(report, modes, shape, dtypes, tokens, args, on_row=lambda: save("rows"))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     report["seconds"] = round(time.monotonic() - started, 1)
-    Path(args.json_out).write_text(json.dumps(report, indent=1))
+    save("done")
     print_table(report)
     print(f"JSON: {args.json_out} ({report['seconds']} s)")
     return 0
 
 
-def _time(report, modes, shape, dtypes, tokens, args) -> list[dict]:
+def _time(report, modes, shape, dtypes, tokens, args, on_row=lambda: None) -> list[dict]:
     """One timing process per T; every mode's config of each launch timed there, interleaved. The cold mode is an
     empty cache: the timing process tunes the key at this T itself (label cold@T)."""
     scratch, empty = tempfile.mkdtemp(prefix="bench-modes-scratch-"), tempfile.mkdtemp(prefix="bench-modes-empty-")
@@ -375,6 +381,8 @@ def _time(report, modes, shape, dtypes, tokens, args) -> list[dict]:
             report.update(device=result["device"], triton=result["triton"], torch=result["torch"],
                           first_config_rule=result["calls"][0].get("first_config_rule"))
             rows += rows_of(result["calls"][0], report["labels"])
+            report["rows"] = rows
+            on_row()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)

@@ -118,9 +118,19 @@ def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str
     import importlib
 
     import torch
-    from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn
 
-    name, _ = _ops()
+    name, ops = _ops()
+    try:
+        from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn
+        rule = object.__new__(gdn.ChunkGatedDeltaRule)   # forward_native needs no vLLM config
+
+        def prefill(**kw):
+            return gdn.ChunkGatedDeltaRule.forward_native(rule, **kw)
+    except (ImportError, AttributeError, RuntimeError):
+        # The layer's module imports vLLM's quantization utils, which call its compiled extension (vllm._C) at import:
+        # absent where only vLLM's Python sources are (the GPU host of tests/gpu). forward_native is this one call of
+        # the vendored op with the same arguments (vLLM 0.33), so the kernels and keys are the layer's.
+        prefill = ops.chunk_gated_delta_rule
     dt = {role: getattr(torch, d) for role, d in dtypes.items()}
     T, n = sum(lens), len(lens)
     cu_seqlens = torch.tensor([0, *lens], dtype=dt["index"]).cumsum(0, dtype=dt["index"])
@@ -137,8 +147,6 @@ def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str
     beta = torch.rand(1, T, shape.HV, device=device).sigmoid().to(dt["beta"])
     cache = torch.zeros(n + 1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
     state = cache[torch.arange(1, n + 1, device=device)].contiguous()   # the layer gathers each sequence's slot
-    rule = object.__new__(gdn.ChunkGatedDeltaRule)   # forward_native needs no vLLM config
     with torch.inference_mode():
-        gdn.ChunkGatedDeltaRule.forward_native(rule, q=q, k=k, v=v, g=g, beta=beta, initial_state=state,
-                                               output_final_state=True, cu_seqlens=cu_seqlens,
-                                               use_qk_l2norm_in_kernel=False, **extra)
+        prefill(q=q, k=k, v=v, g=g, beta=beta, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens,
+                use_qk_l2norm_in_kernel=False, **extra)
