@@ -89,6 +89,10 @@ def test_publish_ls_fetch_round_trip(caches, registry, tmp_path):
     assert again["already_published"] and again["bundle_sha256"] == out["bundle_sha256"]
     (b,) = ls(url, env)["bundles"]
     assert b["gpu_type"] == "H200" and b["model"] == "qwen3.5-9b" and b["emulated"] and b["units"] == 2
+    # the table at 80 columns: one block per bundle, its identifying cells first, nothing cut
+    table = run_cli("ls", url, env={**(env or {}), "COLUMNS": "80"}, check=0).stdout
+    assert all(len(line) <= 80 and line == line.rstrip() for line in table.splitlines()), table
+    assert b["bundle_sha256"][:12] in table and "H200" in table and "qwen3.5-9b" in table
 
     dest = tmp_path / "srv" / "cache"
     got = json.loads(fetch(url, dest, "--tp", "2", "--gpu-name", "H200", "--allow-emulated", "--json",
@@ -175,6 +179,13 @@ def test_signed_registry_needs_a_key(caches, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     fetch(url, tmp_path / "c", *common, "--public-key", keys["good"], check=0)
     run_cli("verify", tmp_path / "c", "--public-key", keys["good"], check=0)
+
+
+def test_ls_and_fetch_where_nothing_was_published_say_so(tmp_path):
+    for proc in (run_cli("ls", tmp_path / "none", check=None),
+                 fetch(tmp_path / "none", tmp_path / "dest", "--tp", "1", "--gpu-name", "H200")):
+        one_line_error(proc, "no registry there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []   # nothing created
 
 
 def test_unreachable_registry_is_one_line(tmp_path):

@@ -3,6 +3,8 @@ the commands that build (--timeout/--retries/--emulate), and the BuildSpec they 
 bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
+import os
+
 from pydantic import ValidationError
 
 from .. import models, targets
@@ -73,3 +75,17 @@ def add_build_args(p) -> None:
                    help=f"fresh-child retries of a failed unit (default 1, at most {MAX_RETRIES})")
     p.add_argument("--emulate", action="store_true",
                    help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
+
+
+def build_devices(spec, args) -> tuple:
+    """The GPUs a build's children get (builder/gpus.for_build), after the checks both `build` and `build
+    --from-record` make: a cache dir given, --compile-workers >= 1 (handed to the child through its env)."""
+    from ..builder.gpus import for_build
+    if spec.cache_dir is None:
+        raise SpecError("build needs --cache-dir DIR")
+    devices = for_build(spec.gpus, spec.emulate)
+    if args.compile_workers is not None:
+        if args.compile_workers < 1:
+            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
+        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
+    return devices

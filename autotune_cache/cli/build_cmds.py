@@ -10,9 +10,9 @@ from rich.console import Console
 from .. import models
 from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
-from ..errors import BuildFailedError, NoGPUError, SpecError
+from ..errors import BuildFailedError, NoGPUError
 from ..targets import SHORT
-from .args import add_build_args, add_model_args, spec_from_args
+from .args import add_build_args, add_model_args, build_devices, spec_from_args
 from . import record_cmds
 from .console import Column, add_output_args, err, out, print_json, print_table, progress_mode, report_error
 
@@ -89,20 +89,13 @@ def leave_as_found(cache_dir: Path, before: set[str] | None) -> None:
 
 
 def cmd_build(args) -> int:
-    from ..builder.gpus import for_build
     from ..builder.orchestrator import Build, prepare_cache_dir
     from ..builder.plan import plan
 
     if args.from_record:
         return record_cmds.cmd_build(args)
     spec = spec_from_args(args)
-    if spec.cache_dir is None:
-        raise SpecError("build needs --cache-dir DIR")
-    devices = for_build(spec.gpus, spec.emulate)
-    if args.compile_workers is not None:
-        if args.compile_workers < 1:
-            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
-        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
+    devices = build_devices(spec, args)
     p = plan(spec)
     if not args.quiet:
         print_plan(p, err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .console import err, out, print_json
+from .console import Column, err, out, print_json, print_table
 
 
 def _spec(args):
@@ -54,28 +54,29 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from rich.table import Table
-
+    from ..errors import RegistryError
     from ..registry import index
     from ..registry.store import open_store
     found = index.scan(open_store(args.url))
+    if found.info is None and not found.records:
+        raise RegistryError(f"{found.url}: no registry there (nothing published yet)")
     rows = sorted((r.summary() for r in found.records),
                   key=lambda s: (s["gpu_type"], s["model"] or "", s["tp"], s["published"]))
     if args.json:
         print_json({"url": found.url, "signed": bool(found.info and found.info.signed), "bundles": rows,
                     "warnings": list(found.warnings)})
         return 0
-    t = Table(title=f"{found.url}: {len(rows)} bundles" + (" (signed registry)" if found.info and found.info.signed
-                                                          else ""))
-    for col in ("GPU type", "GPU", "sm", "model", "TP", "targets", "units", "entries", "python", "triton", "bytes",
-                "signed by", "published", "bundle"):
-        t.add_column(col)
-    for s in rows:
-        t.add_row(s["gpu_type"], s["gpu_name"] or "?", s["capability"] or "?", s["model"] or "-",
-                  ",".join(map(str, s["tp"])), ",".join(s["targets"]), str(s["units"]), str(s["entries"]),
-                  s["python"], s["triton"], str(s["bundle_bytes"]), s["signed_by"] or "-", s["published"],
-                  s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""))
-    out.print(t)
+    out.print(f"{found.url}: {len(rows)} bundles" + (" (signed registry)" if found.info and found.info.signed else ""),
+              markup=False, soft_wrap=True)
+    columns = [Column("bundle", key=True), Column("GPU type", key=True), Column("model", key=True),
+               Column("TP", key=True), Column("GPU"), Column("sm"), Column("targets"), Column("python"),
+               Column("triton"), Column("signed by"), Column("published"), Column("units", right=True),
+               Column("entries", right=True), Column("bytes", right=True)]
+    print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
+                                s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
+                                s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
+                                s["signed_by"] or "-", s["published"], s["units"], s["entries"], s["bundle_bytes"]]
+                               for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")
     return 0

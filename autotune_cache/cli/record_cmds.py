@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from ..errors import BuildFailedError, NoGPUError, SpecError
 from .console import err, out, print_json, progress_mode
+from .args import build_devices
 
 
 def _boot_dir() -> str:
@@ -88,17 +89,10 @@ def cmd_plan(args) -> int:
 
 def cmd_build(args) -> int:
     from ..builder import replay_unit
-    from ..builder.gpus import for_build
     from ..builder.orchestrator import Build, prepare_cache_dir
 
     spec = _spec(args)
-    if spec.cache_dir is None:
-        raise SpecError("build needs --cache-dir DIR")
-    devices = for_build(spec.gpus, spec.emulate)
-    if args.compile_workers is not None:
-        if args.compile_workers < 1:
-            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
-        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
+    devices = build_devices(spec, args)
     rp = replay_unit.plan(args.from_record, spec)
     print_plan(rp, err)
     summary = {"cache_dir": None, "records": rp.records, "units": 0, "entries": 0,

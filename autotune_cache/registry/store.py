@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RegistryError, RegistryUnreachableError
+from ..cache import files
 
 BLOCK = 1 << 20
 
@@ -47,15 +48,17 @@ class Store:
     def path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
 
+    def _local_target(self, rel: str) -> Path:
+        """Object `rel` of a file:// store as a path, its parent dirs made."""
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
     def put(self, rel: str, data: bytes) -> None:
         """Write `data` as object `rel`, whole or not at all."""
         try:
             if self.local:
-                target = Path(self.path(rel))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                files.write_atomic(self._local_target(rel), data)
             else:
                 self.fs.pipe_file(self.path(rel), data)
         except Exception as e:  # noqa: BLE001 - every backend has its own exceptions
@@ -66,11 +69,8 @@ class Store:
         try:
             if self.local:
                 import shutil
-                target = Path(self.path(rel))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                shutil.copyfile(local_path, tmp)
-                os.replace(tmp, target)
+                with open(local_path, "rb") as src, files.atomic_file(self._local_target(rel)) as dst:
+                    shutil.copyfileobj(src, dst)
             else:
                 self.fs.put_file(str(local_path), self.path(rel))
         except Exception as e:  # noqa: BLE001
@@ -80,8 +80,7 @@ class Store:
         """Write `rel` only if no object has that name; False when one had (its content is the first writer's)."""
         try:
             if self.local:
-                target = Path(self.path(rel))
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target = self._local_target(rel)
                 tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
                 tmp.write_bytes(data)
                 try:
