@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .console import Column, err, out, print_json, print_table
+from .console import Column, add_output_args, err, out, print_json, print_table
 
 
 def _spec(args):
@@ -117,7 +117,7 @@ def add_commands(sub) -> None:
     p.add_argument("--gpu-type", help="the GPU type it was built for, as Ray names it (default: from the "
                                       "manifest's GPU name, e.g. H200)")
     p.add_argument("--model", help="a label for `ls` (what fetch matches is the units the cache holds)")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("fetch", help="download the registry's bundle for this machine (or a named GPU) and import "
@@ -127,19 +127,19 @@ def add_commands(sub) -> None:
     add_model_args(p)
     _add_machine_args(p)
     p.add_argument("--dry-run", action="store_true", help="say which bundle, download nothing")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("ls", help="the bundles a registry holds")
     p.add_argument("url")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_ls)
 
     fleet = sub.add_parser("fleet", help="a model x TP x GPU-type matrix on a Ray cluster")
     fsub = fleet.add_subparsers(dest="fleet_command", required=True, parser_class=type(fleet))
     p = fsub.add_parser("plan", help="the matrix's build jobs, units and configs (pure: no Ray, no GPU)")
     p.add_argument("matrix", help="a TOML file (docs/fleet.md)")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_fleet_plan)
     p = fsub.add_parser("build", help="build every job of the matrix as Ray tasks (one GPU each, on its GPU type), "
                                       "publishing each bundle as it finishes; skips what the registry holds")
@@ -149,7 +149,7 @@ def add_commands(sub) -> None:
                                      "a new one on this machine)")
     p.add_argument("--key", metavar="KEY.pem", help="sign each cache before publishing (the path must exist on the "
                                                    "nodes)")
-    p.add_argument("--json", action="store_true")
+    add_output_args(p)
     p.set_defaults(func=cmd_fleet_build)
 
 
