@@ -12,8 +12,15 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.
 os.environ.setdefault("AUTOTUNE_CACHE_ALLOW_EMULATED", "1")
 # The CLI fits its output to COLUMNS when set (a shell may export it): the tests read piped, full-width output
 # unless they set a width themselves (test_cli_ux.py: COLUMNS=80).
+# GNU readline, once imported (pytest's debugger support imports it), exports LINES and COLUMNS into the C
+# environment, which subprocesses inherit though os.environ never shows them: start it first, then unset both.
+try:
+    __import__("readline")
+except ImportError:
+    pass
 for _var in ("COLUMNS", "LINES"):
     os.environ.pop(_var, None)
+    os.unsetenv(_var)
 
 
 def pytest_collection_modifyitems(config, items):

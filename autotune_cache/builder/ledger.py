@@ -322,12 +322,12 @@ class Ledger:
         st.attempts += int(count)
         st.status = "failed"
         rec = self._sync(unit_id)
-        if not retry:
-            st.attempts = rec.attempts = max(st.attempts, self.max_attempts)
         rec.error = error
         rec.failures.append(f"attempt {st.attempts}: {error}")
         where = f" on GPU {st.gpu}" if st.gpu is not None and len(self._shards_of[unit_id]) > 1 else ""
         self.console.print(f"[red]unit {unit_id} failed{where} (attempt {st.attempts}): {error}[/red]")
+        if not retry:   # after the message, which counts the attempts made
+            st.attempts = rec.attempts = max(st.attempts, self.max_attempts)
         self.save()   # after the message: on a full disk this raises, and the cause must be on screen already
 
     def fail_next(self, todo: list[Part], error: str) -> None:

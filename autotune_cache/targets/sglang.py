@@ -71,6 +71,7 @@ def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str
     """One extend batch of len(lens) requests as SGLang's GDN layer makes it: TritonGDNKernel.extend (its Triton
     prefill) with the state pool, a slot per request, int32 query_start_loc, g and beta from fused_gdn_gating."""
     import torch
+    _chunk()   # an older SGLang's layout: UnsupportedEngineError, before any import of the new one fails
     from sglang.kernels.ops.attention.linear.fused_gdn_gating import fused_gdn_gating
     from sglang.srt.layers.attention.linear.kernels.gdn_triton import TritonGDNKernel
 
