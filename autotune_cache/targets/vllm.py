@@ -11,6 +11,8 @@ Checked against vLLM 0.33.0; on H100/H200 vLLM defaults to FlashInfer for GDN pr
 """
 from __future__ import annotations
 
+import functools
+
 from ..models import RankShape
 from . import KernelSpec, Target, refuse_older_layout
 
@@ -68,35 +70,43 @@ def relax_for_fake_gpu() -> None:
         torch.accelerator.empty_cache = lambda *a, **k: None
 
 
-def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> None:
+def _inputs(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str) -> dict:
+    """The arguments of one prefill batch of len(lens) sequences as vLLM's GDN layer passes them: q and k already
+    L2-normalized (fused_post_conv_prep, which keeps the chunked recurrence in range), int32 cu_seqlens, chunk
+    indices/offsets precomputed on the CPU by the metadata builder's helpers, each sequence's initial state gathered
+    from its slot of the state cache, output_final_state=True."""
     import importlib
 
     import torch
 
-    name, ops = _ops()
+    name, _ = _ops()
     dt = {role: getattr(torch, d) for role, d in dtypes.items()}
-    cu_seqlens = torch.tensor([0, tokens], dtype=dt["index"])
-    kwargs = {}
-    try:  # precomputed as vLLM's GDN metadata builder does (>= 0.26), on the CPU then copied
-        index = importlib.import_module(f"{name}.index")
-        if device == "cpu":
-            relax_for_fake_gpu()
-        kwargs = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
-                  "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
-    except (ImportError, AttributeError):
-        pass
-    cu_seqlens = cu_seqlens.to(device)
-    # q and k arrive L2-normalized (fused_post_conv_prep), which keeps the chunked recurrence in range
-    q, k = (torch.nn.functional.normalize(torch.randn(1, tokens, shape.H, shape.K, device=device), dim=-1)
+    T, n = sum(lens), len(lens)
+    cu_seqlens = torch.tensor([0, *lens], dtype=dt["index"]).cumsum(0, dtype=dt["index"])
+    index = importlib.import_module(f"{name}.index")
+    if device == "cpu":
+        relax_for_fake_gpu()
+    chunks = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
+              "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
+    q, k = (torch.nn.functional.normalize(torch.randn(1, T, shape.H, shape.K, device=device), dim=-1)
             .to(dt["act"]) for _ in range(2))
-    v = torch.randn(1, tokens, shape.HV, shape.V, dtype=dt["act"], device=device)
-    g = torch.nn.functional.logsigmoid(torch.randn(1, tokens, shape.HV, device=device)).to(dt["g"])
-    beta = torch.rand(1, tokens, shape.HV, device=device).sigmoid().to(dt["beta"])
-    state = torch.zeros(1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
-    with torch.inference_mode():
-        ops.chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, initial_state=state, output_final_state=True,
-                                   cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=False, **kwargs)
+    v = torch.randn(1, T, shape.HV, shape.V, dtype=dt["act"], device=device)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, T, shape.HV, device=device)).to(dt["g"])
+    beta = torch.rand(1, T, shape.HV, device=device).sigmoid().to(dt["beta"])
+    cache = torch.zeros(n + 1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
+    state = cache[torch.arange(1, n + 1, device=device)].contiguous()   # the layer gathers each sequence's slot
+    return dict(q=q, k=k, v=v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                cu_seqlens=cu_seqlens.to(device), use_qk_l2norm_in_kernel=False, **chunks)
 
+
+def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> None:
+    """One sequence of `tokens` through the vendored op (what the layer's forward_native calls), without importing
+    the layer's module: a build child needs only the kernels."""
+    import torch
+
+    inputs = _inputs(shape, dtypes, [tokens], device)
+    with torch.inference_mode():
+        _ops()[1].chunk_gated_delta_rule(**inputs)
 
 TARGET = Target(
     name="vllm",
@@ -111,42 +121,27 @@ TARGET = Target(
 )
 
 
-def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str) -> None:
-    """One prefill batch of len(lens) sequences as vLLM's GDN layer makes it on its Triton path: the layer's own
-    ChunkGatedDeltaRule.forward_native, chunk indices/offsets from the metadata builder's helpers, the initial state
-    gathered from the state cache, q and k already L2-normalized, output_final_state=True."""
-    import importlib
-
-    import torch
-
-    name, ops = _ops()
+@functools.cache
+def _layer_prefill():
+    """The GDN layer's own ChunkGatedDeltaRule.forward_native, or the vendored op it calls where the layer's module
+    cannot import. Decided once: a failed import is not cached by Python and would run again on every call."""
     try:
         from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn
-        rule = object.__new__(gdn.ChunkGatedDeltaRule)   # forward_native needs no vLLM config
-
-        def prefill(**kw):
-            return gdn.ChunkGatedDeltaRule.forward_native(rule, **kw)
     except (ImportError, AttributeError, RuntimeError):
         # The layer's module imports vLLM's quantization utils, which call its compiled extension (vllm._C) at import:
         # absent where only vLLM's Python sources are (the GPU host of tests/gpu). forward_native is this one call of
         # the vendored op with the same arguments (vLLM 0.33), so the kernels and keys are the layer's.
-        prefill = ops.chunk_gated_delta_rule
-    dt = {role: getattr(torch, d) for role, d in dtypes.items()}
-    T, n = sum(lens), len(lens)
-    cu_seqlens = torch.tensor([0, *lens], dtype=dt["index"]).cumsum(0, dtype=dt["index"])
-    index = importlib.import_module(f"{name}.index")
-    if device == "cpu":
-        relax_for_fake_gpu()
-    extra = {"chunk_indices": index.prepare_chunk_indices(cu_seqlens, BT).to(device),
-             "chunk_offsets": index.prepare_chunk_offsets(cu_seqlens, BT).to(device)}
-    cu_seqlens = cu_seqlens.to(device)
-    q, k = (torch.nn.functional.normalize(torch.randn(1, T, shape.H, shape.K, device=device), dim=-1)
-            .to(dt["act"]) for _ in range(2))
-    v = torch.randn(1, T, shape.HV, shape.V, dtype=dt["act"], device=device)
-    g = torch.nn.functional.logsigmoid(torch.randn(1, T, shape.HV, device=device)).to(dt["g"])
-    beta = torch.rand(1, T, shape.HV, device=device).sigmoid().to(dt["beta"])
-    cache = torch.zeros(n + 1, shape.HV, shape.V, shape.K, dtype=dt["state"], device=device)
-    state = cache[torch.arange(1, n + 1, device=device)].contiguous()   # the layer gathers each sequence's slot
+        return _ops()[1].chunk_gated_delta_rule
+    rule = object.__new__(gdn.ChunkGatedDeltaRule)   # forward_native needs no vLLM config
+    return functools.partial(gdn.ChunkGatedDeltaRule.forward_native, rule)
+
+
+def serve(shape: RankShape, dtypes: dict[str, str], lens: list[int], device: str) -> None:
+    """One prefill batch of len(lens) sequences as vLLM's GDN layer makes it on its Triton path (_inputs), through
+    the layer's own ChunkGatedDeltaRule.forward_native."""
+    import torch
+
+    prefill = _layer_prefill()
+    inputs = _inputs(shape, dtypes, lens, device)
     with torch.inference_mode():
-        prefill(q=q, k=k, v=v, g=g, beta=beta, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens,
-                use_qk_l2norm_in_kernel=False, **extra)
+        prefill(**inputs)
