@@ -125,13 +125,18 @@ def write_bundle(path, manifest, members=(), info=None):
     return Path(path)
 
 
-def listing(d) -> dict:
-    """Every path under `d` (links not followed) with its size: what a test compares before and after."""
+def listing(d, vanishing_ok: bool = False) -> dict:
+    """Every path under `d` (links not followed) with its size: what a test compares before and after.
+    `vanishing_ok`: skip a file removed between the walk and its lstat (a poller racing a running command)."""
     out = {}
     for dirpath, dirs, files in os.walk(d):   # never into a link to a dir
         for name in dirs + files:
             p = Path(dirpath, name)
-            out[p.relative_to(d).as_posix()] = -1 if name in dirs and not p.is_symlink() else p.lstat().st_size
+            try:
+                out[p.relative_to(d).as_posix()] = -1 if name in dirs and not p.is_symlink() else p.lstat().st_size
+            except FileNotFoundError:
+                if not vanishing_ok:
+                    raise
     return out
 
 

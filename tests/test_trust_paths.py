@@ -200,7 +200,7 @@ def _largest_file_seen(root):
 
     def poll():
         while not stop.is_set():
-            sizes = [s for s in listing(root).values() if s >= 0]
+            sizes = [s for s in listing(root, vanishing_ok=True).values() if s >= 0]
             seen[0] = max([seen[0], *sizes])
             stop.wait(0.005)
     t = threading.Thread(target=poll, daemon=True)

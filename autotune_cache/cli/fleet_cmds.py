@@ -53,6 +53,12 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def _seconds(iso: str) -> str:
+    """The published time as the table shows it: to the second (the index keeps microseconds)."""
+    head, dot, rest = iso.partition(".")
+    return head + rest.lstrip("0123456789") if dot else iso
+
+
 def cmd_ls(args) -> int:
     from ..errors import RegistryError
     from ..registry import index
@@ -75,7 +81,7 @@ def cmd_ls(args) -> int:
     print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
                                 s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
                                 s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
-                                s["signed_by"] or "-", s["published"], s["units"], s["entries"], s["bundle_bytes"]]
+                                s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"], s["bundle_bytes"]]
                                for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")
