@@ -343,6 +343,20 @@ def test_merge_refuses_a_conflicting_fingerprint(built, tmp_path):
     assert not (into / "manifest.json").exists()
 
 
+def test_merge_refuses_a_source_file_changed_after_its_check(built, tmp_path):
+    from autotune_cache.cache.merge import plan_merge
+    from autotune_cache.errors import CacheDirError
+    src = copy_of(built[0], tmp_path / "src")
+    into = tmp_path / "into"
+    plan = plan_merge([src], into)
+    victim, rel = next((s, r) for s, r in plan.copies if not r.endswith(".json"))
+    victim.write_bytes(victim.read_bytes() + b"tampered")   # between the check (plan) and the copy (execute)
+    with pytest.raises(CacheDirError, match="changed since merge checked it"):
+        plan.execute()
+    assert not (into / "manifest.json").exists() and not (into / rel).exists()
+    assert not [p for p in into.rglob("*") if p.is_file() and p.name != ".autotune-cache.lock"]
+
+
 # -- the real H200 cache (tests/data) ---------------------------------------------------------------------------
 def test_h200_cache_inspect():
     text = run_cli("inspect", H200, check=0).stdout

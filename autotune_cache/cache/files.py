@@ -46,6 +46,15 @@ def sha256_of(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
+def copy_hashed(f: BinaryIO, out: BinaryIO) -> str:
+    """Copies the rest of `f` into `out`; returns the sha256 of exactly the bytes written (one read of each)."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+        out.write(block)
+    return h.hexdigest()
+
+
 class NotPlainFile(OSError):
     """open_plain(): a link, a fifo, a device, a directory (the message says which, not the path: callers name it)."""
 

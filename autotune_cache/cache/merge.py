@@ -5,13 +5,12 @@ file, so Triton never reads a group whose members are not there yet), the manife
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as manifest_mod
 from ..errors import CacheDirError
-from .files import inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
+from .files import copy_hashed, inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
 from .fingerprint import mismatches
 from .layout import is_group_file, members_first, read_group, relocated_group
 from .lock import locked
@@ -59,7 +58,10 @@ class MergePlan:
                 dest = inside(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open_regular(src) as f, open_new(dest) as out:   # a link put in place of a source: refused
-                    shutil.copyfileobj(f, out)
+                    got = copy_hashed(f, out)
+                if got != self.manifest.files[rel].sha256:   # changed since plan_merge checked it: nothing moves in
+                    raise CacheDirError(f"{src}: changed since merge checked it (sha256 {got[:12]}, its manifest "
+                                        f"says {self.manifest.files[rel].sha256[:12]}); nothing was merged")
             for rel, text in self.writes:
                 dest = inside(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
