@@ -269,6 +269,9 @@ def test_emulated_cache_fails_verify_and_ensure_unless_allowed(toy):
 def test_quiet(toy):
     proc = cli("verify", toy, "--quiet")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+    proc = cli("-q", "verify", toy)   # the output flags may come before the command's name
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+    assert json.loads(cli("--json", "inspect", toy).stdout)["entries"]
     proc = cli("verify", toy, "--quiet", env=NOT_ALLOWED)
     assert proc.returncode == 1 and proc.stdout == "" and "compatibility: built with --emulate" in proc.stderr
 

@@ -17,7 +17,8 @@ from .console import Parser, apply_quiet, expect_json, report_error
 
 
 def parser() -> Parser:
-    ap = Parser(prog="autotune-cache", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="autotune-cache", description=__doc__.split("\n\n")[0],
+                epilog="Every command takes --json and -q/--quiet, before or after its name.")
     ap.add_argument("--version", action="version", version=f"autotune-cache {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     build_cmds.add_commands(sub)   # models, plan, build
@@ -50,8 +51,24 @@ def _quiet_stdout() -> None:
         pass
 
 
+_OUTPUT_FLAGS = ("--json", "-q", "--quiet")
+
+
+def _output_flags_after_command(argv: list[str]) -> list[str]:
+    """`autotune-cache --json inspect DIR` means `autotune-cache inspect DIR --json`: every command takes the output
+    flags, so they may come before its name too (argparse would otherwise refuse them at the top level)."""
+    lead = 0
+    while lead < len(argv) and argv[lead] in _OUTPUT_FLAGS:
+        lead += 1
+    rest = argv[lead:]
+    if not lead or not rest or rest[0].startswith("-"):
+        return argv
+    name = 2 if rest[0] == "fleet" and len(rest) > 1 and not rest[1].startswith("-") else 1   # fleet plan|build
+    return rest[:name] + argv[:lead] + rest[name:]
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _output_flags_after_command(sys.argv[1:] if argv is None else list(argv))
     expect_json(argv)
     args = parser().parse_args(argv)
     apply_quiet(args)
