@@ -230,7 +230,7 @@ def test_group_writable_file_and_parent_without_sticky_bit_are_refused(cache, tm
 
 
 def test_an_overlay_another_user_could_write_is_not_used(cache, tmp_path):
-    from autotune_cache.serve.loader import _overlay_dir
+    from autotune_cache.serve.dirs import overlay_dir as _overlay_dir
     overlay = tmp_path / "ov"
     overlay.mkdir(mode=0o777)
     overlay.chmod(0o777)

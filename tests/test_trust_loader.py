@@ -17,7 +17,7 @@ from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.layout import read_group
 from autotune_cache.cache.manifest import FileRecord
 from autotune_cache.errors import IntegrityError, SharedWritableError
-from autotune_cache.serve import loader
+from autotune_cache.serve import dirs, loader
 import test_integrity
 from helpers import TESTS, run_cli
 from test_integrity import checked, copy_of, flip, rel_of
@@ -319,7 +319,7 @@ def test_the_copy_is_private_complete_and_relocated(cache, tmp_path):
 def test_a_copy_that_fails_serves_the_checked_dir_with_a_warning(cache, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setattr(loader, "_copy_dir", lambda report: blocker / "copy")   # mkdir fails: not a directory
+    monkeypatch.setattr(dirs, "copy_dir", lambda report: blocker / "copy")   # mkdir fails: not a directory
     report = loader.LoaderReport(cache.resolve(), (), False)
     loader._check_integrity(report, require_manifest=True, allow_shared_writable=False, public_key=None, copy=True)
     assert report.verified and report.copy_dir is None and report.private_dir is None

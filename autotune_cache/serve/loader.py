@@ -29,91 +29,19 @@ import atexit
 import logging
 import os
 import shutil
-import tempfile
 import threading
-from collections import defaultdict
 from pathlib import Path
 
-from ..cache import integrity, trust
-from ..cache.files import sha256_bytes
+from ..cache import trust
 from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
                       SharedWritableError)
 
+from . import dirs
+from .report import LoaderReport
+
+__all__ = ["LoaderReport", "install", "report"]
+
 log = logging.getLogger("autotune_cache")
-
-LAYERED = "autotune_cache.serve.layered:LayeredCacheManager"
-
-
-class LoaderReport:
-    """What install() did and what happened since. Counters are live: read them at any time."""
-
-    def __init__(self, cache_dir: Path, prefixes: tuple[str, ...], strict: bool):
-        self.cache_dir = cache_dir
-        self.prefixes = prefixes
-        self.strict = strict
-        self.manifest = None
-        self.read_only = False
-        self.overlay_dir: Path | None = None   # where Triton writes misses when the cache dir itself is not written
-        # Trust (cache/trust.py): verified = every file matches the manifest and only its owner can write the dir.
-        # refused = why the dir is not used ("AB.../k.cubin: sha256 differs from the manifest"); the server then
-        # tunes into private_dir, a fresh empty dir removed at exit.
-        self.trust: trust.TrustReport | None = None
-        self.verified = False
-        self.refused: list[str] = []
-        self.private_dir: Path | None = None
-        # The private verified copy Triton reads instead of cache_dir (None: not copied: no manifest, refused, or
-        # copy=False), and the seconds spent writing it (the reads are the check's own, in verify_seconds).
-        self.copy_dir: Path | None = None
-        self.copy_seconds = 0.0
-        self.signed: bool | None = None        # manifest signature checked (None: no public key given)
-        self.files_checked = 0                 # files hashed
-        self.bytes_checked = 0
-        self.verify_seconds = 0.0
-        self.flipped: list[str] = []          # "module.kernel" of every autotuner switched to the disk cache
-        self.mismatches: list[str] = []       # why the cache may miss here (fingerprint differences)
-        self.warnings: list[str] = []
-        self.recording: list[str] = []        # record files this process appends its lookups to (record/)
-        self.counters = defaultdict(lambda: {"lookups": 0, "hits": 0, "misses": 0})
-        self._lock = threading.Lock()
-
-    def record(self, lookup) -> None:
-        with self._lock:
-            c = self.counters[lookup.kernel]
-            c["lookups"] += 1
-            c["hits" if lookup.hit else "misses"] += 1
-
-    @property
-    def totals(self) -> dict:
-        return {k: sum(c[k] for c in self.counters.values()) for k in ("lookups", "hits", "misses")}
-
-    def summary(self) -> str:
-        t = self.totals
-        where = (f" (REFUSED, tuning into {self.private_dir})" if self.private_dir else
-                 f" ({'read-only, ' if self.read_only else ''}misses to overlay {self.overlay_dir})"
-                 if self.overlay_dir else "")
-        check = (f"verified {self.files_checked} files in {self.verify_seconds:.2f} s" if self.verified
-                 else "refused" if self.refused else "unchecked (no manifest)")
-        if self.copy_dir:
-            check += f", served from a private copy {self.copy_dir} (written in {self.copy_seconds:.2f} s)"
-        lines = [f"autotune-cache: {self.cache_dir}{where}: {check}; "
-                 f"{t['lookups']} lookups, {t['hits']} hits, {t['misses']} misses (benchmarked)"]
-        for kernel, c in sorted(self.counters.items()):
-            lines.append(f"  {kernel}: lookups {c['lookups']} hits {c['hits']} misses {c['misses']}")
-        lines += [f"  refused: {r}" for r in self.refused[:20]]
-        lines += [f"  mismatch: {m}" for m in self.mismatches] + [f"  warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        return {"cache_dir": str(self.cache_dir), "read_only": self.read_only,
-                "overlay_dir": str(self.overlay_dir) if self.overlay_dir else None, "strict": self.strict,
-                "flipped": self.flipped, "mismatches": self.mismatches, "warnings": self.warnings,
-                "verified": self.verified, "refused": self.refused,
-                "private_dir": str(self.private_dir) if self.private_dir else None, "signed": self.signed,
-                "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
-                "verify_seconds": round(self.verify_seconds, 4),
-                "copy_dir": str(self.copy_dir) if self.copy_dir else None, "copy_seconds": round(self.copy_seconds, 4),
-                "counters": dict(self.counters), "totals": self.totals, "recording": self.recording}
-
 
 _state: dict = {}   # the one installed report of this process
 
@@ -155,105 +83,11 @@ def _hook_new_autotuners(report: LoaderReport) -> None:
     at.Autotuner.__init__ = __init__
 
 
-def _writable(path: Path) -> bool:
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
-            return True
-    except OSError:
-        return False
-
-
-def _private_dir(prefix: str) -> Path:
-    """A fresh empty dir only this user can read or write, removed at exit (of this process: a forked child that
-    exits normally leaves it to its parent)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
-    atexit.register(_remove_if_ours, path, os.getpid())
-    return path
-
-
-def _remove_if_ours(path: Path, pid: int) -> None:
-    if os.getpid() == pid:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
-    """AUTOTUNE_CACHE_OVERLAY, default <tmp>/autotune-cache-overlay-<uid>/<hash of the cache path> (it persists,
-    so a miss is tuned once per machine). The overlay is read too (the server's own earlier misses): one that
-    another user owns or can write (a name pre-created in /tmp) is replaced by a fresh private dir."""
-    given = os.environ.get("AUTOTUNE_CACHE_OVERLAY")
-    if given:
-        path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
-    else:
-        user_dir = Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}"
-        path = user_dir / sha256_bytes(str(report.cache_dir))[:16]
-        own = [user_dir, path]
-    unsafe = []
-    try:
-        for d in own:
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = d.lstat()
-            if d.is_symlink() or st.st_uid != os.getuid():
-                unsafe.append(f"{d} is a link or owned by uid {st.st_uid}, not this user ({os.getuid()})")
-        if not allow_shared_writable:
-            unsafe += map(str, integrity.writable_parents(path))
-    except OSError as e:
-        unsafe.append(f"{path}: {e.strerror or e}")
-    if not unsafe:
-        return path
-    private = _private_dir("autotune-cache-overlay-")
-    report.warnings.append(f"overlay {path} not used ({'; '.join(unsafe)}): misses go to {private}")
-    return private
-
-
-def _point_triton_at(report: LoaderReport, allow_shared_writable: bool) -> None:
-    # TRITON_CACHE_AUTOTUNING is left alone: it would switch every autotuner of the process, not the targets'.
-    if os.environ.get("TRITON_CACHE_MANAGER") == LAYERED:   # set by an earlier install() of this process
-        os.environ.pop("TRITON_CACHE_MANAGER")
-        os.environ.pop("AUTOTUNE_CACHE_BASE", None)
-    if report.private_dir is not None:   # refused: Triton never sees the directory
-        os.environ["TRITON_CACHE_DIR"] = str(report.private_dir)
-        return
-    served = report.copy_dir or report.cache_dir   # what Triton reads: the bytes checked
-    writable = _writable(report.cache_dir)
-    if os.environ.get("TRITON_CACHE_MANAGER"):
-        if not writable and report.copy_dir is None:
-            report.warnings.append(f"cache dir is read-only and TRITON_CACHE_MANAGER is already "
-                                   f"{os.environ['TRITON_CACHE_MANAGER']}: a miss will fail the kernel call")
-        if report.verified:
-            report.warnings.append(f"TRITON_CACHE_MANAGER is {os.environ['TRITON_CACHE_MANAGER']}: it decides "
-                                   "what is read, which may not be the files checked here")
-        os.environ["TRITON_CACHE_DIR"] = str(served)
-        return
-    if writable and report.manifest is None:   # a plain Triton cache, unchecked: used as Triton alone would
-        os.environ["TRITON_CACHE_DIR"] = str(report.cache_dir)
-        return
-    # Read-only, or checked: reads come from the cache dir (its verified copy), writes go to the overlay. A checked
-    # dir that the server wrote its misses into would hold foreign files at the next start, and be refused.
-    overlay = _overlay_dir(report, allow_shared_writable)
-    report.read_only, report.overlay_dir = not writable, overlay
-    os.environ["AUTOTUNE_CACHE_BASE"] = str(served)
-    os.environ["TRITON_CACHE_DIR"] = str(overlay)
-    os.environ["TRITON_CACHE_MANAGER"] = LAYERED
-
-
-def _copy_dir(report: LoaderReport) -> Path | None:
-    """A fresh private dir for the verified copy, or None (with a warning) where other users could replace it: a
-    parent of the temp dir they can write without the sticky bit, or own."""
-    path = _private_dir("autotune-cache-copy-")
-    unsafe = integrity.writable_parents(path)
-    if not unsafe:
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    report.warnings.append(f"no private copy in {path.parent} ({'; '.join(map(str, unsafe))}): Triton reads "
-                           f"{report.cache_dir} itself, which whoever can write it can change after the check")
-    return None
-
-
 def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
                      public_key, copy: bool = False) -> None:
     """Act on trust.assess(): on any refusal, refuse the dir (strict: raise). `copy`: the check's pass also writes
     the private copy Triton then reads (report.copy_dir)."""
-    copy_to = _copy_dir(report) if copy else None
+    copy_to = dirs.copy_dir(report) if copy else None
     t = trust.assess(report.cache_dir, trust.Policy(require_manifest, allow_shared_writable, public_key),
                      copy_to=copy_to)
     report.trust, report.manifest, report.signed = t, t.manifest, t.signed
@@ -285,7 +119,7 @@ def _refuse(report: LoaderReport, reasons: list[str], summary: str, files: list[
     if report.strict:
         error = SharedWritableError if shared_writable else IntegrityError
         raise error(f"autotune-cache strict mode: cache {report.cache_dir} refused: {summary}", files=files)
-    report.private_dir = _private_dir("autotune-cache-refused-")
+    report.private_dir = dirs.private_dir("autotune-cache-refused-")
     report.warnings.append(f"cache {report.cache_dir} refused ({summary}); serving from an empty private cache "
                            f"dir {report.private_dir} instead: kernels are tuned in this process")
     log.warning("autotune-cache: %s", report.warnings[-1])
@@ -389,7 +223,7 @@ def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
         reason = f"{report.cache_dir}: cannot be checked ({trust.one_line(e)})"
         _refuse(report, [reason], reason, [str(report.cache_dir)])
     _check_fingerprint(report, with_gpu=False)   # before Triton is pointed: strict, an unfit cache is never used
-    _point_triton_at(report, policy.allow_shared_writable)
+    dirs.point_triton_at(report, policy.allow_shared_writable)
     _hook(report)
 
 
