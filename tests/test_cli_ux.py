@@ -4,6 +4,7 @@ JSON errors under --json; broken pipes; read-only caches; emulated caches; no-op
 
 One small emulated toy cache is built once per session and copied by the tests that change a cache."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -112,6 +113,9 @@ def test_columns_80_fits_and_drops_nothing(args):
     words = proc.stdout.split()
     if args[0] == "models":
         assert all(name in words for name in models.PRESETS)
+    if args[0] == "plan":   # a unit id longer than a line is cut after a '/', never inside a name
+        joined = re.sub(r"/\n +", "/", proc.stdout)
+        assert all(f"unit {u['id']}\n" in joined for u in json.loads(cli(*args, "--json").stdout)["units"])
     if args[0] == "inspect":   # every entry's kernel, key and winner are there
         data = json.loads(cli("inspect", H200, "--json").stdout)
         for e in data["entries"]:

@@ -14,7 +14,8 @@ from ..errors import BuildFailedError, NoGPUError
 from ..targets import SHORT
 from .args import add_build_args, add_model_args, build_devices, spec_from_args
 from . import record_cmds
-from .console import Column, add_output_args, err, out, print_json, print_table, progress_mode, report_error
+from .console import (Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode,
+                      report_error)
 
 
 def cmd_models(args) -> int:
@@ -44,10 +45,11 @@ def print_plan(p, console: Console) -> None:
                   f"targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
     for u in p.units:
         sh = u.shape
-        console.print(f"\n[bold]unit[/bold] {u.id}\n  target {u.target}, TP {','.join(map(str, u.tp))}: per rank "
-                      f"H={sh.H} HV={sh.HV} K={sh.K} V={sh.V}; dtypes "
-                      + ", ".join(f"{r}={d}" for r, d in u.dtypes.items())
-                      + f"; varlen; token counts {', '.join(map(str, u.tokens))}")
+        console.print("")
+        print_item(console, f"unit {u.id}", indent=0)
+        print_item(console, f"target {u.target}, TP {','.join(map(str, u.tp))}: per rank H={sh.H} HV={sh.HV} "
+                            f"K={sh.K} V={sh.V}; dtypes " + ", ".join(f"{r}={d}" for r, d in u.dtypes.items())
+                   + f"; varlen; token counts {', '.join(map(str, u.tokens))}")
         rows = []
         for k in u.keys:
             nfields = len(k.fields)

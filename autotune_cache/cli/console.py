@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -114,13 +115,23 @@ def print_table(console: Console, columns: list[Column], rows: list[list]) -> No
         console.print(line, markup=False, soft_wrap=True)
 
 
+class _Wrapper(textwrap.TextWrapper):
+    """textwrap at spaces; a word longer than a whole line (a unit id) is cut after its '/'s, not inside a name."""
+
+    def _split(self, text):
+        room = self.width - len(self.subsequent_indent)
+        return [part for chunk in super()._split(text)
+                for part in (re.split(r"(?<=/)(?=.)", chunk) if len(chunk) > room else [chunk])]
+
+
 def print_item(console: Console, text: str, indent: int = 2) -> None:
     """An indented line of a list (a problem, a note); at a width its wrapped lines keep the indent, plus two."""
     if console.soft_wrap:
         console.print(" " * indent + text, markup=False, soft_wrap=True)
         return
-    for line in textwrap.wrap(text, console.width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
-                              break_on_hyphens=False, break_long_words=False):
+    wrapper = _Wrapper(console.width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                       break_on_hyphens=False, break_long_words=False)
+    for line in wrapper.wrap(printable(text)):
         console.print(line, markup=False, soft_wrap=True)
 
 
