@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,11 @@ except ImportError:
 for _var in ("COLUMNS", "LINES"):
     os.environ.pop(_var, None)
     os.unsetenv(_var)
+# A shell without job control starts a background job (`pytest ... &`) with SIGINT ignored, and children inherit
+# that: the Ctrl-C tests would then signal a CLI that cannot hear it. A Python handler is reset to the default in a
+# child, so the CLIs the tests start get Python's KeyboardInterrupt as a terminal's would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
