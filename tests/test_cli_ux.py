@@ -148,6 +148,15 @@ def test_json_errors_on_stdout(args, text, tmp_path):
     assert listing(tmp_path) == {}
 
 
+def test_a_recorded_commands_json_flag_is_its_own(tmp_path):
+    # after `--`, --json is the recorded command's: our error stays off its stdout
+    proc = cli("record", "--out", tmp_path / "r.jsonl", "--", tmp_path / "no-such-command", "--json")
+    one_line_error(proc, 2, "cannot run")
+    assert proc.stdout == ""
+    proc = cli("-q", "record", "--out", tmp_path / "r.jsonl", "--", sys.executable, "-c", "print('hi')")
+    assert proc.returncode == 0 and proc.stdout == "hi\n" and proc.stderr == ""
+
+
 def test_noise_names_one_flag():
     proc = cli("build", "--noise", "-1", "--cache-dir", "x", "--emulate")
     one_line_error(proc, 2, "--noise must be")

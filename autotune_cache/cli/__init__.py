@@ -18,7 +18,7 @@ from .console import Parser, apply_quiet, expect_json, report_error
 
 def parser() -> Parser:
     ap = Parser(prog="autotune-cache", description=__doc__.split("\n\n")[0],
-                epilog="Every command takes --json and -q/--quiet, before or after its name.")
+                epilog="Every command takes -q/--quiet, and all but record take --json, before or after its name.")
     ap.add_argument("--version", action="version", version=f"autotune-cache {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     build_cmds.add_commands(sub)   # models, plan, build
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     argv = _output_flags_after_command(sys.argv[1:] if argv is None else list(argv))
     expect_json(argv)
     args = parser().parse_args(argv)
+    expect_json(given=bool(getattr(args, "json", False)))   # `record ... CMD --json`: that --json is CMD's
     apply_quiet(args)
     main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}

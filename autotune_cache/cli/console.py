@@ -152,10 +152,11 @@ def report_error(message: str, code: int = 2) -> int:
     return code
 
 
-def expect_json(argv: list[str]) -> None:
-    """Before parsing: whether errors (a parse error included) are also JSON on stdout."""
+def expect_json(argv: list[str] | None = None, *, given: bool | None = None) -> None:
+    """Whether errors are also JSON on stdout: before parsing (a parse error included) a guess from `argv`, ours up
+    to a `--` (what follows is another command's); after it, `given`: what the parser read."""
     global _json_errors
-    _json_errors = "--json" in argv
+    _json_errors = given if given is not None else "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 # -- the output flags -----------------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ def cmd_record(args) -> int:
     with open(path, "rb") as f:
         f.seek(before)
         added = sum(1 for line in f if line.strip())
-    err.print(f"autotune-cache record: {added} lookup line(s) appended to {escape(str(path))}; build them with: "
-              f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR")
+    if not args.quiet:
+        err.print(f"autotune-cache record: {added} lookup line(s) appended to {escape(str(path))}; build them with: "
+                  f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR")
     return proc.returncode
 
 
@@ -136,6 +137,8 @@ def add_commands(sub) -> None:
                                       "starts (build them with build --from-record)")
     p.add_argument("--out", required=True, help="the record file (JSON lines, appended)")
     p.add_argument("--misses", action="store_true", help="record only lookups not found in the disk cache")
+    # no --json: stdout is the recorded command's
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line (the exit code is the command's)")
     p.add_argument("command", nargs="...", help="-- CMD ARGS...")
     p.set_defaults(func=cmd_record)
 
