@@ -38,8 +38,9 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_DEPTH = untrusted.MAX_DEPTH
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def now(timespec: str = "seconds") -> str:
+    """The time in UTC, ISO 8601 (what the manifest and the registry's index entries record)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
 def _rel_path(rel: str) -> str:

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import untrusted
@@ -18,11 +17,6 @@ from ..version import __version__
 from . import index
 from .select import gpu_type_of
 from .store import open_store
-
-
-def _now() -> str:
-    # microseconds: "the newest" bundle must be well defined for two publishes within one second
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -65,11 +59,12 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
     if info.signed and signed_by is None:
         raise RegistryError(f"{store.url} holds signed bundles only: sign the cache first "
                             "(autotune-cache sign DIR --key KEY.pem)")
+    # microseconds: "the newest" bundle must be well defined for two publishes within one second
     base = dict(gpu_type=gpu_type or gpu_type_of(m.fingerprint.gpu_name or "unknown"), model=model,
                 tp=tuple(sorted({t for u in units for t in u.tp})),
                 targets=tuple(sorted({u.target for u in units})), units=tuple(done),
                 entries=len(m.entries), fingerprint=m.fingerprint, signed_by=signed_by,
-                published=_now(), tool_version=__version__)
+                published=manifest_mod.now("microseconds"), tool_version=__version__)
     tmp = Path(tempfile.mkdtemp(prefix="autotune-cache-publish-"))
     try:
         report = bundle_mod.export(root, tmp / "bundle.tar.gz")
