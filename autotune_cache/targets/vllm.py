@@ -108,6 +108,7 @@ def run(shape: RankShape, dtypes: dict[str, str], tokens: int, device: str) -> N
     with torch.inference_mode():
         _ops()[1].chunk_gated_delta_rule(**inputs)
 
+
 TARGET = Target(
     name="vllm",
     description="vLLM's vendored FLA chunk_gated_delta_rule (Triton GDN prefill path)",
