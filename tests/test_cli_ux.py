@@ -4,8 +4,8 @@ JSON errors under --json; broken pipes; read-only caches; emulated caches; no-op
 
 One small emulated toy cache is built once per session and copied by the tests that change a cache."""
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
