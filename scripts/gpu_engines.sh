@@ -23,9 +23,9 @@ mkdir -p "$AUTOTUNE_CACHE_GPU_DIR" "$out"
 { nvidia-smi -L; nproc; python3 -c "import sys, torch, triton; print(sys.version.split()[0], torch.__version__, triton.__version__)"; } | tee "$out/card.txt"
 SECONDS=0
 left() { echo $(( SECONDS < 584 ? 585 - SECONDS : 1 )); }
-built() {   # target model: build into out/engines/<target> unless done (the GPU test builds the same spec)
+built() {   # target model [tp]: build into out/engines/<target> unless done (the GPU test builds TP 1,2)
     [ -f "$AUTOTUNE_CACHE_GPU_DIR/$1/manifest.json" ] && return 0
-    timeout "$(left)" python3 -m autotune_cache build --target "$1" --model "$2" --tp 1,2 \
+    timeout "$(left)" python3 -m autotune_cache build --target "$1" --model "$2" --tp "${3:-1,2}" \
         --cache-dir "$AUTOTUNE_CACHE_GPU_DIR/$1" --no-progress 2>&1 | tail -4 | tee -a "$out/builds.log"
 }
 
@@ -38,9 +38,9 @@ if [ "${phase%-*}" = tests ]; then
         | tee "$out/test_engines_$target.log" | grep -E "passed|failed|error|^(vllm|sglang) TP|Error" | tail -40
     echo "GPU tests $target at ${SECONDS} s"
 elif [ "${phase%-*}" = modes ]; then
-    built "$target" "$model"
+    built "$target" "$model" 1
     timeout "$(left)" python3 scripts/bench_modes.py --cache-dir "$AUTOTUNE_CACHE_GPU_DIR/$target" --target "$target" \
-        --model "$model" --tp 1 --jit-monitor --timeout 300 --json-out "$out/bench_modes_$target.json" 2>&1 \
+        --model "$model" --tp 1 --jit-monitor --no-cold-timing --timeout 300 --json-out "$out/bench_modes_$target.json" 2>&1 \
         | tee "$out/bench_modes_$target.txt" | tail -30
     echo "modes $target rc=$? at ${SECONDS} s"
 elif [ "$phase" = winners ]; then
