@@ -192,3 +192,12 @@ def apply_quiet(args) -> None:
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         sys.exit(report_error(f"{message} (see --help)"))
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse hands `--tp=--` to the command as an empty list, not as a missing value: refuse it as the one
+        # argparse refuses `--tp --` (found by tests/test_fuzz_inputs.py: a traceback otherwise)
+        argv = list(sys.argv[1:] if args is None else args)
+        for a in argv[:argv.index("--")] if "--" in argv else argv:
+            if a.startswith("--") and a.endswith("=--"):
+                self.error(f"argument {a[:-3]}: expected one argument")
+        return super().parse_known_args(argv, namespace)
