@@ -1,6 +1,8 @@
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,40 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--deep", action="store_true",
+                     help="the deep run: property tests at full example counts, and the tests marked deep")
+
+
+def pytest_configure(config):
+    import helpers
+    helpers.DEEP = config.getoption("--deep")
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return
+    # The default run draws the same examples every time (a failure there is the code's, reproducible, never a
+    # new draw's luck); the deep run draws new ones each time. Set before any test module builds its settings.
+    settings.register_profile("default-run", derandomize=True)
+    settings.register_profile("deep", derandomize=False)
+    settings.load_profile("deep" if helpers.DEEP else "default-run")
+
+
+# The longest test files (docs/testing.md, from --durations), started first: pytest-xdist hands out whole files
+# in collection order, so a long file collected last would run alone at the end while the other core idles.
+LONGEST_FIRST = ("test_vllm_keys", "test_fla_keys", "test_faults", "test_record_gdn", "test_bench_scripts",
+                 "test_shard_build", "test_sglang_keys", "test_selection", "test_targets_engines", "test_sglang_build",
+                 "test_precompile", "test_registry", "test_integrity", "test_loader")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))   # stable: the rest keep their order
+    if not config.getoption("--deep"):
+        shallow = pytest.mark.skip(reason="deep run only (pytest --deep; docs/testing.md)")
+        for item in items:
+            if "deep" in item.keywords:
+                item.add_marker(shallow)
     try:
         import torch
         has_gpu = torch.cuda.is_available()
@@ -40,3 +75,42 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+# -- built toy caches, shared by the whole run ---------------------------------------------------------------------
+# A toy build is a real build child (torch, Triton and the toy kernels compiled for the fake GPU): several modules
+# need the same caches, so each distinct spec is built once per run, into a store every pytest-xdist worker of
+# the run shares (one builds under a file lock, the others wait), and each module gets a relocated copy of its own
+# to change as it likes. World-readable: test_loader serves a copy as another user.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}"
+TOY_STORE = Path(tempfile.gettempdir()) / f"autotune-cache-tests-{_RUN}"
+
+
+class ToyCaches:
+    def copy(self, dest, **spec):
+        """A relocated copy at `dest` of the toy build of helpers.toy_spec(**spec), built once per run."""
+        import json as _json
+
+        from filelock import FileLock
+
+        from helpers import relocated_copy, toy_build
+        name = "-".join(f"{k}={spec[k]}" for k in sorted(spec)).replace("/", "_").replace(" ", "") or "default"
+        TOY_STORE.mkdir(mode=0o755, exist_ok=True)
+        master = TOY_STORE / name / "cache"
+        with FileLock(str(TOY_STORE / f"{name}.lock")):
+            if not (master.parent / "done").exists():
+                shutil.rmtree(master.parent, ignore_errors=True)
+                master.parent.mkdir(mode=0o755)
+                toy_build(master, **spec)
+                (master.parent / "done").write_text(_json.dumps(spec, default=str))
+        return relocated_copy(master, dest)
+
+
+@pytest.fixture(scope="session")
+def toy_caches():
+    return ToyCaches()
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):   # the controller (or a run without xdist), after every worker
+        shutil.rmtree(TOY_STORE, ignore_errors=True)

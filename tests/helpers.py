@@ -5,6 +5,52 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).parent
+# The deep run (`pytest --deep`, docs/testing.md): property tests at their full example counts, and the tests
+# marked `deep`. Set by conftest before any test module is imported.
+DEEP = False
+
+
+def examples(deep: int) -> int:
+    """Hypothesis examples for one property: `deep` in the deep run, an eighth of it (at least 60) by default."""
+    return deep if DEEP else max(60, deep // 8)
+
+
+# -- toy builds: the toy_target kernels on the fake sm_90 GPU, in a real build child ------------------------------
+def toy_spec(cache_dir, **kw):
+    """The tests' usual build: qwen3.5-9b through toy_target (3 keys of 3 configs up to 3000 tokens), emulated.
+    `kw` overrides any BuildSpec field; `model` may be a preset's name."""
+    from autotune_cache import BuildSpec, models
+    kw = {"targets": ("toy_target",), "max_tokens": 3000, **kw}
+    model = kw.pop("model", "qwen3.5-9b")
+    return BuildSpec(model=models.preset(model) if isinstance(model, str) else model, cache_dir=str(cache_dir),
+                     emulate=True, **kw)
+
+
+def toy_build(cache_dir, fake_times=None, **kw):
+    """build(toy_spec(cache_dir, **kw)) in a child; `fake_times` (config -> ms, emulation's table) is handed to
+    the child through its env. Returns the Manifest."""
+    from autotune_cache import build
+    from autotune_cache.builder.emulation import FAKE_TIMES_ENV
+    if fake_times is None:
+        return build(toy_spec(cache_dir, **kw), progress=False)
+    os.environ[FAKE_TIMES_ENV] = json.dumps(fake_times)   # the build child inherits it
+    try:
+        return build(toy_spec(cache_dir, **kw), progress=False)
+    finally:
+        del os.environ[FAKE_TIMES_ENV]
+
+
+def relocated_copy(cache, dest):
+    """A copy of a built cache at `dest` whose group files point into it, as a build at `dest` leaves them (a plain
+    `cp -r` would leave them pointing at `cache`)."""
+    import shutil
+
+    from autotune_cache.cache.swap import relocate
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(cache, dest, symlinks=True)
+    relocate(dest, dest)
+    return dest
 
 
 def run_cli(*args, env=None, check=None):
@@ -165,3 +211,50 @@ def run_cli_bounded(*args, timeout=60, memory=2 << 30):
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     return subprocess.run([sys.executable, "-m", "autotune_cache", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, preexec_fn=cap)
+
+
+class FirstMiss(Exception):
+    """Raised by stop_at_first_miss()'s hook: the serving process met a miss."""
+
+
+def stop_at_first_miss(out: dict) -> None:
+    """In a serving stand-in, when STOP_AT_FIRST_MISS is set: the first autotune miss raises FirstMiss before Triton
+    benchmarks (and so compiles) any config, and `out["first_miss"]` names its kernel and key. A negative control
+    that proves a hit test can fail without paying for tuning the whole miss."""
+    if not os.environ.get("STOP_AT_FIRST_MISS"):
+        return
+    from autotune_cache.cache import lookups
+
+    def stop(tuner, key):
+        out["first_miss"] = [lookups.innermost_jit(tuner.fn).__name__, list(key)]
+        raise FirstMiss(out["first_miss"])
+    lookups.add_miss_hook(stop)
+
+
+def cli_here(*args, env=None, cwd=None):
+    """autotune-cache's main() in this process, seen as run_cli() sees a subprocess: a CompletedProcess with the exit
+    code, stdout and stderr. For what is argument parsing and output; signals, pipes, TTYs, widths and children need
+    a process of their own (run_cli). `env` replaces the environment for the call, `cwd` is its working dir."""
+    import contextlib
+    import io
+
+    from autotune_cache.cli import console, main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:   # argparse: --help, --version, a usage error
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        console.out.quiet = False
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

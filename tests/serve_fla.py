@@ -20,6 +20,10 @@ import torch.nn.functional as F  # noqa: E402
 from autotune_cache.serve.stand_in import counters  # noqa: E402
 
 stats = counters()
+from helpers import FirstMiss, stop_at_first_miss  # noqa: E402
+
+first = {}
+stop_at_first_miss(first)
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: E402
 
 H, HV, state_dtype = int(sys.argv[2]), int(sys.argv[3]), getattr(torch, sys.argv[4])
@@ -33,7 +37,11 @@ for T in map(int, sys.argv[5].split(",")):
     g = F.logsigmoid(torch.rand(1, T, HV))
     beta = torch.rand(1, T, HV).to(torch.bfloat16)
     state = torch.randn(N, HV, 128, 128).to(state_dtype)
-    with torch.no_grad():
-        chunk_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
-                               cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
-print(json.dumps({"kernels": {k: dict(v) for k, v in stats.items()}, "configs_benchmarked": emulation.bench_calls}))
+    try:
+        with torch.no_grad():
+            chunk_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                                   cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
+    except FirstMiss:
+        break
+print(json.dumps({"kernels": {k: dict(v) for k, v in stats.items()}, "configs_benchmarked": emulation.bench_calls,
+                  **first}))

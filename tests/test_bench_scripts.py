@@ -12,6 +12,7 @@ import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache.layout import read_autotune
+import helpers
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -34,14 +35,7 @@ TIMES_C = {**TIMES, f"{B32} @ n=16384": [0.25], f"{B32} @ n=8192": [0.25]}
 
 
 def toy_build(cache_dir, max_tokens, times=None):
-    from autotune_cache.builder.emulation import FAKE_TIMES_ENV
-    import os
-    os.environ[FAKE_TIMES_ENV] = json.dumps(times or TIMES)   # the build child inherits it
-    try:
-        return build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=max_tokens,
-                               cache_dir=str(cache_dir), emulate=True), progress=False)
-    finally:
-        del os.environ[FAKE_TIMES_ENV]
+    return helpers.toy_build(cache_dir, fake_times=times or TIMES, max_tokens=max_tokens)
 
 
 @pytest.fixture(scope="module")

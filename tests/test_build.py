@@ -4,17 +4,12 @@ import json
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import build
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.errors import CacheDirError
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import stand_in, run_cli
-
-
-def toy_spec(cache_dir, **kw):
-    return BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                     cache_dir=str(cache_dir), emulate=True, **kw)
+from helpers import run_cli, stand_in, toy_spec
 
 
 @pytest.fixture(scope="module")

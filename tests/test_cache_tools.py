@@ -9,26 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, models
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.scan import scan
 from autotune_cache.cache.layout import read_group
-from helpers import TESTS, compiles, run_cli
+from helpers import TESTS, compiles, run_cli, toy_build
 
 TOKENS = ("--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "--emulate")
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
 
 
-def toy_build(cache_dir, tp=(1, 2), max_tokens=3000, tokens=()):
-    return build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=max_tokens,
-                           tokens=tokens, cache_dir=str(cache_dir), emulate=True), progress=False)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, toy_caches):
     """Three keys (NB 1..3), 3 configs each: 3 winners' and 6 losers' compiled dirs. Never modified by tests."""
-    cache = tmp_path_factory.mktemp("built") / "cache"
-    return cache, toy_build(cache)
+    cache = toy_caches.copy(tmp_path_factory.mktemp("built") / "cache", tp=(1, 2))
+    return cache, manifest_mod.load(cache)
 
 
 def verified(cache, tp=(1,), max_tokens=None, targets=("toy_target",)):

@@ -2,7 +2,9 @@
 failed check), never a traceback, and creates nothing; output whole and plain when piped, fitted to COLUMNS=80;
 JSON errors under --json; broken pipes; read-only caches; emulated caches; no-op prune/merge; ensure --rebuild.
 
-One small emulated toy cache is built once per session and copied by the tests that change a cache."""
+One small emulated toy cache is built once per run and copied by the tests that change a cache. What is argument
+parsing and output alone (the mistakes, JSON errors) runs main() in this process (helpers.cli_here); signals, pipes,
+widths, read-only mounts and builds run in a process of their own."""
 import json
 import os
 import re
@@ -11,8 +13,8 @@ import sys
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
-from helpers import TESTS, assert_refused_in_one_line, listing
+from autotune_cache import models
+from helpers import TESTS, assert_refused_in_one_line, cli_here, listing
 
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
 TOY = ("--target", "toy_target", "--max-tokens", "1024")
@@ -39,19 +41,16 @@ def one_line_error(proc, code=2, text=""):
 
 
 @pytest.fixture(scope="session")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, toy_caches):
     """One unit of the toy kernel, emulated: 1 key, 3 configs (2 losers' compiled dirs for prune)."""
-    cache = tmp_path_factory.mktemp("ux") / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
-                    cache_dir=str(cache), emulate=True), progress=False)
-    return cache
+    return toy_caches.copy(tmp_path_factory.mktemp("ux") / "cache", max_tokens=1024)
 
 
 @pytest.fixture
 def copy(toy, tmp_path):
     """A copy of the toy cache made as `import` would (its group files point at it): `merge` into a new dir."""
     dest = tmp_path / "copy"
-    proc = cli("merge", toy, "--into", dest)
+    proc = cli_here("merge", toy, "--into", dest)
     assert proc.returncode == 0, proc.stderr
     return dest
 
@@ -141,7 +140,7 @@ def test_broken_pipe_is_quiet(toy):
     (("build", "--noise", "-1", "--cache-dir", "x", "--json"), "--noise"),
 ])
 def test_json_errors_on_stdout(args, text, tmp_path):
-    proc = cli(*args, cwd=tmp_path)
+    proc = cli_here(*args, cwd=tmp_path)
     one_line_error(proc, 2, text)
     data = json.loads(proc.stdout)
     assert data["exit"] == 2 and text in data["error"]
@@ -157,8 +156,14 @@ def test_a_recorded_commands_json_flag_is_its_own(tmp_path):
     assert proc.returncode == 0 and proc.stdout == "hi\n" and proc.stderr == ""
 
 
+@pytest.mark.parametrize("flag", ["--tp", "--probe-tokens", "--model"])
+def test_an_option_given_the_end_of_options_marker_is_refused(flag):
+    # argparse reads `--tp=--` as an empty list; the commands expect a string (a traceback once)
+    one_line_error(cli_here("build", "--cache-dir", "x", "--emulate", f"{flag}=--"), 2, f"argument {flag}:")
+
+
 def test_noise_names_one_flag():
-    proc = cli("build", "--noise", "-1", "--cache-dir", "x", "--emulate")
+    proc = cli_here("build", "--noise", "-1", "--cache-dir", "x", "--emulate")
     one_line_error(proc, 2, "--noise must be")
     assert "--probe-tokens" not in proc.stderr and "--selection" not in proc.stderr
 
@@ -198,7 +203,7 @@ def test_mistake_is_one_line_and_creates_nothing(name, copy, key, tmp_path):
     values = {"file": work / "afile", "tmp": work, "key": key, "cache": copy}
     before, cache_before = listing(work), listing(copy)
     manifest = (copy / "manifest.json").read_bytes()
-    proc = cli(*[a.format(**values) for a in args], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=work)
+    proc = cli_here(*[a.format(**values) for a in args], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=work)
     if args[0] == "ensure":   # it says what it was about to build, then why it cannot
         assert_refused_in_one_line(proc, text)
     else:

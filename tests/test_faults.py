@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildFailedError, BuildSpec, build, models
+from autotune_cache import BuildFailedError, build, models
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.builder import orchestrator
 from autotune_cache.errors import AutotuneCacheError, CacheDirError, ConfigError, SpecError, UnknownModelError
 from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import stand_in, run_cli
+import helpers
+from helpers import run_cli, stand_in
 
 TAG = "AUTOTUNE_CACHE_TEST_TAG"   # set in a build's environment: every process it starts inherits it
 
 
 def toy_spec(cache_dir, **kw):
-    kw = {"tp": (1, 2), "targets": ("toy_target",), "max_tokens": 3000, "unit_timeout_s": 120.0, "retries": 1, **kw}
-    return BuildSpec(model=models.preset(kw.pop("model", "qwen3.5-9b")), cache_dir=str(cache_dir), emulate=True,
-                     **kw)
+    """helpers.toy_spec at TP 1+2, with a unit timeout and one retry (what the fault tests exercise)."""
+    return helpers.toy_spec(cache_dir, **{"tp": (1, 2), "unit_timeout_s": 120.0, "retries": 1, **kw})
 
 
 def toy_args(cache_dir, *extra):

@@ -4,6 +4,7 @@ Real fla-core kernels compiled for a fake sm_90 GPU (FACTS.md §2). With the GPU
 hash, the cache directory names must equal byte for byte those the GPU host wrote for the same serving call."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,10 +19,10 @@ DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
 pytestmark = pytest.mark.slow
 
 
-def serve(cache, H, HV, state_dtype, tokens):
+def serve(cache, H, HV, state_dtype, tokens, env=None):
     proc = subprocess.run([sys.executable, str(TESTS / "serve_fla.py"), str(cache), str(H), str(HV), state_dtype,
                            ",".join(map(str, tokens))], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "AUTOTUNE_CACHE_DEVICE_KEYS": str(DEVICE_KEYS)})
+                          env={**os.environ, "AUTOTUNE_CACHE_DEVICE_KEYS": str(DEVICE_KEYS), **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -69,7 +70,16 @@ def test_a_serving_process_hits_everything(fla_cache, H, HV, state, tokens):
 
 
 def test_an_unbuilt_shape_misses(fla_cache):
-    # TP 4 was never built: the same server must benchmark (the test can fail)
+    # TP 4 was never built: the same server misses (the hit tests can fail); it stops at the first miss, before
+    # tuning it (tuning the whole miss is the deep run's test below)
     cache, _, _ = fla_cache
+    report = serve(cache, 4, 8, "float32", (64,), env={"STOP_AT_FIRST_MISS": "1"})
+    assert report["first_miss"] and report["configs_benchmarked"] == 0
+
+
+@pytest.mark.deep
+def test_an_unbuilt_shape_is_tuned(fla_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(fla_cache[0], cache)   # the miss writes its entries: into a copy, not the shared cache
     report = serve(cache, 4, 8, "float32", (64,))
     assert report["configs_benchmarked"] > 0

@@ -19,6 +19,7 @@ from autotune_cache.builder.spec import (MAX_GPUS, MAX_PLAN_CALLS, MAX_PLAN_KEYS
 from autotune_cache.cli import parser  # noqa: E402
 from autotune_cache.cli.args import spec_from_args  # noqa: E402
 from autotune_cache.errors import ConfigError, SpecError, UnknownModelError  # noqa: E402
+from helpers import examples  # noqa: E402
 from autotune_cache.models import (CONFIG_MAX_BYTES, DTYPES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS,  # noqa: E402
                                    MAX_TP, SIZES)
 
@@ -97,7 +98,7 @@ def config_path(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz") / "config.json"
 
 
-@settings(FUZZ, max_examples=800)
+@settings(FUZZ, max_examples=examples(800))
 @given(content=config_bytes())
 def test_any_config_json_is_a_model_or_a_config_error(config_path, content):
     config_path.write_bytes(content)
@@ -124,7 +125,7 @@ FLAGS = st.fixed_dictionaries({}, optional={
     "--probe-tokens": int_list(TOKENS) | st.just("none")})
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=examples(1000))
 @given(flags=FLAGS)
 def test_any_numeric_flags_make_a_bounded_spec_or_a_spec_error(flags):
     # --flag=value: a value starting with "-" would otherwise read as another option
@@ -160,7 +161,7 @@ def spec_fields(draw) -> tuple[dict, dict]:
     return sizes, fields
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=examples(1000))
 @given(fields=spec_fields(),
        targets=st.lists(st.sampled_from(["fla", "vllm", "sglang"]), min_size=1, max_size=3, unique=True))
 def test_any_sizes_make_a_bounded_plan_or_a_spec_error(fields, targets):

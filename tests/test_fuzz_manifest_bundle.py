@@ -17,9 +17,9 @@ from autotune_cache.cache import manifest as manifest_mod  # noqa: E402
 from autotune_cache.cache.bundle import import_bundle  # noqa: E402
 from autotune_cache.cache.files import path_problem, sha256_bytes  # noqa: E402
 from autotune_cache.errors import BundleError, CacheDirError  # noqa: E402
-from helpers import listing, raw_digest  # noqa: E402
+from helpers import examples, listing, raw_digest  # noqa: E402
 
-FUZZ = settings(max_examples=int(os.environ.get("AUTOTUNE_CACHE_FUZZ_EXAMPLES", "600")), deadline=None, database=None,
+FUZZ = settings(max_examples=examples(600), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 RAN = {"manifest": 0, "bundle": 0}
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.errors import IntegrityError, SharedWritableError
@@ -24,13 +23,11 @@ SO = "cuda_utils.cpython-311-x86_64-linux-gnu.so"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
+def cache(tmp_path_factory, toy_caches):
     """A toy cache (3 keys, 9 compiled configs) plus a stand-in for Triton's cuda_utils .so in its own hash dir,
     listed in the manifest like every file: on a GPU host the build leaves the real one there, the fake driver
     compiles none. Never modified by tests."""
-    root = tmp_path_factory.mktemp("integrity") / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                    cache_dir=str(root), emulate=True), progress=False)
+    root = toy_caches.copy(tmp_path_factory.mktemp("integrity") / "cache")
     so = root / "SOSTANDIN2LHQ7TNRWVG4UNKCXQPI6HC3F3RFRP5XUBLB4LUSOPA" / SO
     so.parent.mkdir()
     so.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64)

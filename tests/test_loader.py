@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.errors import CacheDirError
 from autotune_cache.serve.loader import install
 from helpers import TESTS
@@ -39,12 +38,11 @@ def serve(cache, mode, tokens=BUILT_TOKENS, *extra, env=None, read_only_fs=False
 
 
 @pytest.fixture(scope="module")
-def cache():
+def cache(toy_caches):
     # world-readable (not under pytest's 0700 tmp) so the read-only test can serve it as another user
     root = Path(tempfile.mkdtemp(prefix="autotune-cache-loader-"))
     root.chmod(0o755)
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                    cache_dir=str(root / "cache"), emulate=True), progress=False)
+    toy_caches.copy(root / "cache")
     yield root / "cache"
     shutil.rmtree(root, ignore_errors=True)
 

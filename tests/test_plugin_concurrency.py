@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache import trust
 from autotune_cache.cache.layout import read_autotune
 from helpers import TESTS, listing
@@ -28,11 +27,8 @@ MISSED = 5000              # NB 5: not built
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plugin-concurrency") / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                    cache_dir=str(root), emulate=True), progress=False)
-    return root
+def cache(tmp_path_factory, toy_caches):
+    return toy_caches.copy(tmp_path_factory.mktemp("plugin-concurrency") / "cache")
 
 
 def env_for(cache, tmp, **extra):

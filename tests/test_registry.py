@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.cache.layout import read_group
@@ -19,17 +18,12 @@ from helpers import run_cli, small_cache
 TOY = ("--model", "qwen3.5-9b", "--target", "toy_target", "--max-tokens", "3000")
 
 
-def toy_build(cache_dir, tp):
-    return build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=3000,
-                           cache_dir=str(cache_dir), emulate=True), progress=False)
-
-
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
+def caches(tmp_path_factory, toy_caches):
     """Two real caches: TP 1+2 (2 units) and TP 1 alone. Never modified by tests."""
     base = tmp_path_factory.mktemp("caches")
-    toy_build(base / "tp12", (1, 2))
-    toy_build(base / "tp1", (1,))
+    toy_caches.copy(base / "tp12", tp=(1, 2))
+    toy_caches.copy(base / "tp1", tp=(1,))
     return base / "tp12", base / "tp1"
 
 

@@ -12,7 +12,8 @@ import pytest
 from autotune_cache.cache import manifest as manifest_mod
 from helpers import run_cli
 import test_registry
-from test_registry import TOY, toy_build
+from helpers import toy_build
+from test_registry import TOY
 
 caches = test_registry.caches   # its module fixture: the two toy caches
 
@@ -43,7 +44,7 @@ def test_ensure_from_fetches_a_missing_cache(registry, tmp_path):
 
 def test_ensure_from_replaces_a_stale_cache(registry, tmp_path):
     cache = tmp_path / "gdn"
-    toy_build(cache, (1,))   # holds TP 1 only: stale for TP 1,2
+    toy_build(cache, tp=(1,))   # holds TP 1 only: stale for TP 1,2
     before = manifest_mod.load(cache).digest()
     proc = ensure(cache, "--tp", "1,2", "--from", registry)
     assert proc.returncode == 0 and "fetched" in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@ from autotune_cache.models import RankShape
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.shard import plan_parts, unit_configs
 from autotune_cache.builder.spec import PlannedKey, Unit
+from helpers import examples
 
 SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
@@ -115,7 +116,7 @@ def test_unknown_config_counts_count_zero():
     assert unit_configs(u) == 4
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from([None, 1, 3, 12, 25]), min_size=1),
                 min_size=1, max_size=6),
        st.integers(1, 9))

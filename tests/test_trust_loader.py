@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache import integrity, manifest as manifest_mod, signing, trust
 from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.layout import read_group
@@ -28,12 +27,9 @@ keys = test_integrity.keys   # the signing keys fixture
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
+def cache(tmp_path_factory, toy_caches):
     """A toy cache (3 keys, 9 compiled configs). Never modified by tests: each works on copy_of() it."""
-    root = tmp_path_factory.mktemp("trust-loader") / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                    cache_dir=str(root), emulate=True), progress=False)
-    return root
+    return toy_caches.copy(tmp_path_factory.mktemp("trust-loader") / "cache")
 
 
 def clean_env(**extra):

@@ -20,7 +20,7 @@ from autotune_cache.cache.lock import locked
 from autotune_cache.errors import BundleError, CacheDirError
 from helpers import (assert_refused_in_one_line, listing, raw_manifest_with, run_cli, small_cache, small_manifest,
                      tar_member, write_bundle)
-from test_build import toy_spec
+from helpers import toy_spec
 
 FILES = {"AB/k.autotune.json": b'{"k": 1}', "AB/k.cubin": b"\x7fELF" + bytes(60), "CD/__grp__k.json": b'{"child_paths": {}}'}
 

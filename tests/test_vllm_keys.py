@@ -5,6 +5,7 @@ in profile_run, through the Triton prefill call), run in a fresh process on the 
 another token count (no vLLM key holds T) and must produce exactly the disk entries that path looks up."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,9 +19,9 @@ pytest.importorskip("vllm.third_party.flash_linear_attention.ops")
 pytestmark = pytest.mark.slow
 
 
-def serve_vllm(cache, nk, nv, tp, state):
+def serve_vllm(cache, nk, nv, tp, state, env=None):
     proc = subprocess.run([sys.executable, str(TESTS / "serve_vllm.py"), str(cache), str(nk), str(nv), str(tp), state],
-                          capture_output=True, text=True, timeout=900, env=dict(os.environ))
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,6 +59,16 @@ def test_vllm_warmup_hits_exactly_the_built_entries(vllm_cache, model, nk, nv, t
 
 
 def test_vllm_warmup_misses_an_unbuilt_tp(vllm_cache):
+    # the negative control of the hit tests: TP 4 was never built, so its first lookup misses; the server stops
+    # there, before tuning (the whole miss, 88 configs compiled, is the deep run's test below)
     cache, _, _ = vllm_cache
+    out = serve_vllm(cache, 16, 32, 4, "float32", env={"STOP_AT_FIRST_MISS": "1"})
+    assert not any(lk["hit"] for lk in out["lookups"]) and out["first_miss"] and out["configs_benchmarked"] == 0
+
+
+@pytest.mark.deep
+def test_vllm_warmup_tunes_every_key_of_an_unbuilt_tp(tmp_path, vllm_cache):
+    cache = tmp_path / "cache"
+    shutil.copytree(vllm_cache[0], cache)   # the miss writes its entries: into a copy, not the shared cache
     out = serve_vllm(cache, 16, 32, 4, "float32")
     assert not any(lk["hit"] for lk in out["lookups"]) and out["configs_benchmarked"] == 88
