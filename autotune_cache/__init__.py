@@ -3,12 +3,19 @@
 The public face: `plan`, `build`, `install`, the spec and model records, the errors. Where each part lives:
 ARCHITECTURE.md.
 """
+from .builder.spec import BuildSpec
+from .errors import (
+    AutotuneCacheError,
+    BuildFailedError,
+    CacheDirError,
+    ConfigError,
+    NoGPUError,
+    SpecError,
+    UnknownModelError,
+)
+from .models import PRESETS, ModelShape
+from .serve.loader import install  # imports no kernel module and no GPU: cheap
 from .version import __version__
-from .errors import (AutotuneCacheError, BuildFailedError, CacheDirError, ConfigError, NoGPUError,  # noqa: E402
-                     SpecError, UnknownModelError)
-from .builder.spec import BuildSpec  # noqa: E402
-from .models import ModelShape, PRESETS  # noqa: E402
-from .serve.loader import install  # noqa: E402  (imports no kernel module and no GPU: cheap)
 
 
 def plan(spec):

@@ -59,7 +59,7 @@ class ModelShape(BaseModel):
     def _size(cls, v, info: ValidationInfo):
         return whole(v, info.field_name, high=SIZES[info.field_name][1])
 
-    def per_rank(self, tp: int) -> "RankShape":
+    def per_rank(self, tp: int) -> RankShape:
         """Shape one tensor-parallel rank sees. Raises SpecError when tp does not split the heads."""
         whole(tp, "TP degree", high=MAX_TP)
         for what, n in (("key", self.num_k_heads), ("value", self.num_v_heads)):

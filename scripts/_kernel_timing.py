@@ -251,8 +251,8 @@ def first_config_rule():
     import triton.runtime.autotuner as at
     original, autotuning = at.Autotuner.run, os.environ.get("TRITON_CACHE_AUTOTUNING")
     try:
-        from vllm.triton_utils import force_first_config   # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
-        force_first_config.install()                        # itself at this import; else here
+        from vllm.triton_utils import force_first_config  # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
+        force_first_config.install()                      # itself at this import; else here
         if at.Autotuner.run is not original:
             return at.Autotuner.run, "vllm.triton_utils.force_first_config"
     except ImportError:

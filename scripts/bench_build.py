@@ -123,8 +123,7 @@ def main():
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
 
-    from autotune_cache import BuildSpec, models
-    from autotune_cache import plan
+    from autotune_cache import BuildSpec, models, plan
     tps = tuple(int(t) for t in args.tp.split(","))
     units = plan(BuildSpec(model=models.preset(args.model), tp=tps, targets=(args.target,),
                            max_tokens=args.max_tokens)).units

@@ -45,8 +45,8 @@ SPREAD_TARGET = 0.02
 def load_build(label: str, cache_dir) -> dict:
     """One build dir as plain data: per key id its winner, recorded best, every config's p50 (from the autotune
     file) and, from the manifest, the token count and the call (target, shape, dtypes) that tuned it."""
-    from autotune_cache.cache.scan import scan
     from autotune_cache.cache.layout import read_autotune
+    from autotune_cache.cache.scan import scan
     s = scan(cache_dir)
     m = s.manifest
     build = {"label": label, "dir": str(s.root), "emulated": bool(m and m.fingerprint and m.fingerprint.emulated),

@@ -92,7 +92,7 @@ def main(out, control, options: ChildOptions) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options.gpu)
     os.environ["TRITON_CACHE_DIR"] = options.cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from . import device, precompile   # light: the heavy imports come after the pool is started
+    from . import device, precompile  # light: the heavy imports come after the pool is started
     # Compile the configs of all units in worker processes (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every core
     # but the one this child benchmarks on), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile
     # while benchmarking, as Triton. Emulated builds (tests, key checks) default to threads: a worker's start
@@ -130,15 +130,16 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             return
     if options.foreign:
         _launch_foreign_untuned(options.foreign)
+    import importlib
+
     from ..cache import fingerprint, lookups
-    from . import precompile, selection
-    from ..targets import get
-    from ..cache.layout import read_autotune
     from ..cache.files import sha256_file
+    from ..cache.layout import read_autotune
+    from ..targets import get
+    from . import precompile, selection
 
     # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
     # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
-    import importlib
     for name in dict.fromkeys(m for u in units for m in _imports(get, u.unit)):
         try:
             importlib.import_module(name)

@@ -193,7 +193,7 @@ class Ledger:
             rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
         self.save()
 
-    def _part(self, part) -> "_PartState":
+    def _part(self, part) -> _PartState:
         """A Part's state; a unit id or Unit (a build that did not call use(): one part per unit) is its own part."""
         key = (part.id, part.shard) if isinstance(part, Part) else (getattr(part, "id", part), 0)
         if key not in self.parts:

@@ -10,16 +10,29 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import gpus
 from ..cache.files import make_dirs, remove_created
 from ..cache.fingerprint import Fingerprint
 from ..cache.lock import locked
 from ..cache.manifest import Manifest
 from ..errors import BuildFailedError, CacheDirError, NoGPUError
+from . import gpus
 from .ledger import Ledger
-from .plan import Plan, plan as make_plan
-from .protocol import (Binaries, ChildOptions, ChildUnit, Done, Go, Hello, Lookup, NoGPU, Stop, UnitDone, UnitFailed,
-                       UnitStart)
+from .plan import Plan
+from .plan import plan as make_plan
+from .protocol import (
+    Binaries,
+    ChildOptions,
+    ChildUnit,
+    Done,
+    Go,
+    Hello,
+    Lookup,
+    NoGPU,
+    Stop,
+    UnitDone,
+    UnitFailed,
+    UnitStart,
+)
 from .shard import Part, ShardPlan, plan_parts
 from .spec import BuildSpec, Unit
 from .supervisor import Child, Supervisor

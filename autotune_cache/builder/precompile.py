@@ -162,7 +162,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     import time
     import traceback
 
-    from .lifetime import die_with   # a killed build child leaves no zygote, and a killed zygote no worker
+    from .lifetime import die_with  # a killed build child leaves no zygote, and a killed zygote no worker
     started = time.monotonic()
     die_with(parent)
     os.environ["TRITON_CACHE_DIR"] = cache_dir
@@ -172,10 +172,10 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
         os.nice(NICE)
     except OSError:
         pass
-    from . import emulation
-    from .device import Profile
     from ..models import RankShape
     from ..targets import get
+    from . import emulation
+    from .device import Profile
     emulation.install(profile=Profile(**profile) if profile else None)
     import torch
     import triton

@@ -18,8 +18,8 @@ first on the least loaded shard.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .spec import Unit
 

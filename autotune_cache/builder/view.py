@@ -3,15 +3,14 @@ what it is doing, on which GPU), redrawn in place; "plain", one line when a unit
 log or a pipe: no bars, no redraws); "none"."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .plan import Plan
 from .spec import Unit
-
 
 MODES = ("tty", "plain", "none")
 

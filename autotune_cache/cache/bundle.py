@@ -36,12 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..version import __version__
-from . import manifest as manifest_mod
 from .. import untrusted
 from ..errors import BundleError, CacheDirError
-from .files import (FILE_MODE, atomic_file, inside, make_dirs, move_in, open_new, open_regular,
-                    path_problem, read_regular, remove_created, sha256_bytes, staging_dir)
+from ..version import __version__
+from . import manifest as manifest_mod
+from .files import (
+    FILE_MODE,
+    atomic_file,
+    inside,
+    make_dirs,
+    move_in,
+    open_new,
+    open_regular,
+    path_problem,
+    read_regular,
+    remove_created,
+    sha256_bytes,
+    staging_dir,
+)
 from .layout import is_group_file, members_first, read_group, relocated_group
 from .manifest import FileRecord, Manifest
 

@@ -63,7 +63,7 @@ def _version(dist: str) -> str | None:
 
 
 def _triton_key_sha256() -> str:
-    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+    from triton.runtime.autotuner import triton_key  # the name the autotuner's disk key uses
     return sha256_bytes(triton_key())
 
 

@@ -148,7 +148,7 @@ class Manifest(BaseModel):
     def pending(self) -> list[UnitRecord]:
         return [u for u in self.units.values() if u.status == "pending"]
 
-    def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
+    def damaged_entry(self, rec: UnitRecord, cache_dir: Path) -> str | None:
         """The first entry `rec` reached whose autotune file is unlisted, gone, not a regular file or changed; None
         when all are intact."""
         for name in rec.entries:

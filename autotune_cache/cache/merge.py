@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from . import manifest as manifest_mod
 from .files import copy_hashed, inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
 from .fingerprint import mismatches
 from .layout import is_group_file, members_first, read_group, relocated_group

@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, CacheDirError
+from . import manifest as manifest_mod
+from .layout import (
+    autotune_kernel,
+    group_kernel,
+    is_autotune_file,
+    is_group_file,
+    is_triton_tmp,
+    read_autotune,
+    read_group,
+)
 from .manifest import Manifest
-from .layout import (autotune_kernel, group_kernel, is_autotune_file, is_group_file, is_triton_tmp, read_autotune,
-                     read_group)
 
 # What a compiled-kernel dir is to the autotuned entries (decided from the manifest's recorded binaries):
 ROLES = {

@@ -24,9 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from .. import untrusted
 from ..errors import AutotuneCacheError, IntegrityError
+from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
 from .integrity import stray_members
 from .layout import is_group_file, parse_group

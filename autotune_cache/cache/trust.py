@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AutotuneCacheError, CacheDirError
-from . import integrity, manifest as manifest_mod, signing
+from . import integrity, signing
+from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
 from .integrity import FileCheck, Writable
 from .manifest import Manifest

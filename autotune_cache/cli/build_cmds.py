@@ -12,10 +12,9 @@ from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
 from ..errors import BuildFailedError, NoGPUError
 from ..targets import SHORT
-from .args import add_build_args, add_model_args, build_devices, spec_from_args
 from . import record_cmds
-from .console import (Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode,
-                      report_error)
+from .args import add_build_args, add_model_args, build_devices, spec_from_args
+from .console import Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode, report_error
 
 
 def cmd_models(args) -> int:

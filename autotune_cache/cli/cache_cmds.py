@@ -107,8 +107,8 @@ def cmd_verify(args) -> int:
     from ..cache.verify import verify
     plan = None
     if args.model or args.config:
-        from .args import spec_from_args
         from ..builder.plan import plan as make_plan
+        from .args import spec_from_args
         plan = make_plan(spec_from_args(args))
     s = scan(args.dir)
     v = verify(s, plan, allow_writable=args.allow_writable, public_key=args.public_key,

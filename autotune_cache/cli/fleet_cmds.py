@@ -100,7 +100,7 @@ def cmd_fleet_plan(args) -> int:
 
 
 def cmd_fleet_build(args) -> int:
-    from ..fleet import matrix, report, ray_runner
+    from ..fleet import matrix, ray_runner, report
     m = matrix.load(args.matrix)
     url = args.registry or m.registry
     if not url:

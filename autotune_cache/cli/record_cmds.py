@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..errors import BuildFailedError, NoGPUError, SpecError
-from .console import err, out, print_json, progress_mode
 from .args import build_devices
+from .console import err, out, print_json, progress_mode
 
 
 def _boot_dir() -> str:

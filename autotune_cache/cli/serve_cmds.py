@@ -71,9 +71,10 @@ def _rebuild(p, cache_dir: Path, args) -> None:
 
 
 def cmd_ensure(args) -> int:
-    from ..cache import manifest as manifest_mod, trust
-    from .args import spec_from_args
     from ..builder.plan import plan as make_plan
+    from ..cache import manifest as manifest_mod
+    from ..cache import trust
+    from .args import spec_from_args
 
     spec = spec_from_args(args)
     p = make_plan(spec)

@@ -8,7 +8,7 @@ import inspect
 import numbers
 import os
 
-from .schema import (Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg)
+from .schema import Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg
 
 MAX_VALUES_ENV = "AUTOTUNE_CACHE_RECORD_MAX_VALUES"
 # Integer tensors up to this many elements are recorded by value (cu_seqlens, chunk indices: a few thousand at

@@ -76,7 +76,7 @@ class TupleArg(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["tuple"] = "tuple"
-    items: tuple["Arg", ...]
+    items: tuple[Arg, ...]
 
 
 class OpaqueArg(BaseModel):
@@ -87,7 +87,7 @@ class OpaqueArg(BaseModel):
     type: str
 
 
-Arg = Annotated[Union[TensorArg, ValueArg, DtypeArg, TupleArg, OpaqueArg], Field(discriminator="kind")]
+Arg = Annotated[TensorArg | ValueArg | DtypeArg | TupleArg | OpaqueArg, Field(discriminator="kind")]
 TupleArg.model_rebuild()
 
 

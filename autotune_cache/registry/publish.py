@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import untrusted
-from ..cache import bundle as bundle_mod, manifest as manifest_mod
+from ..cache import bundle as bundle_mod
+from ..cache import manifest as manifest_mod
 from ..cache.files import MAX_JSON_BYTES, read_plain, sha256_file
 from ..errors import CacheDirError, RegistryError
 from ..version import __version__

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RegistryError, RegistryUnreachableError
 from ..cache import files
+from ..errors import RegistryError, RegistryUnreachableError
 
 BLOCK = 1 << 20
 

@@ -33,9 +33,14 @@ import threading
 from pathlib import Path
 
 from ..cache import trust
-from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
-                      SharedWritableError)
-
+from ..errors import (
+    AutotuneCacheError,
+    CacheDirError,
+    CacheMissError,
+    IncompatibleCacheError,
+    IntegrityError,
+    SharedWritableError,
+)
 from . import dirs
 from .report import LoaderReport
 
