@@ -268,7 +268,7 @@ def first_config_rule():
         for config in self.configs:
             try:
                 if config.pre_hook is not None:
-                    config.pre_hook({**dict(zip(self.arg_names, args)), **kwargs, **config.all_kwargs()})
+                    config.pre_hook({**dict(zip(self.arg_names, args, strict=False)), **kwargs, **config.all_kwargs()})
                 ret = self.fn.run(*args, **kwargs, **config.all_kwargs())
             except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
                 continue
@@ -304,7 +304,7 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
             return original(self, *args, **kwargs)
         kernel, key = innermost_jit(self.fn).__name__, tuning_key(self, args, kwargs)
         kid = key_id(kernel, key)
-        self.nargs = dict(zip(self.arg_names, args))
+        self.nargs = dict(zip(self.arg_names, args, strict=False))
         configs = self.prune_configs(kwargs)
         self.nargs = None
         resolved = {c["label"]: ((first_valid(self, kid, args, kwargs), "first valid config") if c.get("first_config")
@@ -346,7 +346,7 @@ def _launcher(launch: Launch, config):
     """A zero-argument call that launches the kernel alone with `config`, as Triton's autotuner benchmarks it."""
     tuner = launch.tuner
     current = dict(launch.kwargs, **config.all_kwargs())
-    nargs = {**dict(zip(tuner.arg_names, launch.args)), **current}
+    nargs = {**dict(zip(tuner.arg_names, launch.args, strict=False)), **current}
 
     def call():
         if config.pre_hook:

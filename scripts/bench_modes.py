@@ -65,7 +65,7 @@ def traffic(max_tokens: int, seed: int = 0) -> list[list[int]]:
     for total in totals:
         n = min(total, rng.randint(1, 8))
         cuts = sorted(rng.sample(range(1, total), n - 1)) if n > 1 else []
-        batches.append([b - a for a, b in zip([0, *cuts], [*cuts, total])])
+        batches.append([b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)])
     return batches
 
 

@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         dirs = build_all(args)
 
     labels = [f"build{i + 1}" for i in range(len(dirs))]
-    builds = [load_build(label, d) for label, d in zip(labels, dirs)]
+    builds = [load_build(label, d) for label, d in zip(labels, dirs, strict=True)]
     report = compare(builds)
     report["builds"] = [{"label": b["label"], "dir": b["dir"], "gpu": b["gpu"], "emulated": b["emulated"],
                          "warnings": b["warnings"]} for b in builds]

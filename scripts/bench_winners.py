@@ -66,7 +66,8 @@ def summarize_call(call: dict, ours: str, base: str) -> dict:
                         "verdict": kt.noise_verdict(t_o, t_b), "times_ms": {ours: t_o, base: t_b}})
             for label, times in ((ours, t_o), (base, t_b)):
                 scaled = [launch["count"] * t for t in times]
-                whole[label] = scaled if whole[label] is None else [a + b for a, b in zip(whole[label], scaled)]
+                whole[label] = (scaled if whole[label] is None
+                                else [a + b for a, b in zip(whole[label], scaled, strict=True)])
         else:
             row.update({"ours_ms": None, "baseline_ms": None, "ratio": None, "verdict": "n/a"})
         rows.append(row)

@@ -71,7 +71,7 @@ def _launch_foreign_untuned(foreign: frozenset) -> None:
             key = tuning_key(self, args, kwargs)
             name = names.get(id(self)) or names.setdefault(id(self), innermost_jit(self.fn).__name__)
             if key not in self.cache and (name, key) in foreign:
-                self.nargs = dict(zip(self.arg_names, args))
+                self.nargs = dict(zip(self.arg_names, args, strict=False))
                 try:
                     self.cache[key] = prune(self, kwargs)[0]
                 finally:

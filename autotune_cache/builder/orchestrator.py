@@ -187,7 +187,7 @@ class Build:
         n = len(self.shards.shards)
         if n > 1:
             self.ledger.sharded = True   # only keys the plan did not predict can be tuned twice now
-            loads = ", ".join(f"GPU {g}: {c}" for g, c in zip(self.devices, self.shards.loads()))
+            loads = ", ".join(f"GPU {g}: {c}" for g, c in zip(self.devices, self.shards.loads(), strict=False))
             self.console.print(f"sharding {len(self.shards.owner)} keys of {len(todo)} units over {n} GPUs, each "
                                f"key tuned by one of them (configs to benchmark: {loads})")
         self.supervisor.run([list(s) for s in self.shards.shards], self.devices,

@@ -118,7 +118,7 @@ class _Share:
             if key in share.seen:
                 return
             share.seen.add(key)
-            self.nargs = dict(zip(self.arg_names, args))
+            self.nargs = dict(zip(self.arg_names, args, strict=False))
             try:
                 configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
                 if (innermost_jit(self.fn).__name__, key[1]) in share.foreign:

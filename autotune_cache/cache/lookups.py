@@ -205,7 +205,8 @@ _launch_listeners: list[Callable[[Launch], None]] = []
 def tuning_key(tuner, args, kwargs) -> tuple:
     """The tuning key Autotuner.run forms for this call (Triton 3.4-3.6): `key=[...]` values, then the dtype of
     every argument that has one."""
-    named = {k: v for k, v in {**dict(zip(tuner.arg_names, args)), **kwargs}.items() if k in tuner.arg_names}
+    named = {k: v for k, v in {**dict(zip(tuner.arg_names, args, strict=False)), **kwargs}.items()
+             if k in tuner.arg_names}
     return tuple([named[k] for k in tuner.keys if k in named]
                  + [str(v.dtype) for v in named.values() if hasattr(v, "dtype")])
 

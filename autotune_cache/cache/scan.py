@@ -219,7 +219,7 @@ def _name_key(kernel: str, key: tuple, specs: dict[str, list]) -> tuple[dict | N
         except Exception:  # noqa: BLE001 - a target's lambda we cannot call
             continue
         if len(key) == len(names) + len(spec.dtype_roles):
-            return dict(zip(names, key[:len(names)])), tuple(key[len(names):])
+            return dict(zip(names, key[:len(names)], strict=True)), tuple(key[len(names):])
     return None, ()
 
 
