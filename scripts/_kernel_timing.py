@@ -432,8 +432,12 @@ def worker_main(spec_path: str, out_path: str) -> int:
         resolver = Resolver(call["caches"])
         shape = RankShape(**call["shape"])
         only = set(call["only"]) if call.get("only") is not None else None
-        launches = capture(lambda: (target.run(shape, call["dtypes"], call["tokens"], device), sync()),
-                           resolver, only)
+
+        def run(target=target, shape=shape, call=call):   # this iteration's, bound (not the loop's last)
+            target.run(shape, call["dtypes"], call["tokens"], device)
+            sync()
+
+        launches = capture(run, resolver, only)
         rows = time_launches(launches, [c["label"] for c in call["caches"]], spec["repeats"], bench,
                              call.get("distinct_only", False), sync)
         result["calls"].append({"tokens": call["tokens"], "target": call["target"], "shape": call["shape"],

@@ -197,7 +197,10 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                 die_with(zygote)
                 share.wid = wid
                 compiled = [0]
-                listener = (lambda **kw: compiled.__setitem__(0, compiled[0] + (not kw.get("cache_hit"))))
+
+                def listener(*, _compiled: list[int] = compiled, **kw) -> None:   # counts the compiles, not the hits
+                    _compiled[0] += not kw.get("cache_hit")
+
                 try:   # Triton 3.5+ calls it (3.4: the count stays 0)
                     triton.knobs.compilation.listener = listener
                 except AttributeError:

@@ -107,11 +107,7 @@ def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
     owner: dict[KeyId, int] = {}
     for key in sorted(home, key=lambda k: (-_cost(home[k][2]), order[k])):
         unit_index, tokens, configs = home[key]
-
-        def rank(s: int):
-            return load[s], top[s].get(unit_index, 0) < tokens, s
-
-        best = min(range(n), key=rank)
+        best = min(range(n), key=lambda s: (load[s], top[s].get(unit_index, 0) < tokens, s))
         owner[key] = best
         load[best] += _cost(configs)
         top[best][unit_index] = max(top[best].get(unit_index, 0), tokens)
