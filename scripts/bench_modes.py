@@ -233,7 +233,8 @@ def run_serve(spec: dict, timeout: float) -> dict:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         env = kt.subprocess_env()
-        for name in ("TRITON_CACHE_DIR", "TRITON_CACHE_MANAGER", "AUTOTUNE_CACHE_DIR", "VLLM_TRITON_FORCE_FIRST_CONFIG"):
+        for name in ("TRITON_CACHE_DIR", "TRITON_CACHE_MANAGER", "AUTOTUNE_CACHE_DIR",
+                     "VLLM_TRITON_FORCE_FIRST_CONFIG"):
             env.pop(name, None)
         try:
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "serve", str(spec_path),

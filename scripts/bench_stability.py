@@ -227,8 +227,9 @@ def print_report(report: dict) -> None:
                 print(f"    retime: {rt['error']}")
     s = report["summary"]
     frac = "-" if s["fraction_same"] is None else f"{s['fraction_same'] * 100:.0f}%"
+    met = "met" if s["same_target_met"] else "MISSED" if s["same_target_met"] is False else "-"
     print(f"same winner in all builds: {s['same']} of {s['compared']} keys ({frac}; target >= "
-          f"{SAME_TARGET * 100:.0f}%: {'met' if s['same_target_met'] else 'MISSED' if s['same_target_met'] is False else '-'})"
+          f"{SAME_TARGET * 100:.0f}%: {met})"
           + (f"; {s['incomplete']} keys not in every build" if s["incomplete"] else ""))
     print(f"among the {s['differ']} others: max best spread {_pct(s['max_best_spread_differing'])}, max in-run regret "
           f"{_pct(s['max_in_run_regret_differing'])}, max retimed spread {_pct(s['max_retimed_spread_differing'])} "

@@ -113,7 +113,8 @@ def print_report(report: dict) -> None:
           f"{report['repeats']} repeats (median of do_bench medians; ±: max-min over median)")
     if report.get("first_config_rule"):
         print(f"{base}: each kernel's first valid config, by {report['first_config_rule']}")
-    head = f"{'T':>6s}  {'kernel':47s} {'n':>2s} {ours[:14]:>14s} {base[:14]:>14s} {'ratio':>6s}  {'winners':7s} verdict"
+    head = (f"{'T':>6s}  {'kernel':47s} {'n':>2s} {ours[:14]:>14s} {base[:14]:>14s} {'ratio':>6s}  "
+            f"{'winners':7s} verdict")
     print(head)
     for res in report["results"]:
         for r in res["kernels"]:
@@ -203,7 +204,8 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="bench-winners-scratch-")   # compiled kernels, shared by the T processes
     report = {"model": args.model or models.DEFAULT_MODEL, "config": args.config, "tp": args.tp,
               "target": args.target, "shape": shape.model_dump(), "dtypes": dtypes, "tokens": tokens,
-              "repeats": args.repeats, "labels": list(labels), "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},
+              "repeats": args.repeats, "labels": list(labels),
+              "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},
               "timer": "do_bench_cudagraph" if args.cudagraph else f"do_bench(warmup={args.warmup_ms}, "
                                                                    f"rep={args.rep_ms})",
               "emulated": args.emulate, "results": []}

@@ -94,7 +94,7 @@ class Unit(BaseModel):
     """One child-side job: drive one target's serving call for one per-rank shape at several token counts."""
     model_config = ConfigDict(frozen=True)
 
-    id: str                 # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
+    id: str   # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
     target: str
     shape: RankShape | None = None   # None: a replay unit
     tp: tuple[int, ...] = ()     # TP degrees that share this per-rank shape

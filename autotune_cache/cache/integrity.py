@@ -17,8 +17,8 @@ points Triton at a directory), `verify` and `ensure`. One pass over the director
   `import`, or crafted) are reported, and the layered manager never loads them (stray_members: the one rule).
 
 Every file is opened as files.open_plain does (plain files only, bounded: MAX_FILE_BYTES, JSON read whole at most
-files.MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash the
-check. Not hashed: our own files and writes in flight (`manifest.is_own`: manifest, lock, signature, temp names,
+files.MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash
+the check. Not hashed: our own files and writes in flight (`manifest.is_own`: manifest, lock, signature, temp names,
 Triton's `tmp.pid_*` dirs); Triton's lookups never read them. Every other file is hashed, whether the server reads
 it (cubin, launcher .so, autotune JSON, group and metadata JSON) or not (.source, .ttir, ...): about 1.3 GB/s of
 sha256 on one core, so the cost is the bytes of the cache (BENCHMARKS.md).

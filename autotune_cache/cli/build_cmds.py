@@ -40,8 +40,8 @@ def plan_json(p) -> dict:
 def print_plan(p, console: Console) -> None:
     s = p.spec
     console.print(f"[bold]plan[/bold]: {s.model.name} (key heads {s.model.num_k_heads}, value heads "
-                  f"{s.model.num_v_heads}, {s.model.dtype}, state {s.model.state_dtype}), TP {','.join(map(str, s.tp))}, "
-                  f"targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
+                  f"{s.model.num_v_heads}, {s.model.dtype}, state {s.model.state_dtype}), "
+                  f"TP {','.join(map(str, s.tp))}, targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
     for u in p.units:
         sh = u.shape
         console.print("")

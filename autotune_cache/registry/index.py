@@ -156,7 +156,8 @@ def scan(store: Store, gpu_type: str | None = None) -> IndexScan:
     """The registry's info and every entry (of one GPU type: one prefix listed), in one listing plus one read per
     entry."""
     info = read_info(store)
-    names = [n for n in store.find(f"index/{gpu_type}" if gpu_type else "index") if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+    names = [n for n in store.find(f"index/{gpu_type}" if gpu_type else "index")
+             if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
     if len(names) > MAX_ENTRIES:
         raise RegistryError(f"{store.url}: {len(names)} index entries, more than the {MAX_ENTRIES} a scan reads")
     records, warnings = [], []

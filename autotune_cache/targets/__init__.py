@@ -35,7 +35,8 @@ class KernelSpec:
     configs_sm90: int | None = None
 
     def key(self, shape: RankShape, tokens: int, dtypes: dict[str, str]) -> tuple:
-        return tuple(self.fields(shape, tokens).values()) + tuple(TORCH_DTYPE[dtypes.get(r, r)] for r in self.dtype_roles)
+        return (tuple(self.fields(shape, tokens).values())
+                + tuple(TORCH_DTYPE[dtypes.get(r, r)] for r in self.dtype_roles))
 
 
 @dataclass(frozen=True)
