@@ -74,12 +74,13 @@ def prepare_cache_dir(path: str | os.PathLike) -> Path:
 
 class Build:
     """One build of a plan into a cache dir. `run()` returns the manifest; units done are never redone.
+    `progress`: what the build shows (view.mode_of): True, False, or a mode, "tty" / "plain" / "none" (the CLI's).
 
     `devices`: the GPU of each child that runs at once (gpus.for_build; default from the spec): (None,) is one
     child seeing every visible GPU; ("0", "1") shards the keys over two children, one per GPU (shard.py)."""
 
-    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool = True,
-                 devices: tuple[str | None, ...] | None = None):
+    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool | str = True,
+                 devices: tuple[str | None, ...] | None = None) -> None:
         self.plan = plan
         self.spec = plan.spec
         self.cache_dir = cache_dir
@@ -199,7 +200,7 @@ def _part_of(c: Child, unit_id: str) -> Part:
     return next(p for p in c.todo if p.id == unit_id)
 
 
-def build(spec: BuildSpec, *, console: Console | None = None, progress: bool = True) -> Manifest:
+def build(spec: BuildSpec, *, console: Console | None = None, progress: bool | str = True) -> Manifest:
     """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
     plan = make_plan(spec)   # bad input (target, TP, GPUs) fails here, before anything is written
     devices = gpus.for_build(spec.gpus, spec.emulate)
