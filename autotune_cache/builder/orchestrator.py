@@ -44,7 +44,7 @@ from .view import View
 MIN_FREE_BYTES = 64 << 20
 
 
-def prepare_cache_dir(path: str | os.PathLike) -> Path:
+def prepare_cache_dir(path: str | os.PathLike | None) -> Path:
     """Absolute, existing, writable directory with room to build, or CacheDirError before any work starts
     (and then no directory this call created is left behind). The dirs it creates are of mode 0755 whatever the
     umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write."""
@@ -95,7 +95,8 @@ class Build:
         self._started: set[str] = set()   # units with a part started in this build (their bar is reset once)
 
     @property
-    def manifest(self) -> Manifest | None:
+    def manifest(self) -> Manifest:
+        """The ledger's manifest (once run() opened it)."""
         return self.ledger.manifest
 
     @staticmethod
@@ -122,7 +123,7 @@ class Build:
             options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         return options
 
-    def _on_message(self, c: Child, msg) -> None:
+    def _on_message(self, c: Child, msg: object) -> None:
         """One message of a child (protocol.py): into the manifest, onto the screen, and the child's state on."""
         timeout = self.spec.unit_timeout_s
         match msg:
@@ -147,8 +148,8 @@ class Build:
             case UnitDone():
                 rec = self.ledger.on_unit_done(msg, _part_of(c, msg.unit))
                 self.timeline.part_done(c, msg)
-                if rec.status == "done":   # its last part
-                    self.view.done(rec.id, rec.seconds)
+                if rec.status == "done":   # its last part (the ledger set its seconds with the status)
+                    self.view.done(rec.id, rec.seconds or 0.0)
                 c.between_units(timeout)   # until the next UnitStart
             case UnitFailed():
                 self.ledger.fail(_part_of(c, msg.unit), msg.error, count=False, retry=msg.retry)
