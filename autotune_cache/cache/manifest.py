@@ -128,7 +128,7 @@ class Manifest(BaseModel):
     files: dict[ListedPath, FileRecord] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_meaning_per_path(self):
+    def _one_meaning_per_path(self) -> Manifest:
         """An entry is kept under its own file's path, and no listed file is also a dir of another listed file
         (a bundle could not hold both)."""
         for rel, entry in self.entries.items():
