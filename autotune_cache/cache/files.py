@@ -161,7 +161,7 @@ def make_dirs(path: Path) -> list[Path]:
         if p.exists() or p.is_symlink():
             break
         created.append(p)
-    made = []
+    made: list[Path] = []
     try:
         for p in reversed(created):
             try:

@@ -18,7 +18,7 @@ def invalidating_env_vars() -> dict[str, str]:
     try:
         from triton._C.libtriton import get_cache_invalidating_env_vars
     except ImportError:  # older layouts keep it in knobs
-        from triton.knobs import get_cache_invalidating_env_vars  # type: ignore
+        from triton.knobs import get_cache_invalidating_env_vars
     return dict(get_cache_invalidating_env_vars())
 
 

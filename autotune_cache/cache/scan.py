@@ -225,19 +225,19 @@ def _name_key(kernel: str, key: tuple, specs: dict[str, list]) -> tuple[dict | N
 
 # -- the scan -------------------------------------------------------------------------------------------------
 def _files(d: Path, warnings: list, root: Path) -> list[tuple[os.DirEntry, int]]:
-    out = []
+    out: list[tuple[os.DirEntry, int]] = []
     try:
         entries = sorted(os.scandir(d), key=lambda e: e.name)
     except OSError as e:
         warnings.append(ScanWarning(d.relative_to(root).as_posix(), f"unreadable directory ({e.strerror or e})"))
         return out
-    for e in entries:
+    for entry in entries:
         try:
-            st = e.stat(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
         except OSError as err:
-            warnings.append(ScanWarning(Path(e.path).relative_to(root).as_posix(), f"cannot stat ({err.strerror})"))
+            warnings.append(ScanWarning(Path(entry.path).relative_to(root).as_posix(), f"cannot stat ({err.strerror})"))
             continue
-        out.append((e, st.st_size))
+        out.append((entry, st.st_size))
     return out
 
 
