@@ -342,11 +342,15 @@ class Pool:
 
 def compile_in_processes(cache_dir: str, units: list[dict], n: int | None = None,
                          profile: dict | None = None, probe_tokens: tuple[int, ...] = ()) -> dict:
-    """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait."""
+    """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait.
+    `probe_tokens`: the child's probe counts, driven first as each unit's `probes` (probe_counts(), as the child
+    gives them to Pool)."""
     n = processes() if n is None else n
     if n <= 1:
         return {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
-    pool = Pool(cache_dir, units, n, profile, probe_tokens)
+    if probe_tokens:
+        units = [dict(u, probes=probe_counts(u["tokens"], probe_tokens)) for u in units]
+    pool = Pool(cache_dir, units, n, profile)
     try:
         pool.go()
         return pool.wait()
