@@ -10,6 +10,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from . import faults
 from .lifetime import die_with
@@ -157,7 +158,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         pool.go()
     device = "cpu" if emulate else "cuda"
     root = Path(options.cache_dir)
-    current = {}
+    current: dict[str, Any] = {}   # the unit and token count of the call running now
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
     pending, reported = {}, {}   # (kernel, key) -> Lookup; (kernel, key) -> (file, binaries sent)
     compiles = _count_compiles()
@@ -213,16 +214,17 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                 if unit.replay:   # recorded calls of one kernel, made again (record/replay.py): no token counts
                     from ..record.replay import replay_all
                     replay_all(unit.replay, device)
-                target = get(unit.target) if not unit.replay else None
-                selection.probes.clear()
-                for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
-                    current["tokens"] = tokens
-                    with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                else:
+                    target = get(unit.target)
+                    selection.probes.clear()
+                    for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
+                        current["tokens"] = tokens
+                        with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                            target.run(unit.shape, unit.dtypes, tokens, device)
+                        lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
+                    for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
+                        current["tokens"] = tokens
                         target.run(unit.shape, unit.dtypes, tokens, device)
-                    lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
-                for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
-                    current["tokens"] = tokens
-                    target.run(unit.shape, unit.dtypes, tokens, device)
                 selection.probes.clear()   # the probe calls' tensors
                 if device == "cuda":
                     import torch

@@ -51,7 +51,7 @@ def install(n_workers: int | None = None) -> bool:
             stats["configs"] += len(pruned)
         return pruned
 
-    prune_configs._autotune_cache_precompile = True
+    prune_configs._autotune_cache_precompile = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.prune_configs = prune_configs
     return True
 
@@ -263,6 +263,7 @@ class Pool:
         threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None   # stdout=PIPE
         for line in self.proc.stdout:
             word, *rest = line.split() or [""]
             with self._cond:
@@ -280,6 +281,7 @@ class Pool:
 
     def go(self) -> None:
         """Start compiling. Until then the zygote only imports: nothing is written to the cache dir."""
+        assert self.proc.stdin is not None   # stdin=PIPE
         try:
             self.proc.stdin.write("go\n")
             self.proc.stdin.close()

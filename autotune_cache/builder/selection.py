@@ -342,7 +342,7 @@ def install(settings: Settings) -> None:
             self.__dict__["do_bench"] = functools.partial(bench, warmup=warmup, rep=rep)
         return original_prune(self, kwargs)
 
-    prune_configs._autotune_cache_selection = True
+    prune_configs._autotune_cache_selection = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.prune_configs = prune_configs
 
     def after_bench(tuner, tuning_key):

@@ -137,7 +137,7 @@ def _install_hook() -> None:
             listener(lookup)
         return result
 
-    check_disk_cache._autotune_cache_hook = True
+    check_disk_cache._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.check_disk_cache = check_disk_cache
 
 
@@ -251,7 +251,7 @@ def _install_run_hook() -> None:
         _launched(self, args, kwargs, kernel)
         return kernel
 
-    run._autotune_cache_hook = True
+    run._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.run = run
 
 

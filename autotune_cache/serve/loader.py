@@ -91,7 +91,7 @@ def _hook_new_autotuners(report: LoaderReport) -> None:
         if current is not None and _matches(self, current.prefixes):
             _flip(self, current)
 
-    __init__._autotune_cache_hook = True   # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
+    __init__._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.__init__ = __init__
 
 
