@@ -8,11 +8,11 @@ make that lookup again in another process (replay.py). Versioned pydantic models
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 # A key field, a scalar argument, a config's meta-parameter: what JSON keeps apart (True is not 1).
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 _FROZEN = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -28,8 +28,8 @@ from ..errors import RegistryError
 from .store import Store
 
 INFO_NAME = "registry.json"
-INFO_FORMAT = "autotune-cache-registry"
-ENTRY_FORMAT = "autotune-cache-registry-entry"
+INFO_FORMAT: Final = "autotune-cache-registry"
+ENTRY_FORMAT: Final = "autotune-cache-registry-entry"
 VERSION = 1
 MAX_ENTRY_BYTES = 1 << 20   # an entry with a few hundred unit ids is a few KB
 MAX_ENTRIES = 100_000       # 7 models x 4 TP x 4 GPU types x rebuilds: hundreds

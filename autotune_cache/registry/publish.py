@@ -75,8 +75,10 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
         slot_dir = rec.path.rsplit("/", 1)[0]
         for name in store.find(slot_dir):
             data = store.get(name, index.MAX_ENTRY_BYTES)
+            if data is None:
+                continue
             try:
-                same = data is not None and index.parse_record(data, name).manifest_digest == rec.manifest_digest
+                same = index.parse_record(data, name).manifest_digest == rec.manifest_digest
             except RegistryError:
                 continue
             if same:
