@@ -57,6 +57,7 @@ class ModelShape(BaseModel):
     @field_validator(*SIZES)
     @classmethod
     def _size(cls, v, info: ValidationInfo):
+        assert info.field_name is not None   # a field validator's
         return whole(v, info.field_name, high=SIZES[info.field_name][1])
 
     def per_rank(self, tp: int) -> RankShape:

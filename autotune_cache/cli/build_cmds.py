@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -100,6 +101,7 @@ def cmd_build(args) -> int:
     p = plan(spec)
     if not args.quiet:
         print_plan(p, err)
+    assert spec.cache_dir is not None   # build_devices refused a spec without one
     before = found(Path(spec.cache_dir).expanduser())
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
@@ -113,9 +115,10 @@ def cmd_build(args) -> int:
                             "again to retry the rest", 1)
     done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
     # this plan's entries: a cache dir may hold other plans' too (another TP degree built into it before)
-    summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
-               "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
-               "manifest": str(cache_dir / "manifest.json")}
+    summary: dict[str, Any] = {
+        "cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
+        "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
+        "manifest": str(cache_dir / "manifest.json")}
     if args.json:
         print_json(summary)
     else:

@@ -156,7 +156,7 @@ def cmd_prune(args) -> int:
         console.print(f"prune {p.root}: nothing to delete; nothing changed")
         return 0
     verb = "would free" if args.dry_run else "freed"
-    by_reason = {}
+    by_reason: dict[str, tuple[int, int]] = {}   # reason -> (deletions, bytes)
     for d in p.deletions:
         reason = d.reason.split(":")[0]
         n, b = by_reason.get(reason, (0, 0))

@@ -156,7 +156,10 @@ def expect_json(argv: list[str] | None = None, *, given: bool | None = None) -> 
     """Whether errors are also JSON on stdout: before parsing (a parse error included) a guess from `argv`, ours up
     to a `--` (what follows is another command's); after it, `given`: what the parser read."""
     global _json_errors
-    _json_errors = given if given is not None else "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    if given is None:
+        ours = argv or []
+        given = "--json" in (ours[:ours.index("--")] if "--" in ours else ours)
+    _json_errors = given
 
 
 # -- the output flags -----------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def cmd_ensure(args) -> int:
 
     spec = spec_from_args(args)
     p = make_plan(spec)
+    assert spec.cache_dir is not None   # --cache-dir is required
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     if cache_dir.exists() and not cache_dir.is_dir():
         return report_error(f"{cache_dir} is a file, not a cache dir: give a directory (--cache-dir)")
