@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 MODES = ("ours", "first-config", "warmup", "cold")
 # The calls each mode makes before vLLM's jit_monitor is activated: vLLM's profile_run drives every GDN layer at

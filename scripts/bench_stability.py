@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 SAME_TARGET = 0.90
 SPREAD_TARGET = 0.02

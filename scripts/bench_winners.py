@@ -47,7 +47,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 
 def summarize_call(call: dict, ours: str, base: str) -> dict:
