@@ -3,21 +3,38 @@
 The public face: `plan`, `build`, `install`, the spec and model records, the errors. Where each part lives:
 ARCHITECTURE.md.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .builder.spec import BuildSpec
+from .errors import (
+    AutotuneCacheError,
+    BuildFailedError,
+    CacheDirError,
+    ConfigError,
+    NoGPUError,
+    SpecError,
+    UnknownModelError,
+)
+from .models import PRESETS, ModelShape
+from .serve.loader import install  # imports no kernel module and no GPU: cheap
 from .version import __version__
-from .errors import (AutotuneCacheError, BuildFailedError, CacheDirError, ConfigError, NoGPUError,  # noqa: E402
-                     SpecError, UnknownModelError)
-from .builder.spec import BuildSpec  # noqa: E402
-from .models import ModelShape, PRESETS  # noqa: E402
-from .serve.loader import install  # noqa: E402  (imports no kernel module and no GPU: cheap)
+
+if TYPE_CHECKING:   # annotations only: rich and the build modules are imported when build() / plan() run
+    from rich.console import Console
+
+    from .builder.plan import Plan
+    from .cache.manifest import Manifest
 
 
-def plan(spec):
+def plan(spec: BuildSpec) -> Plan:
     """BuildSpec -> Plan (units, keys, config counts). Pure: runs anywhere."""
     from .builder.plan import plan as _plan
     return _plan(spec)
 
 
-def build(spec: BuildSpec, *, console=None, progress: bool | str = True):
+def build(spec: BuildSpec, *, console: Console | None = None, progress: bool | str = True) -> Manifest:
     """Tune every unit of `spec` into spec.cache_dir in a child process; returns the Manifest (raises
     BuildFailedError, with .manifest, when units stayed failed; NoGPUError without a GPU unless spec.emulate).
     `console`: a rich Console for the plan, warnings and progress (default stderr); `progress`: True (bars on a

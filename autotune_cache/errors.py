@@ -3,7 +3,14 @@
 Also how a message shows what it quotes: `shown` (a refused value, cut short) and `printable` (any text on its
 way to a terminal: names read from disk, a bundle or a config.json must reach it as text, never as escapes).
 """
+from __future__ import annotations
+
 import reprlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cache.manifest import Manifest
 
 # Characters a terminal acts on instead of showing: the C0 controls (ESC starts colour, cursor, title and
 # clipboard sequences; CR returns to overwrite the line; BEL rings), DEL, and the C1 controls (0x9b is a one-byte
@@ -13,7 +20,7 @@ _CONTROL.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x206
 _CONTROL_BUT_NEWLINE = {c: e for c, e in _CONTROL.items() if c != 0x0A}
 
 
-def printable(text, *, lines: bool = False) -> str:
+def printable(text: object, *, lines: bool = False) -> str:
     """`text` with every control character written out as `\\xNN` (`\\u202e` for a bidi override), so that
     echoing a name cannot colour, move, retitle or rewrite the user's terminal. One line unless `lines` (a
     console's own multi-line output), which keeps newlines."""
@@ -24,13 +31,15 @@ _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 
 
-def shown(value) -> str:
+def shown(value: object) -> str:
     """repr() of a refused value, cut short: a message quotes what it refuses, not a 4 MiB list from a
-    config.json, nor an int past Python's 4,300-digit limit (whose repr() itself raises)."""
+    config.json, nor an int past Python's 4,300-digit limit (whose repr() itself raises, also inside a list)."""
     try:
         return _SHORT.repr(value)
     except ValueError:
-        return f"an integer of {value.bit_length()} bits"
+        if isinstance(value, int):
+            return f"an integer of {value.bit_length()} bits"
+        return f"a {type(value).__name__} holding an integer too long to show"
 
 
 class AutotuneCacheError(Exception):
@@ -60,7 +69,7 @@ class NoGPUError(AutotuneCacheError):
 class BuildFailedError(AutotuneCacheError):
     """Some units stayed failed; the manifest holds the rest."""
 
-    def __init__(self, message, manifest=None):
+    def __init__(self, message: str, manifest: Manifest | None = None) -> None:
         super().__init__(message)
         self.manifest = manifest
 
@@ -69,7 +78,7 @@ class IntegrityError(CacheDirError):
     """A cache dir (or bundle) that must not be loaded: files differ from its manifest, are missing or foreign, or
     its signature does not verify. `files` names them (relative paths, or absolute for a parent dir)."""
 
-    def __init__(self, message, files=()):
+    def __init__(self, message: str, files: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.files = list(files)
 

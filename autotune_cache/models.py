@@ -57,9 +57,10 @@ class ModelShape(BaseModel):
     @field_validator(*SIZES)
     @classmethod
     def _size(cls, v, info: ValidationInfo):
+        assert info.field_name is not None   # a field validator's
         return whole(v, info.field_name, high=SIZES[info.field_name][1])
 
-    def per_rank(self, tp: int) -> "RankShape":
+    def per_rank(self, tp: int) -> RankShape:
         """Shape one tensor-parallel rank sees. Raises SpecError when tp does not split the heads."""
         whole(tp, "TP degree", high=MAX_TP)
         for what, n in (("key", self.num_k_heads), ("value", self.num_v_heads)):

@@ -251,8 +251,8 @@ def first_config_rule():
     import triton.runtime.autotuner as at
     original, autotuning = at.Autotuner.run, os.environ.get("TRITON_CACHE_AUTOTUNING")
     try:
-        from vllm.triton_utils import force_first_config   # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
-        force_first_config.install()                        # itself at this import; else here
+        from vllm.triton_utils import force_first_config  # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
+        force_first_config.install()                      # itself at this import; else here
         if at.Autotuner.run is not original:
             return at.Autotuner.run, "vllm.triton_utils.force_first_config"
     except ImportError:
@@ -268,7 +268,7 @@ def first_config_rule():
         for config in self.configs:
             try:
                 if config.pre_hook is not None:
-                    config.pre_hook({**dict(zip(self.arg_names, args)), **kwargs, **config.all_kwargs()})
+                    config.pre_hook({**dict(zip(self.arg_names, args, strict=False)), **kwargs, **config.all_kwargs()})
                 ret = self.fn.run(*args, **kwargs, **config.all_kwargs())
             except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
                 continue
@@ -304,7 +304,7 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
             return original(self, *args, **kwargs)
         kernel, key = innermost_jit(self.fn).__name__, tuning_key(self, args, kwargs)
         kid = key_id(kernel, key)
-        self.nargs = dict(zip(self.arg_names, args))
+        self.nargs = dict(zip(self.arg_names, args, strict=False))
         configs = self.prune_configs(kwargs)
         self.nargs = None
         resolved = {c["label"]: ((first_valid(self, kid, args, kwargs), "first valid config") if c.get("first_config")
@@ -346,7 +346,7 @@ def _launcher(launch: Launch, config):
     """A zero-argument call that launches the kernel alone with `config`, as Triton's autotuner benchmarks it."""
     tuner = launch.tuner
     current = dict(launch.kwargs, **config.all_kwargs())
-    nargs = {**dict(zip(tuner.arg_names, launch.args)), **current}
+    nargs = {**dict(zip(tuner.arg_names, launch.args, strict=False)), **current}
 
     def call():
         if config.pre_hook:
@@ -432,8 +432,12 @@ def worker_main(spec_path: str, out_path: str) -> int:
         resolver = Resolver(call["caches"])
         shape = RankShape(**call["shape"])
         only = set(call["only"]) if call.get("only") is not None else None
-        launches = capture(lambda: (target.run(shape, call["dtypes"], call["tokens"], device), sync()),
-                           resolver, only)
+
+        def run(target=target, shape=shape, call=call):   # this iteration's, bound (not the loop's last)
+            target.run(shape, call["dtypes"], call["tokens"], device)
+            sync()
+
+        launches = capture(run, resolver, only)
         rows = time_launches(launches, [c["label"] for c in call["caches"]], spec["repeats"], bench,
                              call.get("distinct_only", False), sync)
         result["calls"].append({"tokens": call["tokens"], "target": call["target"], "shape": call["shape"],

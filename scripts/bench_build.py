@@ -123,8 +123,7 @@ def main():
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
 
-    from autotune_cache import BuildSpec, models
-    from autotune_cache import plan
+    from autotune_cache import BuildSpec, models, plan
     tps = tuple(int(t) for t in args.tp.split(","))
     units = plan(BuildSpec(model=models.preset(args.model), tp=tps, targets=(args.target,),
                            max_tokens=args.max_tokens)).units
@@ -167,7 +166,8 @@ def main():
     print(f"{args.model} TP {args.tp}, up to {args.max_tokens} tokens: {sum(len(u.keys) for u in units)} keys in "
           f"{len(units)} units, {os.cpu_count()} CPUs")
     for tp, s in result["serial"].items():
-        print(f"  serial in-process autotune, TP {tp} (tuning calls only)  {s['seconds']:8.1f} s  {s['benchmarks']} keys benchmarked")
+        print(f"  serial in-process autotune, TP {tp} (tuning calls only)  {s['seconds']:8.1f} s  "
+              f"{s['benchmarks']} keys benchmarked")
     if base:
         print(f"{'serial in-process autotune, all TP degrees':54s} {base:8.1f} s")
     for b in result["builds"]:

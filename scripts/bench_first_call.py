@@ -19,8 +19,9 @@ import time
 
 def probe(cache_dir, model, tp, tokens, *extra):
     env = {**os.environ}
-    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir", cache_dir, "--model", model,
-                           "--tp", str(tp), "--tokens", str(tokens), "--json", *extra], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir", cache_dir,
+                           "--model", model, "--tp", str(tp), "--tokens", str(tokens), "--json", *extra],
+                          capture_output=True,
                           text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune_cache import __version__  # noqa: E402
+from autotune_cache import __version__
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.cache.manifest import Manifest  # noqa: E402
+from autotune_cache.cache.manifest import Manifest
 
 KB = 1024
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 MODES = ("ours", "first-config", "warmup", "cold")
 # The calls each mode makes before vLLM's jit_monitor is activated: vLLM's profile_run drives every GDN layer at
@@ -65,7 +65,7 @@ def traffic(max_tokens: int, seed: int = 0) -> list[list[int]]:
     for total in totals:
         n = min(total, rng.randint(1, 8))
         cuts = sorted(rng.sample(range(1, total), n - 1)) if n > 1 else []
-        batches.append([b - a for a, b in zip([0, *cuts], [*cuts, total])])
+        batches.append([b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)])
     return batches
 
 
@@ -233,7 +233,8 @@ def run_serve(spec: dict, timeout: float) -> dict:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         env = kt.subprocess_env()
-        for name in ("TRITON_CACHE_DIR", "TRITON_CACHE_MANAGER", "AUTOTUNE_CACHE_DIR", "VLLM_TRITON_FORCE_FIRST_CONFIG"):
+        for name in ("TRITON_CACHE_DIR", "TRITON_CACHE_MANAGER", "AUTOTUNE_CACHE_DIR",
+                     "VLLM_TRITON_FORCE_FIRST_CONFIG"):
             env.pop(name, None)
         try:
             proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "serve", str(spec_path),

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 SAME_TARGET = 0.90
 SPREAD_TARGET = 0.02
@@ -45,8 +45,8 @@ SPREAD_TARGET = 0.02
 def load_build(label: str, cache_dir) -> dict:
     """One build dir as plain data: per key id its winner, recorded best, every config's p50 (from the autotune
     file) and, from the manifest, the token count and the call (target, shape, dtypes) that tuned it."""
-    from autotune_cache.cache.scan import scan
     from autotune_cache.cache.layout import read_autotune
+    from autotune_cache.cache.scan import scan
     s = scan(cache_dir)
     m = s.manifest
     build = {"label": label, "dir": str(s.root), "emulated": bool(m and m.fingerprint and m.fingerprint.emulated),
@@ -227,8 +227,9 @@ def print_report(report: dict) -> None:
                 print(f"    retime: {rt['error']}")
     s = report["summary"]
     frac = "-" if s["fraction_same"] is None else f"{s['fraction_same'] * 100:.0f}%"
+    met = "met" if s["same_target_met"] else "MISSED" if s["same_target_met"] is False else "-"
     print(f"same winner in all builds: {s['same']} of {s['compared']} keys ({frac}; target >= "
-          f"{SAME_TARGET * 100:.0f}%: {'met' if s['same_target_met'] else 'MISSED' if s['same_target_met'] is False else '-'})"
+          f"{SAME_TARGET * 100:.0f}%: {met})"
           + (f"; {s['incomplete']} keys not in every build" if s["incomplete"] else ""))
     print(f"among the {s['differ']} others: max best spread {_pct(s['max_best_spread_differing'])}, max in-run regret "
           f"{_pct(s['max_in_run_regret_differing'])}, max retimed spread {_pct(s['max_retimed_spread_differing'])} "
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
         dirs = build_all(args)
 
     labels = [f"build{i + 1}" for i in range(len(dirs))]
-    builds = [load_build(label, d) for label, d in zip(labels, dirs)]
+    builds = [load_build(label, d) for label, d in zip(labels, dirs, strict=True)]
     report = compare(builds)
     report["builds"] = [{"label": b["label"], "dir": b["dir"], "gpu": b["gpu"], "emulated": b["emulated"],
                          "warnings": b["warnings"]} for b in builds]

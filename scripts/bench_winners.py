@@ -47,7 +47,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _kernel_timing as kt  # noqa: E402
+import _kernel_timing as kt
 
 
 def summarize_call(call: dict, ours: str, base: str) -> dict:
@@ -66,7 +66,8 @@ def summarize_call(call: dict, ours: str, base: str) -> dict:
                         "verdict": kt.noise_verdict(t_o, t_b), "times_ms": {ours: t_o, base: t_b}})
             for label, times in ((ours, t_o), (base, t_b)):
                 scaled = [launch["count"] * t for t in times]
-                whole[label] = scaled if whole[label] is None else [a + b for a, b in zip(whole[label], scaled)]
+                whole[label] = (scaled if whole[label] is None
+                                else [a + b for a, b in zip(whole[label], scaled, strict=True)])
         else:
             row.update({"ours_ms": None, "baseline_ms": None, "ratio": None, "verdict": "n/a"})
         rows.append(row)
@@ -112,7 +113,8 @@ def print_report(report: dict) -> None:
           f"{report['repeats']} repeats (median of do_bench medians; ±: max-min over median)")
     if report.get("first_config_rule"):
         print(f"{base}: each kernel's first valid config, by {report['first_config_rule']}")
-    head = f"{'T':>6s}  {'kernel':47s} {'n':>2s} {ours[:14]:>14s} {base[:14]:>14s} {'ratio':>6s}  {'winners':7s} verdict"
+    head = (f"{'T':>6s}  {'kernel':47s} {'n':>2s} {ours[:14]:>14s} {base[:14]:>14s} {'ratio':>6s}  "
+            f"{'winners':7s} verdict")
     print(head)
     for res in report["results"]:
         for r in res["kernels"]:
@@ -202,7 +204,8 @@ def main(argv=None) -> int:
     scratch = tempfile.mkdtemp(prefix="bench-winners-scratch-")   # compiled kernels, shared by the T processes
     report = {"model": args.model or models.DEFAULT_MODEL, "config": args.config, "tp": args.tp,
               "target": args.target, "shape": shape.model_dump(), "dtypes": dtypes, "tokens": tokens,
-              "repeats": args.repeats, "labels": list(labels), "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},
+              "repeats": args.repeats, "labels": list(labels),
+              "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},
               "timer": "do_bench_cudagraph" if args.cudagraph else f"do_bench(warmup={args.warmup_ms}, "
                                                                    f"rep={args.rep_ms})",
               "emulated": args.emulate, "results": []}

@@ -98,7 +98,7 @@ def _chunk_metadata(cuts: list[int], chunk_size: int, device: str):
     attention backends: logical chunks never cross a sequence or a physical chunk boundary."""
     import torch
     lens, seq_idx, last = [], [], [-1] * (len(cuts) - 1)
-    for b, (s, e) in enumerate(zip(cuts, cuts[1:])):
+    for b, (s, e) in enumerate(zip(cuts, cuts[1:], strict=False)):
         pos = s
         while pos < e:
             take = min(chunk_size - pos % chunk_size, e - pos)

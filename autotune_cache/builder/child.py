@@ -10,6 +10,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from . import faults
 from .lifetime import die_with
@@ -71,7 +72,7 @@ def _launch_foreign_untuned(foreign: frozenset) -> None:
             key = tuning_key(self, args, kwargs)
             name = names.get(id(self)) or names.setdefault(id(self), innermost_jit(self.fn).__name__)
             if key not in self.cache and (name, key) in foreign:
-                self.nargs = dict(zip(self.arg_names, args))
+                self.nargs = dict(zip(self.arg_names, args, strict=False))
                 try:
                     self.cache[key] = prune(self, kwargs)[0]
                 finally:
@@ -92,7 +93,7 @@ def main(out, control, options: ChildOptions) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options.gpu)
     os.environ["TRITON_CACHE_DIR"] = options.cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from . import device, precompile   # light: the heavy imports come after the pool is started
+    from . import device, precompile  # light: the heavy imports come after the pool is started
     # Compile the configs of all units in worker processes (AUTOTUNE_CACHE_COMPILE_PROCESSES, default every core
     # but the one this child benchmarks on), else on threads (AUTOTUNE_CACHE_COMPILE_WORKERS); 1 and 1 = compile
     # while benchmarking, as Triton. Emulated builds (tests, key checks) default to threads: a worker's start
@@ -130,15 +131,16 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             return
     if options.foreign:
         _launch_foreign_untuned(options.foreign)
+    import importlib
+
     from ..cache import fingerprint, lookups
-    from . import precompile, selection
-    from ..targets import get
-    from ..cache.layout import read_autotune
     from ..cache.files import sha256_file
+    from ..cache.layout import read_autotune
+    from ..targets import get
+    from . import precompile, selection
 
     # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
     # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
-    import importlib
     for name in dict.fromkeys(m for u in units for m in _imports(get, u.unit)):
         try:
             importlib.import_module(name)
@@ -156,7 +158,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         pool.go()
     device = "cpu" if emulate else "cuda"
     root = Path(options.cache_dir)
-    current = {}
+    current: dict[str, Any] = {}   # the unit and token count of the call running now
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
     pending, reported = {}, {}   # (kernel, key) -> Lookup; (kernel, key) -> (file, binaries sent)
     compiles = _count_compiles()
@@ -212,16 +214,17 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                 if unit.replay:   # recorded calls of one kernel, made again (record/replay.py): no token counts
                     from ..record.replay import replay_all
                     replay_all(unit.replay, device)
-                target = get(unit.target) if not unit.replay else None
-                selection.probes.clear()
-                for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
-                    current["tokens"] = tokens
-                    with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                else:
+                    target = get(unit.target)
+                    selection.probes.clear()
+                    for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
+                        current["tokens"] = tokens
+                        with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                            target.run(unit.shape, unit.dtypes, tokens, device)
+                        lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
+                    for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
+                        current["tokens"] = tokens
                         target.run(unit.shape, unit.dtypes, tokens, device)
-                    lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
-                for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
-                    current["tokens"] = tokens
-                    target.run(unit.shape, unit.dtypes, tokens, device)
                 selection.probes.clear()   # the probe calls' tensors
                 if device == "cuda":
                     import torch

@@ -37,7 +37,7 @@ def _fake_timing(kernel_call) -> float:
         name = str(config)
         named = [f"{name} @ {arg}={value}" for arg, value in nargs.items() if isinstance(value, (int, str))]
         name = next((n for n in named if n in times), name)
-    if name in times:
+    if name is not None and name in times:
         i = _served.get(name, 0)
         _served[name] = i + 1
         return float(times[name][min(i, len(times[name]) - 1)])
@@ -58,7 +58,7 @@ def _track_config() -> None:
         finally:
             _benchmarking.pop()
 
-    _bench._autotune_cache_emulated = True
+    _bench._autotune_cache_emulated = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner._bench = _bench
 
 
@@ -77,7 +77,7 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
     """Make Triton and torch believe a GPU is present: an H100, or `profile` (device.py; the compile workers of a
     real build take the build GPU's). `device_keys`: a JSON file with another host's `triton_key` and
     `backend_hash`, to predict that host's exact disk keys."""
-    profile = profile or H100
+    gpu = profile or H100
     # vLLM swaps triton for a placeholder when it sees no GPU driver; with none visible it keeps the real one
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import torch
@@ -86,7 +86,7 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
 
     class Utils:
         def get_device_properties(self, device):
-            return profile.triton_properties()
+            return gpu.triton_properties()
 
         def load_binary(self, name, kernel, shared, device):
             return (0, 0, 32, 0, 1024)  # module, function, n_regs, n_spills, n_max_threads
@@ -107,7 +107,7 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
         launcher_cls = NoopLauncher
 
         def get_current_target(self):
-            return GPUTarget("cuda", profile.major * 10 + profile.minor, profile.warp_size)
+            return GPUTarget("cuda", gpu.major * 10 + gpu.minor, gpu.warp_size)
 
         def get_current_device(self):
             return 0
@@ -138,16 +138,18 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
 
     driver.set_active(FakeDriver())
     _track_config()
-    torch.cuda.get_device_capability = lambda *a, **k: (profile.major, profile.minor)
-    torch.cuda.get_device_name = lambda *a, **k: profile.name
+    torch.cuda.get_device_capability = lambda *a, **k: (gpu.major, gpu.minor)
+    torch.cuda.get_device_name = lambda *a, **k: gpu.name
     torch.cuda.device_count = lambda: 1
     torch.cuda.is_available = lambda: True
     torch.cuda.current_device = lambda: 0
-    torch.cuda.device = _NoDevice   # device guards (SGLang's input_guard) on CPU tensors: nothing to switch
-    torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(
-        name=profile.name, major=profile.major, minor=profile.minor, multi_processor_count=profile.multiprocessor_count,
-        shared_memory_per_block=profile.shared_memory_per_block, shared_memory_per_block_optin=profile.max_shared_mem,
-        total_memory=profile.total_memory, warp_size=profile.warp_size)
+    # Device guards (SGLang's input_guard) on CPU tensors: nothing to switch. torch's stubs allow neither a stand-in
+    # class for torch.cuda.device nor a duck-typed properties object: both are fakes on purpose.
+    torch.cuda.device = _NoDevice   # type: ignore[misc, assignment]  # a stand-in class, on purpose
+    torch.cuda.get_device_properties = lambda *a, **k: types.SimpleNamespace(  # type: ignore[assignment]  # a fake
+        name=gpu.name, major=gpu.major, minor=gpu.minor, multi_processor_count=gpu.multiprocessor_count,
+        shared_memory_per_block=gpu.shared_memory_per_block, shared_memory_per_block_optin=gpu.max_shared_mem,
+        total_memory=gpu.total_memory, warp_size=gpu.warp_size)
     device_keys = device_keys or os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
     if device_keys:
         _use_device_keys(json.loads(open(device_keys).read()))

@@ -8,6 +8,7 @@ they are and named in one warning; `verify` and the loader report them as foreig
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -30,17 +31,17 @@ from .spec import Unit
 class Ledger:
     """The manifest of one build of a plan into a cache dir (`manifest`, from `open()`)."""
 
-    def __init__(self, plan: Plan, cache_dir: Path, console: Console):
+    def __init__(self, plan: Plan, cache_dir: Path, console: Console) -> None:
         self.plan = plan
         self.cache_dir = cache_dir
         self.console = console
         self.units = {u.id: u for u in plan.units}
         self.max_attempts = 1 + plan.spec.retries
-        self.manifest: Manifest | None = None
-        self.sharded = False      # children ran at once: the same key may have been tuned twice
-        self.reported = set()     # autotune files (Entry.file) the children of this build reported
-        self.reconciled = set()   # ... whose file another child rewrote after its report (the last writer won)
-        self._hello_gpu = None    # the GPU whose child set the fingerprint in this build
+        self._manifest: Manifest | None = None   # open() reads it (`manifest`)
+        self.sharded = False                # children ran at once: the same key may have been tuned twice
+        self.reported: set[str] = set()     # autotune files (Entry.file) the children of this build reported
+        self.reconciled: set[str] = set()   # ... whose file another child rewrote after its report (last writer won)
+        self._hello_gpu: str | None = None  # the GPU whose child set the fingerprint in this build
         self._before: dict[str, FileStat] = {}      # every file on disk when the build began (open())
         self._kept: dict[str, FileRecord] = {}      # ... that the previous manifest listed, checked intact
         self._hashed: dict[str, tuple[FileStat, FileRecord]] = {}   # files this build wrote, as last hashed
@@ -48,6 +49,17 @@ class Ledger:
         self.parts: dict[tuple[str, int], _PartState] = {}   # (unit id, shard) -> its part's state (use())
         self._shards_of: dict[str, list[int]] = {}           # unit id -> the shards of its parts
         self.tuned: dict[tuple, int] = {}   # (kernel, key) -> times a child benchmarked it in this build (one each)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The build's manifest, from open(): every other step of a build comes after it."""
+        if self._manifest is None:
+            raise RuntimeError("the ledger's manifest is read before open()")
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, m: Manifest) -> None:
+        self._manifest = m
 
     # -- opening and saving -----------------------------------------------------------------------------------
     def open(self) -> Manifest:
@@ -58,9 +70,9 @@ class Ledger:
         if damaged:
             # Which unit wrote a compiled file is not recorded: every done unit runs again (hits, and a compile of
             # each winner whose files are gone); units of other plans stay pending until their next build.
-            for rec in m.units.values():
-                if rec.status == "done":
-                    rec.status, rec.error = "pending", "damaged cache files were removed; build again to restore them"
+            for old in m.units.values():
+                if old.status == "done":
+                    old.status, old.error = "pending", "damaged cache files were removed; build again to restore them"
         for unit in self.plan.units:
             rec = m.units.get(unit.id)
             # a done unit reached at least one key: none recorded is as broken as a changed one
@@ -166,7 +178,7 @@ class Ledger:
                                f"{_some(list(self.foreign))}[/yellow]")
 
     # -- which units and parts run ----------------------------------------------------------------------------
-    def runnable(self, units: list[Unit]) -> list[Unit]:
+    def runnable(self, units: Sequence[Unit]) -> list[Unit]:
         """The units not done with attempts left."""
         return [u for u in units if self.manifest.units[u.id].status != "done"
                 and self.manifest.units[u.id].attempts < self.max_attempts]
@@ -193,7 +205,7 @@ class Ledger:
             rec.status, rec.error = "pending", "interrupted"   # earlier errors: rec.failures
         self.save()
 
-    def _part(self, part) -> "_PartState":
+    def _part(self, part) -> _PartState:
         """A Part's state; a unit id or Unit (a build that did not call use(): one part per unit) is its own part."""
         key = (part.id, part.shard) if isinstance(part, Part) else (getattr(part, "id", part), 0)
         if key not in self.parts:
@@ -281,7 +293,7 @@ class Ledger:
 
     def on_binaries(self, msg: Lookup | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
-        entry = self.manifest.entries.get(msg.file)
+        entry = self.manifest.entries.get(msg.file) if msg.file is not None else None
         if entry is not None and msg.binaries:
             entry.binaries = sorted(set(entry.binaries) | set(msg.binaries))
 

@@ -10,16 +10,29 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import gpus
 from ..cache.files import make_dirs, remove_created
 from ..cache.fingerprint import Fingerprint
 from ..cache.lock import locked
 from ..cache.manifest import Manifest
 from ..errors import BuildFailedError, CacheDirError, NoGPUError
+from . import gpus
 from .ledger import Ledger
-from .plan import Plan, plan as make_plan
-from .protocol import (Binaries, ChildOptions, ChildUnit, Done, Go, Hello, Lookup, NoGPU, Stop, UnitDone, UnitFailed,
-                       UnitStart)
+from .plan import Plan
+from .plan import plan as make_plan
+from .protocol import (
+    Binaries,
+    ChildOptions,
+    ChildUnit,
+    Done,
+    Go,
+    Hello,
+    Lookup,
+    NoGPU,
+    Stop,
+    UnitDone,
+    UnitFailed,
+    UnitStart,
+)
 from .shard import Part, ShardPlan, plan_parts
 from .spec import BuildSpec, Unit
 from .supervisor import Child, Supervisor
@@ -31,7 +44,7 @@ from .view import View
 MIN_FREE_BYTES = 64 << 20
 
 
-def prepare_cache_dir(path: str | os.PathLike) -> Path:
+def prepare_cache_dir(path: str | os.PathLike | None) -> Path:
     """Absolute, existing, writable directory with room to build, or CacheDirError before any work starts
     (and then no directory this call created is left behind). The dirs it creates are of mode 0755 whatever the
     umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write."""
@@ -61,12 +74,13 @@ def prepare_cache_dir(path: str | os.PathLike) -> Path:
 
 class Build:
     """One build of a plan into a cache dir. `run()` returns the manifest; units done are never redone.
+    `progress`: what the build shows (view.mode_of): True, False, or a mode, "tty" / "plain" / "none" (the CLI's).
 
     `devices`: the GPU of each child that runs at once (gpus.for_build; default from the spec): (None,) is one
     child seeing every visible GPU; ("0", "1") shards the keys over two children, one per GPU (shard.py)."""
 
-    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool = True,
-                 devices: tuple[str | None, ...] | None = None):
+    def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool | str = True,
+                 devices: tuple[str | None, ...] | None = None) -> None:
         self.plan = plan
         self.spec = plan.spec
         self.cache_dir = cache_dir
@@ -81,7 +95,8 @@ class Build:
         self._started: set[str] = set()   # units with a part started in this build (their bar is reset once)
 
     @property
-    def manifest(self) -> Manifest | None:
+    def manifest(self) -> Manifest:
+        """The ledger's manifest (once run() opened it)."""
         return self.ledger.manifest
 
     @staticmethod
@@ -108,7 +123,7 @@ class Build:
             options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         return options
 
-    def _on_message(self, c: Child, msg) -> None:
+    def _on_message(self, c: Child, msg: object) -> None:
         """One message of a child (protocol.py): into the manifest, onto the screen, and the child's state on."""
         timeout = self.spec.unit_timeout_s
         match msg:
@@ -133,8 +148,8 @@ class Build:
             case UnitDone():
                 rec = self.ledger.on_unit_done(msg, _part_of(c, msg.unit))
                 self.timeline.part_done(c, msg)
-                if rec.status == "done":   # its last part
-                    self.view.done(rec.id, rec.seconds)
+                if rec.status == "done":   # its last part (the ledger set its seconds with the status)
+                    self.view.done(rec.id, rec.seconds or 0.0)
                 c.between_units(timeout)   # until the next UnitStart
             case UnitFailed():
                 self.ledger.fail(_part_of(c, msg.unit), msg.error, count=False, retry=msg.retry)
@@ -174,7 +189,7 @@ class Build:
         n = len(self.shards.shards)
         if n > 1:
             self.ledger.sharded = True   # only keys the plan did not predict can be tuned twice now
-            loads = ", ".join(f"GPU {g}: {c}" for g, c in zip(self.devices, self.shards.loads()))
+            loads = ", ".join(f"GPU {g}: {c}" for g, c in zip(self.devices, self.shards.loads(), strict=False))
             self.console.print(f"sharding {len(self.shards.owner)} keys of {len(todo)} units over {n} GPUs, each "
                                f"key tuned by one of them (configs to benchmark: {loads})")
         self.supervisor.run([list(s) for s in self.shards.shards], self.devices,
@@ -186,7 +201,7 @@ def _part_of(c: Child, unit_id: str) -> Part:
     return next(p for p in c.todo if p.id == unit_id)
 
 
-def build(spec: BuildSpec, *, console: Console | None = None, progress: bool = True) -> Manifest:
+def build(spec: BuildSpec, *, console: Console | None = None, progress: bool | str = True) -> Manifest:
     """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
     plan = make_plan(spec)   # bad input (target, TP, GPUs) fails here, before anything is written
     devices = gpus.for_build(spec.gpus, spec.emulate)

@@ -2,11 +2,17 @@
 MAX_PLAN_CALLS or MAX_PLAN_KEYS (spec.py) is refused as it is made, before it holds more than that."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict
 
 from .. import targets as targets_mod
 from ..errors import SpecError
 from .spec import MAX_PLAN_CALLS, MAX_PLAN_KEYS, BuildSpec, PlannedKey, Unit
+
+if TYPE_CHECKING:
+    from ..models import RankShape
 
 _SMALLER = "lower --max-tokens, or give fewer --tokens, TP degrees or targets"
 
@@ -26,7 +32,7 @@ class Plan(BaseModel):
         return sum(k.configs or 0 for u in self.units for k in u.keys)
 
 
-def unit_id(target: str, shape, dtypes: dict[str, str], tokens) -> str:
+def unit_id(target: str, shape: RankShape, dtypes: dict[str, str], tokens: Iterable[int]) -> str:
     dims = f"H{shape.H}-HV{shape.HV}-K{shape.K}-V{shape.V}"
     return f"{target}/{dims}/{targets_mod.dtype_tag(dtypes)}/T{'_'.join(map(str, sorted(tokens)))}"
 
@@ -59,7 +65,8 @@ def plan_units(spec: BuildSpec) -> list[Unit]:
     return list(units.values())
 
 
-def expected_keys(target, shape, dtypes, tokens, limit: int = MAX_PLAN_KEYS) -> list[PlannedKey]:
+def expected_keys(target: targets_mod.Target, shape: RankShape, dtypes: dict[str, str], tokens: Iterable[int],
+                  limit: int = MAX_PLAN_KEYS) -> list[PlannedKey]:
     """Every (kernel, key) the serving call reaches for these token counts, in first-reached order; SpecError
     past `limit` of them (what is left of MAX_PLAN_KEYS)."""
     seen: dict[tuple, PlannedKey] = {}

@@ -51,7 +51,7 @@ def install(n_workers: int | None = None) -> bool:
             stats["configs"] += len(pruned)
         return pruned
 
-    prune_configs._autotune_cache_precompile = True
+    prune_configs._autotune_cache_precompile = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.prune_configs = prune_configs
     return True
 
@@ -118,7 +118,7 @@ class _Share:
             if key in share.seen:
                 return
             share.seen.add(key)
-            self.nargs = dict(zip(self.arg_names, args))
+            self.nargs = dict(zip(self.arg_names, args, strict=False))
             try:
                 configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
                 if (innermost_jit(self.fn).__name__, key[1]) in share.foreign:
@@ -162,7 +162,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     import time
     import traceback
 
-    from .lifetime import die_with   # a killed build child leaves no zygote, and a killed zygote no worker
+    from .lifetime import die_with  # a killed build child leaves no zygote, and a killed zygote no worker
     started = time.monotonic()
     die_with(parent)
     os.environ["TRITON_CACHE_DIR"] = cache_dir
@@ -172,10 +172,10 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
         os.nice(NICE)
     except OSError:
         pass
-    from . import emulation
-    from .device import Profile
     from ..models import RankShape
     from ..targets import get
+    from . import emulation
+    from .device import Profile
     emulation.install(profile=Profile(**profile) if profile else None)
     import torch
     import triton
@@ -197,7 +197,10 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                 die_with(zygote)
                 share.wid = wid
                 compiled = [0]
-                listener = (lambda **kw: compiled.__setitem__(0, compiled[0] + (not kw.get("cache_hit"))))
+
+                def listener(*, _compiled: list[int] = compiled, **kw) -> None:   # counts the compiles, not the hits
+                    _compiled[0] += not kw.get("cache_hit")
+
                 try:   # Triton 3.5+ calls it (3.4: the count stays 0)
                     triton.knobs.compilation.listener = listener
                 except AttributeError:
@@ -260,6 +263,7 @@ class Pool:
         threading.Thread(target=self._read, name="autotune-cache-pool", daemon=True).start()
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None   # stdout=PIPE
         for line in self.proc.stdout:
             word, *rest = line.split() or [""]
             with self._cond:
@@ -277,6 +281,7 @@ class Pool:
 
     def go(self) -> None:
         """Start compiling. Until then the zygote only imports: nothing is written to the cache dir."""
+        assert self.proc.stdin is not None   # stdin=PIPE
         try:
             self.proc.stdin.write("go\n")
             self.proc.stdin.close()
@@ -339,11 +344,15 @@ class Pool:
 
 def compile_in_processes(cache_dir: str, units: list[dict], n: int | None = None,
                          profile: dict | None = None, probe_tokens: tuple[int, ...] = ()) -> dict:
-    """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait."""
+    """Compile every config the units will benchmark in `n` worker processes (default: every core but one), wait.
+    `probe_tokens`: the child's probe counts, driven first as each unit's `probes` (probe_counts(), as the child
+    gives them to Pool)."""
     n = processes() if n is None else n
     if n <= 1:
         return {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
-    pool = Pool(cache_dir, units, n, profile, probe_tokens)
+    if probe_tokens:
+        units = [dict(u, probes=probe_counts(u["tokens"], probe_tokens)) for u in units]
+    pool = Pool(cache_dir, units, n, profile)
     try:
         pool.go()
         return pool.wait()

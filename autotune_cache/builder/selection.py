@@ -150,7 +150,7 @@ def screen_losses(timings: dict, probes: tuple[dict, ...] = ()) -> dict:
     if not finite:
         return {}
     best = [min(p50s(c)[j] for c in finite) for j in range(1 + len(probes))]
-    return {c: max(x / b if b > 0 else 1.0 for x, b in zip(p50s(c), best)) for c in finite}
+    return {c: max(x / b if b > 0 else 1.0 for x, b in zip(p50s(c), best, strict=True)) for c in finite}
 
 
 def shortlist(loss: dict, settings: Settings) -> list:
@@ -259,7 +259,7 @@ def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
             with _budget(tuner, settings.screen_warmup_ms, settings.rep_ms):
                 for c in order:
                     samples[c].append(_p50(tuner._bench(*args, config=c, **kwargs)))
-            for probe, measured in zip(key_probes, at_probe):
+            for probe, measured in zip(key_probes, at_probe, strict=True):
                 tuner.nargs = probe.nargs   # Triton's pre/post hooks (reset_to_zero, restore_value) read nargs
                 with _budget(tuner, settings.probe_warmup_ms, settings.probe_rep_ms):
                     for c in order:
@@ -291,10 +291,10 @@ def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
                         "samples": [round(x, 6) for x in cand.samples],
                         **({"probes": [{"tokens": p.tokens, "median": round(statistics.median(s), 6),
                                         "samples": [round(x, 6) for x in s]}
-                                       for p, s in zip(key_probes, cand.probes)]} if key_probes else {}),
+                                       for p, s in zip(key_probes, cand.probes, strict=True)]} if key_probes else {}),
                         "loss": round(loss, 6),                  # worst over the sizes, among the candidates
                         "screen_loss": round(screened[c], 6)}    # ... in the screening, among every config
-                       for c, cand, loss in zip(cands, candidates, decision.losses)],
+                       for c, cand, loss in zip(cands, candidates, decision.losses, strict=True)],
     }
 
 
@@ -342,7 +342,7 @@ def install(settings: Settings) -> None:
             self.__dict__["do_bench"] = functools.partial(bench, warmup=warmup, rep=rep)
         return original_prune(self, kwargs)
 
-    prune_configs._autotune_cache_selection = True
+    prune_configs._autotune_cache_selection = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.prune_configs = prune_configs
 
     def after_bench(tuner, tuning_key):

@@ -18,8 +18,8 @@ first on the least loaded shard.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .spec import Unit
 
@@ -86,12 +86,14 @@ def _cost(configs: int | None) -> int:
 
 
 def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
-    """Split the keys of `units` over at most `n` shards (never more shards than keys and keyless units, no empty shard).
+    """Split the keys of `units` over at most `n` shards (never more shards than keys and keyless units, no
+    empty shard).
 
     Keys are placed largest first (configs + KEY_COST; ties in plan order) on the shard least loaded after taking
     it; among equally loaded shards, the one that drives the key's home unit at that token count already (no
     extra call), then the lower one. Example (KEY_COST 0): keys of 25, 12, 9 and 6 configs on 2 shards: [25] and
-    [12, 9, 6]. A unit without keys (a replay unit: no planned keys, no token counts) is driven whole by the least loaded shard."""
+    [12, 9, 6]. A unit without keys (a replay unit: no planned keys, no token counts) is driven whole by the
+    least loaded shard."""
     units = list(units)
     if n < 1:
         raise ValueError(f"shards must be >= 1, got {n}")
@@ -107,11 +109,7 @@ def plan_parts(units: Sequence[Unit], n: int) -> ShardPlan:
     owner: dict[KeyId, int] = {}
     for key in sorted(home, key=lambda k: (-_cost(home[k][2]), order[k])):
         unit_index, tokens, configs = home[key]
-
-        def rank(s: int):
-            return load[s], top[s].get(unit_index, 0) < tokens, s
-
-        best = min(range(n), key=rank)
+        best = min(range(n), key=lambda s: (load[s], top[s].get(unit_index, 0) < tokens, s))
         owner[key] = best
         load[best] += _cost(configs)
         top[best][unit_index] = max(top[best].get(unit_index, 0), tokens)

@@ -44,34 +44,34 @@ class BuildSpec(BaseModel):
 
     @field_validator("tp")
     @classmethod
-    def _tp(cls, v):
+    def _tp(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v:
             raise SpecError("give at least one TP degree")
         return tuple(dict.fromkeys(whole(t, "TP degree", high=MAX_TP) for t in v))
 
     @field_validator("max_tokens")
     @classmethod
-    def _max_tokens(cls, v):
+    def _max_tokens(cls, v: int) -> int:
         return whole(v, "--max-tokens", high=MAX_TOKENS)
 
     @field_validator("tokens")
     @classmethod
-    def _tokens(cls, v):
+    def _tokens(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(sorted({whole(t, "each token count", high=MAX_TOKENS) for t in v}))
 
     @field_validator("retries")
     @classmethod
-    def _retries(cls, v):
+    def _retries(cls, v: int) -> int:
         return whole(v, "retries", low=0, high=MAX_RETRIES)
 
     @field_validator("gpus", mode="before")
     @classmethod
-    def _gpus(cls, v):
+    def _gpus(cls, v: object) -> int | None:
         return v if v is None else whole(v, "--gpus", high=MAX_GPUS)
 
     @field_validator("unit_timeout_s")
     @classmethod
-    def _timeout(cls, v):
+    def _timeout(cls, v: float) -> float:
         if not v > 0:   # NaN too: no deadline would ever pass
             raise SpecError(f"unit timeout must be a positive number of seconds, got {v}")
         if v > MAX_UNIT_TIMEOUT_S:
@@ -94,7 +94,7 @@ class Unit(BaseModel):
     """One child-side job: drive one target's serving call for one per-rank shape at several token counts."""
     model_config = ConfigDict(frozen=True)
 
-    id: str                 # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
+    id: str   # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
     target: str
     shape: RankShape | None = None   # None: a replay unit
     tp: tuple[int, ...] = ()     # TP degrees that share this per-rank shape

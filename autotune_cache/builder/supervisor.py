@@ -8,10 +8,11 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import multiprocess
 from multiprocess.connection import wait
@@ -57,9 +58,9 @@ RUNNING = (State.STARTING, State.IN_UNIT, State.BETWEEN_UNITS)
 class Child:
     """One build child and where it stands: the parts of units it was given, the one it is in, when it must speak
     next."""
-    proc: object                  # multiprocess.Process (spawn)
+    proc: Any                     # multiprocess.Process (spawn; the package has no stubs)
     link: Channel                 # the parent's end of its pipe
-    theirs: object                # the child's end, closed here once it started
+    theirs: Any                   # the child's end (a multiprocess Connection), closed here once it started
     gpu: str | None               # its CUDA_VISIBLE_DEVICES; None: it sees every visible GPU (a one-child build)
     todo: list[Part]
     deadline: float               # time.monotonic(): see State
@@ -182,6 +183,7 @@ class Supervisor:
     def _timed_out(self, c: Child) -> None:
         _kill(c.proc)
         if c.state is State.IN_UNIT:
+            assert c.current is not None   # begin() set it with the state
             self.ledger.fail(c.current, f"timed out after {self.unit_timeout_s:g} s", count=False)
         elif c.state is State.STARTING:
             self.ledger.fail_next(c.todo, f"child did not start within {STARTUP_TIMEOUT_S:g} s")
@@ -196,6 +198,7 @@ class Supervisor:
         if c.state is State.LOST:
             died = f"child {_signal_name(c.proc.exitcode)}"
             if c.lost_in is State.IN_UNIT:   # the child died inside a unit
+                assert c.current is not None   # begin() set it with the state, lose() kept it
                 self.ledger.fail(c.current, died, count=False)
             else:   # died between units or before the first: charge the next unit, else we loop forever
                 where = "between units" if c.lost_in is State.BETWEEN_UNITS else "before its first unit"

@@ -3,15 +3,14 @@ what it is doing, on which GPU), redrawn in place; "plain", one line when a unit
 log or a pipe: no bars, no redraws); "none"."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .plan import Plan
 from .spec import Unit
-
 
 MODES = ("tty", "plain", "none")
 
@@ -41,7 +40,7 @@ class View:
         self.show_progress = self.mode == "tty"
         self.gpu_of = gpu_of
         self._progress: Progress | None = None
-        self._tasks = {}
+        self._tasks: dict[str, TaskID] = {}   # unit id -> its bar (only with bars: _progress)
 
     @contextmanager
     def live(self, units: list[Unit]) -> Iterator[None]:
@@ -72,17 +71,17 @@ class View:
 
     def starting(self, unit_id: str) -> None:
         self._line(unit_id, "starting")
-        if unit_id in self._tasks:
+        if self._progress is not None and unit_id in self._tasks:
             self._progress.reset(self._tasks[unit_id], description=self._label(unit_id, "starting"))
 
     def reached(self, unit_id: str, kernel: str) -> None:
         """The unit reached a key of `kernel` it had not reached before."""
-        if unit_id in self._tasks:
+        if self._progress is not None and unit_id in self._tasks:
             self._progress.update(self._tasks[unit_id], advance=1, description=self._label(unit_id, kernel))
 
     def done(self, unit_id: str, seconds: float) -> None:
         self._line(unit_id, f"done in {seconds:.1f} s")
-        if unit_id in self._tasks:
+        if self._progress is not None and unit_id in self._tasks:
             task = self._tasks[unit_id]
             self._progress.update(task, completed=self._progress.tasks[task].total,
                                   description=self._label(unit_id, f"done in {seconds:.1f} s"))

@@ -34,14 +34,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
-from ..version import __version__
-from . import manifest as manifest_mod
 from .. import untrusted
 from ..errors import BundleError, CacheDirError
-from .files import (FILE_MODE, atomic_file, inside, make_dirs, move_in, open_new, open_regular,
-                    path_problem, read_regular, remove_created, sha256_bytes, staging_dir)
+from ..version import __version__
+from . import manifest as manifest_mod
+from .files import (
+    FILE_MODE,
+    atomic_file,
+    inside,
+    make_dirs,
+    move_in,
+    open_new,
+    open_regular,
+    path_problem,
+    read_regular,
+    remove_created,
+    sha256_bytes,
+    staging_dir,
+)
 from .layout import is_group_file, members_first, read_group, relocated_group
 from .manifest import FileRecord, Manifest
 
@@ -229,12 +241,22 @@ def _reading(src: Path) -> Iterator[None]:
         raise BundleError(f"{src}: not a readable bundle ({type(e).__name__}: {first})") from None
 
 
+def _member_file(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> IO[bytes]:
+    """The reader of a regular file member (check_member lets no other kind with bytes through)."""
+    with _reading(src):
+        f = tar.extractfile(ti)
+    if f is None:
+        raise BundleError(f"unsafe bundle: {ti.name!r} is not a regular file")
+    return f
+
+
 def _read_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, limit: int) -> bytes:
     """A small member's bytes (bundle.json, manifest.json, manifest.sig), refused beyond `limit`."""
     if ti.size > limit:
         raise BundleError(f"{src}: {ti.name} is {ti.size} bytes, more than the {limit} it may have")
+    f = _member_file(src, tar, ti)
     with _reading(src):
-        data = tar.extractfile(ti).read(ti.size)
+        data = f.read(ti.size)
     if len(data) != ti.size:
         raise BundleError(f"{src}: not a readable bundle ({ti.name} is truncated)")
     return data
@@ -246,8 +268,7 @@ def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Pa
     h = hashlib.sha256()
     # the bundle's mode bits are its author's: only whether the file is executable is kept
     with open_new(path, 0o755 if ti.mode & 0o100 else FILE_MODE) as out:
-        with _reading(src):
-            f = tar.extractfile(ti)
+        f = _member_file(src, tar, ti)
         left = ti.size
         while left:
             with _reading(src):

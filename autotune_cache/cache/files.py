@@ -161,7 +161,7 @@ def make_dirs(path: Path) -> list[Path]:
         if p.exists() or p.is_symlink():
             break
         created.append(p)
-    made = []
+    made: list[Path] = []
     try:
         for p in reversed(created):
             try:
@@ -268,7 +268,8 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     except FileNotFoundError:
         raise
     except TooLargeFile:
-        raise CacheDirError(f"{path}: larger than {size_text(limit)}, the most it may be; refusing to read it") from None
+        raise CacheDirError(f"{path}: larger than {size_text(limit)}, the most it may be; "
+                            "refusing to read it") from None
     except NotPlainFile as e:
         raise CacheDirError(f"{path}: {e}; refusing to read it") from None
     except OSError as e:

@@ -18,7 +18,7 @@ def invalidating_env_vars() -> dict[str, str]:
     try:
         from triton._C.libtriton import get_cache_invalidating_env_vars
     except ImportError:  # older layouts keep it in knobs
-        from triton.knobs import get_cache_invalidating_env_vars  # type: ignore
+        from triton.knobs import get_cache_invalidating_env_vars
     return dict(get_cache_invalidating_env_vars())
 
 
@@ -63,7 +63,7 @@ def _version(dist: str) -> str | None:
 
 
 def _triton_key_sha256() -> str:
-    from triton.runtime.autotuner import triton_key   # the name the autotuner's disk key uses
+    from triton.runtime.autotuner import triton_key  # the name the autotuner's disk key uses
     return sha256_bytes(triton_key())
 
 
@@ -85,7 +85,7 @@ def collect(emulated: bool = False) -> Fingerprint:
     gpu_name = capability = None
     if torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(0)
-        capability = "%d.%d" % tuple(torch.cuda.get_device_capability(0))
+        capability = "{}.{}".format(*torch.cuda.get_device_capability(0))
     return Fingerprint(
         python=platform.python_version(), triton=triton.__version__, torch=torch.__version__,
         cuda=torch.version.cuda, packages=_packages(),
@@ -143,7 +143,8 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
         a, b = getattr(built, field), getattr(here, field)
         if a != b:
             out.append(f"{field}: cache built with {a}, here {b} (every disk key differs)")
-    if built.triton == here.triton and built.python == here.python and built.triton_key_sha256 != here.triton_key_sha256:
+    if (built.triton == here.triton and built.python == here.python
+            and built.triton_key_sha256 != here.triton_key_sha256):
         out.append("triton build: same version but a different triton wheel (triton_key differs)")
     if built.backend_hash != here.backend_hash and built.ptxas == here.ptxas and built.capability == here.capability:
         out.append("ptxas build differs (backend hash)")

@@ -17,8 +17,8 @@ points Triton at a directory), `verify` and `ensure`. One pass over the director
   `import`, or crafted) are reported, and the layered manager never loads them (stray_members: the one rule).
 
 Every file is opened as files.open_plain does (plain files only, bounded: MAX_FILE_BYTES, JSON read whole at most
-files.MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash the
-check. Not hashed: our own files and writes in flight (`manifest.is_own`: manifest, lock, signature, temp names,
+files.MAX_JSON_BYTES; never blocking on a fifo swapped in after the walk), so no content of the dir can hang or crash
+the check. Not hashed: our own files and writes in flight (`manifest.is_own`: manifest, lock, signature, temp names,
 Triton's `tmp.pid_*` dirs); Triton's lookups never read them. Every other file is hashed, whether the server reads
 it (cubin, launcher .so, autotune JSON, group and metadata JSON) or not (.source, .ttir, ...): about 1.3 GB/s of
 sha256 on one core, so the cost is the bytes of the cache (BENCHMARKS.md).
@@ -125,7 +125,7 @@ class FileCheck:
 
     def summary(self, limit: int = 8) -> str:
         """'2 changed, 1 foreign: AB/k.cubin (sha256 differs from the manifest), ...' naming up to `limit` files."""
-        counts = {}
+        counts: dict[str, int] = {}
         for p in self.problems:
             counts[p.kind] = counts.get(p.kind, 0) + 1
         named = "; ".join(str(p) for p in self.problems[:limit])
@@ -168,11 +168,11 @@ def _walk(root: Path, problems: list[Problem], writable: list[Writable]):
             problems.append(Problem(prefix.rstrip("/") or ".", "unreadable", f"unreadable directory "
                                     f"({e.strerror or e})"))
             continue
-        for e in entries:
-            rel = prefix + e.name
+        for entry in entries:
+            rel = prefix + entry.name
             own = is_own(rel)
             try:
-                st = e.stat(follow_symlinks=False)
+                st = entry.stat(follow_symlinks=False)
             except OSError as err:
                 if not own:
                     problems.append(Problem(rel, "unreadable", f"cannot stat ({err.strerror or err})"))
@@ -180,7 +180,7 @@ def _walk(root: Path, problems: list[Problem], writable: list[Writable]):
             mode = st.st_mode
             if stat.S_ISLNK(mode):
                 if not own:
-                    problems.append(Problem(rel, "not a file", f"symbolic link to {os.readlink(e.path)!r}; a cache "
+                    problems.append(Problem(rel, "not a file", f"symbolic link to {os.readlink(entry.path)!r}; a cache "
                                                                "holds plain files only"))
                 continue
             shown = rel + ("/" if stat.S_ISDIR(mode) else "")
@@ -192,9 +192,9 @@ def _walk(root: Path, problems: list[Problem], writable: list[Writable]):
             if own:
                 continue
             if stat.S_ISDIR(mode):
-                stack.append((rel + "/", e.path))
+                stack.append((rel + "/", entry.path))
             elif stat.S_ISREG(mode):
-                yield rel, e.path, st
+                yield rel, entry.path, st
             else:
                 problems.append(Problem(rel, "not a file", f"special file ({stat.filemode(mode)}); a cache holds "
                                                            "plain files only"))
@@ -209,7 +209,8 @@ class _Copier:
     BLOCK = 1 << 20
 
     def __init__(self, dir: Path):
-        self.dir, self.files, self.bytes, self.seconds, self.error = dir, 0, 0, 0.0, None
+        self.dir, self.files, self.bytes, self.seconds = dir, 0, 0, 0.0
+        self.error: str | None = None   # why the copy stopped
         self._buf = bytearray(self.BLOCK)
         self._made: set[Path] = set()   # dirs made: one mkdir per hash dir, not per file
 
@@ -296,7 +297,8 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None, copy_to
             try:
                 digest, data = _read_hash(path, group, writing, rel)
             except _CopyFailed as e:   # the copy stops here; this file is read again, for the check alone
-                copier.error = str(e)
+                assert writing is not None   # only the copier raises it
+                writing.error = str(e)
                 digest, data = _read_hash(path, group, None, rel)
         except TooLargeFile as e:
             problems.append(Problem(rel, "too large", f"too large to check: {e}"))
@@ -313,6 +315,7 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None, copy_to
             continue
         if not group:
             continue
+        assert data is not None   # _read_hash returns a group file's bytes
         try:
             paths = parse_group(data)
         except ValueError as e:
@@ -324,11 +327,11 @@ def check_files(cache_dir: str | os.PathLike, manifest: Manifest | None, copy_to
         stray = bool(stray_members(paths, own))
         if stray:
             moved.append(rel)
-        if writing is not None and copier.error is None:
+        if writing is not None and writing.error is None:
             try:   # a moved group keeps its paths: outside the copy too, never loaded from it
-                copier.write(rel, data if stray else relocated_group(paths, copier.dir / Path(rel).parent).encode())
+                writing.write(rel, data if stray else relocated_group(paths, writing.dir / Path(rel).parent).encode())
             except _CopyFailed as e:
-                copier.error = str(e)
+                writing.error = str(e)
     seen |= {p.path for p in problems}   # a link or special file at a listed path is not also "missing"
     problems += [Problem(rel, "missing", "listed in the manifest, missing on disk")
                  for rel in sorted(set(listed) - seen)]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import filelock
 
-from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from . import manifest as manifest_mod
 
 LOCK_MODE = 0o644
 

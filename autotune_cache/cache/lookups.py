@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .layout import autotune_file_name, is_autotune_file, read_autotune
 
@@ -137,7 +137,7 @@ def _install_hook() -> None:
             listener(lookup)
         return result
 
-    check_disk_cache._autotune_cache_hook = True
+    check_disk_cache._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.check_disk_cache = check_disk_cache
 
 
@@ -205,7 +205,8 @@ _launch_listeners: list[Callable[[Launch], None]] = []
 def tuning_key(tuner, args, kwargs) -> tuple:
     """The tuning key Autotuner.run forms for this call (Triton 3.4-3.6): `key=[...]` values, then the dtype of
     every argument that has one."""
-    named = {k: v for k, v in {**dict(zip(tuner.arg_names, args)), **kwargs}.items() if k in tuner.arg_names}
+    named = {k: v for k, v in {**dict(zip(tuner.arg_names, args, strict=False)), **kwargs}.items()
+             if k in tuner.arg_names}
     return tuple([named[k] for k in tuner.keys if k in named]
                  + [str(v.dtype) for v in named.values() if hasattr(v, "dtype")])
 
@@ -250,7 +251,7 @@ def _install_run_hook() -> None:
         _launched(self, args, kwargs, kernel)
         return kernel
 
-    run._autotune_cache_hook = True
+    run._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.run = run
 
 

@@ -128,7 +128,7 @@ class Manifest(BaseModel):
     files: dict[ListedPath, FileRecord] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_meaning_per_path(self):
+    def _one_meaning_per_path(self) -> Manifest:
         """An entry is kept under its own file's path, and no listed file is also a dir of another listed file
         (a bundle could not hold both)."""
         for rel, entry in self.entries.items():
@@ -148,7 +148,7 @@ class Manifest(BaseModel):
     def pending(self) -> list[UnitRecord]:
         return [u for u in self.units.values() if u.status == "pending"]
 
-    def damaged_entry(self, rec: "UnitRecord", cache_dir: Path) -> str | None:
+    def damaged_entry(self, rec: UnitRecord, cache_dir: Path) -> str | None:
         """The first entry `rec` reached whose autotune file is unlisted, gone, not a regular file or changed; None
         when all are intact."""
         for name in rec.entries:

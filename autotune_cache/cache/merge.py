@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from . import manifest as manifest_mod
 from .files import copy_hashed, inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
 from .fingerprint import mismatches
 from .layout import is_group_file, members_first, read_group, relocated_group
@@ -140,13 +140,14 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
                 _union(have, entry)
             # else: the conflict is reported with the file above; the kept file's entry stays
         for uid, unit in m.units.items():
-            have = result.units.get(uid)
-            if have is None or (have.status != "done" and unit.status == "done"):
+            had = result.units.get(uid)
+            if had is None or (had.status != "done" and unit.status == "done"):
                 result.units[uid] = unit.model_copy(deep=True)
-                if have is not None:
-                    result.units[uid].tp = sorted(set(have.tp) | set(unit.tp))
+                if had is not None:
+                    result.units[uid].tp = sorted(set(had.tp) | set(unit.tp))
             else:
-                have.tp = sorted(set(have.tp) | set(unit.tp))
+                had.tp = sorted(set(had.tp) | set(unit.tp))
+    assert result is not None   # some source is not `into` (refused above): it made one
     result.files = dict(sorted(existing.items()))
     return MergePlan(into=into, sources=tuple(roots), copies=tuple(copies), writes=tuple(writes), skipped=skipped,
                      conflicts=tuple(conflicts), warnings=tuple(dict.fromkeys(warnings)), manifest=result,

@@ -12,8 +12,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from . import manifest as manifest_mod
 from .files import inside
 from .layout import is_autotune_file, is_group_file
 from .lock import locked
@@ -109,17 +109,17 @@ def plan_prune(s: CacheScan, *, all_binaries: bool = False) -> PrunePlan:
         else:
             d = rel.split("/")[0] + "/"
             deletions.setdefault(d, Deletion(d, "compiled kernel with a corrupt group file", sizes.get(d[:-1], 0)))
-    deletions = list(deletions.values())
+    planned = list(deletions.values())
 
-    gone = {d.path for d in deletions if not d.path.endswith("/")}
-    gone_dirs = tuple(d.path for d in deletions if d.path.endswith("/"))
+    gone = {d.path for d in planned if not d.path.endswith("/")}
+    gone_dirs = tuple(d.path for d in planned if d.path.endswith("/"))
     m = s.manifest.model_copy(deep=True)
     dropped = tuple(sorted(f for f in m.entries if f in gone or f in s.missing))
     for f in dropped:
         del m.entries[f]
     m.files = {rel: rec for rel, rec in m.files.items() if rel not in gone and not rel.startswith(gone_dirs)}
     unknown = tuple(sorted({c.kernel for c in s.compiled if c.role == "unknown"})) if not all_binaries else ()
-    return PrunePlan(root=s.root, deletions=tuple(sorted(deletions, key=lambda d: d.path)), dropped_entries=dropped,
+    return PrunePlan(root=s.root, deletions=tuple(sorted(planned, key=lambda d: d.path)), dropped_entries=dropped,
                      kept_unknown=unknown, manifest=m)
 
 

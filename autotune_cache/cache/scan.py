@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import AutotuneCacheError, CacheDirError
+from . import manifest as manifest_mod
+from .layout import (
+    autotune_kernel,
+    group_kernel,
+    is_autotune_file,
+    is_group_file,
+    is_triton_tmp,
+    read_autotune,
+    read_group,
+)
 from .manifest import Manifest
-from .layout import (autotune_kernel, group_kernel, is_autotune_file, is_group_file, is_triton_tmp, read_autotune,
-                     read_group)
 
 # What a compiled-kernel dir is to the autotuned entries (decided from the manifest's recorded binaries):
 ROLES = {
@@ -212,25 +219,25 @@ def _name_key(kernel: str, key: tuple, specs: dict[str, list]) -> tuple[dict | N
         except Exception:  # noqa: BLE001 - a target's lambda we cannot call
             continue
         if len(key) == len(names) + len(spec.dtype_roles):
-            return dict(zip(names, key[:len(names)])), tuple(key[len(names):])
+            return dict(zip(names, key[:len(names)], strict=True)), tuple(key[len(names):])
     return None, ()
 
 
 # -- the scan -------------------------------------------------------------------------------------------------
 def _files(d: Path, warnings: list, root: Path) -> list[tuple[os.DirEntry, int]]:
-    out = []
+    out: list[tuple[os.DirEntry, int]] = []
     try:
         entries = sorted(os.scandir(d), key=lambda e: e.name)
     except OSError as e:
         warnings.append(ScanWarning(d.relative_to(root).as_posix(), f"unreadable directory ({e.strerror or e})"))
         return out
-    for e in entries:
+    for entry in entries:
         try:
-            st = e.stat(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
         except OSError as err:
-            warnings.append(ScanWarning(Path(e.path).relative_to(root).as_posix(), f"cannot stat ({err.strerror})"))
+            warnings.append(ScanWarning(Path(entry.path).relative_to(root).as_posix(), f"cannot stat ({err.strerror})"))
             continue
-        out.append((e, st.st_size))
+        out.append((entry, st.st_size))
     return out
 
 

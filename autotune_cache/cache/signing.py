@@ -22,11 +22,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from .. import untrusted
 from ..errors import AutotuneCacheError, IntegrityError
+from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
 from .integrity import stray_members
 from .layout import is_group_file, parse_group
@@ -87,7 +88,7 @@ def key_id(public_key) -> str:
     return sha256_bytes(raw)[:16]
 
 
-def group_members(paths: dict[str, str]) -> str:
+def group_members(paths: Mapping[str, str]) -> str:
     """What of a group file is signed: its member names and file names, not where they lie."""
     return sha256_bytes(json.dumps(sorted((name, Path(p).name) for name, p in paths.items())))
 
@@ -110,7 +111,7 @@ def read_groups(root: Path, manifest: Manifest, *, require_inside: bool) -> dict
     return out
 
 
-def require_members_inside(root: Path, groups: dict[str, dict[str, str]]) -> None:
+def require_members_inside(root: Path, groups: Mapping[str, Mapping[str, str]]) -> None:
     """IntegrityError naming the first group file with a member not at `<its own dir>/<its name>` (see the module
     doc: only then does the signature say what the group loads)."""
     for rel, paths in sorted(groups.items()):
@@ -120,7 +121,7 @@ def require_members_inside(root: Path, groups: dict[str, dict[str, str]]) -> Non
                                  "`autotune-cache import`?): the signature does not cover it", files=[rel])
 
 
-def portable_digest(manifest: Manifest, groups: dict[str, dict[str, str]]) -> str:
+def portable_digest(manifest: Manifest, groups: Mapping[str, Mapping[str, str]]) -> str:
     """sha256 over the manifest without `updated`, with each group file's record replaced by its member names."""
     data = manifest.model_dump(mode="json")
     data.pop("updated", None)
@@ -159,7 +160,7 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
 
 
 def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = True,
-          sig_path: Path | None = None, groups: dict[str, dict[str, str]] | None = None) -> str:
+          sig_path: Path | None = None, groups: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """IntegrityError unless <root>/manifest.sig is a valid signature of `manifest` by `public_key`. Returns the
     key id. The files themselves are integrity.check_files' job. `groups`: every listed group file's child_paths
     as that check parsed them from the bytes it hashed (else they are read here)."""

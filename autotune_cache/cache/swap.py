@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import manifest as manifest_mod
 from ..errors import CacheDirError
+from . import manifest as manifest_mod
 from .files import sha256_bytes, write_atomic
 from .layout import is_group_file, read_group, relocated_group
 from .lock import locked

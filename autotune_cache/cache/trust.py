@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AutotuneCacheError, CacheDirError
-from . import integrity, manifest as manifest_mod, signing
+from . import integrity, signing
+from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
 from .integrity import FileCheck, Writable
 from .manifest import Manifest
@@ -111,8 +112,8 @@ def writable_reason(w: Writable) -> str:
 
 def one_line(e: BaseException, limit: int = 200) -> str:
     """'RecursionError: maximum recursion depth exceeded': an unexpected exception as a refusal's reason."""
-    text = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

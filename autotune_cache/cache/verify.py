@@ -23,7 +23,7 @@ from pathlib import Path
 from . import fingerprint, integrity
 from .integrity import FileCheck
 from .manifest import MANIFEST_NAME
-from .scan import CacheScan
+from .scan import AutotuneRecord, CacheScan
 from .trust import Policy, TrustReport, assess, writable_reason
 
 
@@ -165,7 +165,7 @@ def check_compatibility(s: CacheScan, allow_emulated: bool | None = None) -> Che
 def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) -> Check:
     """Every planned (kernel, key) has an intact autotune file (parsable, and as the manifest recorded it)."""
     changed = changed_files(s) if changed is None else changed
-    by_key = {}
+    by_key: dict[tuple, list[AutotuneRecord]] = {}
     for r in s.autotune:
         by_key.setdefault((r.kernel, tuple(r.key)), []).append(r)
     rows, problems, seen = [], [], set()

@@ -9,8 +9,7 @@ from pydantic import ValidationError
 
 from .. import models, targets
 from ..builder.selection import Settings as SelectionSettings
-from ..builder.spec import (DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S,
-                            BuildSpec)
+from ..builder.spec import DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S, BuildSpec
 from ..errors import SpecError
 
 

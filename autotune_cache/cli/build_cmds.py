@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -12,10 +13,9 @@ from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
 from ..errors import BuildFailedError, NoGPUError
 from ..targets import SHORT
-from .args import add_build_args, add_model_args, build_devices, spec_from_args
 from . import record_cmds
-from .console import (Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode,
-                      report_error)
+from .args import add_build_args, add_model_args, build_devices, spec_from_args
+from .console import Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode, report_error
 
 
 def cmd_models(args) -> int:
@@ -41,8 +41,8 @@ def plan_json(p) -> dict:
 def print_plan(p, console: Console) -> None:
     s = p.spec
     console.print(f"[bold]plan[/bold]: {s.model.name} (key heads {s.model.num_k_heads}, value heads "
-                  f"{s.model.num_v_heads}, {s.model.dtype}, state {s.model.state_dtype}), TP {','.join(map(str, s.tp))}, "
-                  f"targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
+                  f"{s.model.num_v_heads}, {s.model.dtype}, state {s.model.state_dtype}), "
+                  f"TP {','.join(map(str, s.tp))}, targets {','.join(s.targets)}, prefills up to {s.max_tokens} tokens")
     for u in p.units:
         sh = u.shape
         console.print("")
@@ -101,6 +101,7 @@ def cmd_build(args) -> int:
     p = plan(spec)
     if not args.quiet:
         print_plan(p, err)
+    assert spec.cache_dir is not None   # build_devices refused a spec without one
     before = found(Path(spec.cache_dir).expanduser())
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
@@ -114,9 +115,10 @@ def cmd_build(args) -> int:
                             "again to retry the rest", 1)
     done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
     # this plan's entries: a cache dir may hold other plans' too (another TP degree built into it before)
-    summary = {"cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
-               "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
-               "manifest": str(cache_dir / "manifest.json")}
+    summary: dict[str, Any] = {
+        "cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
+        "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
+        "manifest": str(cache_dir / "manifest.json")}
     if args.json:
         print_json(summary)
     else:

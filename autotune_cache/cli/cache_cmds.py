@@ -107,8 +107,8 @@ def cmd_verify(args) -> int:
     from ..cache.verify import verify
     plan = None
     if args.model or args.config:
-        from .args import spec_from_args
         from ..builder.plan import plan as make_plan
+        from .args import spec_from_args
         plan = make_plan(spec_from_args(args))
     s = scan(args.dir)
     v = verify(s, plan, allow_writable=args.allow_writable, public_key=args.public_key,
@@ -156,7 +156,7 @@ def cmd_prune(args) -> int:
         console.print(f"prune {p.root}: nothing to delete; nothing changed")
         return 0
     verb = "would free" if args.dry_run else "freed"
-    by_reason = {}
+    by_reason: dict[str, tuple[int, int]] = {}   # reason -> (deletions, bytes)
     for d in p.deletions:
         reason = d.reason.split(":")[0]
         n, b = by_reason.get(reason, (0, 0))

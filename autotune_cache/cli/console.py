@@ -93,17 +93,17 @@ def table_lines(columns: list[Column], rows: list[list], width_: int | None) -> 
     if width_ is None or sum(widths) + 2 * (len(columns) - 1) <= width_:
         def line(values):
             return "  ".join(v.rjust(w) if col.right else v.ljust(w)
-                             for v, w, col in zip(values, widths, columns)).rstrip()
+                             for v, w, col in zip(values, widths, columns, strict=True)).rstrip()
         return [line([c.name for c in columns])] + [line(r) for r in cells]
     lines = []
     for r in cells:
-        head = "  ".join(v for v, col in zip(r, columns) if col.key)
+        head = "  ".join(v for v, col in zip(r, columns, strict=True) if col.key)
         lines += textwrap.wrap(head, width_, subsequent_indent="    ", break_on_hyphens=False) or [""]
-        for v, col in zip(r, columns):
+        for v, col in zip(r, columns, strict=True):
             if not col.key and not col.right:
                 lines += textwrap.wrap(f"{col.name}: {v}", width_, initial_indent="  ", subsequent_indent="    ",
                                        break_on_hyphens=False)
-        numbers = ", ".join(f"{col.name} {v}" for v, col in zip(r, columns) if col.right)
+        numbers = ", ".join(f"{col.name} {v}" for v, col in zip(r, columns, strict=True) if col.right)
         if numbers:
             lines += textwrap.wrap(numbers, width_, initial_indent="  ", subsequent_indent="    ")
     return lines
@@ -156,7 +156,10 @@ def expect_json(argv: list[str] | None = None, *, given: bool | None = None) -> 
     """Whether errors are also JSON on stdout: before parsing (a parse error included) a guess from `argv`, ours up
     to a `--` (what follows is another command's); after it, `given`: what the parser read."""
     global _json_errors
-    _json_errors = given if given is not None else "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    if given is None:
+        ours = argv or []
+        given = "--json" in (ours[:ours.index("--")] if "--" in ours else ours)
+    _json_errors = given
 
 
 # -- the output flags -----------------------------------------------------------------------------------------

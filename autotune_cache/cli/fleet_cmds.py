@@ -81,7 +81,8 @@ def cmd_ls(args) -> int:
     print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
                                 s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
                                 s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
-                                s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"], s["bundle_bytes"]]
+                                s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
+                                s["bundle_bytes"]]
                                for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")
@@ -100,7 +101,7 @@ def cmd_fleet_plan(args) -> int:
 
 
 def cmd_fleet_build(args) -> int:
-    from ..fleet import matrix, report, ray_runner
+    from ..fleet import matrix, ray_runner, report
     m = matrix.load(args.matrix)
     url = args.registry or m.registry
     if not url:

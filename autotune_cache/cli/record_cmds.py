@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 
 from ..errors import BuildFailedError, NoGPUError, SpecError
-from .console import err, out, print_json, progress_mode
 from .args import build_devices
+from .console import err, out, print_json, progress_mode
 
 
 def _boot_dir() -> str:
@@ -96,8 +97,9 @@ def cmd_build(args) -> int:
     devices = build_devices(spec, args)
     rp = replay_unit.plan(args.from_record, spec)
     print_plan(rp, err)
-    summary = {"cache_dir": None, "records": rp.records, "units": 0, "entries": 0,
-               "unreplayable": [vars(x) for x in rp.unreplayable], "failed": [], "same_file": 0, "other_file": []}
+    summary: dict[str, Any] = {
+        "cache_dir": None, "records": rp.records, "units": 0, "entries": 0,
+        "unreplayable": [vars(x) for x in rp.unreplayable], "failed": [], "same_file": 0, "other_file": []}
     manifest = None
     if rp.plan.units:
         existed = Path(spec.cache_dir).exists()
@@ -111,6 +113,7 @@ def cmd_build(args) -> int:
             raise NoGPUError(f"{e}; or pass --emulate to compile for a fake sm_90 GPU (tests only)") from None
         except BuildFailedError as e:
             manifest = e.manifest
+            assert manifest is not None   # Build.run raises it with the manifest
             summary["failed"] = [{"unit": r.id, "error": r.error} for r in manifest.units.values()
                                  if r.status != "done" and r.id in {u.id for u in rp.plan.units}]
     if manifest is not None:

@@ -71,12 +71,14 @@ def _rebuild(p, cache_dir: Path, args) -> None:
 
 
 def cmd_ensure(args) -> int:
-    from ..cache import manifest as manifest_mod, trust
-    from .args import spec_from_args
     from ..builder.plan import plan as make_plan
+    from ..cache import manifest as manifest_mod
+    from ..cache import trust
+    from .args import spec_from_args
 
     spec = spec_from_args(args)
     p = make_plan(spec)
+    assert spec.cache_dir is not None   # --cache-dir is required
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     if cache_dir.exists() and not cache_dir.is_dir():
         return report_error(f"{cache_dir} is a file, not a cache dir: give a directory (--cache-dir)")

@@ -80,10 +80,10 @@ def run_job(job: Job, url: str, key: str | None = None, compile_processes: int |
             return JobResult(status="skipped", bundle_sha256=sha, seconds=time.monotonic() - started, **base)
         cache = tmp / "cache"
         m = build(job.spec.model_copy(update={"cache_dir": str(cache)}), progress=False)
-        fp = m.fingerprint
-        if not job.spec.emulate and gpu_type_of(fp.gpu_name or "").lower() != job.gpu_type.lower():
-            return JobResult(status="failed", gpu_name=fp.gpu_name, seconds=time.monotonic() - started,
-                             error=f"the node is labelled {job.gpu_type}, its GPU is {fp.gpu_name}: not published",
+        gpu_name = m.fingerprint.gpu_name if m.fingerprint is not None else None   # None: no child said hello
+        if not job.spec.emulate and gpu_type_of(gpu_name or "").lower() != job.gpu_type.lower():
+            return JobResult(status="failed", gpu_name=gpu_name, seconds=time.monotonic() - started,
+                             error=f"the node is labelled {job.gpu_type}, its GPU is {gpu_name}: not published",
                              **base)
         plan_prune(scan(cache)).execute()
         if key:
@@ -91,7 +91,7 @@ def run_job(job: Job, url: str, key: str | None = None, compile_processes: int |
             sign(cache, key)
         model = job.label if len(job.label) <= 200 else job.label[:197] + "..."
         r = publish(cache, url, gpu_type=job.gpu_type, model=model).record
-        return JobResult(status="built", gpu_name=fp.gpu_name, entries=r.entries, bundle_sha256=r.bundle_sha256,
+        return JobResult(status="built", gpu_name=gpu_name, entries=r.entries, bundle_sha256=r.bundle_sha256,
                          bundle_bytes=r.bundle_bytes, seconds=time.monotonic() - started, **base)
     except AutotuneCacheError as e:
         return JobResult(status="failed", error=str(e).splitlines()[0][:500], seconds=time.monotonic() - started,

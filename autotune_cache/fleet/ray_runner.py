@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..errors import AutotuneCacheError
 from .job import JobResult, run_job
-from .matrix import Job, Matrix, jobs as plan_jobs
+from .matrix import Job, Matrix
+from .matrix import jobs as plan_jobs
 
 OBJECT_STORE_BYTES = 100 << 20   # a local cluster started here only carries small results
 

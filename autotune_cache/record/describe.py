@@ -7,8 +7,9 @@ import hashlib
 import inspect
 import numbers
 import os
+from typing import Any
 
-from .schema import (Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg)
+from .schema import Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg
 
 MAX_VALUES_ENV = "AUTOTUNE_CACHE_RECORD_MAX_VALUES"
 # Integer tensors up to this many elements are recorded by value (cu_seqlens, chunk indices: a few thousand at
@@ -120,7 +121,7 @@ def grids(tuner, nargs: dict, kwargs: dict, configs) -> tuple[Grid, ...]:
     """The grid of every config, evaluated as JITFunction.run would: on the bound arguments (defaults, the call's
     arguments, the config's meta-parameters and the values of heuristics under the autotuner)."""
     from ..cache.lookups import innermost_jit
-    grid = kwargs.get("grid")
+    grid: Any = kwargs.get("grid")   # a tuple or a function of the meta-parameters (none: the error is recorded)
     jit = innermost_jit(tuner.fn)
     base = {**_jit_defaults(jit), **nargs, **{k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}}
     inner = _inner_heuristics(tuner)

@@ -85,6 +85,12 @@ def _flush(thread: int) -> None:
         _emit(pending[2])
 
 
+def _flush_all() -> None:
+    """At exit: every lookup still waiting for its outcome."""
+    for thread in list(_pending):
+        _flush(thread)
+
+
 def _on_prune(tuner, kwargs, pruned) -> None:
     from ..cache.lookups import is_dry, tuning_key
     if kwargs.get("warmup") is not False or tuner.nargs is None or is_dry():
@@ -139,11 +145,11 @@ def _install_hooks() -> None:
                             getattr(self.base_fn, "__name__", "?"), type(e).__name__, e)
         return pruned
 
-    prune_configs._autotune_cache_record = True
+    prune_configs._autotune_cache_record = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.prune_configs = prune_configs
     lookups.add_miss_hook(_on_miss)    # before any later hook that may raise (a strict loader's)
     lookups.add_listener(_on_lookup)
-    atexit.register(lambda: [_flush(t) for t in list(_pending)])
+    atexit.register(_flush_all)
 
 
 def start(path: str | os.PathLike, *, misses: bool = False) -> Recorder:

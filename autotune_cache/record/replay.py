@@ -55,7 +55,7 @@ def _tensor(arg: TensorArg, device: str):
     dtype = getattr(torch, arg.dtype.removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype):
         raise UnreplayableError(f"tensor dtype {arg.dtype} is not a torch dtype here")
-    span = 1 + sum((s - 1) * st for s, st in zip(arg.shape, arg.stride)) if all(arg.shape) else 0
+    span = 1 + sum((s - 1) * st for s, st in zip(arg.shape, arg.stride, strict=True)) if all(arg.shape) else 0
     size = dtype.itemsize if hasattr(dtype, "itemsize") else torch.empty((), dtype=dtype).element_size()
     if arg.storage * size <= MAX_STORAGE_BYTES and arg.storage >= arg.offset + span:
         storage, offset = arg.storage, arg.offset

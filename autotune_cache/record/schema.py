@@ -8,13 +8,13 @@ make that lookup again in another process (replay.py). Versioned pydantic models
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, Union
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 # A key field, a scalar argument, a config's meta-parameter: what JSON keeps apart (True is not 1).
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
 _FROZEN = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
@@ -76,7 +76,7 @@ class TupleArg(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["tuple"] = "tuple"
-    items: tuple["Arg", ...]
+    items: tuple[Arg, ...]
 
 
 class OpaqueArg(BaseModel):
@@ -87,7 +87,7 @@ class OpaqueArg(BaseModel):
     type: str
 
 
-Arg = Annotated[Union[TensorArg, ValueArg, DtypeArg, TupleArg, OpaqueArg], Field(discriminator="kind")]
+Arg = Annotated[TensorArg | ValueArg | DtypeArg | TupleArg | OpaqueArg, Field(discriminator="kind")]
 TupleArg.model_rebuild()
 
 

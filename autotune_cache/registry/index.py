@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -28,8 +28,8 @@ from ..errors import RegistryError
 from .store import Store
 
 INFO_NAME = "registry.json"
-INFO_FORMAT = "autotune-cache-registry"
-ENTRY_FORMAT = "autotune-cache-registry-entry"
+INFO_FORMAT: Final = "autotune-cache-registry"
+ENTRY_FORMAT: Final = "autotune-cache-registry-entry"
 VERSION = 1
 MAX_ENTRY_BYTES = 1 << 20   # an entry with a few hundred unit ids is a few KB
 MAX_ENTRIES = 100_000       # 7 models x 4 TP x 4 GPU types x rebuilds: hundreds
@@ -156,7 +156,8 @@ def scan(store: Store, gpu_type: str | None = None) -> IndexScan:
     """The registry's info and every entry (of one GPU type: one prefix listed), in one listing plus one read per
     entry."""
     info = read_info(store)
-    names = [n for n in store.find(f"index/{gpu_type}" if gpu_type else "index") if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
+    names = [n for n in store.find(f"index/{gpu_type}" if gpu_type else "index")
+             if n.endswith(".json") and not n.rsplit("/", 1)[-1].startswith(".")]
     if len(names) > MAX_ENTRIES:
         raise RegistryError(f"{store.url}: {len(names)} index entries, more than the {MAX_ENTRIES} a scan reads")
     records, warnings = [], []

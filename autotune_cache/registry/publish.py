@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import untrusted
-from ..cache import bundle as bundle_mod, manifest as manifest_mod
+from ..cache import bundle as bundle_mod
+from ..cache import manifest as manifest_mod
 from ..cache.files import MAX_JSON_BYTES, read_plain, sha256_file
 from ..errors import CacheDirError, RegistryError
 from ..version import __version__
@@ -74,8 +75,10 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
         slot_dir = rec.path.rsplit("/", 1)[0]
         for name in store.find(slot_dir):
             data = store.get(name, index.MAX_ENTRY_BYTES)
+            if data is None:
+                continue
             try:
-                same = data is not None and index.parse_record(data, name).manifest_digest == rec.manifest_digest
+                same = index.parse_record(data, name).manifest_digest == rec.manifest_digest
             except RegistryError:
                 continue
             if same:

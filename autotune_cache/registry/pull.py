@@ -19,7 +19,8 @@ import filelock
 
 from ..builder.plan import plan as make_plan
 from ..builder.spec import BuildSpec
-from ..cache import fingerprint, manifest as manifest_mod
+from ..cache import fingerprint
+from ..cache import manifest as manifest_mod
 from ..errors import AutotuneCacheError, CacheDirError, RegistryError
 from .fetch import fetch
 from .select import Machine

@@ -76,7 +76,10 @@ def choose(records: Iterable[Record], units: Iterable[str], machine: Machine,
     if not fit:
         raise NoMatchingBundleError(f"{len(holding)} bundles hold the units, none fits this machine: "
                                     + "; ".join(sorted(set(why))[:4]))
-    newest = lambda rs: max(rs, key=lambda r: (r.published, r.bundle_sha256))   # noqa: E731
+
+    def newest(rs: list[Record]) -> Record:
+        return max(rs, key=lambda r: (r.published, r.bundle_sha256))
+
     if machine.gpu_name is None:
         return Choice(newest(fit))
     exact = [r for r in fit if same_gpu(r, machine.gpu_name)]

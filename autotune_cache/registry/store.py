@@ -18,9 +18,13 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import RegistryError, RegistryUnreachableError
 from ..cache import files
+from ..errors import RegistryError, RegistryUnreachableError
+
+if TYPE_CHECKING:   # fsspec is optional ([fleet], [s3]) and imported by open_store only
+    from fsspec import AbstractFileSystem
 
 BLOCK = 1 << 20
 
@@ -38,7 +42,7 @@ def _fail(url: str, what: str, e: BaseException) -> RegistryError:
 class Store:
     """One registry root. `url` as the user gave it; `fs` the fsspec filesystem; `root` its path there."""
     url: str
-    fs: object
+    fs: AbstractFileSystem
     root: str
 
     @property
@@ -141,7 +145,7 @@ class Store:
         return sorted(p[len(root):] for p in found if p.startswith(root))
 
 
-def _protocols(fs) -> tuple[str, ...]:
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
 

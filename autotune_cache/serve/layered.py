@@ -46,7 +46,7 @@ class LayeredCacheManager(FileCacheManager):
         those bytes were never checked against the manifest. Nor is one that is no plain, bounded, readable group
         file: Triton would fail the kernel call on it."""
         path = self._base_path(f"{GROUP_PREFIX}{filename}")
-        if path is None:
+        if path is None or self.base_dir is None:   # (no base dir: no path)
             return None
         try:
             paths = parse_group(read_plain(path, MAX_JSON_BYTES))

@@ -30,14 +30,26 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..cache import trust
-from ..errors import (AutotuneCacheError, CacheDirError, CacheMissError, IncompatibleCacheError, IntegrityError,
-                      SharedWritableError)
-
+from ..errors import (
+    AutotuneCacheError,
+    CacheDirError,
+    CacheMissError,
+    IncompatibleCacheError,
+    IntegrityError,
+    SharedWritableError,
+)
 from . import dirs
 from .report import LoaderReport
+
+if TYPE_CHECKING:
+    from triton.runtime.autotuner import Autotuner  # no stubs: Any to mypy, named for the reader
+
+    from ..cache.lookups import Lookup
 
 __all__ = ["LoaderReport", "install", "report"]
 
@@ -46,7 +58,7 @@ log = logging.getLogger("autotune_cache")
 _state: dict = {}   # the one installed report of this process
 
 
-def _matches(tuner, prefixes) -> bool:
+def _matches(tuner: Autotuner, prefixes: Iterable[str]) -> bool:
     """A prefix "fla." names a module tree; one without a trailing dot names a module and its submodules."""
     from ..cache.lookups import innermost_jit
     module = innermost_jit(tuner.fn).__module__ or ""
@@ -54,7 +66,7 @@ def _matches(tuner, prefixes) -> bool:
                for p in prefixes)
 
 
-def _flip(tuner, report: LoaderReport) -> None:
+def _flip(tuner: Autotuner, report: LoaderReport) -> None:
     from triton import knobs
 
     from ..cache.lookups import innermost_jit
@@ -73,18 +85,18 @@ def _hook_new_autotuners(report: LoaderReport) -> None:
     if getattr(original, "_autotune_cache_hook", False):
         return
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self: Autotuner, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         current = _state.get("report")
         if current is not None and _matches(self, current.prefixes):
             _flip(self, current)
 
-    __init__._autotune_cache_hook = True
+    __init__._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
     at.Autotuner.__init__ = __init__
 
 
 def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
-                     public_key, copy: bool = False) -> None:
+                     public_key: str | os.PathLike | bytes | None, copy: bool = False) -> None:
     """Act on trust.assess(): on any refusal, refuse the dir (strict: raise). `copy`: the check's pass also writes
     the private copy Triton then reads (report.copy_dir)."""
     copy_to = dirs.copy_dir(report) if copy else None
@@ -145,11 +157,11 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
         raise IncompatibleCacheError(f"cache {report.cache_dir} does not fit this environment: " + "; ".join(found))
 
 
-def install(cache_dir: str | os.PathLike | None = None, *, targets=None, strict: bool | None = None,
-            modules=(), log_at_exit: bool | None = None, require_manifest: bool | None = None,
-            allow_shared_writable: bool | None = None, public_key: str | os.PathLike | bytes | None = None,
-            copy: bool | None = None, record: str | os.PathLike | None = None,
-            misses: str | os.PathLike | None = None) -> LoaderReport:
+def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str] | None = None,
+            strict: bool | None = None, modules: Iterable[str] = (), log_at_exit: bool | None = None,
+            require_manifest: bool | None = None, allow_shared_writable: bool | None = None,
+            public_key: str | os.PathLike | bytes | None = None, copy: bool | None = None,
+            record: str | os.PathLike | None = None, misses: str | os.PathLike | None = None) -> LoaderReport:
     """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`.
 
     cache_dir defaults to env AUTOTUNE_CACHE_DIR; strict to env AUTOTUNE_CACHE_STRICT (a miss then raises
@@ -250,7 +262,7 @@ def _hook(report: LoaderReport) -> None:
 
     checked_gpu = threading.Event()
 
-    def on_lookup(lookup):
+    def on_lookup(lookup: Lookup) -> None:
         if _state.get("report") is not report:
             return
         if not checked_gpu.is_set():
@@ -258,7 +270,7 @@ def _hook(report: LoaderReport) -> None:
             _check_fingerprint(report, with_gpu=True)
         report.record(lookup)
 
-    def on_miss(tuner, key):
+    def on_miss(tuner: Autotuner, key: tuple) -> None:
         if _state.get("report") is report and report.strict:
             from ..cache.lookups import Lookup, innermost_jit
             kernel = innermost_jit(tuner.fn).__name__

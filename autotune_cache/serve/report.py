@@ -4,18 +4,23 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache import trust
+
+if TYPE_CHECKING:
+    from ..cache.lookups import Lookup
+    from ..cache.manifest import Manifest
 
 
 class LoaderReport:
     """What install() did and what happened since. Counters are live: read them at any time."""
 
-    def __init__(self, cache_dir: Path, prefixes: tuple[str, ...], strict: bool):
+    def __init__(self, cache_dir: Path, prefixes: tuple[str, ...], strict: bool) -> None:
         self.cache_dir = cache_dir
         self.prefixes = prefixes
         self.strict = strict
-        self.manifest = None
+        self.manifest: Manifest | None = None
         self.read_only = False
         self.overlay_dir: Path | None = None   # where Triton writes misses when the cache dir itself is not written
         # Trust (cache/trust.py): verified = every file matches the manifest and only its owner can write the dir.
@@ -37,17 +42,17 @@ class LoaderReport:
         self.mismatches: list[str] = []       # why the cache may miss here (fingerprint differences)
         self.warnings: list[str] = []
         self.recording: list[str] = []        # record files this process appends its lookups to (record/)
-        self.counters = defaultdict(lambda: {"lookups": 0, "hits": 0, "misses": 0})
+        self.counters: defaultdict[str, dict[str, int]] = defaultdict(lambda: {"lookups": 0, "hits": 0, "misses": 0})
         self._lock = threading.Lock()
 
-    def record(self, lookup) -> None:
+    def record(self, lookup: Lookup) -> None:
         with self._lock:
             c = self.counters[lookup.kernel]
             c["lookups"] += 1
             c["hits" if lookup.hit else "misses"] += 1
 
     @property
-    def totals(self) -> dict:
+    def totals(self) -> dict[str, int]:
         return {k: sum(c[k] for c in self.counters.values()) for k in ("lookups", "hits", "misses")}
 
     def summary(self) -> str:

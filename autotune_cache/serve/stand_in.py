@@ -14,12 +14,14 @@ import os
 import sys
 import time
 from collections import defaultdict
+from typing import Any
 
 
 def counters():
     """Start counting disk lookups in this process; returns the dict that fills up."""
     from ..cache import lookups
-    stats = defaultdict(lambda: {"lookups": 0, "hits": 0, "benchmarks": 0, "keys": []})
+    stats: defaultdict[str, dict[str, Any]] = defaultdict(
+        lambda: {"lookups": 0, "hits": 0, "benchmarks": 0, "keys": []})
 
     def on_lookup(lookup):
         s = stats[lookup.kernel]

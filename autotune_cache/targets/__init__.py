@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import SpecError
 from ..models import RankShape
@@ -35,7 +35,8 @@ class KernelSpec:
     configs_sm90: int | None = None
 
     def key(self, shape: RankShape, tokens: int, dtypes: dict[str, str]) -> tuple:
-        return tuple(self.fields(shape, tokens).values()) + tuple(TORCH_DTYPE[dtypes.get(r, r)] for r in self.dtype_roles)
+        return (tuple(self.fields(shape, tokens).values())
+                + tuple(TORCH_DTYPE[dtypes.get(r, r)] for r in self.dtype_roles))
 
 
 @dataclass(frozen=True)

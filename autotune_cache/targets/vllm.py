@@ -1,12 +1,13 @@
 """vLLM's vendored FLA kernels, called as vLLM's GDN layer calls them on its Triton prefill path.
 
 vLLM >= 0.26 vendors FLA under vllm.third_party.flash_linear_attention.ops. Earlier versions kept it in
-vllm.model_executor.layers.fla.ops, whose keys were never checked: they are refused (UnsupportedEngineError). Its Qwen GDN layer (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, 0.33) builds q/k/v/g/beta
-with fused_post_conv_prep (L2 norm applied there, so the autotuned l2norm kernel is not on this path), then calls
+vllm.model_executor.layers.fla.ops, whose keys were never checked: they are refused (UnsupportedEngineError). Its
+Qwen GDN layer (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py, 0.33) builds q/k/v/g/beta with
+fused_post_conv_prep (L2 norm applied there, so the autotuned l2norm kernel is not on this path), then calls
 chunk_gated_delta_rule with int32 cu_seqlens (query_start_loc), chunk indices/offsets precomputed by the metadata
 builder, the initial state gathered from the state cache ([N, HV, V, K], state dtype), output_final_state=True and
-use_qk_l2norm_in_kernel=False. g and beta come out fp32. No key holds T, key heads or the sequence split.
-Checked against vLLM 0.33.0; on H100/H200 vLLM defaults to FlashInfer for GDN prefill, and this path runs with
+use_qk_l2norm_in_kernel=False. g and beta come out fp32. No key holds T, key heads or the sequence split. Checked
+against vLLM 0.33.0; on H100/H200 vLLM defaults to FlashInfer for GDN prefill, and this path runs with
 `--gdn-prefill-backend triton` and on other GPUs.
 """
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _ops():
 
 def relax_for_fake_gpu() -> None:
     """vLLM stages host-to-device copies in pinned memory and empties the accelerator's cache: both need a real
-    GPU. On the fake one (builder/emulation.py), plain copies and no-op emptying change no kernel argument, so no key."""
+    GPU. On the fake one (builder/emulation.py), plain copies and no-op emptying change no kernel argument, so no
+    key."""
     import torch
     import vllm.utils.torch_utils as torch_utils
 

@@ -36,7 +36,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             sys.modules[name] = module
             _start()
 
-        spec.loader.exec_module = run_then_start
+        spec.loader.exec_module = run_then_start   # type: ignore[method-assign]  # this one loader's, on purpose
         return spec
 
 
