@@ -92,7 +92,6 @@ class ToyCaches:
         import json as _json
 
         from filelock import FileLock
-
         from helpers import relocated_copy, toy_build
         name = "-".join(f"{k}={spec[k]}" for k in sorted(spec)).replace("/", "_").replace(" ", "") or "default"
         TOY_STORE.mkdir(mode=0o755, exist_ok=True)

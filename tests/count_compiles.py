@@ -1,6 +1,6 @@
-"""`python count_compiles.py <stand_in args>`: autotune_cache.serve.stand_in in this process, plus how many kernels Triton
-compiled and how many it loaded from the cache (its compilation listener, FACTS.md §1). Prints the stand-in's JSON
-report with "compiles" and "loaded" added."""
+"""`python count_compiles.py <stand_in args>`: autotune_cache.serve.stand_in in this process, plus how many kernels
+Triton compiled and how many it loaded from the cache (its compilation listener, FACTS.md §1). Prints the stand-in's
+JSON report with "compiles" and "loaded" added."""
 import contextlib
 import io
 import json

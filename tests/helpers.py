@@ -64,9 +64,9 @@ def run_cli(*args, env=None, check=None):
 
 def stand_in(cache_dir, *args, env=None):
     """A fresh 'serving' process against cache_dir; returns its lookup report."""
-    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir", str(cache_dir), "--json",
-                           *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir", str(cache_dir),
+                           "--json", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -2,7 +2,8 @@
 
     python plugin_worker.py GO_FILE TOKENS
 
-On the fake sm_90 GPU (vLLM loads plugins before device init, and so does this), it says it is ready (GO_FILE.ready.<pid>) and waits until GO_FILE exists so
+On the fake sm_90 GPU (vLLM loads plugins before device init, and so does this), it says it is ready
+(GO_FILE.ready.<pid>) and waits until GO_FILE exists so
 that every process calls the plugin's register() at once, as vLLM's processes start together; then it serves the
 toy kernel (the stand-in for the GDN kernels: its module is added to the served prefixes, as install(modules=...)
 adds one) at TOKENS (comma-separated). AUTOTUNE_CACHE_DIR, _STRICT, ... come from the environment. Prints one JSON

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache.layout import read_autotune
-import helpers
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -206,7 +206,8 @@ def test_stability_script_retimes_differing_winners(builds, tmp_path):
         nb = r["key"][1]
         by = {tuple(c["labels"]): c for c in r["retimed"]["by_config"]}
         # each build's own winner, resolved from its dir in the timing process, timed 3 times
-        assert by[("build1",)]["config"] == kt.config_text(wa[nb]) and by[("build2",)]["config"] == kt.config_text(wc[nb])
+        assert by[("build1",)]["config"] == kt.config_text(wa[nb])
+        assert by[("build2",)]["config"] == kt.config_text(wc[nb])
         assert all(len(c["times_ms"]) == 3 for c in by.values())
         assert r["retimed"]["verdict"] in ("slower", "noise")
     assert report["summary"]["max_retimed_spread_differing"] is not None
@@ -239,7 +240,7 @@ def test_winners_script_resolves_each_caches_winner(builds, tmp_path):
     report = json.loads(out.read_text())
     wa, wc = winners_by_nb(ma), winners_by_nb(mc)
     assert [r["tokens"] for r in report["results"]] == [1024, 3000]
-    for res, nb in zip(report["results"], (1, 3)):
+    for res, nb in zip(report["results"], (1, 3), strict=True):
         (row,) = res["kernels"]
         assert row["sources"] == {"ours": "cache", "c": "cache"} and res["in_process"] == []
         assert row["configs"] == {"ours": kt.config_text(wa[nb]), "c": kt.config_text(wc[nb])}

@@ -8,18 +8,23 @@ import socket
 import tempfile
 
 import pytest
+from helpers import run_cli_bounded
 
 from autotune_cache import models
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.selection import MAX_PROBES
-from autotune_cache.builder.spec import (MAX_GPUS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S,
-                                         BuildSpec)
+from autotune_cache.builder.spec import (
+    MAX_GPUS,
+    MAX_PLAN_CALLS,
+    MAX_PLAN_KEYS,
+    MAX_RETRIES,
+    MAX_UNIT_TIMEOUT_S,
+    BuildSpec,
+)
 from autotune_cache.cli import main, parser
 from autotune_cache.cli.args import spec_from_args
 from autotune_cache.errors import ConfigError, SpecError
 from autotune_cache.models import CONFIG_MAX_BYTES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP
-
-from helpers import run_cli_bounded
 
 GDN = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
        "linear_value_head_dim": 128, "torch_dtype": "bfloat16"}

@@ -3,13 +3,13 @@ GPU (FACTS.md §2), real autotune disk cache, real manifest; then a fresh proces
 import json
 
 import pytest
+from helpers import run_cli, stand_in, toy_spec
 
 from autotune_cache import build
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.errors import CacheDirError
-from autotune_cache.cache.layout import read_autotune
 from autotune_cache.cache.files import sha256_file
-from helpers import run_cli, stand_in, toy_spec
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.errors import CacheDirError
 
 
 @pytest.fixture(scope="module")

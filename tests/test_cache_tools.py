@@ -8,12 +8,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import TESTS, compiles, run_cli, toy_build
 
 from autotune_cache import BuildSpec, models
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.cache.scan import scan
 from autotune_cache.cache.layout import read_group
-from helpers import TESTS, compiles, run_cli, toy_build
+from autotune_cache.cache.scan import scan
 
 TOKENS = ("--target", "toy_target", "--tokens", "1,1024,1025,2048,2049,3000", "--emulate")
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TESTS, assert_refused_in_one_line, cli_here, listing
 
 from autotune_cache import models
-from helpers import TESTS, assert_refused_in_one_line, cli_here, listing
 
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
 TOY = ("--target", "toy_target", "--max-tokens", "1024")
@@ -70,6 +70,7 @@ def test_version_and_signatures():
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("autotune-cache ")
     import inspect
+
     import autotune_cache
     assert "public_key" in inspect.signature(autotune_cache.install).parameters
     assert "progress" in inspect.signature(autotune_cache.build).parameters

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TESTS
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.cli import parser
-from helpers import TESTS
 
 ROOT = TESTS.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -54,7 +54,7 @@ def test_dockerfile_cli_calls_parse(path):
     values = {"MODEL": "qwen3.5-9b", "TP": "1", "TARGET": "fla", "MAX_TOKENS": "8192",
               "AUTOTUNE_CACHE_DIR": "/opt/gdn-cache"}
     for name, value in values.items():
-        run = run.replace("${%s}" % name, value)
+        run = run.replace(f"${{{name}}}", value)
     commands = [shlex.split(c) for c in run.split("&&")]
     commands = [argv[argv.index("autotune-cache") + 1:] for argv in commands]
     assert [argv[0] for argv in commands] == ["build", "prune", "verify"]

@@ -13,16 +13,16 @@ import time
 import uuid
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import run_cli, stand_in
 
 from autotune_cache import BuildFailedError, build, models
-from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.builder import orchestrator
-from autotune_cache.errors import AutotuneCacheError, CacheDirError, ConfigError, SpecError, UnknownModelError
-from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.files import sha256_file
-import helpers
-from helpers import run_cli, stand_in
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.errors import AutotuneCacheError, CacheDirError, ConfigError, SpecError, UnknownModelError
 
 TAG = "AUTOTUNE_CACHE_TEST_TAG"   # set in a build's environment: every process it starts inherits it
 
@@ -373,7 +373,7 @@ def test_corrupt_autotune_files_unknown_to_the_manifest_are_misses_and_retuned(t
     # re-tuned and rewritten. One corruption per entry (the toy unit has 3).
     m = build(toy_spec(tmp_path, tp=(1,)), progress=False)
     names = sorted(m.entries)
-    for name, corrupt in zip(names, CORRUPTIONS.values()):
+    for name, corrupt in zip(names, CORRUPTIONS.values(), strict=True):
         (tmp_path / name).write_bytes(corrupt((tmp_path / name).read_bytes()))
     (tmp_path / "manifest.json").unlink()
     foreign = {"notes.txt": b"hello", "some/dir/blob.bin": os.urandom(100),

@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
-from autotune_cache import BuildSpec, build, models
-from autotune_cache import plan
 from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
+
+from autotune_cache import BuildSpec, build, models, plan
 
 pytest.importorskip("fla")
 DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"

@@ -4,9 +4,9 @@ file:// registry; a re-run skips everything; fetch then picks each GPU type's bu
 import json
 
 import pytest
+from helpers import run_cli
 
 from autotune_cache.fleet import matrix
-from helpers import run_cli
 
 MATRIX = """
 models = ["qwen3.5-9b", "qwen3.5-4b"]

@@ -2,8 +2,9 @@
 named GPU type, then verify); the cache lands at the same absolute path in both stages."""
 import shlex
 
-from autotune_cache.cli import parser
 from test_docker import ROOT, stages
+
+from autotune_cache.cli import parser
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile.fetch"
 
@@ -23,7 +24,7 @@ def test_fetch_stage_cli_calls_parse():
     values = {"REGISTRY": "s3://bucket/gdn", "GPU_NAME": "H200", "MODEL": "qwen3.5-9b", "TP": "1", "TARGET": "fla",
               "MAX_TOKENS": "16384", "AUTOTUNE_CACHE_DIR": "/opt/gdn-cache", "PUBLIC_KEY": ""}
     for name, value in values.items():
-        run = run.replace("${%s}" % name, value)
+        run = run.replace(f"${{{name}}}", value)
     commands = [shlex.split(c) for c in run.split("&&")]
     commands = [argv[argv.index("autotune-cache") + 1:] for argv in commands]
     assert [argv[0] for argv in commands] == ["fetch", "verify"]

@@ -9,19 +9,25 @@ import json
 import pytest
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from helpers import examples  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from autotune_cache import models  # noqa: E402
 from autotune_cache.builder.plan import plan  # noqa: E402
 from autotune_cache.builder.selection import MAX_PROBES  # noqa: E402
-from autotune_cache.builder.spec import (MAX_GPUS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES,  # noqa: E402
-                                         MAX_UNIT_TIMEOUT_S, BuildSpec)
+from autotune_cache.builder.spec import (  # noqa: E402
+    MAX_GPUS,
+    MAX_PLAN_CALLS,
+    MAX_PLAN_KEYS,
+    MAX_RETRIES,
+    MAX_UNIT_TIMEOUT_S,
+    BuildSpec,
+)
 from autotune_cache.cli import parser  # noqa: E402
 from autotune_cache.cli.args import spec_from_args  # noqa: E402
 from autotune_cache.errors import ConfigError, SpecError, UnknownModelError  # noqa: E402
-from helpers import examples  # noqa: E402
-from autotune_cache.models import (CONFIG_MAX_BYTES, DTYPES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS,  # noqa: E402
-                                   MAX_TP, SIZES)
+from autotune_cache.models import CONFIG_MAX_BYTES, DTYPES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP, SIZES  # noqa: E402
 
 TYPED = (ConfigError, SpecError, UnknownModelError)
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

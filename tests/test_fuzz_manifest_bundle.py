@@ -3,7 +3,6 @@ bundle unpacked by import_bundle. Whatever they hold, nothing raises but CacheDi
 created outside the temp dir the test gives them."""
 import io
 import json
-import os
 import tarfile
 import tempfile
 from pathlib import Path
@@ -11,13 +10,14 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from helpers import examples, listing, raw_digest  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from autotune_cache.cache import manifest as manifest_mod  # noqa: E402
 from autotune_cache.cache.bundle import import_bundle  # noqa: E402
 from autotune_cache.cache.files import path_problem, sha256_bytes  # noqa: E402
 from autotune_cache.errors import BundleError, CacheDirError  # noqa: E402
-from helpers import examples, listing, raw_digest  # noqa: E402
 
 FUZZ = settings(max_examples=examples(600), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -11,12 +11,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import TESTS, run_cli
 
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.errors import IntegrityError, SharedWritableError
 from autotune_cache.serve.loader import LoaderReport, _check_integrity, install
-from helpers import TESTS, run_cli
 
 TOKENS = "1,1024,1025,2048,3000"   # NB 1, 2, 3: every key of the build
 SO = "cuda_utils.cpython-311-x86_64-linux-gnu.so"

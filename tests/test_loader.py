@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import TESTS
 
 from autotune_cache.errors import CacheDirError
 from autotune_cache.serve.loader import install
-from helpers import TESTS
 
 BUILT_TOKENS = "1,1024,1025,2048,3000"   # NB 1, 2, 3: all built
 
@@ -91,7 +91,8 @@ def test_strict_refuses_an_incompatible_cache(cache):
     proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(cache), "before", "1", "--strict"],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TRITON_DEFAULT_FP_FUSION": "0"})
-    assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr and "TRITON_DEFAULT_FP_FUSION" in proc.stderr
+    assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr
+    assert "TRITON_DEFAULT_FP_FUSION" in proc.stderr
 
 
 def _read_only_copy(cache, tmp_root):
@@ -186,7 +187,8 @@ def test_ensure_refuses_what_the_loader_would_refuse(tmp_path):
 def test_install_time_fingerprint_never_queries_the_gpu(monkeypatch):
     # install() runs before vLLM initializes the device: even on a GPU host, fingerprint.here(query_gpu=False) must
     # not reach collect() (torch.cuda, Triton's driver); `verify` and `ensure` (query_gpu=True) do
-    from autotune_cache.cache import fingerprint, manifest as manifest_mod
+    from autotune_cache.cache import fingerprint
+    from autotune_cache.cache import manifest as manifest_mod
     built = manifest_mod.load(TESTS / "data" / "h200-qwen3.5-9b-cache").fingerprint
     queried = []
     monkeypatch.setattr(fingerprint, "_nvidia_driver", lambda: True)

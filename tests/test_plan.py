@@ -2,8 +2,7 @@ import math
 
 import pytest
 
-from autotune_cache import BuildSpec, models
-from autotune_cache import plan
+from autotune_cache import BuildSpec, models, plan
 from autotune_cache.errors import SpecError
 from autotune_cache.targets import fla
 

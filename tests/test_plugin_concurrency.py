@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TESTS, listing
 
 from autotune_cache.cache import trust
 from autotune_cache.cache.layout import read_autotune
-from helpers import TESTS, listing
 
 N = 4                      # the engine core and three TP workers
 BAD = N                    # and one more process that refuses

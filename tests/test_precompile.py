@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TESTS
 
 from autotune_cache import BuildSpec, build, models
-from helpers import TESTS
 
 
 def check(cache, workers, processes=None):
@@ -162,6 +162,7 @@ def test_workers_emulate_the_profile_they_are_given(tmp_path):
     # another GPU than the default H100 (sm_80, 108 SMs, 164 KB shared memory): the compiled kernels are for it
     import dataclasses
     import json as _json
+
     from autotune_cache.builder import device, precompile
     from autotune_cache.models import preset
     a100 = dataclasses.replace(device.H100, name="NVIDIA A100-SXM4-80GB", major=8, minor=0, multiprocessor_count=108,

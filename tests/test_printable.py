@@ -6,11 +6,10 @@ import json
 import tarfile
 
 import pytest
+from helpers import run_cli_bounded
 from rich.table import Table
 
 from autotune_cache.errors import printable
-
-from helpers import run_cli_bounded
 
 EVIL = "evil\x1b[31m\r\x07\x9b"   # colour, carriage return (overwrite the line), bell, one-byte CSI
 CONTROLS = {chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} - {"\n"}

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TESTS, run_cli
 
 from autotune_cache.record import read
 from autotune_cache.record.schema import KernelId, Record
 from autotune_cache.record.store import parse_line
-from helpers import TESTS, run_cli
 
 RUN = TESTS / "record_run.py"
 WORK = ("scale:300", "scale:300", "scale:100:32", "copy:1000")

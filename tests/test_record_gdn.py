@@ -7,10 +7,10 @@ import os
 import shutil
 
 import pytest
-
-from autotune_cache import BuildSpec, build, models
 from helpers import TESTS, run_cli
 from test_record import autotune_files, run
+
+from autotune_cache import BuildSpec, build, models
 
 pytest.importorskip("fla")
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, small_cache
 
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.cache.layout import read_group
-from helpers import run_cli, small_cache
 
 TOY = ("--model", "qwen3.5-9b", "--target", "toy_target", "--max-tokens", "3000")
 

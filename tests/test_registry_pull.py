@@ -8,12 +8,11 @@ import sys
 import time
 
 import pytest
+import test_registry
+from helpers import run_cli, toy_build
+from test_registry import TOY
 
 from autotune_cache.cache import manifest as manifest_mod
-from helpers import run_cli
-import test_registry
-from helpers import toy_build
-from test_registry import TOY
 
 caches = test_registry.caches   # its module fixture: the two toy caches
 

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TESTS, run_cli
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.builder.selection import Candidate, Settings, choose, screen_losses, shortlist
 from autotune_cache.cache.layout import read_autotune
-from helpers import TESTS, run_cli
 
 
 def test_a_challenger_within_the_noise_does_not_replace_the_incumbent():
@@ -86,7 +86,7 @@ def test_shortlist_always_times_the_first_config_within_the_window():
 def test_shortlist_ranks_by_the_worst_loss_over_the_probes():
     timings = {"a": [1.0, 1, 1], "b": [1.02, 1, 1], "c": [1.05, 1, 1]}
     # at the probe, a is 30% slower than c; b 2% slower
-    probe = {str("a"): 0.013, str("b"): 0.0102, str("c"): 0.010}
+    probe = {"a": 0.013, "b": 0.0102, "c": 0.010}
     assert shortlist(screen_losses(timings, (probe,)), Settings(window=0.10)) == ["b", "c"]
     # a config the probe did not time (or that failed there) is no candidate
     assert shortlist(screen_losses(timings, ({"a": 0.01, "b": float("inf")},)), Settings(window=0.10)) == ["a"]

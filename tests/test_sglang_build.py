@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import assert_only_entries_on_disk, reached_and_planned, run_cli
 
 from autotune_cache import BuildSpec, build, models, plan
-from helpers import assert_only_entries_on_disk, reached_and_planned, run_cli
 
 pytest.importorskip("sglang.kernels.ops.attention.fla.chunk")
 pytestmark = pytest.mark.slow

@@ -1,15 +1,16 @@
 """Pure parts of a sharded build: the split of keys over GPUs (shard.py) and which GPUs are visible (gpus.py)."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from helpers import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autotune_cache import BuildSpec, models
-from autotune_cache.errors import SpecError
 from autotune_cache.builder.gpus import for_build, visible
-from autotune_cache.models import RankShape
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.shard import plan_parts, unit_configs
 from autotune_cache.builder.spec import PlannedKey, Unit
-from helpers import examples
+from autotune_cache.errors import SpecError
+from autotune_cache.models import RankShape
 
 SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
@@ -191,10 +192,10 @@ def test_cli_bad_gpus_exits_2_with_one_line_and_writes_nothing(tmp_path, args, e
 
 def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
     # an H100 and an A100 in one host: another backend hash (compute capability), so other disk keys
-    from autotune_cache.errors import CacheDirError
+    from autotune_cache.builder.orchestrator import Build
     from autotune_cache.cache.fingerprint import Fingerprint
     from autotune_cache.cache.manifest import Manifest
-    from autotune_cache.builder.orchestrator import Build
+    from autotune_cache.errors import CacheDirError
 
     b = Build(plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
               tmp_path, progress=False)

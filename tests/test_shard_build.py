@@ -14,20 +14,20 @@ import subprocess
 import sys
 
 import pytest
+import test_faults
+from helpers import run_cli, stand_in
+from test_faults import TAG, assert_entries_intact, no_temp_files, tagged_pids, wait_until
 
 from autotune_cache import BuildSpec, build, models
-from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.builder.orchestrator import Build, prepare_cache_dir
 from autotune_cache.builder.plan import plan
-from autotune_cache.cache.scan import scan
-from autotune_cache.builder.shard import plan_parts
 from autotune_cache.builder.selection import Settings as SelectionSettings
-from autotune_cache.cache.layout import read_autotune
+from autotune_cache.builder.shard import plan_parts
+from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.files import sha256_file
+from autotune_cache.cache.layout import read_autotune
+from autotune_cache.cache.scan import scan
 from autotune_cache.cache.verify import changed_files, verify
-import test_faults
-from helpers import stand_in, run_cli
-from test_faults import TAG, assert_entries_intact, no_temp_files, tagged_pids, wait_until
 
 tag = test_faults.tag   # the fixture, usable here under its name (an import of it reads as unused to pyflakes)
 

@@ -64,14 +64,11 @@ def test_vllm_layer_reaches_exactly_the_planned_keys():
 
 
 @pytest.mark.slow
-def test_bench_modes_runs_end_to_end_on_the_fake_gpu(tmp_path):
+def test_bench_modes_runs_end_to_end_on_the_fake_gpu(tmp_path, toy_caches):
     # the plumbing only (times are fake): every mode served in its own process, each mode's config timed per T
     import json
 
-    from autotune_cache import build
-    cache = tmp_path / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=3000,
-                    cache_dir=str(cache), emulate=True), progress=False)
+    cache = toy_caches.copy(tmp_path / "cache")
     out = tmp_path / "modes.json"
     proc = subprocess.run([sys.executable, str(Path(bench_modes.__file__)), "--cache-dir", str(cache), "--target",
                            "toy_target", "--tokens", "3000", "--traffic-max", "3000", "--modes",
@@ -94,7 +91,9 @@ def test_vllm_serve_fallback_is_the_call_the_layer_makes():
     # targets/vllm.serve calls the vendored op itself where the GDN layer's module cannot import (no vllm._C on the
     # GPU host): that is only the layer's call while forward_native hands its arguments to this very function
     import inspect
+
     from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as gdn
+
     from autotune_cache.targets.vllm import _ops
     assert gdn.fla_chunk_gated_delta_rule is _ops()[1].chunk_gated_delta_rule
     source = inspect.getsource(gdn.ChunkGatedDeltaRule.forward_native)

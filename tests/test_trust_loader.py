@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_integrity
+from helpers import TESTS, run_cli
+from test_integrity import checked, copy_of, flip, rel_of
 
-from autotune_cache.cache import integrity, manifest as manifest_mod, signing, trust
+from autotune_cache.cache import integrity, signing, trust
+from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.layout import read_group
 from autotune_cache.cache.manifest import FileRecord
 from autotune_cache.errors import IntegrityError, SharedWritableError
 from autotune_cache.serve import dirs, loader
-import test_integrity
-from helpers import TESTS, run_cli
-from test_integrity import checked, copy_of, flip, rel_of
 
 TOKENS = "1,1025,3000"   # NB 1, 2, 3: every key of the build
 OTHER_UID = 12345
@@ -43,7 +44,8 @@ def probe(cache_dir, tmp_path, *args, env=None, timeout=90):
     tmp = tmp_path / f"tmp{len(list(tmp_path.glob('tmp*')))}"
     tmp.mkdir()
     proc = subprocess.run([sys.executable, str(TESTS / "install_probe.py"), str(cache_dir), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=clean_env(TMPDIR=str(tmp), **(env or {})))
+                          capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(TMPDIR=str(tmp), **(env or {})))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

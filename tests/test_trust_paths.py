@@ -12,17 +12,27 @@ import tarfile
 import threading
 
 import pytest
+from helpers import (
+    assert_refused_in_one_line,
+    listing,
+    raw_manifest_with,
+    run_cli,
+    small_cache,
+    small_manifest,
+    tar_member,
+    toy_spec,
+    write_bundle,
+)
 
 from autotune_cache import build
-from autotune_cache.cache import bundle as bundle_mod, manifest as manifest_mod
+from autotune_cache.cache import bundle as bundle_mod
+from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.cache.lock import locked
 from autotune_cache.errors import BundleError, CacheDirError
-from helpers import (assert_refused_in_one_line, listing, raw_manifest_with, run_cli, small_cache, small_manifest,
-                     tar_member, write_bundle)
-from helpers import toy_spec
 
-FILES = {"AB/k.autotune.json": b'{"k": 1}', "AB/k.cubin": b"\x7fELF" + bytes(60), "CD/__grp__k.json": b'{"child_paths": {}}'}
+FILES = {"AB/k.autotune.json": b'{"k": 1}', "AB/k.cubin": b"\x7fELF" + bytes(60),
+         "CD/__grp__k.json": b'{"child_paths": {}}'}
 
 
 def write_manifest(cache, raw):
@@ -216,7 +226,8 @@ def _largest_file_seen(root):
 BIG = 150 << 20
 
 
-@pytest.mark.parametrize("name,msg", [("AB/unlisted.bin", "does not list"), ("AB/k.cubin", "differs from its manifest")])
+@pytest.mark.parametrize("name,msg", [("AB/unlisted.bin", "does not list"),
+                                      ("AB/k.cubin", "differs from its manifest")])
 def test_import_refuses_a_member_before_writing_a_byte_of_it(tmp_path, name, msg):
     bundle = _zeros_bundle(tmp_path / "zeros.tgz", small_manifest(FILES), name, BIG)
     assert bundle.stat().st_size < BIG // 100

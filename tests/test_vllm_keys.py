@@ -10,10 +10,9 @@ import subprocess
 import sys
 
 import pytest
-
-from autotune_cache import BuildSpec, build, models
-from autotune_cache import plan
 from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
+
+from autotune_cache import BuildSpec, build, models, plan
 
 pytest.importorskip("vllm.third_party.flash_linear_attention.ops")
 pytestmark = pytest.mark.slow

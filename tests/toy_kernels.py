@@ -1,7 +1,6 @@
 """The toy target's kernel, imported only where it runs (the child, a probe): never by the planning parent."""
 import triton
 import triton.language as tl
-
 from toy_target import _nb
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import triton
 import triton.language as tl
-
 from toy_target import _nb
 
 CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((32, 1), (64, 2), (128, 4))]

@@ -1,8 +1,9 @@
 """A toy target for sharded builds (kernels in toy_shard_kernels.py): toy_heads_kernel is keyed by the per-rank
 head count, so each TP degree has keys of its own, and toy_shared_kernel by the head dim only, so every TP degree
 reaches the same key (as FLA's l2norm_fwd_kernel keys are shared between TP degrees)."""
-from autotune_cache.targets import KernelSpec, Target
 from toy_target import _nb, token_counts
+
+from autotune_cache.targets import KernelSpec, Target
 
 TARGET = Target(
     name="toy_shard",

@@ -4,9 +4,9 @@ import os
 import tempfile
 
 import pytest
+from helpers import assert_only_entries_on_disk, stand_in
 
 from autotune_cache import BuildSpec, build, models
-from helpers import assert_only_entries_on_disk, stand_in
 
 pytestmark = pytest.mark.gpu
 TOKENS = "16,64,512,4096,16384"

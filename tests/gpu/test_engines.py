@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import assert_only_entries_on_disk, reached_and_planned
 
 from autotune_cache import BuildSpec, build, models, plan
-from helpers import assert_only_entries_on_disk, reached_and_planned
 
 pytestmark = pytest.mark.gpu
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"

@@ -10,12 +10,11 @@ completes, and a fresh serving process hits every key of both units. Each test p
 import re
 
 import pytest
-
-from autotune_cache import BuildSpec, build, models
-from autotune_cache import plan
-from autotune_cache.cache.layout import read_autotune
-from autotune_cache.cache.files import sha256_file
 from helpers import stand_in
+
+from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache.cache.files import sha256_file
+from autotune_cache.cache.layout import read_autotune
 
 pytestmark = pytest.mark.gpu
 TOKENS = "16,64,512,4096"
