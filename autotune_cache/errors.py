@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .cache.manifest import Manifest
+from typing import Any
 
 # Characters a terminal acts on instead of showing: the C0 controls (ESC starts colour, cursor, title and
 # clipboard sequences; CR returns to overwrite the line; BEL rings), DEL, and the C1 controls (0x9b is a one-byte
@@ -69,7 +66,9 @@ class NoGPUError(AutotuneCacheError):
 class BuildFailedError(AutotuneCacheError):
     """Some units stayed failed; the manifest holds the rest."""
 
-    def __init__(self, message: str, manifest: Manifest | None = None) -> None:
+    # `manifest`: the build's cache.manifest.Manifest. Typed Any: every room reads errors.py, which imports none of them
+    # (an import of the manifest here, even for the type checker alone, is a circle of rooms)
+    def __init__(self, message: str, manifest: Any = None) -> None:
         super().__init__(message)
         self.manifest = manifest
 
