@@ -62,8 +62,8 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))   # stable: the rest keep their order
     if not config.getoption("--deep"):
         shallow = pytest.mark.skip(reason="deep run only (pytest --deep; docs/testing.md)")
-        for item in items:
-            if "deep" in item.keywords:
+        for item in items:   # the marker, not item.keywords: a parameter id "deep" is a keyword too
+            if item.get_closest_marker("deep"):
                 item.add_marker(shallow)
     try:
         import torch
@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(config, items):
     if not has_gpu:
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
 
 
