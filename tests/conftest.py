@@ -39,6 +39,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     import helpers
     helpers.DEEP = config.getoption("--deep")
+    if hasattr(config.option, "loadscopereorder"):
+        # pytest-xdist >= 3.6 hands out the files with the most tests first unless told not to: the few-test files
+        # with the long compile fixtures (LONGEST_FIRST) then start last and run alone at the end
+        config.option.loadscopereorder = False
     try:
         from hypothesis import settings
     except ImportError:
@@ -50,8 +54,9 @@ def pytest_configure(config):
     settings.load_profile("deep" if helpers.DEEP else "default-run")
 
 
-# The longest test files (docs/testing.md, from --durations), started first: pytest-xdist hands out whole files
-# in collection order, so a long file collected last would run alone at the end while the other core idles.
+# The longest test files (docs/testing.md, from --durations), started first: with --dist loadfile pytest-xdist hands
+# out whole files in collection order (reordering off: pytest_configure), so a long file collected last would run
+# alone at the end while the other core idles.
 LONGEST_FIRST = ("test_vllm_keys", "test_fla_keys", "test_faults", "test_record_gdn", "test_bench_scripts",
                  "test_shard_build", "test_sglang_keys", "test_selection", "test_targets_engines", "test_sglang_build",
                  "test_precompile", "test_registry", "test_integrity", "test_loader")
@@ -89,19 +94,29 @@ TOY_STORE = Path(tempfile.gettempdir()) / f"autotune-cache-tests-{_RUN}"
 class ToyCaches:
     def copy(self, dest, **spec):
         """A relocated copy at `dest` of the toy build of helpers.toy_spec(**spec), built once per run."""
-        import json as _json
-
-        from filelock import FileLock
-        from helpers import relocated_copy, toy_build
+        from helpers import toy_build
         name = "-".join(f"{k}={spec[k]}" for k in sorted(spec)).replace("/", "_").replace(" ", "") or "default"
+        return self.built(name, lambda master: toy_build(master, **spec), dest)
+
+    def fla(self, dest):
+        """A relocated copy at `dest` of the real FLA build the FLA key tests check (helpers.fla_host_keys_build):
+        test_fla_keys, test_record_gdn and the winners script all serve it; its compiles are a minute of 2 cores."""
+        from helpers import fla_host_keys_build
+        return self.built("fla-host-keys", fla_host_keys_build, dest)
+
+    @staticmethod
+    def built(name, make, dest):
+        """`make(master)` once per run under a lock shared by every xdist worker, then a relocated copy at `dest`."""
+        from filelock import FileLock
+        from helpers import relocated_copy
         TOY_STORE.mkdir(mode=0o755, exist_ok=True)
         master = TOY_STORE / name / "cache"
         with FileLock(str(TOY_STORE / f"{name}.lock")):
             if not (master.parent / "done").exists():
                 shutil.rmtree(master.parent, ignore_errors=True)
                 master.parent.mkdir(mode=0o755)
-                toy_build(master, **spec)
-                (master.parent / "done").write_text(_json.dumps(spec, default=str))
+                make(master)
+                (master.parent / "done").write_text(name)
         return relocated_copy(master, dest)
 
 

@@ -40,6 +40,37 @@ def toy_build(cache_dir, fake_times=None, **kw):
         del os.environ[FAKE_TIMES_ENV]
 
 
+FLA_DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
+
+
+def fla_specs(cache_dir):
+    """The real FLA builds the key tests check: qwen3.5-9b TP 1 to 1024 tokens (the keys of a 64-token call, NB = 1,
+    tuned after a dry probe pass at 512 tokens) and qwen3-next-80b-a3b TP 8 at 64 tokens, into one cache."""
+    from autotune_cache import BuildSpec, models
+    return [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=1024, cache_dir=str(cache_dir),
+                      emulate=True),
+            BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64, cache_dir=str(cache_dir),
+                      emulate=True)]
+
+
+def fla_host_keys_build(cache_dir):
+    """fla_specs built with the GPU host's triton_key and backend hash (FLA_DEVICE_KEYS): its disk keys are the
+    ones that host wrote. Returns the Manifest."""
+    from autotune_cache import build
+    before = os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
+    os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = str(FLA_DEVICE_KEYS)   # the build children inherit it
+    try:
+        manifest = None
+        for spec in fla_specs(cache_dir):
+            manifest = build(spec, progress=False)
+        return manifest
+    finally:   # as it was: a caller may have set it for its own processes
+        if before is None:
+            del os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"]
+        else:
+            os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = before
+
+
 def relocated_copy(cache, dest):
     """A copy of a built cache at `dest` whose group files point into it, as a build at `dest` leaves them (a plain
     `cp -r` would leave them pointing at `cache`)."""

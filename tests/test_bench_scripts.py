@@ -10,8 +10,8 @@ from pathlib import Path
 
 import helpers
 import pytest
+from helpers import FLA_DEVICE_KEYS
 
-from autotune_cache import BuildSpec, build, models
 from autotune_cache.cache.layout import read_autotune
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -266,14 +266,14 @@ def test_winners_script_reports_a_key_missing_from_a_cache(builds, tmp_path):
 
 
 @pytest.mark.slow
-def test_winners_script_on_fla(tmp_path):
+def test_winners_script_on_fla(tmp_path, toy_caches, monkeypatch):
     """The real FLA serving call under the fake GPU: every one of the 6 kernels captured and resolved from the cache
-    (l2norm launched twice, for q and k, with one key)."""
-    cache = tmp_path / "fla"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), max_tokens=4096, cache_dir=str(cache), emulate=True),
-          progress=False)
+    (l2norm launched twice, for q and k, with one key). The cache is the FLA key tests' build (qwen3.5-9b TP 1 to
+    1024 tokens, the GPU host's triton_key: conftest), served with the same keys."""
+    cache = toy_caches.fla(tmp_path / "fla")
+    monkeypatch.setenv("AUTOTUNE_CACHE_DEVICE_KEYS", str(FLA_DEVICE_KEYS))   # the script's processes inherit it
     out = tmp_path / "w.json"
-    proc = script("bench_winners.py", "--ours", cache, "--baseline", cache, "--tokens", "512", "--repeats", "1",
+    proc = script("bench_winners.py", "--ours", cache, "--baseline", cache, "--tokens", "1024", "--repeats", "1",
                   "--emulate", "--json-out", out)
     assert proc.returncode == 0, proc.stderr
     (res,) = json.loads(out.read_text())["results"]

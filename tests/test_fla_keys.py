@@ -9,12 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
+from helpers import FLA_DEVICE_KEYS, TESTS, assert_each_spec_reached_its_plan, assert_probed, fla_specs
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import plan
+from autotune_cache.cache import manifest as manifest_mod
 
 pytest.importorskip("fla")
-DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
+DEVICE_KEYS = FLA_DEVICE_KEYS
 pytestmark = pytest.mark.slow
 
 
@@ -27,21 +28,9 @@ def serve(cache, H, HV, state_dtype, tokens, env=None):
 
 
 @pytest.fixture(scope="module")
-def fla_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("fla")
-    os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = str(DEVICE_KEYS)   # children inherit it
-    try:
-        # 1024 tokens: the keys of a 64-token call (NB = 1), tuned after a dry probe pass at 512 tokens
-        specs = [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=1024, cache_dir=str(cache),
-                           emulate=True),
-                 BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64,
-                           cache_dir=str(cache), emulate=True)]
-        manifest = None
-        for spec in specs:
-            manifest = build(spec, progress=False)
-    finally:
-        del os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"]
-    return cache, specs, manifest
+def fla_cache(tmp_path_factory, toy_caches):
+    cache = toy_caches.fla(tmp_path_factory.mktemp("fla") / "cache")   # built once per run (conftest)
+    return cache, fla_specs(cache), manifest_mod.load(cache)
 
 
 def test_reached_keys_are_exactly_the_planned_keys(fla_cache):
