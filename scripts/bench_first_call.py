@@ -10,7 +10,7 @@ over a big heap lands where the heap's growth crosses its threshold: read a slow
 install()'s seconds beside `import triton`'s, timed before it.
 
     python scripts/bench_first_call.py --model qwen3.5-9b --tp 1 --tokens 4096 [--cache-dir DIR] [--runs 5]
-        [--cold-runs N] [--json-out F]
+        [--cold-runs N] [--gc-collect] [--json-out F]
 """
 import argparse
 import json
@@ -28,6 +28,8 @@ def probe(cache_dir, args, *extra):
            "--tp", str(args.tp), "--tokens", str(args.tokens), "--target", args.target, "--json", *extra]
     if args.emulate:
         cmd.append("--emulate")
+    if args.gc_collect:
+        cmd.append("--gc-collect")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -54,11 +56,16 @@ def main():
                     help="cold processes (default --runs; each tunes every kernel: ~40 s on an H100)")
     ap.add_argument("--target", default="fla")
     ap.add_argument("--emulate", action="store_true", help="a fake sm_90 GPU (CPU tests: the timings mean little)")
+    ap.add_argument("--gc-collect", action="store_true",
+                    help="every process collects its garbage before the timed call (stand_in --gc-collect), as vLLM's "
+                         "and SGLang's model loaders do after loading the weights: the first calls without the luck of "
+                         "where a full collection lands")
     ap.add_argument("--json-out", default="bench_first_call.json")
     args = ap.parse_args()
     cold_runs = args.runs if args.cold_runs is None else max(1, min(args.cold_runs, args.runs))
 
-    result = {"model": args.model, "tp": args.tp, "tokens": args.tokens, "runs": args.runs, "cold_runs": cold_runs}
+    result = {"model": args.model, "tp": args.tp, "tokens": args.tokens, "runs": args.runs, "cold_runs": cold_runs,
+              "gc_collect": args.gc_collect}
     cache = args.cache_dir
     if cache is None:
         cache = tempfile.mkdtemp(prefix="built-")

@@ -251,6 +251,12 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
                               (misses or os.environ.get(recorder.MISSES_ENV), True)):
         if path:   # before _hook: a strict miss raises in the hooks after the recorder's
             report.recording.append(str(recorder.start(path, misses=only_misses).path))
+    # The collector is the server's: no gc.collect() here (a full collection of a server's start-up heap, 0.1-0.2 s
+    # at a million objects, is the very cost install() must not have) and no gc.freeze() (it keeps forever whatever
+    # cyclic garbage exists at that moment, and where the start-up heap ends is the server's to know: vLLM's engine
+    # freezes it after its own start-up, and its model loader collects after loading the weights, between this call
+    # and the first kernel call). What install() owes is to allocate little: it hashes no libtriton, scans the heap
+    # only when a target module is imported, parses no email headers (docs/serving.md, "install() and the collector").
     try:
         _use(report, policy, copy)
     except AutotuneCacheError:
