@@ -7,8 +7,9 @@
 
 install() imports no kernel module and initializes no GPU (vLLM loads plugins before device init): autotuners
 already imported are flipped now, later ones as they are constructed. At install the fingerprint is compared
-without the GPU (fingerprint.here, ptxas for the cache's compute capability); the GPU's own (model, capability,
-ptxas for it) at the first autotune lookup, when the server has initialized CUDA itself.
+where it is cheap (fingerprint.without_keys: versions, env vars, the Triton install's file sizes); triton_key and
+ptxas (for the cache's compute capability) and the GPU's own (model, capability, ptxas for it) at the first autotune
+lookup, before it reads: Triton computes triton_key and ptxas there anyway, and the server has initialized CUDA.
 
 Before Triton is pointed at the directory, cache/trust.py decides whether it may be used (every file against the
 manifest, the owners and modes, the signature: a cache is code the server runs; `verify` and `ensure` report the
