@@ -63,13 +63,14 @@ _state: dict = {}   # the one installed report of this process
 
 def _matches(tuner: Autotuner, prefixes: Iterable[str]) -> bool:
     from ..cache.lookups import innermost_jit
-    return _in(innermost_jit(tuner.fn).__module__ or "", prefixes)
+    return _matcher(tuple(prefixes))(innermost_jit(tuner.fn).__module__ or "")
 
 
-def _in(module: str, prefixes: Iterable[str]) -> bool:
+def _matcher(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
     """A prefix "fla." names a module tree; one without a trailing dot names a module and its submodules."""
-    return any(module.startswith(p) if p.endswith(".") else (module == p or module.startswith(p + "."))
-               for p in prefixes)
+    starts = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    exact = frozenset(p for p in prefixes if not p.endswith("."))
+    return lambda module: module in exact or module.startswith(starts)
 
 
 def _flip(tuner: Autotuner, report: LoaderReport) -> None:
@@ -304,7 +305,7 @@ def _hook(report: LoaderReport) -> None:
     # An autotuner's kernel module is imported before the autotuner exists: with none of the prefixes' modules in
     # sys.modules there is nothing to switch, and the scan of every object of the process (60 ms at 400k objects,
     # what torch and vLLM leave when the vLLM plugin installs) is skipped.
-    if any(_in(module, report.prefixes) for module in tuple(sys.modules)):
+    if any(map(_matcher(report.prefixes), tuple(sys.modules))):
         for tuner in lookups.live_autotuners():
             if _matches(tuner, report.prefixes):
                 _flip(tuner, report)
