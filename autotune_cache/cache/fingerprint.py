@@ -122,7 +122,8 @@ def triton_files() -> str:
     triton_keys (a file of another size has other bytes), so install() may report the mismatch at once. Equal values
     prove nothing (a rebuilt libtriton may keep its size), so the full triton_key comparison still runs, at the first
     autotune lookup. Mtimes would break the proof: pip writes every file at install time, so two installs of one
-    wheel (the build image and the serving image) differ in mtime and not in triton_key."""
+    wheel (the build image and the serving image) differ in mtime and not in triton_key. Not cached (in a file per
+    install, say): reading such a file costs what these stats cost, and a stale one could only be wrong."""
     import hashlib
     files = triton_key_files()
     root = files[0].parent.parent
