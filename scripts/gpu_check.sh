@@ -37,7 +37,7 @@ find /tmp/overlay -name "*.autotune.json" | wc -l
 chmod -R u+w "$cache"
 
 echo "== first call: cold vs built (pruned) vs hand-warmed"
-python3 scripts/bench_first_call.py --cache-dir "$cache" --tp 1 --tokens 4096 --json-out "$out/bench_first_call.json"
+python3 scripts/bench_first_call.py --cache-dir "$cache" --tp 1 --tokens 4096 --runs 1 --json-out "$out/bench_first_call.json"
 
 if [ -n "${WITH_FAULTS:-}" ] && [ -f tests/gpu/test_faults_gpu.py ]; then
     echo "== GPU fault test"

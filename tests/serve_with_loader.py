@@ -3,7 +3,8 @@
     python serve_with_loader.py CACHE_DIR {before,after,none} TOKENS [--strict]
 before/after: install() before or after the kernel module is imported; none: no install (control);
 plain: no install, Triton's own env vars pointing at the cache.
-Prints one JSON line: the loader report, configs benchmarked, the autotuner's cache_results."""
+Prints one JSON line: the loader report, configs benchmarked, the autotuner's cache_results, and what install() had
+found right after it returned (at_install) beside how often triton_key() and ptxas ran by then and by the end."""
 import json
 import os
 import sys
@@ -21,13 +22,27 @@ emulation.install()
 import autotune_cache  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 
-report = None
+
+def costly():
+    """How often this process ran triton_key() and ptxas so far (both are cached per process by Triton)."""
+    from triton.backends.nvidia.compiler import get_ptxas_version
+    from triton.runtime.cache import triton_key
+    return {"triton_key": triton_key.cache_info().misses, "ptxas": get_ptxas_version.cache_info().misses}
+
+
+def snapshot(report):
+    return {"mismatches": list(report.mismatches), "keys_deferred": report.keys_deferred, **costly()}
+
+
+report = at_install = None
 if mode == "before":
     report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",), strict=strict)
+    at_install = snapshot(report)
 import toy_kernels  # noqa: E402
 
 if mode == "after":
     report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",), strict=strict)
+    at_install = snapshot(report)
 if mode == "none":
     os.environ["TRITON_CACHE_DIR"] = cache_dir
 error = None
@@ -37,4 +52,5 @@ try:
 except Exception as e:  # noqa: BLE001
     error = f"{type(e).__name__}: {e}"
 print(json.dumps({"report": report.as_dict() if report else None, "configs_benchmarked": emulation.bench_calls,
-                  "cache_results": toy_kernels.toy_scale_kernel.cache_results, "error": error}))
+                  "cache_results": toy_kernels.toy_scale_kernel.cache_results, "error": error,
+                  "at_install": at_install, "after": costly()}))

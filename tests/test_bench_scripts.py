@@ -1,9 +1,10 @@
-"""The issue-6 benchmark scripts on the CPU: scripts/bench_winners.py (winner quality of two caches) and
-scripts/bench_stability.py (winner stability over builds). --help, the refusal without a GPU, the pure comparison
-and noise rules on manifests of real emulated builds of the toy target, and emulated smoke runs of both scripts
-(their timings are fake: these check the plumbing: capture, per-cache winner resolution, in-process tuning of a
-missing key, JSON)."""
+"""The benchmark scripts on the CPU: scripts/bench_winners.py (winner quality of two caches),
+scripts/bench_stability.py (winner stability over builds) and scripts/bench_install.py (install()'s cost). --help,
+the refusal without a GPU, the pure comparison and noise rules on manifests of real emulated builds of the toy
+target, and emulated smoke runs of the scripts (their timings are fake: these check the plumbing: capture, per-cache
+winner resolution, in-process tuning of a missing key, what install() ran, JSON)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from autotune_cache.cache.layout import read_autotune
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import _kernel_timing as kt  # noqa: E402
+import bench_install  # noqa: E402
 import bench_stability  # noqa: E402
 import bench_winners  # noqa: E402
 
@@ -284,3 +286,54 @@ def test_winners_script_on_fla(tmp_path, toy_caches, monkeypatch):
     assert kernels["l2norm_fwd_kernel"]["count"] == 2
     for r in kernels.values():
         assert r["sources"] == {"ours": "cache", "baseline": "cache"} and not r["differ"] and not r["errors"]
+
+
+# -- scripts/bench_install.py: install()'s cost, and the first call after it -------------------------------------
+def test_install_bench_end_to_end_on_a_toy_cache(toy_caches, tmp_path):
+    cache = toy_caches.copy(tmp_path / "c")
+    out = tmp_path / "install.json"
+    proc = script("bench_install.py", "--cache-dir", cache, "--runs", "1", "--full-check-too", "--first-call",
+                  "--emulate", "--target", "toy_target", "--tokens", "1024", "--no-warmup", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["manifest_records_triton_files"] and set(report["cases"]) == {
+        "deferred, warm", "full check at install, warm"}
+    deferred, full = report["cases"]["deferred, warm"], report["cases"]["full check at install, warm"]
+    for case in (deferred, full):
+        (p,) = case["processes"]
+        assert p["report"]["verified"] and p["report"]["copy_dir"] and p["report"]["mismatches"] == []
+        assert p["lookups"] == {"lookups": 1, "hits": 1, "misses": 0}
+        assert p["after_first_call"] == {"triton_key_runs": 1, "ptxas_runs": 1}   # never twice, whoever ran it
+        assert case["install_plus_first_call_s"]["median"] == pytest.approx(p["install_s"] + p["first_call_s"],
+                                                                            abs=2e-4)
+    # the deferred install() hashes no libtriton and runs no ptxas; the full check does both at install
+    assert deferred["processes"][0]["at_install"] == {"triton_key_runs": 0, "ptxas_runs": 0}
+    assert full["processes"][0]["at_install"] == {"triton_key_runs": 1, "ptxas_runs": 1}
+    assert full["processes"][0]["report"]["keys_deferred"] is False
+    assert "install()" in proc.stdout and "install+call" in proc.stdout
+
+
+def _filesystem(path):
+    """The type of the filesystem `path` is on (/proc/self/mountinfo: the longest mount point above it)."""
+    best, kind = "", None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount, fstype = fields[4], fields[fields.index("-") + 1]
+        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mincore and posix_fadvise")
+def test_install_bench_cold_evicts_the_pages_of_the_files_it_names(tmp_path):
+    if _filesystem(tmp_path) in ("tmpfs", "ramfs", "overlay", None):
+        pytest.skip(f"{tmp_path} is on {_filesystem(tmp_path)}: its pages are its storage, or fadvise is not passed on")
+    data, other = tmp_path / "data.bin", tmp_path / "other.bin"
+    data.write_bytes(os.urandom(8 << 20))
+    other.write_bytes(os.urandom(1 << 20))
+    os.sync()   # dirty pages are not dropped: write them back first
+    data.read_bytes(), other.read_bytes()
+    assert bench_install.resident([data]) == 1.0
+    bench_install.evict([data])
+    assert bench_install.resident([data]) < 0.5
+    assert bench_install.resident([other]) == 1.0   # only what it names

@@ -84,6 +84,7 @@ def test_fingerprint_mismatch_names_the_variable(cache):
     out = serve(cache, "before", "1", env={"TRITON_DEFAULT_FP_FUSION": "0"})
     (mismatch,) = out["report"]["mismatches"]
     assert "TRITON_DEFAULT_FP_FUSION" in mismatch
+    assert out["at_install"]["mismatches"] == [mismatch]   # env vars are cheap: still found at install
     assert out["configs_benchmarked"] == 3   # the invalidating var really changes every disk key
 
 
@@ -197,3 +198,125 @@ def test_install_time_fingerprint_never_queries_the_gpu(monkeypatch):
     assert queried == [] and here.capability == built.capability and "not queried" in notes[0]
     assert here.triton_key_sha256 == fingerprint._triton_key_sha256() and here.python == platform.python_version()
     assert fingerprint.here(built, query_gpu=True) == (built, []) and queried == [1]
+
+
+# -- what install() compares, and what it leaves to the first autotune lookup ------------------------------------
+def _with_fingerprint(cache, dest, **changes):
+    """A copy of `cache` whose manifest's fingerprint has `changes` (None: the field removed, as a manifest written
+    before it existed). The fingerprint is no part of trust: the copy is still verified and served."""
+    from helpers import relocated_copy
+    copy = relocated_copy(cache, dest)
+    path = copy / "manifest.json"
+    raw = json.loads(path.read_text())
+    for field, value in changes.items():
+        if value is None:
+            raw["fingerprint"].pop(field)
+        else:
+            raw["fingerprint"][field] = value
+    path.write_text(json.dumps(raw))
+    return copy
+
+
+OTHER_KEY = "0" * 64   # the triton_key_sha256 of another wheel of the same Triton version
+TRITON_BUILD = "triton build: same version but a different triton wheel (triton_key differs)"
+
+
+def test_install_runs_neither_triton_key_nor_ptxas_and_the_first_lookup_each_once(cache):
+    out = serve(cache, "before", "1,2048")
+    assert out["at_install"] == {"mismatches": [], "keys_deferred": True, "triton_key": 0, "ptxas": 0}
+    assert out["after"] == {"triton_key": 1, "ptxas": 1}   # the check and Triton's own lookup share both
+    assert out["report"]["mismatches"] == [] and out["report"]["keys_deferred"] is False
+    assert out["report"]["counters"]["toy_scale_kernel"] == {"lookups": 2, "hits": 2, "misses": 0}
+
+
+def test_another_wheel_with_the_same_file_sizes_is_found_at_the_first_lookup(cache, tmp_path):
+    # triton_files equal (this install's), triton_key not: only the deferred comparison can tell
+    other = _with_fingerprint(cache, tmp_path / "c", triton_key_sha256=OTHER_KEY)
+    out = serve(other, "before", "1")
+    assert out["at_install"]["mismatches"] == [] and out["at_install"]["keys_deferred"]
+    assert out["report"]["mismatches"] == [TRITON_BUILD]
+    assert out["error"] is None   # not strict: reported, the server goes on (as the same mismatch at install did)
+
+
+def test_strict_another_wheel_fails_the_first_lookup_before_it_reads_and_every_later_one(cache, tmp_path):
+    other = _with_fingerprint(cache, tmp_path / "c", triton_key_sha256=OTHER_KEY)
+    code = ("import json, sys, autotune_cache\n"
+            "from autotune_cache.builder import emulation\n"
+            "emulation.install()\n"
+            "r = autotune_cache.install(sys.argv[1], targets=(), modules=('toy_kernels',), strict=True)\n"
+            "import toy_kernels\n"
+            "from autotune_cache.models import preset\n"
+            "errors = []\n"
+            "for t in (1, 1, 2048):\n"
+            "    try:\n"
+            "        toy_kernels.run(preset('qwen3.5-9b').per_rank(1), {'act': 'bfloat16'}, t, 'cpu')\n"
+            "        errors.append(None)\n"
+            "    except Exception as e:\n"
+            "        errors.append(f'{type(e).__name__}: {e}')\n"
+            "print(json.dumps({'errors': errors, 'report': r.as_dict(), 'benchmarked': emulation.bench_calls}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(other)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(e.startswith("IncompatibleCacheError") and "first autotune lookup" in e and "triton_key differs" in e
+               for e in out["errors"]), out["errors"]
+    # raised before the disk was read: no lookup counted, no hit, nothing benchmarked
+    assert out["report"]["totals"] == {"lookups": 0, "hits": 0, "misses": 0} and out["benchmarked"] == 0
+
+
+def test_another_ptxas_is_found_at_the_first_lookup(cache, tmp_path):
+    built = json.loads((cache / "manifest.json").read_text())["fingerprint"]["backend_hash"]
+    other = _with_fingerprint(cache, tmp_path / "c", backend_hash=built.replace("V12.8.", "V12.8.0"))
+    out = serve(other, "before", "1")
+    assert out["at_install"]["mismatches"] == []
+    assert out["report"]["mismatches"] == ["ptxas build differs (backend hash)"]
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(other), "before", "1", "--strict"],
+                          capture_output=True, text=True, timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"].startswith("IncompatibleCacheError") and "ptxas build differs" in out["error"]
+    assert out["configs_benchmarked"] == 0 and out["report"]["totals"]["hits"] == 0
+
+
+def test_files_of_other_sizes_are_another_wheel_at_install(cache, tmp_path):
+    other = _with_fingerprint(cache, tmp_path / "c", triton_files="1:" + "0" * 64)
+    out = serve(other, "before", "1")
+    assert out["at_install"]["mismatches"] == [TRITON_BUILD]
+    assert out["at_install"]["triton_key"] == 0   # told apart without hashing libtriton
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(other), "before", "1", "--strict"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr and "at install" in proc.stderr
+    # a value of another definition proves nothing: not compared
+    out = serve(_with_fingerprint(cache, tmp_path / "d", triton_files="2:" + "0" * 64), "before", "1")
+    assert out["report"]["mismatches"] == []
+
+
+def test_a_manifest_without_triton_files_gets_the_full_check_at_install(cache, tmp_path):
+    old = _with_fingerprint(cache, tmp_path / "c", triton_files=None, triton_key_sha256=OTHER_KEY)
+    out = serve(old, "before", "1")
+    assert out["at_install"] == {"mismatches": [TRITON_BUILD], "keys_deferred": False, "triton_key": 1, "ptxas": 1}
+    proc = subprocess.run([sys.executable, str(TESTS / "serve_with_loader.py"), str(old), "before", "1", "--strict"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr and "triton_key differs" in proc.stderr
+
+
+def test_triton_key_files_are_what_triton_key_hashes():
+    # triton_files() is a proof of difference only if it lists exactly triton_key()'s files: hash them as it does
+    import hashlib
+
+    import triton
+    from triton.runtime.cache import triton_key
+
+    from autotune_cache.cache import fingerprint
+    files = fingerprint.triton_key_files()
+    assert triton.__version__ + "-".join(hashlib.sha256(p.read_bytes()).hexdigest() for p in files) == triton_key()
+    assert fingerprint.triton_files().startswith("1:")
+
+
+def test_a_manifest_written_before_triton_files_dumps_as_written():
+    # its digest, and so its signature, must not change because this version knows one more field
+    from autotune_cache.cache import manifest as manifest_mod
+    path = TESTS / "data" / "h200-qwen3.5-9b-cache" / "manifest.json"
+    m = manifest_mod.parse(path.read_bytes(), path)
+    assert m.fingerprint.triton_files is None
+    assert m.fingerprint.model_dump(mode="json") == json.loads(path.read_text())["fingerprint"]
+    recorded = m.fingerprint.model_copy(update={"triton_files": "1:ab"})
+    assert recorded.model_dump()["triton_files"] == "1:ab"

@@ -1,12 +1,14 @@
 """The environment a cache was built in, and what must match for a server to hit it (FACTS.md §1)."""
 from __future__ import annotations
 
+import os
 import platform
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from .files import sha256_bytes
 
@@ -38,6 +40,18 @@ class Fingerprint(BaseModel):
     triton_key_sha256: str         # sha256 of triton_key(), part of every disk key
     env: dict[str, str]            # Triton's cache-invalidating env vars set in the child, e.g. {}
     emulated: bool = False         # built on a fake sm_90 driver (tests): timings are meaningless
+    # triton_files(): the names and sizes of the files triton_key() hashes, "1:<sha256>". None: built before it
+    # was recorded; the loader then compares triton_key itself at install().
+    triton_files: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A manifest written before triton_files existed must dump (and so digest and verify its signature) as it
+        # was written: the field appears only where it was recorded.
+        data = handler(self)
+        if self.triton_files is None:
+            data.pop("triton_files", None)
+        return data
 
     def key_identity(self) -> tuple:
         """What enters every disk key: equal identities mean equal disk keys for equal calls."""
@@ -56,15 +70,67 @@ def _packages() -> dict[str, str]:
 
 
 def _version(dist: str) -> str | None:
+    """metadata.version(dist), without its email parser (6 ms a package: install() reads four): the Version field
+    of the METADATA header, which core metadata requires; metadata.version() where it is not found."""
     try:
-        return metadata.version(dist)
+        found = metadata.Distribution.from_name(dist)
+        head = (found.read_text("METADATA") or found.read_text("PKG-INFO") or "").split("\n\n", 1)[0]
     except metadata.PackageNotFoundError:
         return None
+    for line in head.splitlines():
+        if line.startswith("Version:"):
+            return line[len("Version:"):].strip()
+    return found.version
 
 
 def _triton_key_sha256() -> str:
     from triton.runtime.autotuner import triton_key  # the name the autotuner's disk key uses
     return sha256_bytes(triton_key())
+
+
+TRITON_FILES_VERSION = "1"   # what triton_files() lists; values of another version are not compared
+
+
+def triton_key_files() -> list[Path]:
+    """The files triton_key() hashes, in its order (Triton 3.4-3.6, runtime/cache.py): that module itself, the
+    modules of triton.compiler and triton.backends, libtriton, the modules of triton.language. Walked exactly as it
+    walks them (tests/test_loader.py hashes this list and compares it with triton_key())."""
+    import pkgutil
+    import sysconfig
+
+    import triton.runtime.cache as cache_mod
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cache_mod.__file__)))
+
+    def modules(sub: str) -> list[Path]:
+        found = []
+        for lib in pkgutil.walk_packages([os.path.join(root, sub)], prefix=f"triton.{sub}."):
+            spec = lib.module_finder.find_spec(lib.name)  # type: ignore[call-arg]  # a FileFinder: one argument
+            if spec is None or spec.origin is None:   # triton_key() would fail on it too
+                raise FileNotFoundError(f"{lib.name}: no file found")
+            found.append(Path(spec.origin))
+        return found
+    ext = sysconfig.get_config_var("EXT_SUFFIX").split(".")[-1]
+    return [Path(cache_mod.__file__), *modules("compiler"), *modules("backends"),
+            Path(root, "_C", f"libtriton.{ext}"), *modules("language")]
+
+
+def triton_files() -> str:
+    """The Triton install's cheap identity: "1:" + sha256 of each file triton_key() hashes, by path (relative to the
+    triton package) and size. One stat a file (2 ms for Triton 3.6's 29 files) where triton_key() reads 400 MB.
+
+    Sizes only, no mtimes, because the loader uses it one way: two different values prove two different
+    triton_keys (a file of another size has other bytes), so install() may report the mismatch at once. Equal values
+    prove nothing (a rebuilt libtriton may keep its size), so the full triton_key comparison still runs, at the first
+    autotune lookup. Mtimes would break the proof: pip writes every file at install time, so two installs of one
+    wheel (the build image and the serving image) differ in mtime and not in triton_key. Not cached (in a file per
+    install, say): reading such a file costs what these stats cost, and a stale one could only be wrong."""
+    import hashlib
+    files = triton_key_files()
+    root = files[0].parent.parent
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{os.path.relpath(path, root)}\0{path.stat().st_size}\n".encode())
+    return f"{TRITON_FILES_VERSION}:{h.hexdigest()}"
 
 
 def _ptxas(backend_hash: str) -> str | None:
@@ -91,7 +157,14 @@ def collect(emulated: bool = False) -> Fingerprint:
         cuda=torch.version.cuda, packages=_packages(),
         gpu_name=gpu_name, capability=capability, ptxas=_ptxas(backend_hash),
         backend_hash=backend_hash, triton_key_sha256=_triton_key_sha256(),
-        env=invalidating_env_vars(), emulated=emulated)
+        env=invalidating_env_vars(), emulated=emulated, triton_files=_triton_files_or_none())
+
+
+def _triton_files_or_none() -> str | None:
+    try:
+        return triton_files()
+    except Exception:  # noqa: BLE001 - a Triton laid out otherwise: no cheap identity, the loader checks triton_key
+        return None
 
 
 def _nvidia_driver() -> bool:
@@ -102,8 +175,8 @@ def _nvidia_driver() -> bool:
 def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]]:
     """This machine's fingerprint to compare with `built` (a cache's), and notes on what was not read.
 
-    query_gpu and an NVIDIA driver here: collect(), the GPU included. Otherwise (the loader at install(): it must not
-    initialize CUDA, vLLM loads plugins before device init) everything that needs no driver: Python, the Triton
+    query_gpu and an NVIDIA driver here: collect(), the GPU included. Otherwise (no GPU to ask, or one that must not
+    be initialized: vLLM loads plugins before device init) everything that needs no driver: Python, the Triton
     wheel (triton_key()), env vars, packages, and ptxas through Triton's backend hash for the cache's compute
     capability; GPU name, capability and CUDA are copied from `built`, so they compare equal, and a note says so."""
     if not query_gpu:
@@ -117,9 +190,30 @@ def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]
             return collect(), []
         except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
             why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    import triton
-
     notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
+    keys, key_notes = _keys_here(built)
+    return without_keys(built).model_copy(update=keys), notes + key_notes
+
+
+def without_keys(built: Fingerprint) -> Fingerprint:
+    """What install() compares: this machine's fingerprint without what costs (triton_key() hashes 400 MB, 0.4 s;
+    the ptxas version is a subprocess) and without the GPU. triton_key_sha256, backend_hash and ptxas are
+    `built`'s (they compare equal; with_keys() reads them); triton_files, the cheap identity, is this install's."""
+    import triton
+    return built.model_copy(update=dict(
+        python=platform.python_version(), triton=triton.__version__, torch=_version("torch") or built.torch,
+        packages=_packages(), env=invalidating_env_vars(), triton_files=_triton_files_or_none()))
+
+
+def with_keys(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
+    """`built` with this machine's triton_key and ptxas (for the cache's compute capability) in place of its own,
+    and notes: what the loader compares at the first autotune lookup, where Triton computes both itself (each is
+    cached per process: triton_key() and the ptxas version per arch), so it costs nothing more there."""
+    keys, notes = _keys_here(built)
+    return built.model_copy(update=keys), notes
+
+
+def _keys_here(built: Fingerprint) -> tuple[dict[str, Any], list[str]]:
     backend_hash, ptxas = built.backend_hash, built.ptxas
     try:
         from triton.backends.compiler import GPUTarget
@@ -127,13 +221,10 @@ def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]
         major, minor = (int(x) for x in (built.capability or "9.0").split("."))
         backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()   # runs ptxas, no driver
         ptxas = _ptxas(backend_hash)
-        notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
+        notes = [f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}"]
     except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
-        notes.append(f"ptxas not checked ({type(e).__name__}: {e})")
-    return built.model_copy(update=dict(
-        python=platform.python_version(), triton=triton.__version__, torch=_version("torch") or built.torch,
-        packages=_packages(), backend_hash=backend_hash, ptxas=ptxas, triton_key_sha256=_triton_key_sha256(),
-        env=invalidating_env_vars())), notes
+        notes = [f"ptxas not checked ({type(e).__name__}: {e})"]
+    return dict(backend_hash=backend_hash, ptxas=ptxas, triton_key_sha256=_triton_key_sha256()), notes
 
 
 def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
@@ -143,8 +234,8 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
         a, b = getattr(built, field), getattr(here, field)
         if a != b:
             out.append(f"{field}: cache built with {a}, here {b} (every disk key differs)")
-    if (built.triton == here.triton and built.python == here.python
-            and built.triton_key_sha256 != here.triton_key_sha256):
+    if built.triton == here.triton and built.python == here.python and (
+            built.triton_key_sha256 != here.triton_key_sha256 or _files_differ(built.triton_files, here.triton_files)):
         out.append("triton build: same version but a different triton wheel (triton_key differs)")
     if built.backend_hash != here.backend_hash and built.ptxas == here.ptxas and built.capability == here.capability:
         out.append("ptxas build differs (backend hash)")
@@ -159,6 +250,13 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
     if built.gpu_name and here.gpu_name and built.gpu_name != here.gpu_name and not out:
         out.append(f"{GPU_HINT}cache tuned on {built.gpu_name}, here {here.gpu_name} (entries hit; winners may be off)")
     return out
+
+
+def _files_differ(a: str | None, b: str | None) -> bool:
+    """Two triton_files() values that prove different triton_keys: both recorded, by the same definition, unequal."""
+    if a is None or b is None:
+        return False
+    return a.split(":", 1)[0] == b.split(":", 1)[0] and a != b
 
 
 def misses_here(built: Fingerprint, *, query_gpu: bool) -> tuple[list[str], list[str]]:

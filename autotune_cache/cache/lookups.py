@@ -78,6 +78,9 @@ class _ValidatingManager:
 
 _patch_lock = threading.Lock()
 _listeners: list[Callable[[Lookup], None]] = []
+# Called before the disk is read, with the autotuner and its tuning key; may raise to fail the lookup, or point
+# Triton elsewhere (the loader's checks deferred to the first lookup).
+_before: list[Callable[[object, tuple], None]] = []
 # Called instead of benchmarking when set; may raise to forbid tuning (strict serving).
 _on_miss: list[Callable[[object, tuple], None]] = []
 # Called after Triton benchmarked a miss and before it writes the file: may change the timings and the winner.
@@ -98,6 +101,8 @@ def _install_hook() -> None:
     original = at.Autotuner.check_disk_cache
 
     def check_disk_cache(self, tuning_key, configs, bench_fn):
+        for hook in list(_before):
+            hook(self, tuning_key)
         seen = {}
         real_get_cache_manager = at.get_cache_manager
 
@@ -175,6 +180,13 @@ def add_listener(listener: Callable[[Lookup], None]) -> None:
     with _patch_lock:
         _install_hook()
         _listeners.append(listener)
+
+
+def add_before_lookup_hook(hook: Callable[[object, tuple], None]) -> None:
+    """Call `hook(autotuner, tuning_key)` before each disk lookup reads anything (dry ones included)."""
+    with _patch_lock:
+        _install_hook()
+        _before.append(hook)
 
 
 def add_miss_hook(hook: Callable[[object, tuple], None]) -> None:

@@ -7,8 +7,9 @@
 
 install() imports no kernel module and initializes no GPU (vLLM loads plugins before device init): autotuners
 already imported are flipped now, later ones as they are constructed. At install the fingerprint is compared
-without the GPU (fingerprint.here, ptxas for the cache's compute capability); the GPU's own (model, capability,
-ptxas for it) at the first autotune lookup, when the server has initialized CUDA itself.
+where it is cheap (fingerprint.without_keys: versions, env vars, the Triton install's file sizes); triton_key and
+ptxas (for the cache's compute capability) and the GPU's own (model, capability, ptxas for it) at the first autotune
+lookup, before it reads: Triton computes triton_key and ptxas there anyway, and the server has initialized CUDA.
 
 Before Triton is pointed at the directory, cache/trust.py decides whether it may be used (every file against the
 manifest, the owners and modes, the signature: a cache is code the server runs; `verify` and `ensure` report the
@@ -29,8 +30,9 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ from .report import LoaderReport
 if TYPE_CHECKING:
     from triton.runtime.autotuner import Autotuner  # no stubs: Any to mypy, named for the reader
 
+    from ..cache.fingerprint import Fingerprint
     from ..cache.lookups import Lookup
 
 __all__ = ["LoaderReport", "install", "report"]
@@ -59,11 +62,15 @@ _state: dict = {}   # the one installed report of this process
 
 
 def _matches(tuner: Autotuner, prefixes: Iterable[str]) -> bool:
-    """A prefix "fla." names a module tree; one without a trailing dot names a module and its submodules."""
     from ..cache.lookups import innermost_jit
-    module = innermost_jit(tuner.fn).__module__ or ""
-    return any(module.startswith(p) if p.endswith(".") else (module == p or module.startswith(p + "."))
-               for p in prefixes)
+    return _matcher(tuple(prefixes))(innermost_jit(tuner.fn).__module__ or "")
+
+
+def _matcher(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
+    """A prefix "fla." names a module tree; one without a trailing dot names a module and its submodules."""
+    starts = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+    exact = frozenset(p for p in prefixes if not p.endswith("."))
+    return lambda module: module in exact or module.startswith(starts)
 
 
 def _flip(tuner: Autotuner, report: LoaderReport) -> None:
@@ -137,16 +144,20 @@ def _refuse(report: LoaderReport, reasons: list[str], summary: str, files: list[
     log.warning("autotune-cache: %s", report.warnings[-1])
 
 
-def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
-    """Compare what enters the disk keys. Without the GPU (install time) only the parts that need none."""
+def _built(report: LoaderReport) -> Fingerprint | None:
+    """The fingerprint to compare: none without a manifest, or for a refused dir (nothing of it is used)."""
+    return report.manifest.fingerprint if report.manifest and report.private_dir is None else None
+
+
+def _check_fingerprint(report: LoaderReport, here: Callable[[Fingerprint], Fingerprint], when: str) -> None:
+    """Compare the cache's fingerprint with `here(built)`: report each new mismatch (the cache stays pointed at:
+    with a fingerprint that differs, Triton's own keys differ and simply miss) and, strict, raise."""
     from ..cache import fingerprint
-    built = report.manifest.fingerprint if report.manifest and report.private_dir is None else None
-    if built is None:   # no manifest, or a refused dir: nothing of it is used
+    built = _built(report)
+    if built is None:
         return
     try:
-        here = (fingerprint.collect(emulated=built.emulated) if with_gpu
-                else fingerprint.here(built, query_gpu=False)[0])
-        found = fingerprint.mismatches(built, here)
+        found = fingerprint.mismatches(built, here(built))
     except Exception as e:   # a fingerprint nobody foresaw (the manifest's, or this machine's): no proof it fits
         found = [f"the fingerprints cannot be compared ({trust.one_line(e)})"]
     found = [m for m in found if m not in report.mismatches]
@@ -154,7 +165,36 @@ def _check_fingerprint(report: LoaderReport, with_gpu: bool) -> None:
     for m in found:
         log.warning("autotune-cache: %s may miss here: %s", report.cache_dir, m)
     if found and report.strict:
-        raise IncompatibleCacheError(f"cache {report.cache_dir} does not fit this environment: " + "; ".join(found))
+        raise IncompatibleCacheError(f"cache {report.cache_dir} does not fit this environment ({when}): "
+                                     + "; ".join(found))
+
+
+def _check_at_install(report: LoaderReport) -> None:
+    """What install() compares, before Triton is pointed (strict: an unfit cache is never used). Python, the Triton
+    version, its cheap identity (fingerprint.triton_files), torch, packages, env vars; triton_key and ptxas are left
+    to the first lookup (report.keys_deferred), where Triton computes them itself: at install() they were 0.37 s of
+    hashing libtriton plus a ptxas run, in every process, even those that never look anything up. A manifest written
+    before triton_files existed gets today's full check here instead: without that identity, nothing at install
+    could tell another wheel of the same version."""
+    from ..cache import fingerprint
+    built = _built(report)
+    if built is None:
+        return
+    if built.triton_files is None:
+        _check_fingerprint(report, lambda b: fingerprint.here(b, query_gpu=False)[0], "at install")
+    else:
+        report.keys_deferred = True
+        _check_fingerprint(report, fingerprint.without_keys, "at install")
+
+
+def _check_at_first_lookup(report: LoaderReport) -> None:
+    """The first autotune lookup, before it reads anything: triton_key and ptxas if install() deferred them, then
+    the GPU's own fingerprint (model, capability, ptxas for it), now that the server has initialized CUDA."""
+    from ..cache import fingerprint
+    if report.keys_deferred:
+        report.keys_deferred = False
+        _check_fingerprint(report, lambda b: fingerprint.with_keys(b)[0], "at the first autotune lookup")
+    _check_fingerprint(report, lambda b: fingerprint.collect(emulated=b.emulated), "at the first autotune lookup")
 
 
 def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str] | None = None,
@@ -213,6 +253,12 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
                               (misses or os.environ.get(recorder.MISSES_ENV), True)):
         if path:   # before _hook: a strict miss raises in the hooks after the recorder's
             report.recording.append(str(recorder.start(path, misses=only_misses).path))
+    # The collector is the server's: no gc.collect() here (a full collection of a server's start-up heap, 0.1-0.2 s
+    # at a million objects, is the very cost install() must not have) and no gc.freeze() (it keeps forever whatever
+    # cyclic garbage exists at that moment, and where the start-up heap ends is the server's to know: vLLM's engine
+    # freezes it after its own start-up, and its model loader collects after loading the weights, between this call
+    # and the first kernel call). What install() owes is to allocate little: it hashes no libtriton, scans the heap
+    # only when a target module is imported, parses no email headers (docs/serving.md, "install() and the collector").
     try:
         _use(report, policy, copy)
     except AutotuneCacheError:
@@ -234,7 +280,7 @@ def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
     except Exception as e:   # trust.assess refuses what it cannot check; this is the loader's own step failing
         reason = f"{report.cache_dir}: cannot be checked ({trust.one_line(e)})"
         _refuse(report, [reason], reason, [str(report.cache_dir)])
-    _check_fingerprint(report, with_gpu=False)   # before Triton is pointed: strict, an unfit cache is never used
+    _check_at_install(report)   # before Triton is pointed: strict, an unfit cache is never used
     dirs.point_triton_at(report, policy.allow_shared_writable)
     _hook(report)
 
@@ -250,25 +296,40 @@ def _recorded_modules(report: LoaderReport) -> tuple[str, ...]:
 
 
 def _hook(report: LoaderReport) -> None:
-    """Switch the target autotuners (live and future) to the disk cache, count their lookups, check the GPU's
-    fingerprint at the first one and, strict, fail a miss."""
+    """Switch the target autotuners (live and future) to the disk cache, count their lookups, finish the fingerprint
+    check at the first one (before it reads) and, strict, fail a miss."""
     from ..cache import lookups
     _state["report"] = report
     report.prefixes += _recorded_modules(report)
     _hook_new_autotuners(report)
-    for tuner in lookups.live_autotuners():
-        if _matches(tuner, report.prefixes):
-            _flip(tuner, report)
+    # An autotuner's kernel module is imported before the autotuner exists: with none of the prefixes' modules in
+    # sys.modules there is nothing to switch, and the scan of every object of the process (60 ms at 400k objects,
+    # what torch and vLLM leave when the vLLM plugin installs) is skipped.
+    if any(map(_matcher(report.prefixes), tuple(sys.modules))):
+        for tuner in lookups.live_autotuners():
+            if _matches(tuner, report.prefixes):
+                _flip(tuner, report)
 
-    checked_gpu = threading.Event()
+    first = threading.Lock()
+    checked: list[BaseException | None] = []   # once done: [None], or [the strict refusal every lookup raises]
 
-    def on_lookup(lookup: Lookup) -> None:
+    def before_lookup(tuner: Autotuner, key: tuple) -> None:
         if _state.get("report") is not report:
             return
-        if not checked_gpu.is_set():
-            checked_gpu.set()
-            _check_fingerprint(report, with_gpu=True)
-        report.record(lookup)
+        if not checked:
+            with first:   # other threads' first lookups wait for the check: none reads the cache before it
+                if not checked:
+                    try:
+                        _check_at_first_lookup(report)
+                        checked.append(None)
+                    except AutotuneCacheError as e:   # strict: this lookup and every later one fail, none reads
+                        checked.append(e)
+        if checked[0] is not None:
+            raise checked[0]
+
+    def on_lookup(lookup: Lookup) -> None:
+        if _state.get("report") is report:
+            report.record(lookup)
 
     def on_miss(tuner: Autotuner, key: tuple) -> None:
         if _state.get("report") is report and report.strict:
@@ -278,6 +339,7 @@ def _hook(report: LoaderReport) -> None:
             raise CacheMissError(f"autotune-cache strict mode: {kernel} would be "
                                  f"benchmarked for key {tuple(key)}: it is not in {report.cache_dir}")
 
+    lookups.add_before_lookup_hook(before_lookup)
     lookups.add_listener(on_lookup)
     lookups.add_miss_hook(on_miss)
 

@@ -40,6 +40,8 @@ class LoaderReport:
         self.verify_seconds = 0.0
         self.flipped: list[str] = []          # "module.kernel" of every autotuner switched to the disk cache
         self.mismatches: list[str] = []       # why the cache may miss here (fingerprint differences)
+        # triton_key and ptxas not compared yet: install() leaves them to the first autotune lookup (loader.py)
+        self.keys_deferred = False
         self.warnings: list[str] = []
         self.recording: list[str] = []        # record files this process appends its lookups to (record/)
         self.counters: defaultdict[str, dict[str, int]] = defaultdict(lambda: {"lookups": 0, "hits": 0, "misses": 0})
@@ -75,7 +77,8 @@ class LoaderReport:
     def as_dict(self) -> dict:
         return {"cache_dir": str(self.cache_dir), "read_only": self.read_only,
                 "overlay_dir": str(self.overlay_dir) if self.overlay_dir else None, "strict": self.strict,
-                "flipped": self.flipped, "mismatches": self.mismatches, "warnings": self.warnings,
+                "flipped": self.flipped, "mismatches": self.mismatches, "keys_deferred": self.keys_deferred,
+                "warnings": self.warnings,
                 "verified": self.verified, "refused": self.refused,
                 "private_dir": str(self.private_dir) if self.private_dir else None, "signed": self.signed,
                 "files_checked": self.files_checked, "bytes_checked": self.bytes_checked,
