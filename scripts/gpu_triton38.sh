@@ -12,7 +12,8 @@
 #     bash scripts/gpu_triton38.sh run SHA256 "$OUT"       (carry .t38/part-ac and .whl)
 # `run` stashes the parts it was given too, checks the reassembled zip's sha256, unpacks it to /tmp/t38site and runs
 # the checks with that Triton first on the path: versions, a qwen3.5-9b TP 1,2 build of the fla target, a fresh
-# serving process per TP (0 benchmarks, 0 compiles expected), and the first call cold vs built.
+# serving process per TP (0 benchmarks, 0 compiles expected), the host's Triton identity and FLA disk keys
+# (scripts/gpu_host_keys.py), and with FIRST_CALL=1 the first call cold vs built.
 set -uo pipefail
 stash=/tmp/t38
 mkdir -p "$stash"
@@ -57,6 +58,10 @@ for tp in 1 2; do
     python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: r.get(k) for k in
         ('lookups', 'hits', 'benchmarks', 'compiles', 'loaded')})" "$out/serve_tp$tp.json"
 done
-echo "== first call: cold vs built (Triton 3.8)"
-python3 scripts/bench_first_call.py --cache-dir "$cache" --tp 1 --tokens 4096 --json-out "$out/bench_first_call.json" \
-    2>&1 | tail -12
+echo "== the GPU host's Triton 3.8 identity and FLA disk keys (tests/data/gpu-host-triton-3.8.0-keys.json)"
+python3 scripts/gpu_host_keys.py --out "$out/gpu-host-triton-3.8.0-keys.json" | tail -c 900; echo
+if [ "${FIRST_CALL:-0}" = 1 ]; then
+    echo "== first call: cold vs built (Triton 3.8)"
+    python3 scripts/bench_first_call.py --cache-dir "$cache" --tp 1 --tokens 4096 --runs 1 \
+        --json-out "$out/bench_first_call.json" 2>&1 | tail -12
+fi
