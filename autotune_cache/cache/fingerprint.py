@@ -8,18 +8,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ..autotuner import keys
 from .files import sha256_bytes
 
 GPU_HINT = "GPU: "   # the one mismatch after which entries still hit
-
-
-def invalidating_env_vars() -> dict[str, str]:
-    """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
-    try:
-        from triton._C.libtriton import get_cache_invalidating_env_vars
-    except ImportError:  # older layouts keep it in knobs
-        from triton.knobs import get_cache_invalidating_env_vars
-    return dict(get_cache_invalidating_env_vars())
 
 
 class Fingerprint(BaseModel):
@@ -63,8 +55,7 @@ def _version(dist: str) -> str | None:
 
 
 def _triton_key_sha256() -> str:
-    from triton.runtime.autotuner import triton_key  # the name the autotuner's disk key uses
-    return sha256_bytes(triton_key())
+    return sha256_bytes(keys.triton_key())
 
 
 def _ptxas(backend_hash: str) -> str | None:
@@ -77,11 +68,8 @@ def collect(emulated: bool = False) -> Fingerprint:
     """Read this process's environment. Needs triton and torch; the driver (real or fake) must be active."""
     import torch
     import triton
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.driver import driver
 
-    target = driver.active.get_current_target()
-    backend_hash = make_backend(target).hash()
+    backend_hash = keys.backend_hash()
     gpu_name = capability = None
     if torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(0)
@@ -91,7 +79,7 @@ def collect(emulated: bool = False) -> Fingerprint:
         cuda=torch.version.cuda, packages=_packages(),
         gpu_name=gpu_name, capability=capability, ptxas=_ptxas(backend_hash),
         backend_hash=backend_hash, triton_key_sha256=_triton_key_sha256(),
-        env=invalidating_env_vars(), emulated=emulated)
+        env=keys.invalidating_env_vars(), emulated=emulated)
 
 
 def _nvidia_driver() -> bool:
@@ -122,10 +110,8 @@ def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]
     notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
     backend_hash, ptxas = built.backend_hash, built.ptxas
     try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
         major, minor = (int(x) for x in (built.capability or "9.0").split("."))
-        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()   # runs ptxas, no driver
+        backend_hash = keys.backend_hash((major, minor))   # runs ptxas, no driver
         ptxas = _ptxas(backend_hash)
         notes.append(f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}")
     except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
@@ -133,7 +119,7 @@ def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]
     return built.model_copy(update=dict(
         python=platform.python_version(), triton=triton.__version__, torch=_version("torch") or built.torch,
         packages=_packages(), backend_hash=backend_hash, ptxas=ptxas, triton_key_sha256=_triton_key_sha256(),
-        env=invalidating_env_vars())), notes
+        env=keys.invalidating_env_vars())), notes
 
 
 def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
