@@ -136,7 +136,7 @@ def _lookup(call: Callable, tuner: Any, tuning_key: Any, configs: list, bench_fn
 
 
 def _watch_lookups() -> None:
-    hooks.wrap_global("get_cache_manager", _watching)
+    hooks.wrap_global("triton.runtime.autotuner", "get_cache_manager", _watching)
     hooks.add("lookups", "check_disk_cache", _lookup)
 
 

@@ -3,39 +3,41 @@
 Triton driver set through `driver.set_active`, and torch's device queries.
 
 Private: Triton takes `triton_key()` from the autotuner's module globals and `make_backend` from the compiler
-module at each disk lookup, with no knob for either; so both names are replaced, once per process."""
+module at each disk lookup, with no knob for either; so both are replaced, once per process (hooks.wrap_global).
+"""
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from typing import Any
 
-_lock = threading.Lock()
-_keys: dict[str, str] = {}   # the host's {"triton_key", "backend_hash"}, once set
+from . import hooks
+
+_keys: dict[str, str] = {}   # the host's {"triton_key", "backend_hash"}: the last ones given
 
 
 class _Backend:
     """Triton's backend for the target, except for the hash that enters the disk key."""
 
-    def __init__(self, backend: Any, backend_hash: str) -> None:
-        self.backend, self._hash = backend, backend_hash
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
 
     def hash(self) -> str:
-        return self._hash
+        return _keys["backend_hash"]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
 
 
+def _host_triton_key(triton_key: Callable) -> Callable:
+    return lambda: _keys["triton_key"]
+
+
+def _host_backend(make_backend: Callable) -> Callable:
+    return lambda target: _Backend(make_backend(target))
+
+
 def use_device_keys(keys: dict) -> None:
     """Every disk key of this process from now on uses keys["triton_key"] and keys["backend_hash"]."""
-    import triton.compiler.compiler as cc
-    import triton.runtime.autotuner as at
-
-    with _lock:
-        first = not _keys
-        _keys.update(triton_key=keys["triton_key"], backend_hash=keys["backend_hash"])
-        if not first:
-            return
-        real_make_backend = cc.make_backend
-        at.triton_key = lambda: _keys["triton_key"]
-        cc.make_backend = lambda target: _Backend(real_make_backend(target), _keys["backend_hash"])
+    _keys.update(triton_key=keys["triton_key"], backend_hash=keys["backend_hash"])
+    hooks.wrap_global("triton.runtime.autotuner", "triton_key", _host_triton_key)
+    hooks.wrap_global("triton.compiler.compiler", "make_backend", _host_backend)

@@ -58,7 +58,7 @@ _added = itertools.count()
 _hooks: dict[str, tuple[_Hook, ...]] = {}        # method or event -> its hooks, in PHASES order
 _originals: dict[str, Callable] = {}             # method -> Triton's own, once wrapped
 _calls: dict[str, Callable] = {}                 # method -> its hooks composed around Triton's own
-_globals: dict[str, Any] = {}                    # module global of the autotuner -> Triton's own, once replaced
+_globals: dict[str, Any] = {}                    # "module.name" of a Triton global -> Triton's own, once replaced
 
 
 def add(phase: str, at: str, fn: Callable) -> None:
@@ -107,20 +107,22 @@ def triton(method: str) -> Callable:
     return _originals.get(method) or getattr(at.Autotuner, method)
 
 
-def wrap_global(name: str, make: Callable[[Callable], Callable]) -> None:
-    """Replace the autotuner module's global `name` by make(Triton's own), once per process. For what the
-    autotuner resolves through its module globals at each call (get_cache_manager)."""
-    import triton.runtime.autotuner as at
+def wrap_global(module: str, name: str, make: Callable[[Callable], Callable]) -> None:
+    """Replace the function `name` of Triton's `module` by make(Triton's own), once per process. For what Triton
+    resolves through a module global at each call: the autotuner's get_cache_manager and triton_key, the
+    compiler's make_backend."""
+    import importlib
     with _lock:
-        if name in _globals:
+        if f"{module}.{name}" in _globals:
             return
-        current = getattr(at, name)
+        owner = importlib.import_module(module)
+        current = getattr(owner, name)
         original = current.__wrapped__ if getattr(current, _MARK, False) else current
         wrapper = make(original)
         functools.update_wrapper(wrapper, original)
         setattr(wrapper, _MARK, True)
-        _globals[name] = original
-        setattr(at, name, wrapper)
+        _globals[f"{module}.{name}"] = original
+        setattr(owner, name, wrapper)
 
 
 def _install(method: str) -> None:
