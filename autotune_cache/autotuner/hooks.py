@@ -1,4 +1,5 @@
-"""Every wrapper this tool puts on Triton's `Autotuner`, and the one order its hooks run in.
+"""Everything this tool puts into Triton: the wrappers on `Autotuner`'s methods and the one order their hooks run
+in, and the few module functions Triton looks up at each call (wrap_global). Nothing else assigns into Triton.
 
 Triton (3.4-3.9) has no per-call hook on an Autotuner's construction, pruning, disk lookup or benchmark: 3.8's
 `knobs.autotuning.listener` is told of a decision after it is made and is one slot for the whole process, and

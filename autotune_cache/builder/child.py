@@ -228,8 +228,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             flush()
             out.put(UnitDone(unit=unit.id, seconds=time.monotonic() - start,
                              bench_seconds=disk.bench_seconds - bench_start, precompile=compiled,
-                             compiles=compiled_here["compiled"] - compiles_start if compiled_here is not None
-                             else None))
+                             compiles=compiled_here["compiled"] - compiles_start if compiled_here else None))
     out.put(Done())
     out.close()
     out.join_thread()

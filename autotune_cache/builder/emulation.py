@@ -1,13 +1,14 @@
 """A fake GPU (by default an H100, sm_90) for machines without one (FACTS.md §2), and for compile workers.
 
 Triton compiles every config for real (the ptxas of the Triton wheel) and its real disk cache code reads and
-writes real autotune JSON and binaries; launches do nothing and benchmarks return fake timings. The fake GPU is a
-Triton driver, set through Triton's own `driver.set_active` (its backend extension point), and fakes of torch's
-device queries: those stay here. What touches the autotuner (the config being timed, another host's disk-key
-parts) goes through autotuner/. This is how
+writes real autotune JSON and binaries; launches do nothing and benchmarks return fake timings. This is how
 CPU tests prove that the keys we build are the keys a server looks up, and how a plan can be checked against
 real kernels without a GPU. Must be installed before the kernel modules are imported: FLA picks its config
 lists from the device it sees at import time.
+
+The fake GPU is a Triton driver, selected with Triton's own `driver.set_active` (its backend extension point), plus
+fakes of torch's device queries: those stay here. What touches the autotuner (the config being timed, another
+host's disk-key parts) is hooked or replaced through autotuner/.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ..autotuner import compiles, hooks
+from ..autotuner.kernels import innermost_jit
 from ..autotuner.keys import tuning_key
 
 ENV = "AUTOTUNE_CACHE_COMPILE_WORKERS"
@@ -114,7 +115,6 @@ class _Share:
 
     def run(self, call, tuner, *args, **kwargs) -> None:
         """Replaces Autotuner.run (never calls `call`): the configs of this worker's share compiled, none launched."""
-        from ..autotuner.kernels import innermost_jit
         key = (id(tuner), tuning_key(tuner, args, kwargs))
         if key in self.seen:
             return
