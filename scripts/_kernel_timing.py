@@ -282,7 +282,8 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
     """Run `call()` with Autotuner.run wrapped; return the distinct autotuned launches it made."""
     import triton.runtime.autotuner as at
 
-    from autotune_cache.cache.lookups import innermost_jit, tuning_key
+    from autotune_cache.autotuner.kernels import innermost_jit
+    from autotune_cache.autotuner.keys import tuning_key
     original = at.Autotuner.run
     launches: dict[str, Launch] = {}
     tuned_here: dict[str, object] = {}

@@ -97,7 +97,8 @@ def _count(state: dict) -> None:
     import triton
     import triton.runtime.autotuner as at
 
-    from autotune_cache.cache.lookups import innermost_jit, tuning_key
+    from autotune_cache.autotuner.kernels import innermost_jit
+    from autotune_cache.autotuner.keys import tuning_key
     run, bench = at.Autotuner.run, at.Autotuner._bench
     stack: list[list] = []
 

@@ -254,12 +254,13 @@ def stop_at_first_miss(out: dict) -> None:
     that proves a hit test can fail without paying for tuning the whole miss."""
     if not os.environ.get("STOP_AT_FIRST_MISS"):
         return
-    from autotune_cache.cache import lookups
+    from autotune_cache.autotuner import disk
+    from autotune_cache.autotuner.kernels import innermost_jit
 
     def stop(tuner, key):
-        out["first_miss"] = [lookups.innermost_jit(tuner.fn).__name__, list(key)]
+        out["first_miss"] = [innermost_jit(tuner.fn).__name__, list(key)]
         raise FirstMiss(out["first_miss"])
-    lookups.add_miss_hook(stop)
+    disk.add_miss_hook(stop, phase="listen")
 
 
 def cli_here(*args, env=None, cwd=None):

@@ -33,7 +33,7 @@ except AutotuneCacheError as e:
     print(json.dumps({"error": f"{type(e).__name__}: {e}", "report": None}))
     sys.exit(1)
 
-from autotune_cache.cache import lookups  # noqa: E402
+from autotune_cache.autotuner import disk  # noqa: E402
 from autotune_cache.cache.layout import read_autotune  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 from autotune_cache.serve import loader  # noqa: E402
@@ -41,7 +41,7 @@ from autotune_cache.serve import loader  # noqa: E402
 report = loader.report()
 report.prefixes += ("toy_kernels",)
 seen = []
-lookups.add_listener(lambda lk: seen.append({"kernel": lk.kernel, "key": list(lk.key), "hit": lk.hit,
+disk.add_listener(lambda lk: seen.append({"kernel": lk.kernel, "key": list(lk.key), "hit": lk.hit,
                                               "winner": str(read_autotune(lk.path).winner) if lk.path else None}))
 import toy_kernels  # noqa: E402 - imported after the plugin, as vLLM imports the model's kernels
 

@@ -16,10 +16,10 @@ from autotune_cache.builder import emulation  # noqa: E402
 emulation.install()
 import torch  # noqa: E402
 
-from autotune_cache.cache import lookups as lookup_hooks  # noqa: E402
+from autotune_cache.autotuner import disk  # noqa: E402
 
 lookups = []
-lookup_hooks.add_listener(lambda lk: lookups.append(
+disk.add_listener(lambda lk: lookups.append(
     {"kernel": lk.kernel, "key": list(lk.key), "dir": lk.path.parent.name if lk.path else None, "hit": lk.hit}))
 
 from helpers import FirstMiss, stop_at_first_miss  # noqa: E402

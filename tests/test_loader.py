@@ -305,8 +305,9 @@ def test_triton_key_files_are_what_triton_key_hashes():
     import triton
     from triton.runtime.cache import triton_key
 
+    from autotune_cache.autotuner import keys
     from autotune_cache.cache import fingerprint
-    files = fingerprint.triton_key_files()
+    files = keys.triton_key_files()
     assert triton.__version__ + "-".join(hashlib.sha256(p.read_bytes()).hexdigest() for p in files) == triton_key()
     assert fingerprint.triton_files().startswith("1:")
 

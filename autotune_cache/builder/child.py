@@ -35,51 +35,31 @@ def _imports(get, unit) -> tuple[str, ...]:
         return ()
 
 
-def _count_compiles() -> dict | None:
-    """Kernels this process compiled (not loaded from the cache): with compile workers, about none should be.
-    Triton's compilation listener (3.5+); None without one (the count is unknown)."""
-    counts = {"compiled": 0}
-    try:
-        import triton
-        knobs = triton.knobs.compilation
-    except AttributeError:
-        return None
-    previous = getattr(knobs, "listener", None)
-
-    def listener(**kwargs):
-        if not kwargs.get("cache_hit"):
-            counts["compiled"] += 1
-        if previous is not None:
-            previous(**kwargs)
-
-    knobs.listener = listener
-    return counts
-
-
 def _launch_foreign_untuned(foreign: frozenset) -> None:
     """Keys another child owns (shard.py) launch with their first config (after pruning, as Triton would time it
     first): no disk lookup, no benchmark, no file, nothing for the lookup listeners. Their owner tunes and reports
-    them; here they only carry the serving call on to the keys this child owns. Installed before every other
-    wrapper of prune_configs (compile threads, selection): the first config is picked without their side effects."""
-    import triton.runtime.autotuner as at
-
-    from ..cache.lookups import innermost_jit, tuning_key
-    prune, run = at.Autotuner.prune_configs, at.Autotuner.run
+    them; here they only carry the serving call on to the keys this child owns. The first config is picked by
+    Triton's own prune_configs, without the side effects of the other phases' hooks on it (compile threads,
+    selection, recorder): the "foreign" phase comes first (hooks.PHASES)."""
+    from ..autotuner import hooks
+    from ..autotuner.kernels import innermost_jit
+    from ..autotuner.keys import tuning_key
+    prune = hooks.triton("prune_configs")
     names: dict[int, str] = {}   # id(autotuner) -> its kernel's name
 
-    def run_foreign_first(self, *args, **kwargs):
-        if len(self.configs) > 1:
-            key = tuning_key(self, args, kwargs)
-            name = names.get(id(self)) or names.setdefault(id(self), innermost_jit(self.fn).__name__)
-            if key not in self.cache and (name, key) in foreign:
-                self.nargs = dict(zip(self.arg_names, args, strict=False))
+    def run_foreign_first(run, tuner, *args, **kwargs):
+        if len(tuner.configs) > 1:
+            key = tuning_key(tuner, args, kwargs)
+            name = names.get(id(tuner)) or names.setdefault(id(tuner), innermost_jit(tuner.fn).__name__)
+            if key not in tuner.cache and (name, key) in foreign:
+                tuner.nargs = dict(zip(tuner.arg_names, args, strict=False))
                 try:
-                    self.cache[key] = prune(self, kwargs)[0]
+                    tuner.cache[key] = prune(tuner, kwargs)[0]
                 finally:
-                    self.nargs = None
-        return run(self, *args, **kwargs)
+                    tuner.nargs = None
+        return run(tuner, *args, **kwargs)
 
-    at.Autotuner.run = run_foreign_first
+    hooks.add("foreign", "run", run_foreign_first)
 
 
 def main(out, control, options: ChildOptions) -> None:
@@ -133,7 +113,8 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         _launch_foreign_untuned(options.foreign)
     import importlib
 
-    from ..cache import fingerprint, lookups
+    from ..autotuner import compiles, disk
+    from ..cache import fingerprint
     from ..cache.files import sha256_file
     from ..cache.layout import read_autotune
     from ..targets import get
@@ -161,7 +142,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     current: dict[str, Any] = {}   # the unit and token count of the call running now
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
     pending, reported = {}, {}   # (kernel, key) -> Lookup; (kernel, key) -> (file, binaries sent)
-    compiles = _count_compiles()
+    compiled_here = compiles.count()
 
     def on_lookup(lookup):
         fields = dict(unit=current["unit"], tokens=current["tokens"], kernel=lookup.kernel, key=tuple(lookup.key),
@@ -175,7 +156,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         pending[(lookup.kernel, lookup.key)] = Lookup(**fields)
 
     def on_launch(launch):
-        if lookups.is_dry():   # a probe pass: its lookups were not reported either
+        if disk.is_dry():   # a probe pass: its lookups were not reported either
             return
         dirs = {d.relative_to(root).as_posix() for d in launch.binaries if d.is_relative_to(root)}
         msg = pending.pop((launch.kernel, launch.key), None)
@@ -194,19 +175,19 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             out.put(msg)
         pending.clear()
 
-    lookups.add_launch_listener(on_launch)
-    with lookups.recording(on_lookup):
+    disk.add_launch_listener(on_launch)
+    with disk.listening(on_lookup):
         for index, planned in enumerate(units):
             unit = planned.unit
             current.update(unit=unit.id, tokens=None)
             reported.clear()
             out.put(UnitStart(unit.id))
-            start, bench_start = time.monotonic(), lookups.bench_seconds
-            compiles_start = compiles["compiled"] if compiles is not None else None
+            start, bench_start = time.monotonic(), disk.bench_seconds
+            compiles_start = compiled_here["compiled"] if compiled_here is not None else 0
             compiled = None
             try:
                 faults.inject(os.environ.get("AUTOTUNE_CACHE_FAULT"), planned.index, planned.attempt)
-                lookups.forget_in_memory()
+                disk.forget_in_memory()
                 if pool is not None and options.overlap_compile:   # this unit's configs; workers go on
                     compiled = pool.ready(index)
                 elif pool is not None and index == 0:   # every unit's configs, before the first timing
@@ -221,7 +202,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                         current["tokens"] = tokens
                         with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
                             target.run(unit.shape, unit.dtypes, tokens, device)
-                        lookups.forget_in_memory()   # the probe's winners: the next call of each key must miss
+                        disk.forget_in_memory()   # the probe's winners: the next call of each key must miss
                     for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
                         current["tokens"] = tokens
                         target.run(unit.shape, unit.dtypes, tokens, device)
@@ -246,8 +227,8 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                 os._exit(1)   # no interpreter teardown: after a GPU fault CUDA's own can hang or crash
             flush()
             out.put(UnitDone(unit=unit.id, seconds=time.monotonic() - start,
-                             bench_seconds=lookups.bench_seconds - bench_start, precompile=compiled,
-                             compiles=compiles["compiled"] - compiles_start if compiles is not None else None))
+                             bench_seconds=disk.bench_seconds - bench_start, precompile=compiled,
+                             compiles=compiled_here["compiled"] - compiles_start if compiled_here else None))
     out.put(Done())
     out.close()
     out.join_thread()

@@ -5,6 +5,10 @@ writes real autotune JSON and binaries; launches do nothing and benchmarks retur
 CPU tests prove that the keys we build are the keys a server looks up, and how a plan can be checked against
 real kernels without a GPU. Must be installed before the kernel modules are imported: FLA picks its config
 lists from the device it sees at import time.
+
+The fake GPU is a Triton driver, selected with Triton's own `driver.set_active` (its backend extension point), plus
+fakes of torch's device queries: those stay here. What touches the autotuner (the config being timed, another
+host's disk-key parts) is hooked or replaced through autotuner/.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import json
 import os
 import types
 
+from ..autotuner import hooks
 from .device import H100, Profile
 
 # Read by tests: how many configs the fake benchmarker ran in this process.
@@ -21,7 +26,7 @@ bench_calls = 0
 # "<config> @ <arg>=<value>" applies only to calls whose argument <arg> is <value> (a token-dependent size): the
 # same config can then be fast at one token count and slow at another.
 FAKE_TIMES_ENV = "AUTOTUNE_CACHE_FAKE_TIMES"
-_benchmarking: list = []   # the config Autotuner._bench is timing (set by the wrapper install() adds)
+_benchmarking: list = []   # the config Autotuner._bench is timing (set by the hook install() adds)
 _served: dict[str, int] = {}
 
 
@@ -44,22 +49,13 @@ def _fake_timing(kernel_call) -> float:
     return float(bench_calls % 7 + 1)
 
 
-def _track_config() -> None:
-    import triton.runtime.autotuner as at
-
-    if getattr(at.Autotuner._bench, "_autotune_cache_emulated", False):
-        return
-    original = at.Autotuner._bench
-
-    def _bench(self, *args, config, **meta):
-        _benchmarking.append((config, self.nargs or {}))
-        try:
-            return original(self, *args, config=config, **meta)
-        finally:
-            _benchmarking.pop()
-
-    _bench._autotune_cache_emulated = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
-    at.Autotuner._bench = _bench
+def _track_config(bench, tuner, *args, config, **meta):
+    """Around Autotuner._bench: the config being timed, for _fake_timing."""
+    _benchmarking.append((config, tuner.nargs or {}))
+    try:
+        return bench(tuner, *args, config=config, **meta)
+    finally:
+        _benchmarking.pop()
 
 
 class _NoDevice:
@@ -137,7 +133,7 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
             return True
 
     driver.set_active(FakeDriver())
-    _track_config()
+    hooks.add("emulation", "_bench", _track_config)
     torch.cuda.get_device_capability = lambda *a, **k: (gpu.major, gpu.minor)
     torch.cuda.get_device_name = lambda *a, **k: gpu.name
     torch.cuda.device_count = lambda: 1
@@ -152,24 +148,5 @@ def install(device_keys: str | None = None, profile: Profile | None = None) -> N
         total_memory=gpu.total_memory, warp_size=gpu.warp_size)
     device_keys = device_keys or os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
     if device_keys:
-        _use_device_keys(json.loads(open(device_keys).read()))
-
-
-def _use_device_keys(keys: dict) -> None:
-    import triton.compiler.compiler as cc
-    import triton.runtime.autotuner as at
-
-    at.triton_key = lambda: keys["triton_key"]
-    real_make_backend = cc.make_backend
-
-    class Backend:
-        def __init__(self, backend):
-            self.backend = backend
-
-        def hash(self):
-            return keys["backend_hash"]
-
-        def __getattr__(self, name):
-            return getattr(self.backend, name)
-
-    cc.make_backend = lambda target: Backend(real_make_backend(target))
+        from ..autotuner import emulated
+        emulated.use_device_keys(json.loads(open(device_keys).read()))

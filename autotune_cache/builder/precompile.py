@@ -1,9 +1,9 @@
 """Compile every config of a key in parallel, before Triton benchmarks them one after another.
 
 On a miss, Triton's Autotuner benchmarks its pruned configs in turn, and the first call of each compiles it: a
-cold tune is mostly compiling, on one core. Here the build child wraps `Autotuner.prune_configs` (called once per
+cold tune is mostly compiling, on one core. Here the build child hooks `Autotuner.prune_configs` (called once per
 miss, right before the benchmarks): it warms up every pruned config through Triton's AsyncCompileMode on a thread
-pool (Triton >= 3.5; private API), so the benchmark loop finds each config compiled in the JIT cache. The same
+pool (Triton >= 3.5; autotuner/compiles.py), so the benchmark loop finds each config compiled in the JIT cache. The same
 arguments give the same specialization, so the compiled variants are the ones the benchmark would have made.
 Errors are left to the benchmark (a config that does not compile is timed as inf there, as before). That is the
 fallback; a build on a GPU compiles in worker processes instead (below).
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+
+from ..autotuner import compiles, hooks
+from ..autotuner.kernels import innermost_jit
+from ..autotuner.keys import tuning_key
 
 ENV = "AUTOTUNE_CACHE_COMPILE_WORKERS"
 stats = {"keys": 0, "configs": 0, "compiled": 0, "errors": 0}   # read by tests
@@ -22,37 +26,36 @@ def workers() -> int:
     return int(value) if value.strip() else (os.cpu_count() or 1)
 
 
+_executor: ThreadPoolExecutor | None = None   # the compile threads of this process, started once
+
+
+def _compile_pruned(call, tuner, kwargs):
+    """After Triton's pruning: compile every pruned config on the threads, launching none."""
+    pruned = call(tuner, kwargs)
+    if len(pruned) > 1 and tuner.nargs is not None:
+        args = list(tuner.nargs.values())   # the positional arguments of this run(), in order
+        with compiles.async_compile(_executor):
+            for config in pruned:
+                try:   # kwargs holds run()'s grid and warmup: compile without launching
+                    tuner.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
+                    stats["compiled"] += 1
+                except Exception:  # noqa: BLE001 - the benchmark meets the same error and handles it
+                    stats["errors"] += 1
+        stats["keys"] += 1
+        stats["configs"] += len(pruned)
+    return pruned
+
+
 def install(n_workers: int | None = None) -> bool:
-    """Enable parallel precompilation in this process; False where Triton lacks AsyncCompileMode or n <= 1."""
+    """Enable parallel precompilation in this process; False where Triton lacks AsyncCompileMode or n <= 1. The
+    first thread count installed stays."""
     n = workers() if n_workers is None else n_workers
-    try:
-        from triton.runtime._async_compile import AsyncCompileMode
-    except ImportError:
+    global _executor
+    if n <= 1 or not compiles.can_compile_async():
         return False
-    import triton.runtime.autotuner as at
-
-    if n <= 1 or getattr(at.Autotuner.prune_configs, "_autotune_cache_precompile", False):
-        return n > 1
-    executor = ThreadPoolExecutor(n, thread_name_prefix="autotune-cache-compile")
-    original = at.Autotuner.prune_configs
-
-    def prune_configs(self, kwargs):
-        pruned = original(self, kwargs)
-        if len(pruned) > 1 and self.nargs is not None:
-            args = list(self.nargs.values())   # the positional arguments of this run(), in order
-            with AsyncCompileMode(executor, ignore_errors=True):
-                for config in pruned:
-                    try:   # kwargs holds run()'s grid and warmup: compile without launching
-                        self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
-                        stats["compiled"] += 1
-                    except Exception:  # noqa: BLE001 - the benchmark meets the same error and handles it
-                        stats["errors"] += 1
-            stats["keys"] += 1
-            stats["configs"] += len(pruned)
-        return pruned
-
-    prune_configs._autotune_cache_precompile = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
-    at.Autotuner.prune_configs = prune_configs
+    if _executor is None:
+        _executor = ThreadPoolExecutor(n, thread_name_prefix="autotune-cache-compile")
+        hooks.add("precompile", "prune_configs", _compile_pruned)
     return True
 
 
@@ -108,33 +111,29 @@ class _Share:
         self.dealt = 0
 
     def install(self) -> None:
-        import triton.runtime.autotuner as at
+        hooks.add("worker", "run", self.run)
 
-        from ..cache.lookups import innermost_jit, tuning_key
-        share = self
-
-        def run(self, *args, **kwargs):
-            key = (id(self), tuning_key(self, args, kwargs))
-            if key in share.seen:
-                return
-            share.seen.add(key)
-            self.nargs = dict(zip(self.arg_names, args, strict=False))
-            try:
-                configs = self.prune_configs(kwargs) if len(self.configs) > 1 else self.configs
-                if (innermost_jit(self.fn).__name__, key[1]) in share.foreign:
-                    configs = configs[:1]
-                start, share.dealt = share.dealt, share.dealt + len(configs)
-                for i, config in enumerate(configs):
-                    if (start + i) % share.n == share.wid:
-                        try:   # kwargs holds run()'s grid and warmup: compile without launching
-                            self.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
-                        except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error
-                            import sys
-                            print(f"precompile worker {share.wid}: {type(e).__name__}: {e}", file=sys.stderr)
-            finally:
-                self.nargs = None
-
-        at.Autotuner.run = run
+    def run(self, call, tuner, *args, **kwargs) -> None:
+        """Replaces Autotuner.run (never calls `call`): the configs of this worker's share compiled, none launched."""
+        key = (id(tuner), tuning_key(tuner, args, kwargs))
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        tuner.nargs = dict(zip(tuner.arg_names, args, strict=False))
+        try:
+            configs = tuner.prune_configs(kwargs) if len(tuner.configs) > 1 else tuner.configs
+            if (innermost_jit(tuner.fn).__name__, key[1]) in self.foreign:
+                configs = configs[:1]
+            start, self.dealt = self.dealt, self.dealt + len(configs)
+            for i, config in enumerate(configs):
+                if (start + i) % self.n == self.wid:
+                    try:   # kwargs holds run()'s grid and warmup: compile without launching
+                        tuner.fn.run(*args, **dict(kwargs, warmup=True, **config.all_kwargs()))
+                    except Exception as e:  # noqa: BLE001 - the benchmarking child meets the same error
+                        import sys
+                        print(f"precompile worker {self.wid}: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            tuner.nargs = None
 
 
 def _empty(*size, generator=None, **kwargs):
@@ -178,7 +177,6 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     from .device import Profile
     emulation.install(profile=Profile(**profile) if profile else None)
     import torch
-    import triton
     # Input values are never read (nothing launches); random ones cost seconds per call on the CPU at 16k tokens
     torch.randn = torch.rand = _empty
     share = _Share(n, frozenset((kernel, tuple(key)) for kernel, key in foreign or ()))
@@ -196,15 +194,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
             try:
                 die_with(zygote)
                 share.wid = wid
-                compiled = [0]
-
-                def listener(*, _compiled: list[int] = compiled, **kw) -> None:   # counts the compiles, not the hits
-                    _compiled[0] += not kw.get("cache_hit")
-
-                try:   # Triton 3.5+ calls it (3.4: the count stays 0)
-                    triton.knobs.compilation.listener = listener
-                except AttributeError:
-                    pass
+                compiled = compiles.count() or {"compiled": 0}   # Triton 3.5+ (3.4: the count stays 0)
                 for index, unit in enumerate(units):
                     if unit.get("replay"):   # recorded calls (record/replay.py), made with Autotuner.run as above
                         from ..record.replay import replay_all
@@ -214,7 +204,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                         target, shape = get(unit["target"]), RankShape(**unit["shape"])
                         for tokens in [*unit.get("probes", ()), *unit["tokens"]]:
                             target.run(shape, unit["dtypes"], tokens, "cpu")
-                    _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled[0]}")
+                    _say(f"done {wid} {index} {time.monotonic() - go:.2f} {compiled['compiled']}")
                 code = 0
             except BaseException:  # noqa: BLE001 - its configs are left to the benchmark
                 traceback.print_exc()

@@ -19,7 +19,7 @@ A key tuned at one token count serves every token count of its bucket (a key wit
 NB = 1: every T up to 4096 at TP 1), and the config fastest at the largest one can be slow at a small one (on an
 H100 the l2norm winner at 4096 tokens was 20% slower at 512 than the T=64 winner: too few blocks). So before a
 unit's own calls the child drives it at each of `probe_tokens` (smaller than the unit's largest count) in a dry
-pass (lookups.dry: benchmarked, nothing written): every config of every key that call reaches is screened
+pass (disk.dry: benchmarked, nothing written): every config of every key that call reaches is screened
 there too, with its arguments kept. When the key is then tuned, the candidates are ranked by their worst loss over
 the token counts measured (time / that count's best), re-timed at each of them, and the incumbent is kept unless
 the fastest by that measure beats it beyond noise at some token count.
@@ -30,7 +30,7 @@ fastest there, the winner gets the smallest numbers of the file and is listed fi
 equal values). Every candidate's own samples (and its probe samples) go to the manifest (Entry.selection), so
 nothing measured is lost.
 
-`choose` and `shortlist` are pure; `install` (build child only) wires them into Triton's Autotuner.
+`choose` and `shortlist` are pure; `install` (build child only) hooks them on Triton's Autotuner (autotuner/).
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..autotuner import disk, hooks, timing
+from ..autotuner.kernels import innermost_jit
 from ..errors import shown
 from ..models import MAX_TOKENS, whole
 
@@ -198,18 +200,16 @@ _probing: list[int] = []   # the token count of the probe pass the child is driv
 
 @contextlib.contextmanager
 def probing(tokens: int):
-    """The child's probe pass: lookups inside are dry (lookups.dry) and every miss is kept in `probes`."""
-    from ..cache import lookups
+    """The child's probe pass: lookups inside are dry (disk.dry) and every miss is kept in `probes`."""
     _probing.append(tokens)
     try:
-        with lookups.dry():
+        with disk.dry():
             yield
     finally:
         _probing.pop()
 
 
 def _record_probe(tuner, tuning_key: tuple) -> None:
-    from ..cache.lookups import innermost_jit
     kwargs = getattr(tuner, "_autotune_cache_run_kwargs", None)
     if kwargs is None or tuner.nargs is None:
         return
@@ -225,22 +225,17 @@ def _budget(tuner, warmup_ms: float, rep_ms: float):
     if bench is None:
         yield
         return
-    previous = tuner.__dict__.get("do_bench")
-    tuner.__dict__["do_bench"] = functools.partial(bench, warmup=warmup_ms, rep=rep_ms)
+    previous = timing.own_do_bench(tuner)
+    timing.set_do_bench(tuner, functools.partial(bench, warmup=warmup_ms, rep=rep_ms))
     try:
         yield
     finally:
-        if previous is None:
-            tuner.__dict__.pop("do_bench", None)
-        else:
-            tuner.__dict__["do_bench"] = previous
+        timing.set_do_bench(tuner, previous)
 
 
 def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
     """After Triton's (screening) benchmark of a miss: time the shortlist again, here and at the key's probes,
     and fix the winner."""
-    from ..cache.lookups import innermost_jit
-
     kernel = innermost_jit(tuner.fn).__name__
     key_probes = probes.pop((kernel, tuple(tuning_key)), [])
     timings = dict(tuner.configs_timings)
@@ -258,12 +253,13 @@ def refine(tuner, tuning_key: tuple, settings: Settings) -> None:
             order = cands if r % 2 == 0 else cands[::-1]   # alternate: drift hits both ends alike
             with _budget(tuner, settings.screen_warmup_ms, settings.rep_ms):
                 for c in order:
-                    samples[c].append(_p50(tuner._bench(*args, config=c, **kwargs)))
+                    samples[c].append(_p50(timing.time_config(tuner, args, c, kwargs)))
             for probe, measured in zip(key_probes, at_probe, strict=True):
                 tuner.nargs = probe.nargs   # Triton's pre/post hooks (reset_to_zero, restore_value) read nargs
                 with _budget(tuner, settings.probe_warmup_ms, settings.probe_rep_ms):
                     for c in order:
-                        measured[c].append(_p50(tuner._bench(*probe.nargs.values(), config=c, **probe.kwargs)))
+                        again = timing.time_config(tuner, list(probe.nargs.values()), c, probe.kwargs)
+                        measured[c].append(_p50(again))
                 tuner.nargs = nargs
     finally:
         tuner.nargs = nargs
@@ -312,43 +308,43 @@ def _config_dict(config) -> dict:
     return {k: v for k, v in config.__dict__.items() if k != "pre_hook"}
 
 
+_settings: Settings | None = None   # the child's, installed once per process
+
+
+def _prune_configs(call, tuner, kwargs):
+    """Before Triton's pruning: remember run()'s keyword arguments (grid, warmup, ...), needed to time a config
+    again and seen by no other hook, and give an autotuner timing with the driver's benchmarker the screening
+    budget (the probe budget inside a probe pass)."""
+    settings = _settings
+    assert settings is not None   # hooked by install()
+    tuner._autotune_cache_run_kwargs = kwargs
+    if "_autotune_cache_bench" not in tuner.__dict__:
+        bench = timing.driver_benchmarker(tuner)
+        if bench is not None:
+            tuner.__dict__["_autotune_cache_bench"] = bench
+    bench = tuner.__dict__.get("_autotune_cache_bench")
+    if bench is not None:
+        warmup, rep = ((settings.probe_warmup_ms, settings.probe_rep_ms) if _probing else
+                       (settings.screen_warmup_ms, settings.screen_rep_ms))
+        timing.set_do_bench(tuner, functools.partial(bench, warmup=warmup, rep=rep))
+    return call(tuner, kwargs)
+
+
+def _after_bench(tuner, tuning_key) -> None:
+    if _probing:
+        _record_probe(tuner, tuning_key)
+    else:
+        assert _settings is not None   # hooked by install()
+        refine(tuner, tuning_key, _settings)
+
+
 def install(settings: Settings) -> None:
     """In the build child: shorter screening timings for autotuners that bring no benchmarker of their own (the
     probe budget inside a probe pass), and after every benchmark of a disk-cache miss: refine(), or in a probe
-    pass, keep what it measured."""
-    import inspect
-
-    import triton.runtime.autotuner as at
-    from triton.runtime.driver import driver
-
-    from ..cache import lookups
-
-    if settings.mode != "robust" or getattr(at.Autotuner.prune_configs, "_autotune_cache_selection", False):
+    pass, keep what it measured. The first settings installed stay."""
+    global _settings
+    if settings.mode != "robust" or _settings is not None:
         return
-    original_prune = at.Autotuner.prune_configs
-
-    def prune_configs(self, kwargs):
-        # run()'s keyword arguments (grid, warmup, ...), needed to time a config again; the only hook that sees them
-        self._autotune_cache_run_kwargs = kwargs
-        if self._do_bench is None and "_autotune_cache_bench" not in self.__dict__:
-            bench = driver.active.get_benchmarker()
-            params = inspect.signature(bench).parameters
-            if "rep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-                self.__dict__["_autotune_cache_bench"] = bench
-        bench = self.__dict__.get("_autotune_cache_bench")
-        if bench is not None:
-            warmup, rep = ((settings.probe_warmup_ms, settings.probe_rep_ms) if _probing else
-                           (settings.screen_warmup_ms, settings.screen_rep_ms))
-            self.__dict__["do_bench"] = functools.partial(bench, warmup=warmup, rep=rep)
-        return original_prune(self, kwargs)
-
-    prune_configs._autotune_cache_selection = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
-    at.Autotuner.prune_configs = prune_configs
-
-    def after_bench(tuner, tuning_key):
-        if _probing:
-            _record_probe(tuner, tuning_key)
-        else:
-            refine(tuner, tuning_key, settings)
-
-    lookups.add_bench_hook(after_bench)
+    _settings = settings
+    hooks.add("selection", "prune_configs", _prune_configs)
+    disk.add_bench_hook(_after_bench, phase="selection")

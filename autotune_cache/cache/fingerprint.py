@@ -10,18 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
+from ..autotuner import keys
 from .files import sha256_bytes
 
 GPU_HINT = "GPU: "   # the one mismatch after which entries still hit
-
-
-def invalidating_env_vars() -> dict[str, str]:
-    """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
-    try:
-        from triton._C.libtriton import get_cache_invalidating_env_vars
-    except ImportError:  # older layouts keep it in knobs
-        from triton.knobs import get_cache_invalidating_env_vars
-    return dict(get_cache_invalidating_env_vars())
 
 
 class Fingerprint(BaseModel):
@@ -84,34 +76,10 @@ def _version(dist: str) -> str | None:
 
 
 def _triton_key_sha256() -> str:
-    from triton.runtime.autotuner import triton_key  # the name the autotuner's disk key uses
-    return sha256_bytes(triton_key())
+    return sha256_bytes(keys.triton_key())
 
 
 TRITON_FILES_VERSION = "1"   # what triton_files() lists; values of another version are not compared
-
-
-def triton_key_files() -> list[Path]:
-    """The files triton_key() hashes, in its order (Triton 3.4-3.6, runtime/cache.py): that module itself, the
-    modules of triton.compiler and triton.backends, libtriton, the modules of triton.language. Walked exactly as it
-    walks them (tests/test_loader.py hashes this list and compares it with triton_key())."""
-    import pkgutil
-    import sysconfig
-
-    import triton.runtime.cache as cache_mod
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cache_mod.__file__)))
-
-    def modules(sub: str) -> list[Path]:
-        found = []
-        for lib in pkgutil.walk_packages([os.path.join(root, sub)], prefix=f"triton.{sub}."):
-            spec = lib.module_finder.find_spec(lib.name)  # type: ignore[call-arg]  # a FileFinder: one argument
-            if spec is None or spec.origin is None:   # triton_key() would fail on it too
-                raise FileNotFoundError(f"{lib.name}: no file found")
-            found.append(Path(spec.origin))
-        return found
-    ext = sysconfig.get_config_var("EXT_SUFFIX").split(".")[-1]
-    return [Path(cache_mod.__file__), *modules("compiler"), *modules("backends"),
-            Path(root, "_C", f"libtriton.{ext}"), *modules("language")]
 
 
 def triton_files() -> str:
@@ -125,7 +93,7 @@ def triton_files() -> str:
     wheel (the build image and the serving image) differ in mtime and not in triton_key. Not cached (in a file per
     install, say): reading such a file costs what these stats cost, and a stale one could only be wrong."""
     import hashlib
-    files = triton_key_files()
+    files = keys.triton_key_files()
     root = files[0].parent.parent
     h = hashlib.sha256()
     for path in files:
@@ -143,11 +111,8 @@ def collect(emulated: bool = False) -> Fingerprint:
     """Read this process's environment. Needs triton and torch; the driver (real or fake) must be active."""
     import torch
     import triton
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.driver import driver
 
-    target = driver.active.get_current_target()
-    backend_hash = make_backend(target).hash()
+    backend_hash = keys.backend_hash()
     gpu_name = capability = None
     if torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(0)
@@ -157,7 +122,7 @@ def collect(emulated: bool = False) -> Fingerprint:
         cuda=torch.version.cuda, packages=_packages(),
         gpu_name=gpu_name, capability=capability, ptxas=_ptxas(backend_hash),
         backend_hash=backend_hash, triton_key_sha256=_triton_key_sha256(),
-        env=invalidating_env_vars(), emulated=emulated, triton_files=_triton_files_or_none())
+        env=keys.invalidating_env_vars(), emulated=emulated, triton_files=_triton_files_or_none())
 
 
 def _triton_files_or_none() -> str | None:
@@ -202,7 +167,7 @@ def without_keys(built: Fingerprint) -> Fingerprint:
     import triton
     return built.model_copy(update=dict(
         python=platform.python_version(), triton=triton.__version__, torch=_version("torch") or built.torch,
-        packages=_packages(), env=invalidating_env_vars(), triton_files=_triton_files_or_none()))
+        packages=_packages(), env=keys.invalidating_env_vars(), triton_files=_triton_files_or_none()))
 
 
 def with_keys(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
@@ -216,10 +181,8 @@ def with_keys(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
 def _keys_here(built: Fingerprint) -> tuple[dict[str, Any], list[str]]:
     backend_hash, ptxas = built.backend_hash, built.ptxas
     try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler.compiler import make_backend
         major, minor = (int(x) for x in (built.capability or "9.0").split("."))
-        backend_hash = make_backend(GPUTarget("cuda", major * 10 + minor, 32)).hash()   # runs ptxas, no driver
+        backend_hash = keys.backend_hash((major, minor))   # runs ptxas, no driver
         ptxas = _ptxas(backend_hash)
         notes = [f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}"]
     except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here

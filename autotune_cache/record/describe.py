@@ -9,6 +9,7 @@ import numbers
 import os
 from typing import Any
 
+from ..autotuner.kernels import heuristics_under, innermost_jit
 from .schema import Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg
 
 MAX_VALUES_ENV = "AUTOTUNE_CACHE_RECORD_MAX_VALUES"
@@ -28,7 +29,6 @@ def max_values() -> int:
 
 
 def kernel_id(tuner) -> KernelId:
-    from ..cache.lookups import innermost_jit
     jit = innermost_jit(tuner.fn)
     fn = getattr(jit, "fn", None)
     code = getattr(fn, "__code__", None)
@@ -106,25 +106,13 @@ def _jit_defaults(jit) -> dict:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
-def _inner_heuristics(tuner) -> list:
-    """Heuristics between the Autotuner and its JITFunction: they add meta-parameters the grid may read."""
-    from triton.runtime.autotuner import Heuristics
-    found, fn = [], tuner.fn
-    while hasattr(fn, "fn") and not hasattr(fn, "src"):
-        if isinstance(fn, Heuristics):
-            found.append(fn)
-        fn = fn.fn
-    return found
-
-
 def grids(tuner, nargs: dict, kwargs: dict, configs) -> tuple[Grid, ...]:
     """The grid of every config, evaluated as JITFunction.run would: on the bound arguments (defaults, the call's
     arguments, the config's meta-parameters and the values of heuristics under the autotuner)."""
-    from ..cache.lookups import innermost_jit
     grid: Any = kwargs.get("grid")   # a tuple or a function of the meta-parameters (none: the error is recorded)
     jit = innermost_jit(tuner.fn)
     base = {**_jit_defaults(jit), **nargs, **{k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}}
-    inner = _inner_heuristics(tuner)
+    inner = heuristics_under(tuner)
     out = []
     for config in configs:
         meta = {k: _scalar(v)[1] for k, v in config.kwargs.items()}

@@ -4,9 +4,9 @@
     record.start("lookups.jsonl")                # or AUTOTUNE_CACHE_RECORD, or install(record=...)
     record.start("misses.jsonl", misses=True)    # only what was not on disk (a server's misses)
 
-The hook wraps `Autotuner.prune_configs`, which Triton calls only on an in-memory miss, right before the disk
+The hook is on `Autotuner.prune_configs`, which Triton calls only on an in-memory miss, right before the disk
 lookup or the benchmark: a key seen before in this process costs nothing more than Triton's own dict lookup. The
-outcome (hit or miss) and the autotune file come from the disk-lookup hook (cache/lookups.py) just after; an
+outcome (hit or miss) and the autotune file come from the disk lookup (autotuner/disk.py) just after; an
 Autotuner without the disk cache always misses. Recording never fails a kernel call: a call it cannot describe is
 written with an opaque argument, a write that fails is counted and logged once.
 """
@@ -18,6 +18,8 @@ import os
 import threading
 from pathlib import Path
 
+from ..autotuner import disk, hooks
+from ..autotuner.keys import tuning_key
 from . import store
 from .schema import Record
 
@@ -52,6 +54,7 @@ _lock = threading.Lock()
 _recorders: list[Recorder] = []
 _pending: dict[int, tuple[int, tuple, Record]] = {}   # thread -> (id(autotuner), key, record) awaiting its outcome
 _kernel_ids: dict[int, object] = {}                   # id(autotuner) -> KernelId (the source hashed once)
+_installed = False   # the hooks and the exit flush, once per process
 
 
 def _triton_version() -> str | None:
@@ -92,8 +95,7 @@ def _flush_all() -> None:
 
 
 def _on_prune(tuner, kwargs, pruned) -> None:
-    from ..cache.lookups import is_dry, tuning_key
-    if kwargs.get("warmup") is not False or tuner.nargs is None or is_dry():
+    if kwargs.get("warmup") is not False or tuner.nargs is None or disk.is_dry():
         return   # Autotuner.warmup (compiles, looks nothing up), or a build child's probe pass
     key = tuning_key(tuner, tuple(tuner.nargs.values()), kwargs)
     thread = threading.get_ident()
@@ -127,29 +129,26 @@ def _on_lookup(lookup) -> None:
     _emit(pending[2].model_copy(update={"outcome": "hit" if lookup.hit else "miss", "file": file}))
 
 
+def _prune_configs(call, tuner, kwargs):
+    pruned = call(tuner, kwargs)
+    if _recorders:
+        try:
+            _on_prune(tuner, kwargs, pruned)
+        except Exception as e:  # noqa: BLE001 - recording must never fail the kernel call
+            log.warning("autotune-cache: a lookup of %s was not recorded: %s: %s",
+                        getattr(tuner.base_fn, "__name__", "?"), type(e).__name__, e)
+    return pruned
+
+
 def _install_hooks() -> None:
-    import triton.runtime.autotuner as at
-
-    from ..cache import lookups
-    if getattr(at.Autotuner.prune_configs, "_autotune_cache_record", False):
+    global _installed
+    if _installed:
         return
-    original = at.Autotuner.prune_configs
-
-    def prune_configs(self, kwargs):
-        pruned = original(self, kwargs)
-        if _recorders:
-            try:
-                _on_prune(self, kwargs, pruned)
-            except Exception as e:  # noqa: BLE001 - recording must never fail the kernel call
-                log.warning("autotune-cache: a lookup of %s was not recorded: %s: %s",
-                            getattr(self.base_fn, "__name__", "?"), type(e).__name__, e)
-        return pruned
-
-    prune_configs._autotune_cache_record = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
-    at.Autotuner.prune_configs = prune_configs
-    lookups.add_miss_hook(_on_miss)    # before any later hook that may raise (a strict loader's)
-    lookups.add_listener(_on_lookup)
+    hooks.add("record", "prune_configs", _prune_configs)
+    disk.add_miss_hook(_on_miss, phase="record")   # before a strict loader's, which raises (hooks.PHASES)
+    disk.add_listener(_on_lookup, phase="record")
     atexit.register(_flush_all)
+    _installed = True
 
 
 def start(path: str | os.PathLike, *, misses: bool = False) -> Recorder:

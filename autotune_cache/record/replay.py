@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..autotuner.kernels import autotuners_on, innermost_jit, live_autotuners
 from ..errors import UnreplayableError
 from .schema import Arg, DtypeArg, OpaqueArg, Record, TensorArg, TupleArg, ValueArg
 
@@ -13,21 +14,9 @@ from .schema import Arg, DtypeArg, OpaqueArg, Record, TensorArg, TupleArg, Value
 MAX_STORAGE_BYTES = 1 << 30
 
 
-def _autotuners_of(obj):
-    """The Autotuner objects on the `.fn` chain from `obj` (a module attribute: Heuristics, Autotuner, JITFunction)."""
-    from triton.runtime.autotuner import Autotuner
-    found, seen = [], 0
-    while obj is not None and seen < 16:
-        if isinstance(obj, Autotuner):
-            found.append(obj)
-        obj, seen = getattr(obj, "fn", None), seen + 1
-    return found
-
-
 def find(record: Record):
     """The live Autotuner the record's kernel names, or UnreplayableError (module not importable, no such kernel,
     source changed)."""
-    from ..cache.lookups import innermost_jit, live_autotuners
     from .describe import kernel_id
     k = record.kernel
     try:
@@ -35,7 +24,7 @@ def find(record: Record):
     except Exception as e:  # noqa: BLE001 - any import failure makes the kernel unreplayable, named
         raise UnreplayableError(f"{k.label}: module {k.module} does not import here ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    candidates = _autotuners_of(getattr(module, k.name, None))
+    candidates = autotuners_on(getattr(module, k.name, None))
     if not candidates:   # defined in a class or a function, or bound under another name: any live one
         candidates = [t for t in live_autotuners() if innermost_jit(t.fn).__module__ == k.module]
     ids = [(t, kernel_id(t)) for t in candidates]

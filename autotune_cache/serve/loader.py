@@ -36,6 +36,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..autotuner import disk, hooks
+from ..autotuner.disk import Lookup
+from ..autotuner.kernels import innermost_jit, live_autotuners
 from ..cache import trust
 from ..errors import (
     AutotuneCacheError,
@@ -49,10 +52,8 @@ from . import dirs
 from .report import LoaderReport
 
 if TYPE_CHECKING:
-    from triton.runtime.autotuner import Autotuner  # no stubs: Any to mypy, named for the reader
-
+    from ..autotuner.kernels import Autotuner
     from ..cache.fingerprint import Fingerprint
-    from ..cache.lookups import Lookup
 
 __all__ = ["LoaderReport", "install", "report"]
 
@@ -62,7 +63,6 @@ _state: dict = {}   # the one installed report of this process
 
 
 def _matches(tuner: Autotuner, prefixes: Iterable[str]) -> bool:
-    from ..cache.lookups import innermost_jit
     return _matcher(tuple(prefixes))(innermost_jit(tuner.fn).__module__ or "")
 
 
@@ -74,32 +74,19 @@ def _matcher(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 def _flip(tuner: Autotuner, report: LoaderReport) -> None:
-    from triton import knobs
-
-    from ..cache.lookups import innermost_jit
-    if getattr(knobs.runtime, "interpret", False):
+    if disk.interpreting():
         return  # Triton never uses the disk cache under the interpreter
     tuner.cache_results = True
     fn = innermost_jit(tuner.fn)
     report.flipped.append(f"{fn.__module__}.{fn.__name__}")
 
 
-def _hook_new_autotuners(report: LoaderReport) -> None:
+def _on_new_autotuner(init: Callable[..., None], tuner: Autotuner, *args: Any, **kwargs: Any) -> None:
     """Autotuners constructed from now on (modules imported later) get cache_results on as well."""
-    import triton.runtime.autotuner as at
-
-    original = at.Autotuner.__init__
-    if getattr(original, "_autotune_cache_hook", False):
-        return
-
-    def __init__(self: Autotuner, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        current = _state.get("report")
-        if current is not None and _matches(self, current.prefixes):
-            _flip(self, current)
-
-    __init__._autotune_cache_hook = True  # type: ignore[attr-defined]  # marks our wrapper: never wrapped twice
-    at.Autotuner.__init__ = __init__
+    init(tuner, *args, **kwargs)
+    current = _state.get("report")
+    if current is not None and _matches(tuner, current.prefixes):
+        _flip(tuner, current)
 
 
 def _check_integrity(report: LoaderReport, *, require_manifest: bool, allow_shared_writable: bool,
@@ -251,7 +238,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     from ..record import recorder
     for path, only_misses in ((record or os.environ.get(recorder.RECORD_ENV), False),
                               (misses or os.environ.get(recorder.MISSES_ENV), True)):
-        if path:   # before _hook: a strict miss raises in the hooks after the recorder's
+        if path:
             report.recording.append(str(recorder.start(path, misses=only_misses).path))
     # The collector is the server's: no gc.collect() here (a full collection of a server's start-up heap, 0.1-0.2 s
     # at a million objects, is the very cost install() must not have) and no gc.freeze() (it keeps forever whatever
@@ -298,15 +285,14 @@ def _recorded_modules(report: LoaderReport) -> tuple[str, ...]:
 def _hook(report: LoaderReport) -> None:
     """Switch the target autotuners (live and future) to the disk cache, count their lookups, finish the fingerprint
     check at the first one (before it reads) and, strict, fail a miss."""
-    from ..cache import lookups
     _state["report"] = report
     report.prefixes += _recorded_modules(report)
-    _hook_new_autotuners(report)
+    hooks.add("serve", "__init__", _on_new_autotuner)
     # An autotuner's kernel module is imported before the autotuner exists: with none of the prefixes' modules in
     # sys.modules there is nothing to switch, and the scan of every object of the process (60 ms at 400k objects,
     # what torch and vLLM leave when the vLLM plugin installs) is skipped.
     if any(map(_matcher(report.prefixes), tuple(sys.modules))):
-        for tuner in lookups.live_autotuners():
+        for tuner in live_autotuners():
             if _matches(tuner, report.prefixes):
                 _flip(tuner, report)
 
@@ -333,15 +319,14 @@ def _hook(report: LoaderReport) -> None:
 
     def on_miss(tuner: Autotuner, key: tuple) -> None:
         if _state.get("report") is report and report.strict:
-            from ..cache.lookups import Lookup, innermost_jit
             kernel = innermost_jit(tuner.fn).__name__
             report.record(Lookup(kernel=kernel, key=tuple(key), configs=len(tuner.configs), hit=False, path=None))
             raise CacheMissError(f"autotune-cache strict mode: {kernel} would be "
                                  f"benchmarked for key {tuple(key)}: it is not in {report.cache_dir}")
 
-    lookups.add_before_lookup_hook(before_lookup)
-    lookups.add_listener(on_lookup)
-    lookups.add_miss_hook(on_miss)
+    disk.add_before_lookup_hook(before_lookup, phase="serve")
+    disk.add_listener(on_lookup, phase="serve")
+    disk.add_miss_hook(on_miss, phase="serve")   # after the recorder's (hooks.PHASES): it may raise
 
 
 def report() -> LoaderReport | None:

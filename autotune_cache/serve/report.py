@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..cache import trust
 
 if TYPE_CHECKING:
-    from ..cache.lookups import Lookup
+    from ..autotuner.disk import Lookup
     from ..cache.manifest import Manifest
 
 

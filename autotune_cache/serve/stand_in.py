@@ -20,7 +20,7 @@ from typing import Any
 
 def counters():
     """Start counting disk lookups in this process; returns the dict that fills up."""
-    from ..cache import lookups
+    from ..autotuner import disk
     stats: defaultdict[str, dict[str, Any]] = defaultdict(
         lambda: {"lookups": 0, "hits": 0, "benchmarks": 0, "keys": []})
 
@@ -30,7 +30,7 @@ def counters():
         s["hits" if lookup.hit else "benchmarks"] += 1
         s["keys"].append(list(lookup.key))
 
-    lookups.add_listener(on_lookup)
+    disk.add_listener(on_lookup)
     return stats
 
 
