@@ -156,8 +156,8 @@ def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]
         except Exception as e:  # noqa: BLE001 - no visible device or a broken driver: use what needs none
             why = f"the GPU could not be queried ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     notes = [f"{why}: GPU model and compute capability not checked (the cache needs sm {built.capability})"]
-    keys, key_notes = _keys_here(built)
-    return without_keys(built).model_copy(update=keys), notes + key_notes
+    found, key_notes = with_keys(without_keys(built))
+    return found, notes + key_notes
 
 
 def without_keys(built: Fingerprint) -> Fingerprint:
@@ -174,11 +174,6 @@ def with_keys(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
     """`built` with this machine's triton_key and ptxas (for the cache's compute capability) in place of its own,
     and notes: what the loader compares at the first autotune lookup, where Triton computes both itself (each is
     cached per process: triton_key() and the ptxas version per arch), so it costs nothing more there."""
-    keys, notes = _keys_here(built)
-    return built.model_copy(update=keys), notes
-
-
-def _keys_here(built: Fingerprint) -> tuple[dict[str, Any], list[str]]:
     backend_hash, ptxas = built.backend_hash, built.ptxas
     try:
         major, minor = (int(x) for x in (built.capability or "9.0").split("."))
@@ -187,7 +182,8 @@ def _keys_here(built: Fingerprint) -> tuple[dict[str, Any], list[str]]:
         notes = [f"ptxas checked with Triton's ptxas for sm_{major}{minor}: {ptxas}"]
     except Exception as e:  # noqa: BLE001 - no CUDA backend or ptxas here
         notes = [f"ptxas not checked ({type(e).__name__}: {e})"]
-    return dict(backend_hash=backend_hash, ptxas=ptxas, triton_key_sha256=_triton_key_sha256()), notes
+    return built.model_copy(update=dict(backend_hash=backend_hash, ptxas=ptxas,
+                                        triton_key_sha256=_triton_key_sha256())), notes
 
 
 def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
