@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 TESTS = Path(__file__).parent
 # The deep run (`pytest --deep`, docs/testing.md): property tests at their full example counts, and the tests
@@ -33,11 +34,8 @@ def toy_build(cache_dir, fake_times=None, **kw):
     from autotune_cache.builder.emulation import FAKE_TIMES_ENV
     if fake_times is None:
         return build(toy_spec(cache_dir, **kw), progress=False)
-    os.environ[FAKE_TIMES_ENV] = json.dumps(fake_times)   # the build child inherits it
-    try:
+    with mock.patch.dict(os.environ, {FAKE_TIMES_ENV: json.dumps(fake_times)}):   # the build child inherits it
         return build(toy_spec(cache_dir, **kw), progress=False)
-    finally:
-        del os.environ[FAKE_TIMES_ENV]
 
 
 def _device_keys_file() -> Path:
@@ -50,7 +48,8 @@ def _device_keys_file() -> Path:
         path = TESTS / "data" / f"{kind}-triton-{triton}-keys.json"
         if path.exists():
             return path
-    return TESTS / "data" / f"gpu-host-triton-{triton}-keys.json"   # absent: the FLA key tests say so
+    # none recorded for this Triton: the FLA builds that read it fail, naming this missing file
+    return TESTS / "data" / f"gpu-host-triton-{triton}-keys.json"
 
 
 FLA_DEVICE_KEYS = _device_keys_file()
@@ -70,18 +69,12 @@ def fla_host_keys_build(cache_dir):
     """fla_specs built with the GPU host's triton_key and backend hash (FLA_DEVICE_KEYS): its disk keys are the
     ones that host wrote. Returns the Manifest."""
     from autotune_cache import build
-    before = os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
-    os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = str(FLA_DEVICE_KEYS)   # the build children inherit it
-    try:
+    # the build children inherit it; as it was after, for a caller that set it for its own processes
+    with mock.patch.dict(os.environ, {"AUTOTUNE_CACHE_DEVICE_KEYS": str(FLA_DEVICE_KEYS)}):
         manifest = None
         for spec in fla_specs(cache_dir):
             manifest = build(spec, progress=False)
         return manifest
-    finally:   # as it was: a caller may have set it for its own processes
-        if before is None:
-            del os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"]
-        else:
-            os.environ["AUTOTUNE_CACHE_DEVICE_KEYS"] = before
 
 
 def relocated_copy(cache, dest):

@@ -7,14 +7,14 @@ import os
 import shutil
 
 import pytest
-from helpers import TESTS, run_cli
+from helpers import FLA_DEVICE_KEYS, run_cli
 from test_record import autotune_files, run
 
 from autotune_cache import BuildSpec, build, models
 
 pytest.importorskip("fla")
 pytestmark = pytest.mark.slow
-DEVICE_KEYS = TESTS / "data" / "gpu-host-triton-3.6.0-keys.json"
+DEVICE_KEYS = FLA_DEVICE_KEYS
 
 
 def test_a_record_of_the_gdn_call_builds_the_gdn_targets_files(tmp_path, monkeypatch):
