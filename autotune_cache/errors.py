@@ -63,6 +63,10 @@ class NoGPUError(AutotuneCacheError):
     pass
 
 
+class UnsupportedTritonError(AutotuneCacheError):
+    """The Triton installed here is one this tool cannot work with (autotuner/versions.py says which and why)."""
+
+
 class BuildFailedError(AutotuneCacheError):
     """Some units stayed failed; the manifest holds the rest."""
 

@@ -10,7 +10,8 @@
     parent's start, and each child's start and imports until its hello), and per GPU its busy time (its parts),
     compile wait and benchmarking; each key must be tuned once (by its owner shard), and the winners of every
     multi-GPU build are compared with the one-GPU build's (bench_stability.py's rule).
-(3) optional (--serial-build): the build with compile workers off (the child compiles while benchmarking).
+(3) optional (--serial-build): the build with compile workers off (the child compiles while benchmarking);
+    (--overlap): a one-GPU build with --overlap-compile.
 For each build the manifest gives the floor: time spent benchmarking (screening + extra timings, summed over
 units), how long the children waited for the compile workers (summed over a child's units, the longest child),
 the workers' import and compile spans, and how many kernels the benchmarking children still compiled themselves.
@@ -119,6 +120,8 @@ def main():
                     help="pin each build to this many cores per GPU it uses (taskset; its compile workers follow): "
                          "a one-GPU build on a 2-GPU host then sees what a one-GPU host of that size has")
     ap.add_argument("--serial-build", action="store_true", help="also time a build without compile workers")
+    ap.add_argument("--overlap", action="store_true",
+                    help="also time a one-GPU build with --overlap-compile (unit i timed once it is compiled)")
     ap.add_argument("--skip-serial", action="store_true", help="skip (1) (when an earlier run of this card has it)")
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
@@ -149,6 +152,11 @@ def main():
     save()
     for gpus in (int(g) for g in args.gpus.split(",")):
         result["builds"].append(dict(build(args, gpus), kind="build"))
+        print(json.dumps(result["builds"][-1]), file=sys.stderr, flush=True)
+        save()
+    if args.overlap:
+        b = build(args, 1, extra=["--overlap-compile"])
+        result["builds"].append(dict(b, kind="build, --overlap-compile"))
         print(json.dumps(result["builds"][-1]), file=sys.stderr, flush=True)
         save()
     if args.serial_build:

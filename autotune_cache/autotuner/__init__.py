@@ -9,7 +9,8 @@
 - `kernels`: Triton's kernel objects (an Autotuner's JITFunction and heuristics, the live Autotuners, a compiled
   kernel's dirs); `keys`: the tuning key of a call and the parts of every disk key (`triton_key`, backend hash,
   cache-invalidating env vars); `timing`: how an Autotuner times one config; `compiles`: compiling on threads
-  and counting compiles; `emulated`: another host's disk-key parts, for emulated builds.
+  and counting compiles; `emulated`: another host's disk-key parts, for emulated builds; `versions`: the Tritons
+  this tool supports and tests, and the one line for any other.
 
 Public extension points used where Triton has one: `knobs.compilation.listener` (compiles.count),
 `TRITON_CACHE_MANAGER` (serve/layered.py), an Autotuner's `do_bench` and `cache_results` attributes, `knobs.runtime`.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..autotuner import versions
 from ..cache.files import make_dirs, remove_created
 from ..cache.fingerprint import Fingerprint
 from ..cache.lock import locked
@@ -45,11 +46,13 @@ MIN_FREE_BYTES = 64 << 20
 
 
 def prepare_cache_dir(path: str | os.PathLike | None) -> Path:
-    """Absolute, existing, writable directory with room to build, or CacheDirError before any work starts
+    """Absolute, existing, writable directory with room to build, or CacheDirError (UnsupportedTritonError: the
+    Triton here cannot build) before any work starts
     (and then no directory this call created is left behind). The dirs it creates are of mode 0755 whatever the
     umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write."""
     if path is None:
         raise CacheDirError("a cache dir is needed (--cache-dir DIR)")
+    versions.require()   # an unsupported Triton: a child could only fail every unit
     root = Path(path).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"cache dir {root} exists and is not a directory")
@@ -163,6 +166,8 @@ class Build:
         def waiting(lock_file: str) -> None:
             self.console.print(f"waiting for another build holding {lock_file} ...")
 
+        if (newer := versions.support().warning) is not None:
+            self.console.print(f"warning: {newer}")
         with locked(self.cache_dir, timeout=None, on_wait=waiting):
             self.ledger.open()
             with self.view.live(self.ledger.not_done()):

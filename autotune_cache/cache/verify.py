@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..autotuner import versions
 from . import fingerprint, integrity
 from .integrity import FileCheck
 from .manifest import MANIFEST_NAME
@@ -148,11 +149,16 @@ def emulated_problem(fp, allowed: bool | None) -> str | None:
 
 
 def check_compatibility(s: CacheScan, allow_emulated: bool | None = None) -> Check:
+    supported = versions.support()
+    if supported.refusal is not None:   # the fingerprint below cannot even be read with this Triton
+        return Check("compatibility", False, (supported.refusal,))
     fp = s.manifest.fingerprint if s.manifest else None
     if fp is None:
         return Check("compatibility", False, ("no fingerprint in the manifest: cannot tell which Triton, ptxas "
                                               "and env vars the entries are keyed for",))
     problems, notes = fingerprint.misses_here(fp, query_gpu=True)
+    if supported.warning:
+        notes.insert(0, supported.warning)
     emulated = emulated_problem(fp, allow_emulated)
     if emulated:
         problems.append(emulated)

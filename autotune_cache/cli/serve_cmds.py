@@ -71,6 +71,7 @@ def _rebuild(p, cache_dir: Path, args) -> None:
 
 
 def cmd_ensure(args) -> int:
+    from ..autotuner import versions
     from ..builder.plan import plan as make_plan
     from ..cache import manifest as manifest_mod
     from ..cache import trust
@@ -78,6 +79,7 @@ def cmd_ensure(args) -> int:
 
     spec = spec_from_args(args)
     p = make_plan(spec)
+    versions.require()   # before a fingerprint is read or a unit built: an unsupported Triton can do neither
     assert spec.cache_dir is not None   # --cache-dir is required
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     if cache_dir.exists() and not cache_dir.is_dir():

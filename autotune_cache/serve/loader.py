@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..autotuner import disk, hooks
+from ..autotuner import disk, hooks, versions
 from ..autotuner.disk import Lookup
 from ..autotuner.kernels import innermost_jit, live_autotuners
 from ..cache import trust
@@ -47,6 +47,7 @@ from ..errors import (
     IncompatibleCacheError,
     IntegrityError,
     SharedWritableError,
+    UnsupportedTritonError,
 )
 from . import dirs
 from .report import LoaderReport
@@ -235,6 +236,8 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
         raise AutotuneCacheError(f"unknown target(s) {unknown}; known: {', '.join(known)}")
     prefixes = tuple(p for t in targets for p in known[t].module_prefixes) + tuple(modules)
     report = LoaderReport(root, prefixes, strict)
+    if not _triton_supported(report):
+        return report
     from ..record import recorder
     for path, only_misses in ((record or os.environ.get(recorder.RECORD_ENV), False),
                               (misses or os.environ.get(recorder.MISSES_ENV), True)):
@@ -255,6 +258,22 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     if log_at_exit or (log_at_exit is None and trust.env_flag("AUTOTUNE_CACHE_LOG")):
         atexit.register(lambda: log.warning("%s", report.summary()))
     return report
+
+
+def _triton_supported(report: LoaderReport) -> bool:
+    """The Triton here against the versions this tool supports (autotuner/versions.py): a newer one is a warning;
+    an unsupported one (strict: raises) leaves Triton untouched, the cache unread, and the report says why."""
+    supported = versions.support()
+    if supported.warning:
+        report.warnings.append(supported.warning)
+        log.warning("autotune-cache: %s", supported.warning)
+    if supported.refusal is None:
+        return True
+    if report.strict:
+        raise UnsupportedTritonError(f"autotune-cache strict mode: {supported.refusal}")
+    report.refused = [supported.refusal]
+    log.warning("autotune-cache: %s; %s is not used and Triton is left as it is", supported.refusal, report.cache_dir)
+    return False
 
 
 def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
