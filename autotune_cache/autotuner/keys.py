@@ -40,7 +40,7 @@ def backend_hash(capability: tuple[int, int] | None = None) -> str:
 
 
 def triton_key_files() -> list[Path]:
-    """The files triton_key() hashes, in its order (Triton 3.4-3.6, runtime/cache.py): that module itself, the
+    """The files triton_key() hashes, in its order (Triton 3.4-3.9, runtime/cache.py): that module itself, the
     modules of triton.compiler and triton.backends, libtriton, the modules of triton.language. Walked exactly as it
     walks them (tests/test_loader.py hashes this list and compares it with triton_key())."""
     import pkgutil

@@ -3,7 +3,7 @@
 On a miss, Triton's Autotuner benchmarks its pruned configs in turn, and the first call of each compiles it: a
 cold tune is mostly compiling, on one core. Here the build child hooks `Autotuner.prune_configs` (called once per
 miss, right before the benchmarks): it warms up every pruned config through Triton's AsyncCompileMode on a thread
-pool (Triton >= 3.5; autotuner/compiles.py), so the benchmark loop finds each config compiled in the JIT cache. The same
+pool (autotuner/compiles.py), so the benchmark loop finds each config compiled in the JIT cache. The same
 arguments give the same specialization, so the compiled variants are the ones the benchmark would have made.
 Errors are left to the benchmark (a config that does not compile is timed as inf there, as before). That is the
 fallback; a build on a GPU compiles in worker processes instead (below).
@@ -194,7 +194,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
             try:
                 die_with(zygote)
                 share.wid = wid
-                compiled = compiles.count() or {"compiled": 0}   # Triton 3.5+ (3.4: the count stays 0)
+                compiled = compiles.count() or {"compiled": 0}
                 for index, unit in enumerate(units):
                     if unit.get("replay"):   # recorded calls (record/replay.py), made with Autotuner.run as above
                         from ..record.replay import replay_all

@@ -1,4 +1,4 @@
-"""The one module that knows Triton's disk-cache layout (Triton 3.4-3.6): file names, the autotune JSON, group files.
+"""The one module that knows Triton's disk-cache layout (Triton 3.6-3.9): file names, the autotune JSON, group files.
 
 <TRITON_CACHE_DIR>/<base32 sha256 of the key parts>/ holds either one `<kernel __name__[:150]>.autotune.json`
 ({"key": [...], "configs_timings": [[config.__dict__, [p50, p20, p80]], ...]}; the winner is the config with the
