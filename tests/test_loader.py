@@ -84,6 +84,9 @@ def test_fingerprint_mismatch_names_the_variable(cache):
     out = serve(cache, "before", "1", env={"TRITON_DEFAULT_FP_FUSION": "0"})
     (mismatch,) = out["report"]["mismatches"]
     assert "TRITON_DEFAULT_FP_FUSION" in mismatch
+    # and the remedy, with the value as Triton reads it (0 -> "false"): the cache was built with it unset
+    assert mismatch.endswith(f"rebuild with --triton-env TRITON_DEFAULT_FP_FUSION={_read_as('0')}, or unset "
+                             "TRITON_DEFAULT_FP_FUSION in the server"), mismatch
     assert out["at_install"]["mismatches"] == [mismatch]   # env vars are cheap: still found at install
     assert out["configs_benchmarked"] == 3   # the invalidating var really changes every disk key
 
@@ -94,6 +97,7 @@ def test_strict_refuses_an_incompatible_cache(cache):
                           env={**os.environ, "TRITON_DEFAULT_FP_FUSION": "0"})
     assert proc.returncode != 0 and "IncompatibleCacheError" in proc.stderr
     assert "TRITON_DEFAULT_FP_FUSION" in proc.stderr
+    assert f"rebuild with --triton-env TRITON_DEFAULT_FP_FUSION={_read_as('0')}" in proc.stderr
 
 
 def _read_only_copy(cache, tmp_root):
@@ -321,3 +325,125 @@ def test_a_manifest_written_before_triton_files_dumps_as_written():
     assert m.fingerprint.model_dump(mode="json") == json.loads(path.read_text())["fingerprint"]
     recorded = m.fingerprint.model_copy(update={"triton_files": "1:ab"})
     assert recorded.model_dump()["triton_files"] == "1:ab"
+
+
+# -- cache-invalidating env vars (issue 24 item 4): build with the server's, name a mismatch with its remedy --------
+FP = "TRITON_DEFAULT_FP_FUSION"
+
+
+def _triton_reads(env: dict) -> dict:
+    """What this Triton itself says the cache-invalidating vars are with `env` set: asked in this process, not
+    through the code under test."""
+    from unittest import mock
+
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    clean = {k: v for k, v in os.environ.items() if k not in env}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        return dict(get_cache_invalidating_env_vars())
+
+
+def _read_as(value: str, name: str = FP) -> str:
+    return _triton_reads({name: value})[name]
+
+
+def _without(*names):
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+@pytest.fixture(scope="module")
+def fp_cache(tmp_path_factory):
+    """The one extra toy build: --triton-env FP=1 over a shell with FP=0, and TRITON_F32_DEFAULT= (unset) over a
+    shell with it set; compile worker processes on, so their compiled-kernel keys are tested too."""
+    from helpers import run_cli
+    assert FP in _triton_reads({FP: "1"}) and "TRITON_F32_DEFAULT" in _triton_reads({"TRITON_F32_DEFAULT": "ieee"})
+    cache = tmp_path_factory.mktemp("fp") / "c"
+    proc = run_cli("build", "--target", "toy_target", "--max-tokens", "1024", "--emulate", "--cache-dir", cache,
+                   "--no-progress", "--triton-env", f"{FP}=1", "--triton-env", "TRITON_F32_DEFAULT=", check=0,
+                   env={FP: "0", "TRITON_F32_DEFAULT": "ieee", "AUTOTUNE_CACHE_COMPILE_PROCESSES": "2"})
+    return cache, proc
+
+
+def test_a_build_runs_with_triton_env_in_place_of_the_shells(fp_cache):
+    from autotune_cache.cache import manifest as manifest_mod
+    cache, proc = fp_cache
+    m = manifest_mod.load(cache)
+    assert m.fingerprint.env == _triton_reads({FP: "1"})   # the flag's value, not the shell's; F32 unset
+    (unit,) = m.units.values()
+    # the 2 compile workers compiled every config under the same keys as the child (the env is in every compiled
+    # kernel's key): the child found them all and compiled none
+    assert unit.precompile["workers"] == 2 and unit.precompile["compiled"] == 3 and unit.compiles == 0
+    assert f"{FP}={_read_as('1')}" in proc.stdout.splitlines()[-1]   # the summary names what the server needs
+
+
+def test_a_server_with_the_build_env_hits_and_one_without_misses_naming_the_remedy(fp_cache, monkeypatch):
+    cache, _ = fp_cache
+    monkeypatch.delenv(FP, raising=False)
+    hit = serve(cache, "before", "1", env={FP: "1"})
+    assert hit["configs_benchmarked"] == 0 and hit["report"]["mismatches"] == []
+    miss = serve(cache, "before", "1")   # FP unset: Triton's own lookup takes another disk key
+    assert miss["configs_benchmarked"] == 3
+    assert miss["report"]["mismatches"] == [
+        f"env {FP}: cache built with {_read_as('1')!r}, here unset (cache-invalidating: every disk key differs) - "
+        f"rebuild with --triton-env {FP}= (unset), or set {FP}={_read_as('1')} in the server"]
+
+
+def test_verify_and_ensure_name_the_remedy_and_ensure_checks_its_triton_env(fp_cache):
+    from helpers import cli_here
+    cache, _ = fp_cache
+    remedy = f"rebuild with --triton-env {FP}= (unset), or set {FP}={_read_as('1')} in the server"
+    proc = cli_here("verify", cache, "--allow-emulated", env=_without(FP))
+    assert proc.returncode == 1 and remedy in proc.stdout, proc.stdout
+    assert cli_here("verify", cache, "--allow-emulated", env={**_without(FP), FP: "1"}).returncode == 0
+    ensure = ("ensure", "--target", "toy_target", "--max-tokens", "1024", "--cache-dir", cache, "--allow-emulated",
+              "--json")
+    out = json.loads(cli_here(*ensure, env=_without(FP)).stdout)
+    assert not out["ok"] and not out["built"] and any(remedy in p for p in out["problems"]), out
+    # an init container without the server's env: --triton-env says what the server runs with
+    out = json.loads(cli_here(*ensure, "--triton-env", f"{FP}=1", env=_without(FP)).stdout)
+    assert out["ok"] and not out["built"], out
+
+
+def test_triton_env_names_triton_does_not_count_and_malformed_items_are_refused(tmp_path):
+    from helpers import assert_refused_in_one_line, cli_here
+
+    from autotune_cache.builder import triton_env
+    from autotune_cache.errors import SpecError
+    build = ("build", "--target", "toy_target", "--max-tokens", "1024", "--emulate", "--cache-dir", tmp_path / "c")
+    assert "TRITON_CACHE_AUTOTUNING" not in _triton_reads({"TRITON_CACHE_AUTOTUNING": "1"})
+    for item, says in (("TRITON_CACHE_AUTOTUNING=1", "not a cache-invalidating env var of Triton"),
+                       (FP, "give NAME=VALUE"), ("1X=1", "not an env var name")):
+        assert_refused_in_one_line(cli_here(*build, "--triton-env", item), says)
+        assert not (tmp_path / "c").exists()
+    # 3.9 counts TRITON_FORCE_DISABLE_FP_FUSION, 3.6 and 3.8 do not: whatever this Triton says decides
+    force = "TRITON_FORCE_DISABLE_FP_FUSION"
+    if force in _triton_reads({force: "1"}):
+        assert triton_env.check({force: "1"})[force] == _read_as("1", force)
+    else:
+        with pytest.raises(SpecError, match=f"{force}: not a cache-invalidating env var of Triton"):
+            triton_env.check({force: "1"})
+
+
+def test_env_mismatch_lines_and_remedies():
+    from helpers import toy_spec
+
+    from autotune_cache.builder.orchestrator import Build
+    from autotune_cache.builder.plan import plan
+    from autotune_cache.cache.fingerprint import Fingerprint, mismatches
+    from autotune_cache.cache.manifest import Manifest
+    from autotune_cache.errors import CacheDirError
+    base = Fingerprint(python="3.11.7", triton="3.8.0", torch="2.13.0", cuda="13.0", packages={}, gpu_name="H100",
+                       capability="9.0", ptxas="12.8", backend_hash="sm90", triton_key_sha256="k", env={})
+    fp1 = base.model_copy(update={"env": {FP: "true"}})
+    fp0 = base.model_copy(update={"env": {FP: "false"}})
+    assert mismatches(base, fp1) == [f"env {FP}: cache built with it unset, here 'true' (cache-invalidating: every "
+                                     f"disk key differs) - rebuild with --triton-env {FP}=true, or unset {FP} in the "
+                                     "server"]
+    assert mismatches(fp0, fp1)[0].endswith(f"rebuild with --triton-env {FP}=true, or set {FP}=false in the server")
+    assert mismatches(fp0, fp1, remedies=False) == [
+        f"env {FP}: cache built with 'false', here 'true' (cache-invalidating: every disk key differs)"]
+    # a build into a dir of another env: the cache's values are the way to build more into it
+    b = Build(plan(toy_spec("unused")), Path("unused"), progress=False)
+    b.ledger.manifest = Manifest(tool_version="0", fingerprint=fp0)
+    with pytest.raises(CacheDirError, match=f"build into a separate directory, or with the cache's env: "
+                                            f"--triton-env {FP}=false$"):
+        b.ledger.on_hello(fp1)

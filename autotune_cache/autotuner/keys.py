@@ -6,6 +6,7 @@ no way to ask for it, so the parts are read where it reads them."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,34 @@ def triton_key_files() -> list[Path]:
 
 
 def invalidating_env_vars() -> dict[str, str]:
-    """Triton's cache-invalidating env vars that are set (and non-empty) in this process."""
+    """Triton's cache-invalidating env vars that are set (and non-empty) in this process, as Triton reads them
+    (it normalizes some: TRITON_DEFAULT_FP_FUSION=1 reads "true", =0 "false"; an empty value is unset)."""
     try:
         from triton._C.libtriton import get_cache_invalidating_env_vars
     except ImportError:  # older layouts keep it in knobs
         from triton.knobs import get_cache_invalidating_env_vars
     return dict(get_cache_invalidating_env_vars())
+
+
+_ASK = ("import json, triton; from autotune_cache.autotuner.keys import invalidating_env_vars as f; "
+        "print(json.dumps([triton.__version__, f()]))")
+
+
+def invalidating_env_vars_in(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The Triton version and invalidating_env_vars() of a process started with `environ`: what a build child or
+    a server with that environment keys its entries with. Which names count is Triton's list, and it differs per
+    version (3.9 adds TRITON_FORCE_DISABLE_FP_FUSION), so Triton is asked: in a fresh Python (0.3 s), so this
+    process's own environment is left alone and a build parent imports no Triton. RuntimeError where that fails."""
+    import json
+    import subprocess
+    import sys
+    try:
+        proc = subprocess.run([sys.executable, "-c", _ASK], env=dict(environ), capture_output=True, text=True,
+                              timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"{type(e).__name__}: {e}") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit status {proc.returncode}")
+    version, found = json.loads(proc.stdout.strip().splitlines()[-1])
+    return version, found

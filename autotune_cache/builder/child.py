@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import faults
+from . import faults, triton_env
 from .lifetime import die_with
 from .protocol import Binaries, ChildOptions, Done, Go, Hello, Lookup, NoGPU, UnitDone, UnitFailed, UnitStart
 
@@ -69,6 +69,9 @@ def main(out, control, options: ChildOptions) -> None:
     # Triton (and the compile workers this child starts) write the cache with the process umask: under 0002 or 0
     # the files would be group- or world-writable, and the loader and `verify` refuse such a cache.
     os.umask(0o022)
+    # The server's values of Triton's cache-invalidating env vars where the request names them: before Triton is
+    # imported, and inherited by the compile workers, whose compiled-kernel keys must be this child's.
+    triton_env.apply(options.triton_env)
     if options.gpu is not None:   # before torch initializes CUDA: one child per GPU of a sharded build
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options.gpu)
     os.environ["TRITON_CACHE_DIR"] = options.cache_dir

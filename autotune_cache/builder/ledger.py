@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from ..cache import manifest as manifest_mod
 from ..cache.files import inside, path_problem, sha256_regular
-from ..cache.fingerprint import Fingerprint, mismatches
+from ..cache.fingerprint import Fingerprint, env_flags, mismatches
 from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, UnitRecord
 from ..errors import CacheDirError
 from ..version import __version__
@@ -240,13 +240,17 @@ class Ledger:
     def on_hello(self, fp: Fingerprint, gpu: str | None = None) -> bool:
         m = self.manifest
         if m.fingerprint is not None and m.fingerprint.key_identity() != fp.key_identity():
-            reasons = "; ".join(mismatches(m.fingerprint, fp)) or "different Triton build or env vars"
+            reasons = "; ".join(mismatches(m.fingerprint, fp, remedies=False)) or "different Triton build or env vars"
             if self._hello_gpu is not None and gpu != self._hello_gpu:
                 raise CacheDirError(f"GPU {gpu} makes other disk keys than GPU {self._hello_gpu} ({reasons}); a cache "
                                     "holds one kind of GPU's keys: build with --gpus 1, or CUDA_VISIBLE_DEVICES set "
                                     "to GPUs of one kind")
+            # Where only the env vars differ, this build can take the cache's instead.
+            only_env = m.fingerprint.key_identity()[:2] == fp.key_identity()[:2]
+            flags = env_flags(m.fingerprint, fp) if only_env else ""
             raise CacheDirError(f"{self.cache_dir} holds a cache for another environment ({reasons}); "
-                                "build into a separate directory")
+                                "build into a separate directory" + (f", or with the cache's env: {flags}" if flags
+                                                                     else ""))
         m.fingerprint = fp
         if self._hello_gpu is None:
             self._hello_gpu = gpu

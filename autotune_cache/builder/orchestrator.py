@@ -16,7 +16,7 @@ from ..cache.fingerprint import Fingerprint
 from ..cache.lock import locked
 from ..cache.manifest import Manifest
 from ..errors import BuildFailedError, CacheDirError, NoGPUError
-from . import gpus
+from . import gpus, triton_env
 from .ledger import Ledger
 from .plan import Plan
 from .plan import plan as make_plan
@@ -121,7 +121,7 @@ class Build:
         self.timeline.spawning(shard)
         options = ChildOptions(cache_dir=str(self.cache_dir), units=units, emulate=self.spec.emulate,
                                selection=self.spec.selection, overlap_compile=self.spec.overlap_compile,
-                               foreign=self.shards.foreign(shard))
+                               foreign=self.shards.foreign(shard), triton_env=self.spec.triton_env)
         if gpu is not None:   # a child of a sharded build sees its GPU only
             options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         return options
@@ -210,6 +210,7 @@ def build(spec: BuildSpec, *, console: Console | None = None, progress: bool | s
     """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
     plan = make_plan(spec)   # bad input (target, TP, GPUs) fails here, before anything is written
     devices = gpus.for_build(spec.gpus, spec.emulate)
+    triton_env.check(dict(spec.triton_env))   # and a name Triton does not count cache-invalidating
     existed = spec.cache_dir is None or Path(spec.cache_dir).expanduser().exists()
     cache_dir = prepare_cache_dir(spec.cache_dir)
     try:

@@ -129,3 +129,6 @@ class ChildOptions:
     # (kernel, key) pairs another child tunes (shard.ShardPlan.foreign): launched with their first config, never
     # benchmarked, written or reported here. () = this child tunes every key it reaches.
     foreign: frozenset = frozenset()
+    # Cache-invalidating env vars set ("" = unset) in the child before anything else, so its compile workers have
+    # them too (BuildSpec.triton_env, triton_env.py); () = the parent's environment as it is.
+    triton_env: tuple[tuple[str, str], ...] = ()

@@ -1,11 +1,14 @@
 """What to build (BuildSpec) and the units of work a plan splits it into."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SpecError
 from ..models import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
 from ..record.schema import KernelId, Record
+from . import triton_env
 from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384
@@ -41,6 +44,17 @@ class BuildSpec(BaseModel):
     # Benchmark unit i while the compile workers compile the units after it (faster: 41 s against 48 s on an H200
     # host), instead of waiting for every unit's configs first (the default: no timing next to compiling cores).
     overlap_compile: bool = False
+    # Cache-invalidating Triton env vars the build child (and its compile workers) run with, in place of this
+    # environment's: (name, value) pairs, "" = unset there; a dict is accepted. Names Triton does not count are
+    # refused when the build starts (triton_env.check: Triton is asked). Example: {"TRITON_DEFAULT_FP_FUSION": "1"}.
+    triton_env: tuple[tuple[str, str], ...] = ()
+
+    @field_validator("triton_env", mode="before")
+    @classmethod
+    def _triton_env(cls, v: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(v, Mapping | list | tuple):
+            raise SpecError(f"triton_env must be a mapping of env var names to values, got {type(v).__name__}")
+        return triton_env.pairs(v)
 
     @field_validator("tp")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from ..autotuner import keys
+from ..errors import printable
 from .files import sha256_bytes
 
 GPU_HINT = "GPU: "   # the one mismatch after which entries still hit
@@ -137,13 +139,19 @@ def _nvidia_driver() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
-def here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]]:
+def here(built: Fingerprint, *, query_gpu: bool, env: dict[str, str] | None = None) -> tuple[Fingerprint, list[str]]:
     """This machine's fingerprint to compare with `built` (a cache's), and notes on what was not read.
 
     query_gpu and an NVIDIA driver here: collect(), the GPU included. Otherwise (no GPU to ask, or one that must not
     be initialized: vLLM loads plugins before device init) everything that needs no driver: Python, the Triton
     wheel (triton_key()), env vars, packages, and ptxas through Triton's backend hash for the cache's compute
-    capability; GPU name, capability and CUDA are copied from `built`, so they compare equal, and a note says so."""
+    capability; GPU name, capability and CUDA are copied from `built`, so they compare equal, and a note says so.
+    `env`: the cache-invalidating env vars the server runs with (`ensure --triton-env`), None: this process's."""
+    found, notes = _here(built, query_gpu=query_gpu)
+    return (found if env is None else found.model_copy(update={"env": dict(env)})), notes
+
+
+def _here(built: Fingerprint, *, query_gpu: bool) -> tuple[Fingerprint, list[str]]:
     if not query_gpu:
         why = "the GPU is not queried here"
     elif not _nvidia_driver():
@@ -186,8 +194,10 @@ def with_keys(built: Fingerprint) -> tuple[Fingerprint, list[str]]:
                                         triton_key_sha256=_triton_key_sha256())), notes
 
 
-def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
-    """Why a cache built in `built` would miss (or behave differently) in `here`; empty when compatible."""
+def mismatches(built: Fingerprint, here: Fingerprint, *, remedies: bool = True) -> list[str]:
+    """Why a cache built in `built` would miss (or behave differently) in `here`; empty when compatible. `remedies`:
+    an env var's line says how to make the two agree (env_remedy); off where `here` is no server (a merge of two
+    caches, a build into another environment's dir)."""
     out = []
     for field in ("python", "triton", "ptxas", "capability"):
         a, b = getattr(built, field), getattr(here, field)
@@ -201,7 +211,9 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
     for var in sorted(set(built.env) | set(here.env)):
         a, b = built.env.get(var), here.env.get(var)
         if a != b:
-            out.append(f"env {var}: cache built with {a!r}, here {b!r} (cache-invalidating: every disk key differs)")
+            out.append(f"env {var}: cache built with {'it unset' if a is None else repr(a)}, here "
+                       f"{'unset' if b is None else repr(b)} (cache-invalidating: every disk key differs)"
+                       + (f" - {env_remedy(var, a, b)}" if remedies else ""))
     for pkg in sorted(set(built.packages) & set(here.packages)):
         if built.packages[pkg] != here.packages[pkg]:
             out.append(f"{pkg}: cache built with {built.packages[pkg]}, here {here.packages[pkg]} "
@@ -211,6 +223,28 @@ def mismatches(built: Fingerprint, here: Fingerprint) -> list[str]:
     return out
 
 
+def env_flag(var: str, value: str | None) -> str:
+    """The build option that gives a build child `value` of `var` (None: unset): "--triton-env NAME=VALUE", quoted
+    for a shell, control characters written out (a manifest's values are echoed)."""
+    return "--triton-env " + printable(shlex.quote(f"{var}={value or ''}"))
+
+
+def env_remedy(var: str, built: str | None, here: str | None) -> str:
+    """The two ways to make a server with `here` (None: unset) of a cache-invalidating `var` hit a cache built with
+    `built`: rebuild with the server's value, or run the server with the cache's. The one rule, for `verify`,
+    `ensure` and the loader (mismatches). Values as Triton reads them ("true" for 1): either is a valid setting."""
+    rebuild = f"rebuild with {env_flag(var, here)}" + (" (unset)" if here is None else "")
+    server = (f"unset {var}" if built is None else "set " + printable(shlex.quote(f"{var}={built}"))) + " in the server"
+    return f"{rebuild}, or {server}"
+
+
+def env_flags(built: Fingerprint, other: Fingerprint) -> str:
+    """The options that give a build `built`'s cache-invalidating env vars where `other`'s differ, e.g.
+    "--triton-env TRITON_DEFAULT_FP_FUSION=true"; "" where none differs."""
+    differ = sorted(v for v in set(built.env) | set(other.env) if built.env.get(v) != other.env.get(v))
+    return " ".join(env_flag(v, built.env.get(v)) for v in differ)
+
+
 def _files_differ(a: str | None, b: str | None) -> bool:
     """Two triton_files() values that prove different triton_keys: both recorded, by the same definition, unequal."""
     if a is None or b is None:
@@ -218,9 +252,11 @@ def _files_differ(a: str | None, b: str | None) -> bool:
     return a.split(":", 1)[0] == b.split(":", 1)[0] and a != b
 
 
-def misses_here(built: Fingerprint, *, query_gpu: bool) -> tuple[list[str], list[str]]:
+def misses_here(built: Fingerprint, *, query_gpu: bool, env: dict[str, str] | None = None
+                ) -> tuple[list[str], list[str]]:
     """Why a cache built in `built` would miss (or behave differently) here, and notes: what here() could not read,
-    and a GPU-name difference (entries still hit: a hint, not a miss). What `verify` and `ensure` report."""
-    now, notes = here(built, query_gpu=query_gpu)
+    and a GPU-name difference (entries still hit: a hint, not a miss). What `verify` and `ensure` report. `env`:
+    as here()'s."""
+    now, notes = here(built, query_gpu=query_gpu, env=env)
     found = mismatches(built, now)
     return [m for m in found if not m.startswith(GPU_HINT)], notes + [m for m in found if m.startswith(GPU_HINT)]

@@ -106,11 +106,12 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
         if fp is not None and ref is not None:
             if fp.key_identity() != ref.key_identity():
                 first = into if base else roots[0]
-                why = "; ".join(_between(w, first, root) for w in mismatches(ref, fp)) \
+                why = "; ".join(_between(w, first, root) for w in mismatches(ref, fp, remedies=False)) \
                     or "different Triton build, ptxas or env vars"
                 raise CacheDirError(f"{root} was built for another environment than {first} "
                                     f"({why}): its disk keys differ, a server could not hit both; keep separate dirs")
-            warnings += [f"{root}: {_between(w, into if base else roots[0], root)}" for w in mismatches(ref, fp)]
+            warnings += [f"{root}: {_between(w, into if base else roots[0], root)}"
+                         for w in mismatches(ref, fp, remedies=False)]
         elif ref is None:
             result.fingerprint = fp
         for rel, rec in sorted(m.files.items()):

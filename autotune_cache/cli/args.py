@@ -1,6 +1,6 @@
 """The arguments every model-taking command shares (--model/--config/--tp/--target/--max-tokens/--tokens), those of
-the commands that build (--timeout/--retries/--emulate), and the BuildSpec they make. Each help text names the
-bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
+the commands that build (--timeout/--retries/--emulate/--triton-env), and the BuildSpec they make. Each help text
+names the bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,13 @@ def spec_from_args(args) -> BuildSpec:
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
                      retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
                      gpus=getattr(args, "gpus", None), selection=_selection(args),
-                     overlap_compile=getattr(args, "overlap_compile", False))
+                     overlap_compile=getattr(args, "overlap_compile", False), triton_env=triton_env_of(args))
+
+
+def triton_env_of(args) -> dict[str, str]:
+    """--triton-env's items (triton_env.parse); {} for a command without the flag."""
+    from ..builder import triton_env
+    return triton_env.parse(getattr(args, "triton_env", None) or ())
 
 
 def _selection(args) -> SelectionSettings:
@@ -67,21 +73,31 @@ def add_model_args(p, *, optional: bool = False) -> None:
 
 
 def add_build_args(p) -> None:
-    """The flags every command that builds (build, ensure) shares: per-unit deadline, retries, emulation."""
+    """The flags every command that builds (build, ensure) shares: per-unit deadline, retries, emulation, the
+    Triton env vars to build with."""
     p.add_argument("--timeout", type=float, default=1800.0,
                    help=f"seconds per unit before its child is killed (default 1800, at most {MAX_UNIT_TIMEOUT_S:g})")
     p.add_argument("--retries", type=int, default=1,
                    help=f"fresh-child retries of a failed unit (default 1, at most {MAX_RETRIES})")
     p.add_argument("--emulate", action="store_true",
                    help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")
+    p.add_argument("--triton-env", action="append", metavar="NAME=VALUE",
+                   help="a cache-invalidating Triton env var to build with, as the server will run (repeatable), "
+                        "e.g. --triton-env TRITON_DEFAULT_FP_FUSION=1; NAME= builds with NAME unset. Triton keys "
+                        "every entry with these vars, so a server with other values misses everything. Without it "
+                        "the build uses this shell's values. A NAME the installed Triton does not count "
+                        "cache-invalidating is refused")
 
 
 def build_devices(spec, args) -> tuple:
     """The GPUs a build's children get (builder/gpus.for_build), after the checks both `build` and `build
-    --from-record` make: a cache dir given, --compile-workers >= 1 (handed to the child through its env)."""
+    --from-record` make: a cache dir given, --triton-env's names cache-invalidating (triton_env.check),
+    --compile-workers >= 1 (handed to the child through its env)."""
+    from ..builder import triton_env
     from ..builder.gpus import for_build
     if spec.cache_dir is None:
         raise SpecError("build needs --cache-dir DIR")
+    triton_env.check(dict(spec.triton_env))
     devices = for_build(spec.gpus, spec.emulate)
     if args.compile_workers is not None:
         if args.compile_workers < 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from rich.console import Console
 from .. import models
 from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
-from ..errors import BuildFailedError, NoGPUError
+from ..errors import BuildFailedError, NoGPUError, printable
 from ..targets import SHORT
 from . import record_cmds
 from .args import add_build_args, add_model_args, build_devices, spec_from_args
@@ -126,6 +127,10 @@ def cmd_build(args) -> int:
                   f"({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
         out.print(f"serve with: AUTOTUNE_CACHE_DIR={cache_dir} (the vLLM plugin, install()), or "
                   f"TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
+        env = manifest.fingerprint.env if manifest.fingerprint else {}
+        if env:   # what every disk key holds: a server without exactly these misses everything
+            out.print("the server must run with these cache-invalidating env vars, as the build did: "
+                      + " ".join(printable(shlex.quote(f"{k}={v}")) for k, v in sorted(env.items())))
     return 0
 
 

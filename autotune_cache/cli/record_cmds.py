@@ -47,11 +47,12 @@ def cmd_record(args) -> int:
 
 def _spec(args):
     from ..builder.spec import BuildSpec
-    from .args import _selection
+    from .args import _selection, triton_env_of
     return BuildSpec(model=None, targets=(), cache_dir=getattr(args, "cache_dir", None),
                      unit_timeout_s=getattr(args, "timeout", 1800.0), retries=getattr(args, "retries", 1),
                      emulate=getattr(args, "emulate", False), gpus=getattr(args, "gpus", None),
-                     selection=_selection(args), overlap_compile=getattr(args, "overlap_compile", False))
+                     selection=_selection(args), overlap_compile=getattr(args, "overlap_compile", False),
+                     triton_env=triton_env_of(args))
 
 
 def plan_json(rp) -> dict:

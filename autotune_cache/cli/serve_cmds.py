@@ -2,8 +2,10 @@
 
 ensure: 0 when the server will hit (every planned unit built and intact, a cache this machine's Triton keys the
 same way, one the loader trusts, not emulated unless allowed), 1 when it would miss (each reason, and what to do),
-2 a mistake. A cache for another environment (other Triton, Python, ptxas, GPU) is never built into: without
---rebuild, exit 1 naming the remedy; with --rebuild, a fresh cache is built beside it and swapped in.
+2 a mistake. A cache for another environment (other Triton, Python, ptxas, GPU, env vars) is never built into:
+without --rebuild, exit 1 naming the remedy; with --rebuild, a fresh cache is built beside it and swapped in.
+The server's cache-invalidating env vars are ensure's own, with those --triton-env names in their place (an init
+container without the server's env): the build runs with them, and the cache is checked against them.
 """
 from __future__ import annotations
 
@@ -44,14 +46,15 @@ def _build(p, cache_dir: Path, args, gaps: list[str]):
         raise NoGPUError(f"the cache lacks {len(gaps)} units and there is no GPU to build them ({e})") from None
 
 
-def _stale(m, allow_emulated: bool | None) -> list[str]:
+def _stale(m, allow_emulated: bool | None, env: dict[str, str] | None) -> list[str]:
     """Why the cache in the dir can never hit here, whatever is built into it: another environment's disk keys
-    (fingerprint.misses_here), or an emulated build not allowed."""
+    (fingerprint.misses_here; `env`: the server's cache-invalidating env vars, None: ensure's own), or an emulated
+    build not allowed."""
     from ..cache import fingerprint
     from ..cache.verify import emulated_problem
     if m is None or m.fingerprint is None:
         return []
-    problems = fingerprint.misses_here(m.fingerprint, query_gpu=True)[0]
+    problems = fingerprint.misses_here(m.fingerprint, query_gpu=True, env=env)[0]
     emulated = emulated_problem(m.fingerprint, allow_emulated)
     return problems + ([emulated] if emulated else [])
 
@@ -72,6 +75,7 @@ def _rebuild(p, cache_dir: Path, args) -> None:
 
 def cmd_ensure(args) -> int:
     from ..autotuner import versions
+    from ..builder import triton_env
     from ..builder.plan import plan as make_plan
     from ..cache import manifest as manifest_mod
     from ..cache import trust
@@ -80,6 +84,8 @@ def cmd_ensure(args) -> int:
     spec = spec_from_args(args)
     p = make_plan(spec)
     versions.require()   # before a fingerprint is read or a unit built: an unsupported Triton can do neither
+    # --triton-env: the server's values, what the build runs with and what the cache is checked against
+    server_env = triton_env.check(dict(spec.triton_env))
     assert spec.cache_dir is not None   # --cache-dir is required
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     if cache_dir.exists() and not cache_dir.is_dir():
@@ -92,7 +98,7 @@ def cmd_ensure(args) -> int:
                         err)
         m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
     built = rebuilt = False
-    stale = _stale(m, allow_emulated)
+    stale = _stale(m, allow_emulated, server_env)
     if stale and args.rebuild:
         _rebuild(p, cache_dir, args)
         m, built, rebuilt = manifest_mod.load(cache_dir), True, True
@@ -104,7 +110,7 @@ def cmd_ensure(args) -> int:
             return report_error(f"ensure: build incomplete: {e}", 1)
         built = True
         gaps = unit_gaps(m, p, cache_dir)
-    problems = (_stale(m, allow_emulated) if built else stale) + gaps
+    problems = (_stale(m, allow_emulated, server_env) if built else stale) + gaps
     # the loader's own decision, under the server's env: a cache it would refuse is no cache the server will hit
     t = trust.assess(cache_dir, trust.policy_from_env(require_manifest=True,
                                                       allow_shared_writable=args.allow_writable or None,
@@ -114,7 +120,7 @@ def cmd_ensure(args) -> int:
         _rebuild(p, cache_dir, args)
         m, built, rebuilt = manifest_mod.load(cache_dir), True, True
         t = trust.assess(cache_dir, t.policy)
-        problems = _stale(m, allow_emulated) + unit_gaps(m, p, cache_dir) + [r.text for r in t.refusals]
+        problems = _stale(m, allow_emulated, server_env) + unit_gaps(m, p, cache_dir) + [r.text for r in t.refusals]
     remedy = None
     if problems:
         remedy = ("the dir's owner must fix what the loader refuses (see verify)" if rebuilt
