@@ -44,7 +44,8 @@ try:
     r = autotune_cache.install(sys.argv[1], strict=strict)
 except autotune_cache.AutotuneCacheError as e:
     print(json.dumps({"raised": type(e).__name__, "message": str(e)})); sys.exit(0)
-print(json.dumps({"refused": r.refused, "warnings": r.warnings, "hooked": hasattr(at.Autotuner.__init__, "__wrapped__")}))
+hooked = hasattr(at.Autotuner.__init__, "__wrapped__")
+print(json.dumps({"refused": r.refused, "warnings": r.warnings, "hooked": hooked}))
 """
 
 
