@@ -2,13 +2,14 @@
 
 Parent side (no CUDA, no kernel import): `require_gpu`, `run_worker`, and the pure helpers (`key_id`,
 `config_text`, `stats`, `noise_verdict`). Worker side (`python scripts/_kernel_timing.py SPEC.json OUT.json`, a
-fresh process): makes a target's serving call once and captures every launch of an autotuned kernel
-(`Autotuner.run` wrapped: the autotuner, its args and kwargs, the tuning key). For each cache dir it resolves the
-winner of that key itself, the way Triton would read it: Triton's own `check_disk_cache` against the cache dir
-through a read-only cache manager (same disk key: triton_key, backend, kernel source, env vars, key, configs).
-Nothing is ever written into a cache dir. Failing that, an autotune file of the same kernel and key in the dir
-(a cache built with another Triton build or env vars); failing that, the key is tuned in this process
-(Triton's benchmark, disk cache off) and reported as such: what a server with that cache would do.
+fresh process): makes a target's serving call once and captures every launch of an autotuned kernel (a hook on
+`Autotuner.run`, autotune_cache.autotuner.hooks: the autotuner, its args and kwargs, the tuning key). For each cache
+dir it resolves the winner of that key itself, the way Triton would read it: Triton's own `check_disk_cache` against
+the cache dir through a read-only cache manager, this thread's lookup only (disk.reading; same disk key:
+triton_key, backend, kernel source, env vars, key, configs). Nothing is ever written into a cache dir. Failing
+that, an autotune file of the same kernel and key in the dir (a cache built with another Triton build or env vars);
+failing that, the key is tuned in this process (Triton's benchmark, disk cache off) and reported as such: what a
+server with that cache would do.
 The call itself runs with the first cache's winners forced into the autotuner (`tuner.cache[key] = config`), so
 nothing is tuned unless a key is missing. Each captured launch is then re-launched alone with each cache's
 config, `tuner.fn.run(*args, **kwargs, **config.all_kwargs())` (plus the autotuner's reset/restore hooks, as
@@ -174,24 +175,24 @@ class Resolver:
         self.first_config_source: str | None = None   # set by capture() where a cache is FIRST_CONFIG
 
     def exact(self, root: str, tuner, key: tuple, configs):
-        """Triton's own disk lookup against `root`, read-only. The winner Config, or None on a miss."""
-        import triton.runtime.autotuner as at
+        """Triton's own disk lookup (no hook of ours) against `root`, read-only: this thread's lookup takes its cache
+        manager from disk.reading, the process's get_cache_manager is never swapped. The winner Config, or None on a
+        miss."""
+        from autotune_cache.autotuner import disk, hooks
 
         def miss():
             raise _Miss()
 
-        real = at.get_cache_manager
         had = key in tuner.cache
         saved = tuner.cache.pop(key, None)
         saved_timings = getattr(tuner, "configs_timings", None)
-        at.get_cache_manager = lambda hex_key: _ReadOnlyManager(root, hex_key)
         try:
-            at.Autotuner.check_disk_cache(tuner, key, configs, miss)
+            with disk.reading(lambda hex_key: _ReadOnlyManager(root, hex_key)):
+                hooks.triton("check_disk_cache")(tuner, key, configs, miss)
             return tuner.cache.pop(key, None)
         except _Miss:
             return None
         finally:
-            at.get_cache_manager = real
             tuner.configs_timings = saved_timings
             if had:
                 tuner.cache[key] = saved
@@ -245,24 +246,28 @@ def _signature(kernel, key, args, kwargs) -> str:
 
 
 def first_config_rule():
-    """(run, name): an Autotuner.run that launches the first config that compiles and launches, as
-    VLLM_TRITON_FORCE_FIRST_CONFIG does. vLLM's own (vllm/triton_utils/force_first_config.py) where it imports
-    (installed, taken, and Triton's run put back), else the same rule written here."""
-    import triton.runtime.autotuner as at
-    original, autotuning = at.Autotuner.run, os.environ.get("TRITON_CACHE_AUTOTUNING")
-    try:
+    """(run, name): a function run(autotuner, *args, **kwargs), in place of Autotuner.run, that launches the first
+    config that compiles and launches, as VLLM_TRITON_FORCE_FIRST_CONFIG does. vLLM's own
+    (vllm/triton_utils/force_first_config.py) where it imports: its install() assigns Autotuner.run, so it runs
+    inside hooks.take, which hands its function back and puts the method back as it was; else the same rule written
+    here. Never left in Triton: callers call it from a hook of theirs."""
+    from autotune_cache.autotuner import hooks, timing
+    autotuning = os.environ.get("TRITON_CACHE_AUTOTUNING")
+
+    def install():
         from vllm.triton_utils import force_first_config  # with VLLM_TRITON_FORCE_FIRST_CONFIG set, it installs
         force_first_config.install()                      # itself at this import; else here
-        if at.Autotuner.run is not original:
-            return at.Autotuner.run, "vllm.triton_utils.force_first_config"
+
+    try:
+        vllms = hooks.take("run", install)
+        if vllms is not None:
+            return vllms, "vllm.triton_utils.force_first_config"
     except ImportError:
         pass
     finally:
-        at.Autotuner.run = original
         if autotuning is None:   # `import vllm` sets it (>= 0.19): the timing process keeps tuning off disk
             os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
-    from triton.compiler.errors import CompileTimeAssertionFailure
-    from triton.runtime.errors import OutOfResources, PTXASError
+    cannot_run = timing.config_errors()
 
     def run(self, *args, **kwargs):
         for config in self.configs:
@@ -270,7 +275,7 @@ def first_config_rule():
                 if config.pre_hook is not None:
                     config.pre_hook({**dict(zip(self.arg_names, args, strict=False)), **kwargs, **config.all_kwargs()})
                 ret = self.fn.run(*args, **kwargs, **config.all_kwargs())
-            except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
+            except cannot_run:
                 continue
             self.best_config = config
             return ret
@@ -279,12 +284,10 @@ def first_config_rule():
 
 
 def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Launch]:
-    """Run `call()` with Autotuner.run wrapped; return the distinct autotuned launches it made."""
-    import triton.runtime.autotuner as at
-
+    """Run `call()` with a hook on Autotuner.run; return the distinct autotuned launches it made."""
+    from autotune_cache.autotuner import hooks
     from autotune_cache.autotuner.kernels import innermost_jit
     from autotune_cache.autotuner.keys import tuning_key
-    original = at.Autotuner.run
     launches: dict[str, Launch] = {}
     tuned_here: dict[str, object] = {}
     first_labels = [c["label"] for c in resolver.caches if c.get("first_config")]
@@ -300,9 +303,9 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
             first_picked[kid] = self.best_config or self.configs[0]
         return first_picked[kid]
 
-    def run(self, *args, **kwargs):
+    def run(call_on, self, *args, **kwargs):   # call_on(self, ...): the later phases' hooks, then Triton's run
         if len(self.configs) <= 1:
-            return original(self, *args, **kwargs)
+            return call_on(self, *args, **kwargs)
         kernel, key = innermost_jit(self.fn).__name__, tuning_key(self, args, kwargs)
         kid = key_id(kernel, key)
         self.nargs = dict(zip(self.arg_names, args, strict=False))
@@ -316,14 +319,14 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
             self.cache.pop(key, None)
             cache_results, self.cache_results = self.cache_results, False
             try:
-                ret = original(self, *args, **kwargs)
+                ret = call_on(self, *args, **kwargs)
             finally:
                 self.cache_results = cache_results
             tuned_here[kid] = self.best_config
         else:
             first = next(iter(resolved.values()))[0] or tuned_here[kid]
             self.cache[key] = first   # forced: no disk lookup, no benchmark
-            ret = original(self, *args, **kwargs)
+            ret = call_on(self, *args, **kwargs)
         if only is None or kid in only:
             sig = _signature(kernel, key, args, kwargs)
             if sig in launches:
@@ -335,11 +338,14 @@ def capture(call, resolver: Resolver, only: set[str] | None = None) -> list[Laun
                     launch.sources[label] = source
         return ret
 
-    at.Autotuner.run = run
+    # "listen": this process's one hook on run (emulation hooks _bench only). It decides each launch's config itself
+    # (forced into tuner.cache, or tuned with the disk off) and calls on, so it must sit under no phase that replaces
+    # run; listen is the last phase that calls on.
+    hooks.add("listen", "run", run)
     try:
         call()
     finally:
-        at.Autotuner.run = original
+        hooks.remove("listen", "run", run)
     return list(launches.values())
 
 
@@ -360,8 +366,8 @@ def _launcher(launch: Launch, config):
 
 def _bencher(spec: dict):
     if spec["emulate"]:
-        from triton.runtime.driver import driver
-        fake = driver.active.get_benchmarker()
+        from autotune_cache.autotuner.timing import active_benchmarker
+        fake = active_benchmarker()   # the fake GPU's (emulation.install made its driver the active one)
         return lambda call: fake(call, quantiles=(0.5, 0.2, 0.8))[0]
     import triton.testing
     if spec.get("cudagraph"):

@@ -93,16 +93,14 @@ class Events:
 
 
 def _count(state: dict) -> None:
-    """Hooks on Triton: every benchmark (Autotuner._bench) charged to the key being run, every compile."""
-    import triton
-    import triton.runtime.autotuner as at
-
+    """Hooks on Triton's autotuner (every benchmark, Autotuner._bench, charged to the key being run) and every
+    compile (compiles.listen, Triton's compilation listener)."""
+    from autotune_cache.autotuner import compiles, hooks
     from autotune_cache.autotuner.kernels import innermost_jit
     from autotune_cache.autotuner.keys import tuning_key
-    run, bench = at.Autotuner.run, at.Autotuner._bench
     stack: list[list] = []
 
-    def counted_run(self, *args, **kwargs):
+    def counted_run(run, self, *args, **kwargs):   # run(self, ...): the later phases' hooks, then Triton's run
         if len(self.configs) <= 1:
             return run(self, *args, **kwargs)
         kid = kt.key_id(innermost_jit(self.fn).__name__, tuning_key(self, args, kwargs))
@@ -119,21 +117,23 @@ def _count(state: dict) -> None:
             if getattr(self, "best_config", None) is not None:
                 state["configs"][kid] = {k: v for k, v in vars(self.best_config).items() if k != "pre_hook"}
 
-    def counted_bench(self, *args, **kwargs):
+    def counted_bench(bench, self, *args, **kwargs):
         if stack:
             stack[-1][1] += 1
         return bench(self, *args, **kwargs)
 
-    def listener(**kw):
-        state["last_cache_hit"] = bool(kw.get("cache_hit"))
-        if not kw.get("cache_hit"):
+    def compiled(event: compiles.Compile) -> None:
+        state["last_cache_hit"] = event.cache_hit
+        if not event.cache_hit:
             state["phase"].compiles += 1
-            state["phase"].compiled.append(str(getattr(kw.get("src"), "name", "?")))
-            times = kw.get("times")
-            state["phase"].compile_s += (getattr(times, "total", 0) or 0) / 1e6
+            state["phase"].compiled.append(event.name)
+            state["phase"].compile_s += event.seconds
 
-    at.Autotuner.run, at.Autotuner._bench = counted_run, counted_bench
-    triton.knobs.compilation.listener = listener
+    # "listen": counters, calling on. Under the loader's hooks (none on run or _bench) and the fake GPU's (_bench),
+    # above the first-config mode's "replacement" of run: they see every call and the config it launched.
+    hooks.add("listen", "run", counted_run)
+    hooks.add("listen", "_bench", counted_bench)
+    compiles.listen(compiled)
 
 
 def _jit_monitor(state: dict) -> str:
@@ -182,9 +182,14 @@ def serve_main(spec_path: str, out_path: str) -> int:
             loader = install(spec["cache_dir"], modules=extra)
     elif mode == "first-config":
         os.environ["VLLM_TRITON_FORCE_FIRST_CONFIG"] = "1"
-        import triton.runtime.autotuner as at
-        run, result["first_config_rule"] = kt.first_config_rule()
-        at.Autotuner.run = run
+        from autotune_cache.autotuner import hooks
+        first_valid, result["first_config_rule"] = kt.first_config_rule()
+
+        def first_config(run, tuner, *args, **kwargs):   # never calls on: the rule in place of Triton's run
+            return first_valid(tuner, *args, **kwargs)
+
+        # "replacement": last, so _count's hooks ("listen") run around it, as they would around Triton's run
+        hooks.add("replacement", "run", first_config)
     result["install_s"] = round(time.perf_counter() - start, 3)
     _count(state)
     import importlib

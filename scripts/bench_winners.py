@@ -3,7 +3,7 @@
 What is measured: for each token count T (--tokens, default 512,4096,16384), one FRESH process makes the target's
 serving call once (upstream FLA's chunk_gated_delta_rule forward, the tensors `autotune_cache.targets.fla.run`
 makes: varlen, bf16 q/k/v, fp32 g, initial state in the model's state dtype) and captures every launch of an
-autotuned kernel (Autotuner.run wrapped). For each launch it resolves, per cache dir, the winner Triton would read
+autotuned kernel (a hook on Autotuner.run). For each launch it resolves, per cache dir, the winner Triton would read
 for that kernel's key from that dir (Triton's own disk lookup, read-only: see scripts/_kernel_timing.py), then
 re-launches the kernel alone with each cache's winner and times it with triton.testing.do_bench (median of its
 runs, L2 flushed before each run; --cudagraph: do_bench_cudagraph), --repeats times, A and B interleaved and their

@@ -116,23 +116,20 @@ def work(family: str, phase: str, cache: str | None) -> None:
     """One process's calls; prints JSON: first call seconds, and (serve) the loader's counts."""
     import torch
 
-    counts = {"benchmarks": 0, "compiles": 0}
+    from autotune_cache.autotuner import compiles, hooks
+    benchmarks = 0
     report = None
     if phase == "serve":
         import autotune_cache
         report = autotune_cache.install(cache)
-    import triton
-    import triton.runtime.autotuner as at
 
-    original = at.Autotuner._bench
+    def bench(call, self, *args, **kwargs):
+        nonlocal benchmarks
+        benchmarks += 1
+        return call(self, *args, **kwargs)
 
-    def bench(self, *args, **kwargs):
-        counts["benchmarks"] += 1
-        return original(self, *args, **kwargs)
-
-    at.Autotuner._bench = bench
-    triton.knobs.compilation.listener = (
-        lambda **kw: counts.__setitem__("compiles", counts["compiles"] + (not kw.get("cache_hit"))))
+    hooks.add("listen", "_bench", bench)   # a counter that calls on ("listen": under any room's hooks)
+    compiled = compiles.count()            # live; None where Triton has no compilation listener: reported as null
     batches = RECORD_TOKENS if phase == "record" else SERVE_TOKENS
     import importlib
     importlib.import_module(MODULES[family])
@@ -145,7 +142,8 @@ def work(family: str, phase: str, cache: str | None) -> None:
             forward(family, total, n)
         torch.cuda.synchronize()
         times.append(round(time.perf_counter() - start, 3))
-    print(json.dumps({"first_call_s": times[0], "call_s": times, **counts,
+    print(json.dumps({"first_call_s": times[0], "call_s": times, "benchmarks": benchmarks,
+                      "compiles": compiled["compiled"] if compiled is not None else None,
                       "loader": report.totals if report else None,
                       "flipped": len(report.flipped) if report else None}))
 

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 scenario, cache_dir = sys.argv[1], sys.argv[2]
 os.environ["TRITON_CACHE_DIR"] = cache_dir
@@ -11,12 +12,14 @@ os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.install()
+import triton  # noqa: E402
 import triton.runtime.autotuner as at  # noqa: E402
 
 from autotune_cache.autotuner import disk, hooks  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 
 TRITONS = {m: getattr(at.Autotuner, m) for m in hooks.METHODS if m != "_bench"}   # _bench: emulation's already
+TRITON_GCM = at.get_cache_manager
 SHAPE = preset("qwen3.5-9b").per_rank(1)
 
 
@@ -158,6 +161,120 @@ def two_threads():
         out[name] = {"kernel": lk.kernel, "key": list(lk.key), "file_key": on_disk, "hit": lk.hit,
                      "file": lk.path.name if lk.path else None, "dir": lk.path.parent.name if lk.path else None}
     return out
+
+
+def reading_another_dir():
+    """One thread makes Triton's own lookup of the toy key against another cache dir (disk.reading) while another
+    thread's watched lookup of another kernel is inside Triton's (both wait in the middle for the other): the reading
+    thread's manager is its factory's, the other thread's is Triton's for TRITON_CACHE_DIR, and the global is the one
+    wrapper throughout."""
+    import base64
+    import shutil
+
+    import record_kernels
+    import toy_kernels
+    call(300)                                  # the toy key, tuned into cache_dir ...
+    other = cache_dir.rstrip("/") + "-other"
+    shutil.copytree(cache_dir, other)          # ... and found in `other` too
+    tuner = toy_kernels.toy_scale_kernel
+    (key,) = tuner.cache
+    winner = tuner.cache.pop(key)
+    barrier, asked, errors, seen = threading.Barrier(2, timeout=120), [], [], {}
+
+    class ReadOnly:   # what scripts/_kernel_timing.py hands disk.reading: the dir's file, never a write
+        def __init__(self, hex_key):
+            asked.append(hex_key)
+            self.cache_dir = os.path.join(other, base64.b32encode(bytes.fromhex(hex_key)).decode().rstrip("="))
+
+        def get_file(self, filename):
+            barrier.wait()
+            path = os.path.join(self.cache_dir, filename)
+            return path if os.path.isfile(path) else None
+
+        def put(self, *args, **kwargs):
+            raise AssertionError("a reading manager was written to")
+
+    def read():
+        try:
+            with disk.reading(ReadOnly):
+                seen["hit"] = hooks.triton("check_disk_cache")(tuner, key, tuner.configs, lambda: None)
+        except BaseException as e:  # noqa: BLE001 - reported
+            errors.append(f"{type(e).__name__}: {e}")
+
+    def meet(tuner_, key_):
+        if threading.current_thread().name == "lookup":
+            barrier.wait()
+
+    def look():
+        try:
+            record_kernels.copy(1000)
+        except BaseException as e:  # noqa: BLE001 - reported
+            errors.append(f"{type(e).__name__}: {e}")
+
+    disk.add_listener(lambda lookup: seen.setdefault("lookup", lookup))
+    disk.add_miss_hook(meet, phase="listen")
+    gcm = at.get_cache_manager
+    threads = [threading.Thread(target=read, name="reading"), threading.Thread(target=look, name="lookup")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lookup = seen["lookup"]
+    return {"errors": errors, "hit": seen.get("hit"), "winner": tuner.cache.get(key) == winner, "asked": len(asked),
+            "lookup_kernel": lookup.kernel, "lookup_root": str(lookup.path.parent.parent),
+            "cache_dir": str(Path(cache_dir)), "one_wrapper": at.get_cache_manager is gcm and gcm is not TRITON_GCM}
+
+
+def take_a_replacement():
+    """Another's code assigns Autotuner.run (as vLLM's force_first_config.install does) inside hooks.take: its function
+    is handed back and the method put back as it was (our wrapper, hooks and all), also when that code raises; run
+    from the "replacement" phase, it runs under the "listen" hooks, in place of Triton's run."""
+    ran = []
+
+    def listen(call_, tuner, *args, **kwargs):
+        ran.append("listen")
+        return call_(tuner, *args, **kwargs)
+
+    def theirs(self, *args, **kwargs):
+        ran.append("theirs")
+        self.best_config = self.configs[0]
+        return self.fn.run(*args, **kwargs, **self.configs[0].all_kwargs())
+
+    hooks.add("listen", "run", listen)
+    ours = at.Autotuner.run
+
+    def install():
+        at.Autotuner.run = theirs
+
+    def failing():
+        at.Autotuner.run = theirs
+        raise ImportError("no vllm here")
+
+    taken = hooks.take("run", install)
+    put_back = at.Autotuner.run is ours
+    try:
+        hooks.take("run", failing)
+        raised = False
+    except ImportError:
+        raised = True
+    nothing = hooks.take("run", lambda: None)
+    hooks.add("replacement", "run", lambda call_, tuner, *args, **kwargs: taken(tuner, *args, **kwargs))
+    call(300)
+    return {"taken": taken is theirs, "put_back": put_back and at.Autotuner.run is ours, "raised": raised,
+            "nothing": nothing is None, "ran": ran, "phases": list(hooks.phases("run")),
+            "wrapped_once": wrapped_once()}
+
+
+def compile_events():
+    """compiles.listen and compiles.count at once, over a listener set before: each compile told to all three."""
+    from autotune_cache.autotuner import compiles
+    told, before = [], []
+    triton.knobs.compilation.listener = lambda **kw: before.append(bool(kw.get("cache_hit")))
+    counted = compiles.count()
+    assert compiles.listen(told.append)
+    call(300)
+    return {"count": counted, "before": before, "names": sorted({e.name for e in told}),
+            "hits": [e.cache_hit for e in told], "timed": all(e.seconds > 0 for e in told)}
 
 
 print(json.dumps(globals()[scenario]()))

@@ -62,3 +62,26 @@ def test_two_threads_looking_up_at_once_each_see_their_own_cache_manager(tmp_pat
         assert not lookup["hit"]
         assert lookup["file"] == f"{lookup['kernel']}.autotune.json" and lookup["file_key"] == lookup["key"]
     assert toy["dir"] != copy["dir"]
+
+
+def test_a_thread_reading_another_dir_leaves_the_other_threads_lookups_theirs(tmp_path):
+    # disk.reading, as scripts/_kernel_timing.py reads each cache's winner: Triton's own lookup of the toy key, read
+    # from another dir on one thread, while another thread's watched lookup is inside Triton's at the same time
+    out = scenario("reading_another_dir", tmp_path / "cache")
+    assert out["errors"] == [] and out["one_wrapper"]
+    assert out["hit"] is True and out["winner"] and out["asked"] == 1   # found in the other dir, the same winner
+    assert out["lookup_kernel"] == "record_copy_kernel" and out["lookup_root"] == out["cache_dir"]
+
+
+def test_a_replacement_taken_from_another_install_runs_under_the_hooks(tmp_path):
+    # hooks.take, as scripts/_kernel_timing.py takes vLLM's force_first_config run: handed back, the method put back
+    out = scenario("take_a_replacement", tmp_path)
+    assert out["taken"] and out["put_back"] and out["raised"] and out["nothing"]
+    assert out["phases"] == ["listen", "replacement"] and out["wrapped_once"] == {"run": True}
+    assert out["ran"] and out["ran"] == ["listen", "theirs"] * (len(out["ran"]) // 2)
+
+
+def test_compile_events_reach_every_listener(tmp_path):
+    out = scenario("compile_events", tmp_path)
+    assert out["count"] == {"compiled": 3} and out["hits"] == [False] * 3 and out["before"] == [False] * 3
+    assert out["names"] == ["toy_scale_kernel"] and out["timed"]

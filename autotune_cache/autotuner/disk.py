@@ -4,7 +4,9 @@ selection rule, the recorder, the loader's counters and strict mode, the serving
 A lookup is watched through the cache manager Triton's autotuner asks for. The autotuner resolves
 `get_cache_manager` from its own module globals at each lookup, and has no other way in (TRITON_CACHE_MANAGER is one
 class for the whole process, and the loader's); so that global is replaced once per process by a wrapper that
-wraps the manager only for the thread whose lookup is being watched (a thread-local), never swapped per call.
+wraps the manager only for the thread whose lookup is being watched (a thread-local), never swapped per call. The
+same wrapper lets one thread's lookups read another cache dir (`reading`: scripts/_kernel_timing.py reads each
+cache's winner with Triton's own lookup, read-only).
 
 Dry lookups (`dry()`: the build child's probe passes) benchmark a miss as usual, write no autotune file and tell
 no listener. A found autotune file that Triton cannot read (truncated, not JSON, another schema) would fail the
@@ -48,7 +50,8 @@ class Launch:
 # Wall time spent benchmarking misses in this process (hooks included): the build's floor, read by the child.
 bench_seconds = 0.0
 _dry = False           # inside dry(): process-wide, as the child's probe pass is
-_local = threading.local()   # .watch: the _Watch of the lookup this thread is making, if any
+_local = threading.local()   # .watch: the _Watch of the lookup this thread is making, if any;
+                             # .reading: the manager factory of this thread's reading() block, if any
 
 
 class _Watch:
@@ -88,7 +91,8 @@ class _Watched:
 
 def _watching(get_cache_manager: Callable) -> Callable:
     def watched(key: str, *args: Any, **kwargs: Any) -> Any:
-        manager = get_cache_manager(key, *args, **kwargs)
+        reading = getattr(_local, "reading", None)
+        manager = reading(key) if reading is not None else get_cache_manager(key, *args, **kwargs)
         watch = getattr(_local, "watch", None)
         if watch is None:   # another thread's lookup, or none: Triton's manager as it is
             return manager
@@ -137,8 +141,12 @@ def _lookup(call: Callable, tuner: Any, tuning_key: Any, configs: list, bench_fn
     return result
 
 
-def _watch_lookups() -> None:
+def _watch_managers() -> None:
     hooks.wrap_global("triton.runtime.autotuner", "get_cache_manager", _watching)
+
+
+def _watch_lookups() -> None:
+    _watch_managers()
     hooks.add("lookups", "check_disk_cache", _lookup)
 
 
@@ -226,6 +234,20 @@ def dry() -> Iterator[None]:
         yield
     finally:
         _dry = previous
+
+
+@contextlib.contextmanager
+def reading(manager: Callable[[str], Any]) -> Iterator[None]:
+    """Inside the block, the autotune lookups of this thread take their cache manager from `manager(key)` instead
+    of Triton's get_cache_manager (`key`: the lookup's sha256 hex digest, as Triton hands it): another cache dir's,
+    say, that never writes. Other threads' lookups, and Triton's compiles, keep theirs: through the one wrapped
+    get_cache_manager and a thread-local, never a swapped global. Nests; watched lookups watch it as any other."""
+    _watch_managers()
+    outer, _local.reading = getattr(_local, "reading", None), manager
+    try:
+        yield
+    finally:
+        _local.reading = outer
 
 
 def is_dry() -> bool:

@@ -1,5 +1,7 @@
 """Everything this tool puts into Triton: the wrappers on `Autotuner`'s methods and the one order their hooks run
-in, and the few module functions Triton looks up at each call (wrap_global). Nothing else assigns into Triton.
+in, the few module functions Triton looks up at each call (wrap_global), and `take`: another's replacement of a
+method taken back out of Triton (vLLM's force_first_config), to be called from a hook. Nothing else assigns into
+Triton: not the other rooms, not scripts/ (tests/test_triton_seam.py).
 
 Triton (3.4-3.9) has no per-call hook on an Autotuner's construction, pruning, disk lookup or benchmark: 3.8's
 `knobs.autotuning.listener` is told of a decision after it is made and is one slot for the whole process, and
@@ -33,7 +35,10 @@ PHASES = (
     "emulation",   # builder/emulation: the config being timed, for the fake GPU's benchmarker
     "record",      # record/recorder: each lookup described; a miss marked before a strict loader's hook may raise
     "serve",       # serve/loader: new target autotuners read the cache; the report's counters; strict, a miss raises
-    "listen",      # everyone else: the build child's report, the stand-in's counters, tests
+    "listen",      # everyone else: the build child's report, the stand-in's counters, scripts' counters, tests
+    "replacement", # Triton's method itself replaced, under every hook (it never calls on; "worker" replaces run
+                   # above them all instead): scripts/bench_modes.py's first-config mode runs vLLM's
+                   # force_first_config run() in place of Triton's, and the counters of "listen" see each call
 )
 # Wrapped: hook(call, tuner, *args, **kwargs) returns what the method returns; call(tuner, *args, **kwargs) runs
 # the hooks of the later phases, then Triton's method. A hook that never calls `call` replaces the method.
@@ -107,6 +112,25 @@ def triton(method: str) -> Callable:
     """Triton's own Autotuner method, without any hook."""
     import triton.runtime.autotuner as at
     return _originals.get(method) or getattr(at.Autotuner, method)
+
+
+def take(method: str, install: Callable[[], Any]) -> Callable | None:
+    """Run `install()`, someone else's code that assigns its own Autotuner.<method> (vLLM's
+    force_first_config.install assigns `Autotuner.run`), and take what it put there: returned, for a hook of ours to
+    call, with the method put back as it was before (our wrapper or Triton's own), also when install() raises. None
+    where install() left the method as it was. install() runs without the lock (it may import modules that add
+    hooks); it must not be racing another thread's first hook on the same method."""
+    import triton.runtime.autotuner as at
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
+    before = getattr(at.Autotuner, method)
+    try:
+        install()
+    finally:
+        with _lock:
+            after = getattr(at.Autotuner, method)
+            setattr(at.Autotuner, method, before)
+    return None if after is before else after
 
 
 def wrap_global(module: str, name: str, make: Callable[[Callable], Callable]) -> None:
