@@ -5,7 +5,10 @@
   `check_disk_cache`, `_bench`), installed once per process under one lock, and `PHASES`: the one order in which
   every room's hooks run, whatever order they were added in.
 - `disk`: every autotune disk lookup as it happens (`Lookup`, `Launch`, listeners, miss and bench hooks, `dry`),
-  Triton's cache manager watched per thread.
+  Triton's cache manager watched per thread; and a key whose configs pruned to one, which Triton 3.8+ looks up
+  nowhere (`PrunedToOne`, `skips_lookup`).
+- `versions`: what differs between the Triton versions (3.6-3.9) that other rooms act on, one named function per
+  change (`prunes_to_one_skip_disk`, `group_needs_every_member`): no room reads Triton's version number itself.
 - `kernels`: Triton's kernel objects (an Autotuner's JITFunction and heuristics, the live Autotuners, a compiled
   kernel's dirs); `keys`: the tuning key of a call and the parts of every disk key (`triton_key`, backend hash,
   cache-invalidating env vars); `timing`: how an Autotuner times one config; `compiles`: compiling on threads
