@@ -447,3 +447,78 @@ def test_env_mismatch_lines_and_remedies():
     with pytest.raises(CacheDirError, match=f"build into a separate directory, or with the cache's env: "
                                             f"--triton-env {FP}=false$"):
         b.ledger.on_hello(fp1)
+
+
+# -- a key whose configs prune to one (issue 24): Triton 3.8+ looks it up nowhere, 3.6 like any other key -----------
+SINGLE = (128, 1, "torch.bfloat16", "torch.bfloat16")   # toy_prune_kernel at NB = 1: one config left
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """toy_prune_target built to 3000 tokens (NB 1, 2, 3 of toy_prune_kernel; NB = 1 prunes to one config): one
+    build child. Returns (cache dir, spec, manifest)."""
+    from helpers import toy_build, toy_spec
+    cache = tmp_path_factory.mktemp("pruned") / "cache"
+    return cache, toy_spec(cache, targets=("toy_prune_target",)), toy_build(cache, targets=("toy_prune_target",))
+
+
+def test_a_key_pruned_to_one_is_reached_and_covered_with_a_file_only_where_triton_looks_it_up(pruned):
+    from autotune_cache import plan
+    from autotune_cache.autotuner.versions import prunes_to_one_skip_disk
+    from autotune_cache.cache.scan import scan
+    from autotune_cache.cache.verify import verify
+    cache, spec, manifest = pruned
+    skip = prunes_to_one_skip_disk()   # 3.8+
+    entries = {tuple(e.key) for e in manifest.entries.values()}
+    # Triton decides, not the adapter: the NB = 1 file is on disk exactly where the adapter says Triton looks it up
+    assert (SINGLE in entries) is (not skip)
+    assert len(list(cache.rglob("*.autotune.json"))) == len(manifest.entries) == 3 - skip
+    # verify counts no planned key missing: on 3.8+ the NB = 1 key is covered without a file
+    s = scan(cache)
+    coverage = next(c for c in verify(s, plan(spec)).checks if c.name == "coverage")
+    assert coverage.ok, coverage.problems
+    assert {tuple(r["key"]): r["status"] for r in coverage.details} == {
+        **dict.fromkeys(entries, "present"), **({SINGLE: "pruned to one"} if skip else {})}
+    # the one config's compiled kernel is kept by prune as an entry's winner is: one winner per key
+    assert sum(c.role == "winner" for c in s.compiled) == 3
+    # the build reached every planned key, as an entry or listed as pruned to one (so it warned of none)
+    (unit,) = manifest.units.values()
+    assert [tuple(p.key) for p in unit.pruned_to_one] == ([SINGLE] if skip else [])
+    (planned,) = plan(spec).units
+    assert sorted(entries | {tuple(p.key) for p in unit.pruned_to_one}) == sorted(tuple(k.key) for k in planned.keys)
+
+
+def test_a_key_pruned_to_one_is_no_miss_of_a_strict_server_nor_in_its_misses(pruned, tmp_path):
+    cache, _, manifest = pruned
+    misses = tmp_path / "misses.jsonl"
+    out = serve(cache, "before", "1,1024,2048,3000", "--strict", "--kernels", "toy_prune_kernels", "--misses", misses)
+    assert out["error"] is None and out["configs_benchmarked"] == 0
+    # a lookup (and a hit) per entry: on 3.8+ the NB = 1 key is none, on 3.6 it is one
+    n = len(manifest.entries)
+    assert out["report"]["totals"] == {"lookups": n, "hits": n, "misses": 0}
+    assert not misses.exists() or misses.read_text() == ""   # no record asks a build for it
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["whole", "a-member-missing"])
+def test_the_layered_managers_get_group_follows_the_installed_tritons(tmp_path, monkeypatch, missing):
+    # Triton 3.8+ reads a group with a member missing as no group (the kernel compiles again), 3.6 as the members
+    # that exist: the layered manager over a read-only base answers as Triton's own manager does on that base
+    from triton.runtime.cache import FileCacheManager
+
+    from autotune_cache.autotuner.versions import group_needs_every_member
+    from autotune_cache.serve.layered import BASE_ENV, LayeredCacheManager
+    key, base, overlay = "A" * 52, tmp_path / "base", tmp_path / "overlay"
+    (base / key).mkdir(parents=True)
+    members = {name: f"{base}/{key}/{name}" for name in ("k.json", "k.cubin")}
+    for name, path in members.items():
+        Path(path).write_text(name)
+    (base / key / "__grp__k.json").write_text(json.dumps({"child_paths": members}))
+    if missing:
+        (base / key / "k.cubin").unlink()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(base))
+    tritons = FileCacheManager(key).get_group("k.json")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(overlay))
+    monkeypatch.setenv(BASE_ENV, str(base))
+    assert LayeredCacheManager(key).get_group("k.json") == tritons
+    whole = {"k.json": members["k.json"]} if missing else members
+    assert tritons == (None if missing and group_needs_every_member() else whole)

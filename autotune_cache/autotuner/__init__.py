@@ -8,13 +8,15 @@ assigns into `triton.*`: the benchmark scripts hook Triton through this room too
   Triton's method); `take`: another's replacement of a method (vLLM's force_first_config) taken back out of Triton,
   for a hook to call.
 - `disk`: every autotune disk lookup as it happens (`Lookup`, `Launch`, listeners, miss and bench hooks, `dry`),
-  Triton's cache manager watched per thread; `reading`: one thread's lookups read another cache manager's dir.
+  Triton's cache manager watched per thread; `reading`: one thread's lookups read another cache manager's dir; and
+  a key whose configs pruned to one, which Triton 3.8+ looks up nowhere (`PrunedToOne`, `skips_lookup`).
 - `kernels`: Triton's kernel objects (an Autotuner's JITFunction and heuristics, the live Autotuners, a compiled
   kernel's dirs); `keys`: the tuning key of a call and the parts of every disk key (`triton_key`, backend hash,
   cache-invalidating env vars); `timing`: how an Autotuner times one config, and which errors make a config one
   that cannot run; `compiles`: compiling on threads, and each compile as it happens (`listen`, `count`);
   `emulated`: another host's disk-key parts, for emulated builds; `versions`: the Tritons this tool supports and
-  tests, and the one line for any other.
+  tests, the one line for any other, and what differs between them that other rooms act on, one named function per
+  change (`prunes_to_one_skip_disk`, `group_needs_every_member`): no room reads Triton's version number itself.
 
 Public extension points used where Triton has one: `knobs.compilation.listener` (compiles.listen),
 `TRITON_CACHE_MANAGER` (serve/layered.py), an Autotuner's `do_bench` and `cache_results` attributes, `knobs.runtime`.

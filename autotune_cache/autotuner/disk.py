@@ -8,6 +8,12 @@ wraps the manager only for the thread whose lookup is being watched (a thread-lo
 same wrapper lets one thread's lookups read another cache dir (`reading`: scripts/_kernel_timing.py reads each
 cache's winner with Triton's own lookup, read-only).
 
+A key whose configs prune to one reaches no lookup on Triton 3.8+ (versions.prunes_to_one_skip_disk): Triton keeps
+that config without a lookup, a benchmark or a file, so no lookup listener hears of it. `add_pruned_listener` tells
+of each such key instead (`PrunedToOne`), and `skips_lookup(pruned)` answers it for a pruned list: the one place the
+rooms learn it (the build child reports the key reached without an entry, the recorder records no lookup for it).
+On 3.6 the same key is looked up like any other: a Lookup with configs=1, and no PrunedToOne.
+
 Dry lookups (`dry()`: the build child's probe passes) benchmark a miss as usual, write no autotune file and tell
 no listener. A found autotune file that Triton cannot read (truncated, not JSON, another schema) would fail the
 kernel call: it is read as absent instead, so the key is tuned again and the file rewritten.
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hooks
+from . import hooks, versions
 from .kernels import compiled_dirs, innermost_jit, live_autotuners
 from .keys import tuning_key
 
@@ -45,6 +51,14 @@ class Launch:
     kernel: str                 # the innermost JITFunction's __name__
     key: tuple                  # the tuning key, as in Lookup
     binaries: tuple[Path, ...]  # compiled-kernel dirs of the launched variant; () when the call raised
+
+
+@dataclass(frozen=True)
+class PrunedToOne:
+    """A key whose configs pruned to one on a Triton that then looks nothing up (Triton 3.8+: skips_lookup): no
+    disk lookup, no benchmark, no autotune file; the one config is launched. Told before the launch."""
+    kernel: str         # the innermost JITFunction's __name__
+    key: tuple          # the tuning key, as in Lookup
 
 
 # Wall time spent benchmarking misses in this process (hooks included): the build's floor, read by the child.
@@ -150,6 +164,24 @@ def _watch_lookups() -> None:
     hooks.add("lookups", "check_disk_cache", _lookup)
 
 
+def skips_lookup(pruned: list) -> bool:
+    """Whether Autotuner.run keeps `pruned` (what prune_configs returned for a call) without a disk lookup or a
+    benchmark: one config left, on a Triton that skips the disk for it (versions.prunes_to_one_skip_disk: 3.8+)."""
+    return len(pruned) == 1 and versions.prunes_to_one_skip_disk()
+
+
+def _prune(call: Callable, tuner: Any, kwargs: dict) -> Any:
+    """Around Autotuner.prune_configs (outside every other room's hook on it, hooks.PHASES): a call of run() whose
+    configs pruned to one that Triton will not look up fires `pruned`. Not Autotuner.warmup's pruning (no `warmup`
+    False in its kwargs), nor a dry pass's."""
+    pruned = call(tuner, kwargs)
+    if (not _dry and kwargs.get("warmup") is False and tuner.nargs is not None and hooks.listened("pruned")
+            and skips_lookup(pruned)):
+        key = tuning_key(tuner, tuple(tuner.nargs.values()), kwargs)
+        hooks.fire("pruned", PrunedToOne(kernel=innermost_jit(tuner.fn).__name__, key=key))
+    return pruned
+
+
 def _run(call: Callable, tuner: Any, *args: Any, **kwargs: Any) -> Any:
     """Around Autotuner.run: its return value is the launched CompiledKernel (Triton 3.x returns
     `self.fn.run(...)`), the only place that tells which binaries the winner uses."""
@@ -190,6 +222,17 @@ def listening(listener: Callable[[Lookup], None], phase: str = "listen") -> Iter
         yield
     finally:
         remove_listener(listener, phase)
+
+
+def add_pruned_listener(listener: Callable[[PrunedToOne], None], phase: str = "listen") -> None:
+    """Call `listener(PrunedToOne)` for each key of a call whose configs pruned to one where Triton then looks
+    nothing up (3.8+; never on 3.6, where that key is a Lookup): what no lookup listener hears of."""
+    hooks.add("lookups", "prune_configs", _prune)
+    hooks.add(phase, "pruned", listener)
+
+
+def remove_pruned_listener(listener: Callable[[PrunedToOne], None], phase: str = "listen") -> None:
+    hooks.remove(phase, "pruned", listener)
 
 
 def add_before_lookup_hook(hook: Callable[[Any, tuple], None], phase: str) -> None:

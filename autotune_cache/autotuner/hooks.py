@@ -29,7 +29,8 @@ PHASES = (
     "foreign",     # builder/child (shard.py): a key another build child tunes launches its first config, untuned,
                    # picked by Triton's own prune_configs before any hook below has a side effect
     "worker",      # builder/precompile: a compile worker's run() compiles its share of configs and launches nothing
-    "lookups",     # disk.py: every disk lookup and launch, told to the events' hooks below
+    "lookups",     # disk.py: every disk lookup and launch (and a key pruned to one that 3.8+ never looks up), told
+                   # to the events' hooks below
     "precompile",  # builder/precompile: every pruned config compiled on threads before the benchmark
     "selection",   # builder/selection: the screening budget; the robust winner once a miss is benchmarked
     "emulation",   # builder/emulation: the config being timed, for the fake GPU's benchmarker
@@ -43,13 +44,14 @@ PHASES = (
 # Wrapped: hook(call, tuner, *args, **kwargs) returns what the method returns; call(tuner, *args, **kwargs) runs
 # the hooks of the later phases, then Triton's method. A hook that never calls `call` replaces the method.
 METHODS = ("__init__", "run", "prune_configs", "check_disk_cache", "_bench")
-# Fired by disk.py inside a lookup: hook(*what) -> None, and may raise to fail the kernel call.
+# Fired by disk.py at a lookup (pruned: where none is made): hook(*what) -> None; may raise to fail the call.
 #   before(tuner, tuning_key)    each disk lookup, before anything is read (the loader's deferred checks)
 #   miss(tuner, tuning_key)      a disk miss, before Triton benchmarks it
 #   benched(tuner, tuning_key)   after the benchmark, before Triton writes the file (the winner may still change)
 #   lookup(disk.Lookup)          after each disk lookup
 #   launch(disk.Launch)          after each call of an autotuned kernel with more than one config
-EVENTS = ("before", "miss", "benched", "lookup", "launch")
+#   pruned(disk.PrunedToOne)     a call's configs pruned to one and Triton (3.8+) looks nothing up: no lookup follows
+EVENTS = ("before", "miss", "benched", "lookup", "launch", "pruned")
 _MARK = "_autotune_cache_hooks"   # on our wrappers: a second copy of this module replaces, never stacks, them
 
 

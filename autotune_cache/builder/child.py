@@ -14,7 +14,19 @@ from typing import Any
 
 from . import faults, triton_env
 from .lifetime import die_with
-from .protocol import Binaries, ChildOptions, Done, Go, Hello, Lookup, NoGPU, UnitDone, UnitFailed, UnitStart
+from .protocol import (
+    Binaries,
+    ChildOptions,
+    Done,
+    Go,
+    Hello,
+    Lookup,
+    NoGPU,
+    NoLookup,
+    UnitDone,
+    UnitFailed,
+    UnitStart,
+)
 
 
 def _die_with_parent() -> None:
@@ -143,8 +155,10 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     device = "cpu" if emulate else "cuda"
     root = Path(options.cache_dir)
     current: dict[str, Any] = {}   # the unit and token count of the call running now
-    # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those.
-    pending, reported = {}, {}   # (kernel, key) -> Lookup; (kernel, key) -> (file, binaries sent)
+    # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those. So is
+    # a key whose configs pruned to one where Triton (3.8+) makes no lookup: a NoLookup, with its one config's dirs.
+    pending: dict[tuple, Lookup | NoLookup] = {}          # (kernel, key) -> the message awaiting its launch
+    reported: dict[tuple, tuple[Lookup | NoLookup, set]] = {}   # (kernel, key) -> (message, binaries sent)
     compiled_here = compiles.count()
 
     def on_lookup(lookup):
@@ -158,6 +172,10 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                           selection=selection.decisions.pop((lookup.kernel, tuple(lookup.key)), None))
         pending[(lookup.kernel, lookup.key)] = Lookup(**fields)
 
+    def on_pruned(pruned):   # no lookup follows (Triton 3.8+): reported as reached, without an entry
+        pending[(pruned.kernel, pruned.key)] = NoLookup(unit=current["unit"], tokens=current["tokens"],
+                                                        kernel=pruned.kernel, key=tuple(pruned.key))
+
     def on_launch(launch):
         if disk.is_dry():   # a probe pass: its lookups were not reported either
             return
@@ -165,13 +183,16 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         msg = pending.pop((launch.kernel, launch.key), None)
         if msg is not None:
             out.put(replace(msg, binaries=tuple(sorted(dirs))))
-            if msg.file is not None:
-                reported[(launch.kernel, launch.key)] = (msg.file, dirs)
+            if isinstance(msg, NoLookup) or msg.file is not None:
+                reported[(launch.kernel, launch.key)] = (msg, dirs)
         elif (launch.kernel, launch.key) in reported:   # the key again, from memory: maybe another variant
-            file, sent = reported[(launch.kernel, launch.key)]
+            first, sent = reported[(launch.kernel, launch.key)]
             if not dirs <= sent:
                 sent |= dirs
-                out.put(Binaries(unit=current["unit"], file=file, binaries=tuple(sorted(sent))))
+                if isinstance(first, NoLookup):
+                    out.put(replace(first, binaries=tuple(sorted(sent))))
+                elif first.file is not None:
+                    out.put(Binaries(unit=current["unit"], file=first.file, binaries=tuple(sorted(sent))))
 
     def flush():   # lookups whose call never returned (it raised): report them without binaries
         for msg in pending.values():
@@ -179,6 +200,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         pending.clear()
 
     disk.add_launch_listener(on_launch)
+    disk.add_pruned_listener(on_pruned)
     with disk.listening(on_lookup):
         for index, planned in enumerate(units):
             unit = planned.unit

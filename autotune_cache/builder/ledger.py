@@ -19,11 +19,11 @@ from rich.markup import escape
 from ..cache import manifest as manifest_mod
 from ..cache.files import inside, path_problem, sha256_regular
 from ..cache.fingerprint import Fingerprint, env_flags, mismatches
-from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, UnitRecord
+from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, PrunedKey, UnitRecord
 from ..errors import CacheDirError
 from ..version import __version__
 from .plan import Plan
-from .protocol import Binaries, Lookup, UnitDone
+from .protocol import Binaries, Lookup, NoLookup, UnitDone
 from .shard import Part, ShardPlan
 from .spec import Unit
 
@@ -75,9 +75,10 @@ class Ledger:
                     old.status, old.error = "pending", "damaged cache files were removed; build again to restore them"
         for unit in self.plan.units:
             rec = m.units.get(unit.id)
-            # a done unit reached at least one key: none recorded is as broken as a changed one
-            if rec is None or (rec.status == "done" and
-                               (not rec.entries or m.damaged_entry(rec, self.cache_dir) is not None)):
+            # a done unit reached at least one key (an entry, or one pruned to one: no entry on Triton 3.8+): none
+            # recorded is as broken as a changed one
+            if rec is None or (rec.status == "done" and (not (rec.entries or rec.pruned_to_one)
+                                                         or m.damaged_entry(rec, self.cache_dir) is not None)):
                 m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
                                               shape=_described(unit), dtypes=unit.dtypes,
                                               tokens=list(unit.tokens))
@@ -221,6 +222,13 @@ class Ledger:
         rec.attempts = max(st.attempts for st in states)
         rec.entries = list(dict.fromkeys(f for st in states for f in st.entries))
         rec.hits = sum(hit for st in states for hit in st.entries.values())
+        pruned: dict[tuple, PrunedKey] = {}
+        for st in states:
+            for ident, p in st.pruned.items():
+                had = pruned.get(ident)
+                pruned[ident] = p if had is None else p.model_copy(
+                    update={"binaries": sorted(set(had.binaries) | set(p.binaries))})
+        rec.pruned_to_one = list(pruned.values())
         gpus = list(dict.fromkeys(st.gpu for st in states if st.gpu is not None))
         rec.gpu = ",".join(gpus) if gpus else None   # a unit of a sharded build may run on several: "0,1"
         if all(st.status == "done" for st in states):
@@ -295,6 +303,18 @@ class Ledger:
         self._sync(msg.unit)
         return new
 
+    def on_no_lookup(self, msg: NoLookup, part: Part | str | None = None) -> bool:
+        """A key of `part`'s call whose configs pruned to one, which Triton (3.8+) keeps without a disk lookup:
+        listed under its unit (UnitRecord.pruned_to_one) with the dirs its one config launched (prune keeps them),
+        never as an entry; coverage counts it as covered. True when the part had not reached it before."""
+        st = self._part(part if part is not None else msg.unit)
+        ident = (msg.kernel, tuple(msg.key))
+        had = st.pruned.get(ident)
+        st.pruned[ident] = PrunedKey(kernel=msg.kernel, key=list(msg.key),
+                                     binaries=sorted(set(had.binaries if had else ()) | set(msg.binaries)))
+        self._sync(msg.unit)
+        return had is None
+
     def on_binaries(self, msg: Lookup | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
         entry = self.manifest.entries.get(msg.file) if msg.file is not None else None
@@ -320,10 +340,12 @@ class Ledger:
         return rec
 
     def _check_coverage(self, rec: UnitRecord) -> None:
-        """Warn where the real call reached other keys than the plan predicted (kernel source drift)."""
+        """Warn where the real call reached other keys than the plan predicted (kernel source drift). A key that
+        pruned to one config (no entry on Triton 3.8+) was reached too."""
         unit = self.units[rec.id]
         planned = {(k.kernel, tuple(k.key)) for k in unit.keys}
         reached = {(self.manifest.entries[f].kernel, tuple(self.manifest.entries[f].key)) for f in rec.entries}
+        reached |= {(p.kernel, tuple(p.key)) for p in rec.pruned_to_one}
         for kernel, key in sorted(planned - reached, key=str):
             self.console.print(f"[yellow]warning: planned key not reached: {kernel} {key}[/yellow]")
         for kernel, key in sorted(reached - planned, key=str):
@@ -360,6 +382,7 @@ class _PartState:
     attempts: int = 0
     gpu: str | None = None      # CUDA_VISIBLE_DEVICES of the child of its last attempt
     entries: dict[str, bool] = field(default_factory=dict)   # Entry.file -> found on disk, over its attempts
+    pruned: dict[tuple, PrunedKey] = field(default_factory=dict)   # (kernel, key) pruned to one: no entry (3.8+)
     this_attempt: set = field(default_factory=set)       # files reported in the current attempt
     seconds: float = 0.0
     bench_seconds: float = 0.0

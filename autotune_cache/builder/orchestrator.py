@@ -29,6 +29,7 @@ from .protocol import (
     Hello,
     Lookup,
     NoGPU,
+    NoLookup,
     Stop,
     UnitDone,
     UnitFailed,
@@ -145,6 +146,9 @@ class Build:
                     self.view.starting(msg.unit)
             case Lookup():
                 if self.ledger.on_lookup(msg, _part_of(c, msg.unit)):
+                    self.view.reached(msg.unit, msg.kernel)
+            case NoLookup():
+                if self.ledger.on_no_lookup(msg, _part_of(c, msg.unit)):
                     self.view.reached(msg.unit, msg.kernel)
             case Binaries():
                 self.ledger.on_binaries(msg)

@@ -68,7 +68,9 @@ def plan_units(spec: BuildSpec) -> list[Unit]:
 def expected_keys(target: targets_mod.Target, shape: RankShape, dtypes: dict[str, str], tokens: Iterable[int],
                   limit: int = MAX_PLAN_KEYS) -> list[PlannedKey]:
     """Every (kernel, key) the serving call reaches for these token counts, in first-reached order; SpecError
-    past `limit` of them (what is left of MAX_PLAN_KEYS)."""
+    past `limit` of them (what is left of MAX_PLAN_KEYS). A key whose configs prune to one at run time is planned
+    like any other (pruning runs on the call's arguments, which a plan never makes): on Triton 3.8+ it gets no
+    entry, the build lists it as pruned to one (manifest.PrunedKey) and verify's coverage counts it covered."""
     seen: dict[tuple, PlannedKey] = {}
     for t in tokens:
         for kernel in target.kernels:

@@ -7,6 +7,8 @@ Child -> parent, on a Channel (channel.py: a pipe, written synchronously), in th
   Lookup          sent after the call that made it returned: `binaries` = compiled-kernel dirs (relative) the
                   winning config launched
   Binaries        a later call of the same key launched another compiled variant
+  NoLookup        a key whose configs pruned to one, which Triton (3.8+) keeps without a lookup: sent, like a Lookup,
+                  after its call returned, with its binaries; again if a later call launched another variant
   UnitDone | UnitFailed   a failed unit ends the child: CUDA may be unusable
   Done
 Parent -> child, on the same Channel after Hello: Go or Stop.
@@ -60,6 +62,18 @@ class Lookup:
     margin: float | None = None
     selection: dict | None = None     # how the winner was chosen (selection.py); None: Triton's choice, or a hit
     binaries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoLookup:
+    """A key of a unit's call whose configs pruned to one config on a Triton that then looks nothing up (3.8+:
+    autotuner/disk.py PrunedToOne): reached, with no disk entry to make. The manifest lists it under its unit
+    (cache/manifest.py PrunedKey); coverage counts it as covered."""
+    unit: str
+    tokens: int | None       # the call's token count
+    kernel: str
+    key: tuple
+    binaries: tuple[str, ...] = ()   # compiled-kernel dirs (relative) the one config launched so far
 
 
 @dataclass(frozen=True)

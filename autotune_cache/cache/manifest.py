@@ -14,9 +14,18 @@ import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from .. import untrusted
 from ..errors import CacheDirError, shown
@@ -83,6 +92,17 @@ class Entry(BaseModel):
     selection: dict | None = None
 
 
+class PrunedKey(BaseModel):
+    """A key a unit's call reached whose configs pruned to one config, on a Triton that then looks nothing up (3.8+:
+    autotuner/disk.py PrunedToOne): no disk entry exists or is needed, and none is missing (verify's coverage counts
+    it as covered). Example: toy_prune_kernel, key [128, 1, "torch.bfloat16", "torch.bfloat16"]. On Triton 3.6 the
+    same key is an Entry with configs 1."""
+    kernel: str
+    key: list
+    # Compiled-kernel dirs the one config launched from: what prune keeps, as an Entry's winners
+    binaries: list[RelPath] = Field(default_factory=list)
+
+
 class UnitRecord(BaseModel):
     id: str
     target: str
@@ -107,6 +127,16 @@ class UnitRecord(BaseModel):
     # CUDA_VISIBLE_DEVICES of the child that ran its last attempt, e.g. "1", in a build sharded over several GPUs;
     # None: the build's one child, which saw every visible GPU (and manifests older than the field).
     gpu: str | None = None
+    # Keys it reached that pruned to one config, with no disk lookup (Triton 3.8+): PrunedKey. Dumped only where
+    # there is one, so a manifest written before the field digests (and verifies its signature) as written.
+    pruned_to_one: list[PrunedKey] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _omit_none_pruned(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not self.pruned_to_one:
+            data.pop("pruned_to_one", None)
+        return data
 
 
 class FileRecord(BaseModel):

@@ -30,7 +30,8 @@ from .manifest import Manifest
 
 # What a compiled-kernel dir is to the autotuned entries (decided from the manifest's recorded binaries):
 ROLES = {
-    "winner": "launched by an entry's winning config: the server loads it",
+    "winner": "launched by an entry's winning config (or the one config of a key that pruned to one): the server "
+              "loads it",
     "loser": "a benchmarked config that lost: the server never loads it (prune deletes it)",
     "unknown": "of an autotuned kernel whose winners' binaries were not recorded (no manifest, or an older one)",
     "untuned": "a kernel with no autotune entry here (not autotuned, or one config): kept",
@@ -302,10 +303,12 @@ def scan(cache_dir: str | os.PathLike) -> CacheScan:
             binaries=tuple(entry.binaries) if entry else ()))
     autotune.sort(key=lambda r: (r.kernel, str(r.key)))
 
-    # A compiled dir's role: winner if a manifest entry recorded it; loser only if EVERY manifest entry of its
-    # kernel recorded its winners (else we cannot tell, and unknown dirs are never deleted). Autotune files the
-    # manifest does not list are stale to prune and deleted with the losers, so they do not make a kernel unknown.
+    # A compiled dir's role: winner if a manifest entry recorded it (or a key that pruned to one config launched it:
+    # no entry on Triton 3.8+, manifest.PrunedKey); loser only if EVERY manifest entry of its kernel recorded its
+    # winners (else we cannot tell, and unknown dirs are never deleted). Autotune files the manifest does not list
+    # are stale to prune and deleted with the losers, so they do not make a kernel unknown.
     winners = {d for e in listed.values() for d in e.binaries}
+    winners |= {d for u in (manifest.units.values() if manifest else ()) for p in u.pruned_to_one for d in p.binaries}
     tuned = {r.kernel for r in autotune} | {e.kernel for e in listed.values()}
     fully_known = {e.kernel for e in listed.values()} - {e.kernel for e in listed.values() if not e.binaries}
     compiled = []

@@ -13,7 +13,10 @@ a manifest: a problem there is a reason the loader refuses the dir, word for wor
   one, and fingerprint.mismatches), and no emulated build (fake timings: arbitrary winners) unless allowed
   (`emulated_problem`, which `ensure` applies too);
 - coverage: every (kernel, key) a model/TP plan will look up is an intact autotune file here. Computed from the
-  plan (pure), without running a kernel.
+  plan (pure), without running a kernel. A planned key whose configs pruned to one in the build is covered without
+  a file: the plan cannot tell such keys (pruning depends on the call's arguments), so the build child reports each
+  one it reached where Triton (3.8+) made no lookup, and the manifest lists it under its unit (PrunedKey). A server
+  on the same Triton looks it up nowhere; on 3.6 the same key is looked up and the build wrote its file.
 """
 from __future__ import annotations
 
@@ -168,9 +171,15 @@ def check_compatibility(s: CacheScan, allow_emulated: bool | None = None) -> Che
 
 
 # -- coverage -------------------------------------------------------------------------------------------------
+PRUNED = "pruned to one"   # a coverage row's status: reached by the build, one config left, no lookup (3.8+)
+
+
 def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) -> Check:
-    """Every planned (kernel, key) has an intact autotune file (parsable, and as the manifest recorded it)."""
+    """Every planned (kernel, key) has an intact autotune file (parsable, and as the manifest recorded it), or the
+    build found it pruned to one config, which Triton 3.8+ looks up nowhere (status PRUNED; see the module doc)."""
     changed = changed_files(s) if changed is None else changed
+    pruned = {(p.kernel, tuple(p.key)) for u in (s.manifest.units.values() if s.manifest else ())
+              for p in u.pruned_to_one}
     by_key: dict[tuple, list[AutotuneRecord]] = {}
     for r in s.autotune:
         by_key.setdefault((r.kernel, tuple(r.key)), []).append(r)
@@ -182,17 +191,21 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
             seen.add((k.kernel, tuple(k.key)))
             found = by_key.get((k.kernel, tuple(k.key)), [])
             intact = [r for r in found if r.file not in changed]
-            status = "present" if intact else "damaged" if found else "missing"
+            status = ("present" if intact else "damaged" if found else
+                      PRUNED if (k.kernel, tuple(k.key)) in pruned else "missing")
             fields = " ".join(f"{n}={v}" for n, v in k.fields.items())
             rows.append({"unit": unit.id, "tp": list(unit.tp), "kernel": k.kernel, "fields": k.fields,
                          "key": list(k.key), "status": status, "file": (intact or found)[0].file if found else None})
-            if status != "present":
+            if status not in ("present", PRUNED):
                 problems.append(f"{status}: {k.kernel} {fields} (TP {','.join(map(str, unit.tp))}, reached at "
                                 f"T={k.tokens})" + (f": {changed[found[0].file]}" if found else ""))
     present = sum(r["status"] == "present" for r in rows)
+    one = sum(r["status"] == PRUNED for r in rows)
     spec = plan.spec
     notes = (f"{present} of {len(rows)} keys that {spec.model.name} at TP {','.join(map(str, spec.tp))} "
-             f"(prefills up to {spec.max_tokens} tokens, targets {','.join(spec.targets)}) looks up are present",)
+             f"(prefills up to {spec.max_tokens} tokens, targets {','.join(spec.targets)}) looks up are present"
+             + (f"; {one} more pruned to one config in the build, which Triton looks up nowhere (3.8+): no file "
+                "needed" if one else ""),)
     return Check("coverage", not problems, tuple(problems), notes, tuple(rows))
 
 

@@ -116,15 +116,19 @@ def cmd_build(args) -> int:
                             "again to retry the rest", 1)
     done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
     # this plan's entries: a cache dir may hold other plans' too (another TP degree built into it before)
+    # keys that pruned to one config: reached, no entry (Triton 3.8+ looks them up nowhere; manifest.PrunedKey)
     summary: dict[str, Any] = {
         "cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
+        "pruned_to_one": len({(p.kernel, tuple(p.key)) for u in done for p in u.pruned_to_one}),
         "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
         "manifest": str(cache_dir / "manifest.json")}
     if args.json:
         print_json(summary)
     else:
-        out.print(f"built {summary['units']} units, {summary['entries']} autotune entries, {summary['files']} files "
-                  f"({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
+        one = (f" (and {summary['pruned_to_one']} keys pruned to one config: no entry, Triton looks them up nowhere)"
+               if summary["pruned_to_one"] else "")
+        out.print(f"built {summary['units']} units, {summary['entries']} autotune entries{one}, {summary['files']} "
+                  f"files ({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
         out.print(f"serve with: AUTOTUNE_CACHE_DIR={cache_dir} (the vLLM plugin, install()), or "
                   f"TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
         env = manifest.fingerprint.env if manifest.fingerprint else {}

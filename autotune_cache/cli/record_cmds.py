@@ -99,7 +99,7 @@ def cmd_build(args) -> int:
     rp = replay_unit.plan(args.from_record, spec)
     print_plan(rp, err)
     summary: dict[str, Any] = {
-        "cache_dir": None, "records": rp.records, "units": 0, "entries": 0,
+        "cache_dir": None, "records": rp.records, "units": 0, "entries": 0, "pruned_to_one": 0,
         "unreplayable": [vars(x) for x in rp.unreplayable], "failed": [], "same_file": 0, "other_file": []}
     manifest = None
     if rp.plan.units:
@@ -121,6 +121,8 @@ def cmd_build(args) -> int:
         ids = {u.id for u in rp.plan.units}
         summary["units"] = sum(1 for r in manifest.units.values() if r.id in ids and r.status == "done")
         summary["entries"] = len({f for r in manifest.units.values() if r.id in ids for f in r.entries})
+        summary["pruned_to_one"] = len({(p.kernel, tuple(p.key)) for r in manifest.units.values() if r.id in ids
+                                        for p in r.pruned_to_one})   # reached, no entry: Triton 3.8+ (PrunedKey)
         cmp = replay_unit.compare(rp, manifest)
         summary["same_file"], summary["other_file"] = cmp.same, list(cmp.other)
     if args.json:

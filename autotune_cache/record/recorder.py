@@ -7,8 +7,10 @@
 The hook is on `Autotuner.prune_configs`, which Triton calls only on an in-memory miss, right before the disk
 lookup or the benchmark: a key seen before in this process costs nothing more than Triton's own dict lookup. The
 outcome (hit or miss) and the autotune file come from the disk lookup (autotuner/disk.py) just after; an
-Autotuner without the disk cache always misses. Recording never fails a kernel call: a call it cannot describe is
-written with an opaque argument, a write that fails is counted and logged once.
+Autotuner without the disk cache always misses. A key whose configs prune to one is no lookup on Triton 3.8+
+(disk.skips_lookup: Triton keeps the one config, benchmarks nothing, writes nothing): it is not recorded, so no
+record asks a build for it; on 3.6 it is a lookup like any other. Recording never fails a kernel call: a call it
+cannot describe is written with an opaque argument, a write that fails is counted and logged once.
 """
 from __future__ import annotations
 
@@ -97,6 +99,8 @@ def _flush_all() -> None:
 def _on_prune(tuner, kwargs, pruned) -> None:
     if kwargs.get("warmup") is not False or tuner.nargs is None or disk.is_dry():
         return   # Autotuner.warmup (compiles, looks nothing up), or a build child's probe pass
+    if disk.skips_lookup(pruned):
+        return   # Triton 3.8+ keeps the one config left: no lookup, nothing to tune or build
     key = tuning_key(tuner, tuple(tuner.nargs.values()), kwargs)
     thread = threading.get_ident()
     _flush(thread)

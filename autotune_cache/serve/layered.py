@@ -13,6 +13,7 @@ import os
 
 from triton.runtime.cache import FileCacheManager
 
+from ..autotuner.versions import group_needs_every_member
 from ..cache.files import MAX_JSON_BYTES, read_plain
 from ..cache.integrity import stray_members
 from ..cache.layout import GROUP_PREFIX, parse_group
@@ -40,11 +41,12 @@ class LayeredCacheManager(FileCacheManager):
         return found if found is not None else super().get_group(filename)
 
     def _base_group(self, filename):
-        """The base's group, as Triton's get_group reads it (members that exist), or None: then Triton compiles the
-        kernel into the overlay. A group file lists absolute paths: one with a member anywhere but literally
-        `<its own dir>/<name>` (a cache copied without `autotune-cache import`, a path through a link) is not used,
-        those bytes were never checked against the manifest. Nor is one that is no plain, bounded, readable group
-        file: Triton would fail the kernel call on it."""
+        """The base's group, as the installed Triton's get_group reads it, or None: then Triton compiles the kernel
+        into the overlay. A member missing: Triton 3.6 takes the members that exist, 3.8+ none
+        (versions.group_needs_every_member), and so does this. A group file lists absolute paths: one with a member
+        anywhere but literally `<its own dir>/<name>` (a cache copied without `autotune-cache import`, a path through
+        a link) is not used, those bytes were never checked against the manifest. Nor is one that is no plain,
+        bounded, readable group file: Triton would fail the kernel call on it."""
         path = self._base_path(f"{GROUP_PREFIX}{filename}")
         if path is None or self.base_dir is None:   # (no base dir: no path)
             return None
@@ -54,4 +56,7 @@ class LayeredCacheManager(FileCacheManager):
             return None
         if stray_members(paths, self.base_dir):
             return None
-        return {name: p for name, p in paths.items() if os.path.exists(p)}
+        members = {name: p for name, p in paths.items() if os.path.exists(p)}
+        if len(members) < len(paths) and group_needs_every_member():
+            return None
+        return members
