@@ -37,6 +37,19 @@ def toy_args(cache_dir, *extra):
             "--emulate", "--no-progress", *extra)
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def build_children(tag: str, cli: int) -> list[int]:
+    """The build children of the CLI process `cli`: its tagged descendants but its own children (the fork server
+    they are forked from, builder/supervisor.py, and the resource tracker that serves it)."""
+    return [p for p in tagged_pids(tag) if p != cli and _ppid(p) != cli]
+
+
 def tagged_pids(tag: str) -> list[int]:
     """Live processes (not zombies) started with TAG=tag in their environment, except multiprocess's resource
     tracker: one per parent process (pytest's lives as long as pytest), it exits with its parent."""
@@ -196,7 +209,7 @@ def _start_hanging_build(cache, tag, *extra):
 
     try:
         wait_until(unit0_done, 120, "unit 0 to finish")
-        children = wait_until(lambda: [p for p in tagged_pids(tag) if p != cli.pid], 10, "the build child")
+        children = wait_until(lambda: build_children(tag, cli.pid), 10, "the build child")
     except BaseException:
         cli.kill()
         raise

@@ -16,7 +16,7 @@ import sys
 import pytest
 import test_faults
 from helpers import run_cli, stand_in
-from test_faults import TAG, assert_entries_intact, no_temp_files, tagged_pids, wait_until
+from test_faults import TAG, assert_entries_intact, build_children, no_temp_files, tagged_pids, wait_until
 
 from autotune_cache import BuildSpec, build, models
 from autotune_cache.builder.orchestrator import Build, prepare_cache_dir
@@ -234,7 +234,7 @@ def test_sigint_kills_every_child_and_saves_the_units_as_pending(tmp_path, tag):
     except BaseException:
         cli.kill()
         raise
-    children = [p for p in tagged_pids(tag) if p != cli.pid]
+    children = build_children(tag, cli.pid)
     assert len(children) == 2
     cli.send_signal(signal.SIGINT)
     _, stderr = cli.communicate(timeout=60)

@@ -29,12 +29,43 @@ from .protocol import (
 )
 
 
-def _die_with_parent() -> None:
-    """The build child: after setsid() no terminal signal reaches it, so a parent killed by SIGKILL (or SIGTERM)
-    would otherwise leave it tuning, unlocked, forever."""
-    import multiprocess
-    parent = multiprocess.parent_process()
-    die_with(parent.pid if parent is not None else None)
+def _die_with_build(build: int | None) -> None:
+    """The build child: after setsid() no terminal signal reaches it, so a build process killed by SIGKILL (or
+    SIGTERM) would otherwise leave it tuning, unlocked, forever. Its parent is the fork server (supervisor.py),
+    which outlives the build process while any child it forked runs: so the child watches the build process itself
+    (a pidfd, on a thread) and, when it ends, kills its own process group (itself and every compiler it started);
+    and dies with the fork server too (PR_SET_PDEATHSIG)."""
+    import select
+    import signal
+    import threading
+    die_with(os.getppid())
+    if build is None:
+        return
+    try:
+        watched = os.pidfd_open(build)
+    except ProcessLookupError:   # gone already
+        os._exit(1)
+    except (OSError, AttributeError):   # no pidfd (Linux < 5.3): the fork server's end is all there is
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])   # readable once the process has ended
+        os.killpg(0, signal.SIGKILL)
+    threading.Thread(target=watch, name="autotune-cache-build-watch", daemon=True).start()
+
+
+def _take_parents_environment(options: ChildOptions) -> None:
+    """The build process's environment and working dir as they were when it started this child: the fork server
+    this child comes from has them as they were when it started (the build's first child, or an earlier build of
+    the same process)."""
+    if options.environ is not None:
+        os.environ.clear()
+        os.environ.update(options.environ)
+    if options.cwd is not None:
+        try:
+            os.chdir(options.cwd)
+        except OSError:   # removed since: paths in the options are absolute
+            pass
 
 
 def _imports(get, unit) -> tuple[str, ...]:
@@ -77,7 +108,8 @@ def _launch_foreign_untuned(foreign: frozenset) -> None:
 def main(out, control, options: ChildOptions) -> None:
     """Build `options.units` into `options.cache_dir`, reporting on `out` (protocol.py); `control` says go."""
     os.setsid()  # own process group: the parent can kill us and every compiler we spawned at once
-    _die_with_parent()
+    _die_with_build(options.build_pid)
+    _take_parents_environment(options)
     # Triton (and the compile workers this child starts) write the cache with the process umask: under 0002 or 0
     # the files would be group- or world-writable, and the loader and `verify` refuse such a cache.
     os.umask(0o022)

@@ -122,7 +122,8 @@ class Build:
         self.timeline.spawning(shard)
         options = ChildOptions(cache_dir=str(self.cache_dir), units=units, emulate=self.spec.emulate,
                                selection=self.spec.selection, overlap_compile=self.spec.overlap_compile,
-                               foreign=self.shards.foreign(shard), triton_env=self.spec.triton_env)
+                               foreign=self.shards.foreign(shard), triton_env=self.spec.triton_env,
+                               environ=tuple(os.environ.items()), cwd=os.getcwd(), build_pid=os.getpid())
         if gpu is not None:   # a child of a sharded build sees its GPU only
             options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
         return options

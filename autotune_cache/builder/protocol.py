@@ -146,3 +146,9 @@ class ChildOptions:
     # Cache-invalidating env vars set ("" = unset) in the child before anything else, so its compile workers have
     # them too (BuildSpec.triton_env, triton_env.py); () = the parent's environment as it is.
     triton_env: tuple[tuple[str, str], ...] = ()
+    # The parent's environment and working dir when it starts the child, which the child takes before anything
+    # else: it is forked from a server process started at the build's first child (supervisor.py), whose own
+    # environment is from then. None: as inherited.
+    environ: tuple[tuple[str, str], ...] | None = None
+    cwd: str | None = None
+    build_pid: int | None = None   # the build's process: the child ends when it does (child._die_with_build)
