@@ -130,6 +130,7 @@ def test_read_only_cache_without_loader_fails_on_a_miss(cache):
     assert out["error"] is not None and ("Errno 30" in out["error"] or "Errno 13" in out["error"])
 
 
+@pytest.mark.one_triton   # the CLI's and the plugin's own logic around install()
 def test_install_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTOTUNE_CACHE_DIR", raising=False)
     with pytest.raises(CacheDirError, match="AUTOTUNE_CACHE_DIR"):
@@ -138,6 +139,7 @@ def test_install_errors_are_clear(tmp_path, monkeypatch):
         install(tmp_path / "nope")
 
 
+@pytest.mark.one_triton   # the CLI's and the plugin's own logic around install()
 def test_ensure_builds_what_is_missing_then_only_verifies(tmp_path):
     from helpers import run_cli
     cache = tmp_path / "c"
@@ -154,6 +156,7 @@ def test_ensure_builds_what_is_missing_then_only_verifies(tmp_path):
     assert third["built"] and third["ok"]
 
 
+@pytest.mark.one_triton   # the CLI's and the plugin's own logic around install()
 def test_ensure_without_gpu_and_missing_units_exits_2(tmp_path):
     from helpers import run_cli
     proc = run_cli("ensure", "--tp", "1", "--cache-dir", tmp_path / "c", "--no-progress",
@@ -161,6 +164,7 @@ def test_ensure_without_gpu_and_missing_units_exits_2(tmp_path):
     assert proc.returncode == 2 and "no GPU to build them" in proc.stderr
 
 
+@pytest.mark.one_triton   # the CLI's and the plugin's own logic around install()
 def test_vllm_plugin_entry_point_installs_without_importing_kernels(cache):
     from importlib.metadata import entry_points
     (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "autotune_cache"]
@@ -178,6 +182,7 @@ def test_vllm_plugin_entry_point_installs_without_importing_kernels(cache):
     assert off.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.one_triton   # the CLI's and the plugin's own logic around install()
 def test_ensure_refuses_what_the_loader_would_refuse(tmp_path):
     from helpers import run_cli
     cache = tmp_path / "c"
