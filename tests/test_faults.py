@@ -532,3 +532,27 @@ def test_a_child_whose_pipe_closes_is_charged_where_it_was(tmp_path, began, wher
         assert ledger.charged == [("fail", units[0].id, "child exited with status 3", False)]
     else:   # the next unit is charged an attempt: a child that never gets that far would otherwise loop forever
         assert ledger.charged == [("fail_next", f"child exited with status 3 {where}")]
+
+
+# -- the fork server the build children come from (builder/supervisor.py) ------------------------------------------
+def test_builds_on_two_threads_share_the_fork_server_and_leave_no_process(tmp_path, tag):
+    # Two builds of one process at once share its fork server: each finishes on its first attempt (no child lost
+    # to the other's end), and once both are done the tag fixture finds no process of theirs, the server included.
+    import threading
+
+    from autotune_cache.builder import supervisor
+    done = {}
+
+    def one(name, **kw):
+        try:
+            done[name] = {(u.status, u.attempts) for u in helpers.toy_build(tmp_path / name, **kw).units.values()}
+        except Exception as e:  # noqa: BLE001 - the assertion below names it
+            done[name] = e
+    threads = [threading.Thread(target=one, args=("a",)),
+               threading.Thread(target=one, args=("b",), kwargs={"max_tokens": 1024})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert done == {"a": {("done", 1)}, "b": {("done", 1)}}   # no child killed under the other build
+    assert supervisor._running == 0

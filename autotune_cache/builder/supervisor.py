@@ -4,11 +4,13 @@ was in, or the next), clean up after them. What a child says is handed to the ca
 charged goes to the ledger."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -114,10 +116,31 @@ def _context() -> Any:
     return ctx
 
 
+_running_lock = threading.Lock()
+_running = 0   # Supervisor.run calls of this process under way: the fork server is theirs to share
+
+
+@contextlib.contextmanager
+def _fork_server_in_use() -> Iterator[None]:
+    """Around one build's children: the fork server is stopped when the last build of this process that uses it is
+    done. Builds on several threads share it: stopped under another build, it would make that build's next child
+    start a new server (and the stop itself waits until the children it forked let go of its pipe)."""
+    global _running
+    with _running_lock:
+        _running += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
+            if _running == 0:
+                _stop_fork_server()
+
+
 def _stop_fork_server() -> None:
-    """Stop the fork server once no child of the build runs. Private (ForkServer._stop, "used by unit tests" in
-    multiprocessing): the module has no public way to stop it, and a server left running would keep torch imported
-    in an idle process for as long as the build's process lives."""
+    """Stop the fork server. Private (ForkServer._stop, "used by unit tests" in multiprocessing): the module has no
+    public way to stop it, and a server left running would keep torch imported in an idle process for as long as
+    the build's process lives."""
     try:
         from multiprocess import forkserver
         forkserver._forkserver._stop()
@@ -155,6 +178,11 @@ class Supervisor:
         a time, each on a GPU of its own (`devices`), all watched at once from this one thread. `options(parts,
         gpu)`: what a child is started with. A shard whose child ended with parts left starts a fresh child on a
         free GPU, another than the last one where there is a choice."""
+        with _fork_server_in_use():
+            self._run(shards, devices, options)
+
+    def _run(self, shards: list[list[Part]], devices: tuple[str | None, ...],
+             options: Callable[[list[Part], str | None], ChildOptions]) -> None:
         free = list(devices)
         last_gpu: dict[int, str | None] = {}
         running: dict[int, Child] = {}   # by shard
@@ -182,7 +210,6 @@ class Supervisor:
         finally:
             for c in running.values():
                 self._close(c)
-            _stop_fork_server()
 
     def _step(self, children: list[Child]) -> list[Child]:
         """Wait for the next message, exit or deadline of any child and handle it; returns the children whose end
