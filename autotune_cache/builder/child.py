@@ -56,8 +56,8 @@ def _die_with_build(build: int | None) -> None:
 
 def _take_parents_environment(options: ChildOptions) -> None:
     """The build process's environment and working dir as they were when it started this child: the fork server
-    this child comes from has them as they were when it started (the build's first child, or an earlier build of
-    the same process)."""
+    this child comes from has them as they were when it started (the build's first child, or that of another build
+    of the same process running at the same time)."""
     if options.environ is not None:
         os.environ.clear()
         os.environ.update(options.environ)
@@ -113,8 +113,9 @@ def main(out, control, options: ChildOptions) -> None:
     # Triton (and the compile workers this child starts) write the cache with the process umask: under 0002 or 0
     # the files would be group- or world-writable, and the loader and `verify` refuse such a cache.
     os.umask(0o022)
-    # The server's values of Triton's cache-invalidating env vars where the request names them: before Triton is
-    # imported, and inherited by the compile workers, whose compiled-kernel keys must be this child's.
+    # The server's values of Triton's cache-invalidating env vars where the request names them: before Triton reads
+    # them (at each compile and disk lookup, not at import: the fork server imported Triton already), and inherited
+    # by the compile workers, whose compiled-kernel keys must be this child's.
     triton_env.apply(options.triton_env)
     if options.gpu is not None:   # before torch initializes CUDA: one child per GPU of a sharded build
         os.environ["CUDA_VISIBLE_DEVICES"] = str(options.gpu)

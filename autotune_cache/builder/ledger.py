@@ -225,9 +225,7 @@ class Ledger:
         pruned: dict[tuple, PrunedKey] = {}
         for st in states:
             for ident, p in st.pruned.items():
-                had = pruned.get(ident)
-                pruned[ident] = p if had is None else p.model_copy(
-                    update={"binaries": sorted(set(had.binaries) | set(p.binaries))})
+                pruned[ident] = _joined(pruned.get(ident), p)
         rec.pruned_to_one = list(pruned.values())
         gpus = list(dict.fromkeys(st.gpu for st in states if st.gpu is not None))
         rec.gpu = ",".join(gpus) if gpus else None   # a unit of a sharded build may run on several: "0,1"
@@ -310,8 +308,7 @@ class Ledger:
         st = self._part(part if part is not None else msg.unit)
         ident = (msg.kernel, tuple(msg.key))
         had = st.pruned.get(ident)
-        st.pruned[ident] = PrunedKey(kernel=msg.kernel, key=list(msg.key),
-                                     binaries=sorted(set(had.binaries if had else ()) | set(msg.binaries)))
+        st.pruned[ident] = _joined(had, PrunedKey(kernel=msg.kernel, key=list(msg.key), binaries=list(msg.binaries)))
         self._sync(msg.unit)
         return had is None
 
@@ -374,6 +371,12 @@ class Ledger:
         if nxt is not None:
             self.fail(nxt, error, count=True)
 
+
+
+def _joined(had: PrunedKey | None, new: PrunedKey) -> PrunedKey:
+    """One key pruned to one config, as reported again (a later call, another part of the unit): the compiled dirs
+    its one config launched, all of them, sorted."""
+    return new.model_copy(update={"binaries": sorted(set(had.binaries if had else ()) | set(new.binaries))})
 
 @dataclass(eq=False)
 class _PartState:

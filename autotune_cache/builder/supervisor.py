@@ -101,8 +101,9 @@ class Child:
 # GPU's shard) starts at once instead of importing torch and Triton again (1.2 s of a toy child's 1.6 s start on
 # the CPU; seconds on a GPU host). Nothing here initializes CUDA: each child does, after its fork, with its own
 # CUDA_VISIBLE_DEVICES. The kernel modules are not preloaded: importing them constructs their autotuners, which
-# must meet the child's hooks. The server is stopped when the build's children are done (run()): a build leaves no
-# process behind, also in a process that goes on (a server that ensured its cache, a fleet worker).
+# must meet the child's hooks. The server is stopped when the children of the process's last running build are done
+# (_fork_server_in_use): a build leaves no process behind, also in a process that goes on (a server that ensured its
+# cache, a fleet worker).
 PRELOAD = ["torch", "triton", "triton.language", "autotune_cache.builder.child"]
 
 
