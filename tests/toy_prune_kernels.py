@@ -1,9 +1,7 @@
 """toy_prune_target's kernel: toy_target's, with an `early_config_prune` that keeps one config at NB = 1."""
 import triton
 import triton.language as tl
-from toy_target import _nb
-
-CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((32, 1), (64, 2), (128, 4))]
+from toy_kernels import CONFIGS, launch
 
 
 def one_at_nb1(configs, nargs, **kwargs):
@@ -20,8 +18,4 @@ def toy_prune_kernel(x, y, n, D: tl.constexpr, NB: tl.constexpr, BLOCK: tl.const
 
 
 def run(shape, dtypes, tokens, device):
-    import torch
-    x = torch.randn(tokens * shape.H, dtype=getattr(torch, dtypes["act"]), device=device)
-    y = torch.empty_like(x)
-    toy_prune_kernel[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](
-        x, y, x.numel(), D=shape.K, NB=_nb(shape, tokens))
+    launch(toy_prune_kernel, shape, dtypes, tokens, device)

@@ -1,16 +1,16 @@
 """A toy target whose kernel's configs prune to one for some keys (kernel in toy_prune_kernels.py): at NB = 1 its
 `early_config_prune` keeps one config, at NB >= 2 all three. Triton 3.8+ looks nothing up on disk for a key left
 with one config (autotuner/versions.py); 3.6 looks it up like any other."""
-from toy_target import _nb, token_counts
+from dataclasses import replace
 
-from autotune_cache.targets import KernelSpec, Target
+from toy_target import TARGET as TOY
+from toy_target import _nb
 
-TARGET = Target(
-    name="toy_prune",
-    description="test kernel whose configs prune to one at NB = 1",
+from autotune_cache.targets import KernelSpec
+
+TARGET = replace(
+    TOY, name="toy_prune", description="test kernel whose configs prune to one at NB = 1",
     module_prefixes=("toy_prune_kernels",),
     kernels=(KernelSpec("toy_prune_kernel", lambda s, t: {"D": s.K, "NB": _nb(s, t)}, ("act", "act"), 3),),
-    default_dtypes=lambda shape: {"act": shape.dtype},
-    token_counts=token_counts,
     runner="toy_prune_kernels.run",
 )
