@@ -11,15 +11,16 @@ from pathlib import Path
 from rich.console import Console
 
 from ..autotuner import versions
-from ..cache.files import make_dirs, remove_created
+from ..cache import location
+from ..cache.files import Created
 from ..cache.fingerprint import Fingerprint
+from ..cache.location import CacheDir
 from ..cache.lock import locked
 from ..cache.manifest import Manifest
 from ..errors import BuildFailedError, CacheDirError, NoGPUError
-from . import gpus, triton_env
+from . import gpus
 from .ledger import Ledger
 from .plan import Plan
-from .plan import plan as make_plan
 from .protocol import (
     Binaries,
     ChildOptions,
@@ -36,7 +37,7 @@ from .protocol import (
     UnitStart,
 )
 from .shard import Part, ShardPlan, plan_parts
-from .spec import BuildSpec, Unit
+from .spec import Unit
 from .supervisor import Child, Supervisor
 from .timeline import Timeline
 from .view import View
@@ -46,20 +47,21 @@ from .view import View
 MIN_FREE_BYTES = 64 << 20
 
 
-def prepare_cache_dir(path: str | os.PathLike | None) -> Path:
+def prepare_cache_dir(path: str | os.PathLike | None, created: Created | None = None) -> CacheDir:
     """Absolute, existing, writable directory with room to build, or CacheDirError (UnsupportedTritonError: the
     Triton here cannot build) before any work starts
     (and then no directory this call created is left behind). The dirs it creates are of mode 0755 whatever the
-    umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write."""
+    umask (files.make_dirs): a server of another user reads them, and trust refuses a dir others may write.
+    `created`: where the dirs it made are recorded for the caller's own cleanup (files.Created)."""
     if path is None:
         raise CacheDirError("a cache dir is needed (--cache-dir DIR)")
     versions.require()   # an unsupported Triton: a child could only fail every unit
-    root = Path(path).expanduser().resolve()
+    root = location.normalize(path)
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"cache dir {root} exists and is not a directory")
-    created = []   # the directories mkdir created, innermost first
+    made = Created()   # the directories mkdir created: gone again if the dir cannot take a build
     try:
-        created = make_dirs(root)
+        made.dirs(root)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test.") as f:
             f.write(b"\0" * 4096)   # an empty file is created even on a full disk: write (and sync) a block
             f.flush()
@@ -69,10 +71,12 @@ def prepare_cache_dir(path: str | os.PathLike | None) -> Path:
             raise CacheDirError(f"cache dir {root} has {free / 1e6:.1f} MB free; a build needs at least "
                                 f"{MIN_FREE_BYTES / 1e6:.0f} MB (an FLA unit writes about 30 MB)")
     except (OSError, CacheDirError) as e:
-        remove_created(created)
+        made.undo()
         if isinstance(e, CacheDirError):
             raise
         raise CacheDirError(f"cache dir {root} is not writable: {e.strerror or e}") from None
+    if created is not None:
+        created.take(made)
     return root
 
 
@@ -84,7 +88,8 @@ class Build:
     child seeing every visible GPU; ("0", "1") shards the keys over two children, one per GPU (shard.py)."""
 
     def __init__(self, plan: Plan, cache_dir: Path, *, console: Console | None = None, progress: bool | str = True,
-                 devices: tuple[str | None, ...] | None = None) -> None:
+                 devices: tuple[str | None, ...] | None = None, created: Created | None = None) -> None:
+        self.created = created   # where the lock file is recorded when this build creates it (files.Created)
         self.plan = plan
         self.spec = plan.spec
         self.cache_dir = cache_dir
@@ -123,9 +128,12 @@ class Build:
         options = ChildOptions(cache_dir=str(self.cache_dir), units=units, emulate=self.spec.emulate,
                                selection=self.spec.selection, overlap_compile=self.spec.overlap_compile,
                                foreign=self.shards.foreign(shard), triton_env=self.spec.triton_env,
+                               compile_processes=self.spec.compile_processes,
+                               compile_workers=self.spec.compile_workers,
                                environ=tuple(os.environ.items()), cwd=os.getcwd(), build_pid=os.getpid())
-        if gpu is not None:   # a child of a sharded build sees its GPU only
-            options = replace(options, gpu=gpu, compile_processes=self.compile_processes(children, self.spec.emulate))
+        if gpu is not None:   # a child of a sharded build sees its GPU only, and its share of the cores
+            options = replace(options, gpu=gpu, compile_processes=self.spec.compile_processes
+                              or self.compile_processes(children, self.spec.emulate))
         return options
 
     def _on_message(self, c: Child, msg: object) -> None:
@@ -173,7 +181,7 @@ class Build:
 
         if (newer := versions.support().warning) is not None:
             self.console.print(f"warning: {newer}")
-        with locked(self.cache_dir, timeout=None, on_wait=waiting):
+        with locked(self.cache_dir, timeout=None, on_wait=waiting, created=self.created):
             self.ledger.open()
             with self.view.live(self.ledger.not_done()):
                 todo = self.ledger.runnable(self.plan.units)
@@ -210,17 +218,3 @@ def _part_of(c: Child, unit_id: str) -> Part:
     """The part of `unit_id` the child was given (a unit has at most one part per shard)."""
     return next(p for p in c.todo if p.id == unit_id)
 
-
-def build(spec: BuildSpec, *, console: Console | None = None, progress: bool | str = True) -> Manifest:
-    """Tune every unit of the spec's plan into spec.cache_dir; returns the manifest written there."""
-    plan = make_plan(spec)   # bad input (target, TP, GPUs) fails here, before anything is written
-    devices = gpus.for_build(spec.gpus, spec.emulate)
-    triton_env.check(dict(spec.triton_env))   # and a name Triton does not count cache-invalidating
-    existed = spec.cache_dir is None or Path(spec.cache_dir).expanduser().exists()
-    cache_dir = prepare_cache_dir(spec.cache_dir)
-    try:
-        return Build(plan, cache_dir, console=console, progress=progress, devices=devices).run()
-    except NoGPUError:
-        if not existed:   # leave nothing behind for a build that could not start
-            shutil.rmtree(cache_dir, ignore_errors=True)
-        raise

@@ -140,6 +140,8 @@ class ChildOptions:
     gpu: str | None = None           # a physical GPU index: this child sees only that one (a sharded build)
     # Precompile worker processes; None: AUTOTUNE_CACHE_COMPILE_PROCESSES, else every core but one
     compile_processes: int | None = None
+    # Precompile threads where there are no worker processes; None: AUTOTUNE_CACHE_COMPILE_WORKERS, else every core
+    compile_workers: int | None = None
     # (kernel, key) pairs another child tunes (shard.ShardPlan.foreign): launched with their first config, never
     # benchmarked, written or reported here. () = this child tunes every key it reaches.
     foreign: frozenset = frozenset()

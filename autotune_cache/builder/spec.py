@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..errors import SpecError
 from ..models import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
@@ -48,6 +48,19 @@ class BuildSpec(BaseModel):
     # environment's: (name, value) pairs, "" = unset there; a dict is accepted. Names Triton does not count are
     # refused when the build starts (triton_env.check: Triton is asked). Example: {"TRITON_DEFAULT_FP_FUSION": "1"}.
     triton_env: tuple[tuple[str, str], ...] = ()
+    # Threads compiling each key's configs in the child where compile worker processes are off (`--compile-workers`;
+    # None: AUTOTUNE_CACHE_COMPILE_WORKERS, else every core), and compile worker processes per child (None:
+    # AUTOTUNE_CACHE_COMPILE_PROCESSES, else the child's default; a fleet job passes its share of the node's cores).
+    compile_workers: int | None = None
+    compile_processes: int | None = None
+
+    @field_validator("compile_workers", "compile_processes")
+    @classmethod
+    def _compile(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1:
+            flag = "--compile-workers" if info.field_name == "compile_workers" else "compile_processes"
+            raise SpecError(f"{flag} must be >= 1, got {v}")
+        return v
 
     @field_validator("triton_env", mode="before")
     @classmethod

@@ -39,18 +39,18 @@ from typing import IO, BinaryIO
 from .. import untrusted
 from ..errors import BundleError, CacheDirError
 from ..version import __version__
+from . import location
 from . import manifest as manifest_mod
 from .files import (
     FILE_MODE,
+    Created,
     atomic_file,
     inside,
-    make_dirs,
     move_in,
     open_new,
     open_regular,
     path_problem,
     read_regular,
-    remove_created,
     sha256_bytes,
     staging_dir,
 )
@@ -96,7 +96,7 @@ class ImportReport:
 # -- export ---------------------------------------------------------------------------------------------------
 def export(cache_dir: str | os.PathLike, bundle: str | os.PathLike) -> ExportReport:
     """Write the manifest and the files it lists (each read once, checked against its sha256) into `bundle`."""
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     out = Path(bundle).expanduser().resolve()
     if out == root or root in out.parents:
         raise CacheDirError(f"write the bundle outside the cache dir ({out} is inside {root})")
@@ -210,24 +210,22 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, publi
     src = Path(bundle).expanduser()
     if not src.is_file():
         raise CacheDirError(f"{src}: no such bundle file")
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"{root} exists and is not a directory")
     if root.exists() and any(p.name not in manifest_mod.OWN_FILES for p in root.iterdir()):
         raise CacheDirError(f"{root} is not empty: import into a new dir (then `autotune-cache merge` if needed)")
-    try:
-        created = make_dirs(root)
-    except OSError as e:
-        raise CacheDirError(f"cannot create {root}: {e.strerror or e}") from None
-    try:
-        with locked(root), staging_dir(root, manifest_mod.IMPORT_STAGING) as staging:
+    created = Created()   # a failure takes away what this call made, and nothing else (files.Created)
+    with created.undone_on_error():
+        try:
+            created.dirs(root)
+        except OSError as e:
+            raise CacheDirError(f"cannot create {root}: {e.strerror or e}") from None
+        with locked(root, created=created), staging_dir(root, manifest_mod.IMPORT_STAGING) as staging:
             try:
-                report = _unpack_checked(src, staging, root, public_key)
+                report = _unpack_checked(src, staging, root, public_key, created)
             except OSError as e:   # the bundle's reads are BundleErrors already: this is the target's disk
                 raise CacheDirError(f"{root}: cannot write ({e.strerror or e}); nothing was imported") from None
-    except BaseException:
-        remove_created(created)
-        raise
     return report
 
 
@@ -309,7 +307,7 @@ def _check_room(src: Path, staging: Path, m: Manifest) -> None:
         raise BundleError(f"{src}: its files take {need} bytes, {staging.parent} has {free} free; nothing was imported")
 
 
-def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> ImportReport:
+def _unpack_checked(src: Path, staging: Path, root: Path, public_key, created: Created) -> ImportReport:
     first = (BUNDLE_INFO, manifest_mod.MANIFEST_NAME)   # what export writes first, in this order
     own: dict[str, bytes] = {}
     m: Manifest | None = None
@@ -375,9 +373,11 @@ def _unpack_checked(src: Path, staging: Path, root: Path, public_key=None) -> Im
         text = relocated_group(paths, root / Path(rel).parent)
         inside(staging, rel).write_bytes(text.encode())
         m.files[rel] = FileRecord(size=len(text.encode()), sha256=sha256_bytes(text))
-    move_in(staging, root, members_first(m.files))   # the manifest last
+    move_in(staging, root, members_first(m.files), created)   # the manifest last
     if signed.is_file():   # still valid: the portable digest does not see where group members lie
+        created.file_if_new(root / manifest_mod.SIG_NAME)
         os.replace(signed, root / manifest_mod.SIG_NAME)
+    created.file_if_new(manifest_mod.path_of(root))
     manifest_mod.save(m, root)
     return ImportReport(cache_dir=root, files=len(m.files), bytes=sum(f.size for f in m.files.values()),
                         groups_rewritten=len(groups), manifest_digest=digest)

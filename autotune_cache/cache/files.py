@@ -133,12 +133,17 @@ def staging_dir(root: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def move_in(staging: Path, root: Path, rels: Iterable[str]) -> None:
+def move_in(staging: Path, root: Path, rels: Iterable[str], created: Created | None = None) -> None:
     """os.replace each staged file to the same relative path under `root`, in the order given (its dirs made with
-    DIR_MODE)."""
+    DIR_MODE); `created` records each dir made and each file that took a free name."""
+    created = created or Created()
     for rel in rels:
-        make_dirs(inside(root, rel).parent)
-        os.replace(inside(staging, rel), inside(root, rel))   # again: the mkdir may have met a planted link
+        created.dirs(inside(root, rel).parent)
+        target = inside(root, rel)   # again: the mkdir may have met a planted link
+        new = not (target.exists() or target.is_symlink())
+        os.replace(inside(staging, rel), target)
+        if new:
+            created.file(target)
 
 
 def open_new(path: str | os.PathLike, mode: int = FILE_MODE) -> BinaryIO:
@@ -187,6 +192,72 @@ def remove_created(created: list[Path]) -> None:
             p.rmdir()
         except OSError:
             break
+
+
+class Created:
+    """The paths one call created, recorded as it created them, so that a call that fails takes away exactly those
+    (`undo`) and never a path that was there before it: the one cleanup rule of every operation that writes a cache
+    dir (build, build from records, ensure, import). A dir it made goes with what is in it (all of that came after);
+    a file is recorded only where it did not exist when the call was about to create it (`file_if_new`). Undone
+    newest first; `keep()` forgets them all (the call succeeded, or what it wrote is worth keeping)."""
+
+    def __init__(self) -> None:
+        self._made: list[list[Path] | Path] = []   # make_dirs() results (innermost first), and single files
+
+    def dirs(self, path: str | os.PathLike) -> list[Path]:
+        """make_dirs(path), what it made recorded."""
+        made = make_dirs(Path(path))
+        if made:
+            self._made.append(made)
+        return made
+
+    def file_if_new(self, path: str | os.PathLike) -> bool:
+        """Record `path` as this call's if nothing is there now (the call is about to create it); True if so."""
+        path = Path(path)
+        if path.exists() or path.is_symlink():
+            return False
+        self._made.append(path)
+        return True
+
+    def file(self, path: str | os.PathLike) -> None:
+        """Record a file this call has just created (open_new, a rename onto a name that was free)."""
+        self._made.append(Path(path))
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every path recorded, oldest first (a dir list: its innermost dir)."""
+        return tuple(m[0] if isinstance(m, list) else m for m in self._made)
+
+    def undo(self) -> None:
+        """Take away what was recorded, newest first: a file unlinked, a make_dirs() undone (remove_created)."""
+        while self._made:
+            made = self._made.pop()
+            if isinstance(made, list):
+                remove_created(made)
+            elif made.is_dir() and not made.is_symlink():
+                shutil.rmtree(made, ignore_errors=True)
+            else:
+                made.unlink(missing_ok=True)
+
+    def take(self, other: Created) -> None:
+        """Another record's paths become this one's (newer than those here)."""
+        self._made.extend(other._made)
+        other._made.clear()
+
+    def keep(self) -> None:
+        self._made.clear()
+
+    @contextlib.contextmanager
+    def undone_on_error(self, keep: tuple[type[BaseException], ...] = ()) -> Iterator[Created]:
+        """The block's exceptions undo what was recorded (then propagate), except those of `keep` (a build's
+        finished units, kept on BuildFailedError and on an interrupt)."""
+        try:
+            yield self
+        except keep:
+            raise
+        except BaseException:
+            self.undo()
+            raise
 
 
 # -- paths and files from a cache: attacker input ----------------------------------------------------------------

@@ -15,16 +15,20 @@ import filelock
 
 from ..errors import CacheDirError
 from . import manifest as manifest_mod
+from .files import Created
 
 LOCK_MODE = 0o644
 
 
 @contextlib.contextmanager
-def locked(cache_dir: Path, timeout: float | None = 10.0, on_wait: Callable[[str], None] | None = None):
+def locked(cache_dir: Path, timeout: float | None = 10.0, on_wait: Callable[[str], None] | None = None,
+           created: Created | None = None):
     """Hold the cache dir's lock for the block: never prune, merge or import under a running build. `timeout`:
     seconds to wait before CacheDirError, None to wait as long as it takes; `on_wait(lock file)` is called once when
-    the lock is not free within a second (a build says it is waiting)."""
+    the lock is not free within a second (a build says it is waiting). `created`: records the lock file where this
+    call creates it (an operation that fails takes it away again)."""
     path = Path(cache_dir) / manifest_mod.LOCK_NAME
+    new = not (path.exists() or path.is_symlink())
     lock = filelock.FileLock(path, mode=LOCK_MODE)
     wait = -1 if timeout is None else timeout   # filelock: -1 waits forever
     first = wait if on_wait is None else 1.0 if wait < 0 else min(1.0, wait)
@@ -41,6 +45,8 @@ def locked(cache_dir: Path, timeout: float | None = 10.0, on_wait: Callable[[str
     except OSError as e:   # a link (ELOOP), a dir, an unwritable cache dir
         raise CacheDirError(f"{path}: cannot take the cache dir's lock ({e.strerror or e}); it must be a plain file "
                             "(a link there is never followed)") from None
+    if new and created is not None:
+        created.file(path)
     try:
         yield
     finally:

@@ -3,8 +3,6 @@ the commands that build (--timeout/--retries/--emulate/--triton-env), and the Bu
 names the bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
-import os
-
 from pydantic import ValidationError
 
 from .. import models, targets
@@ -30,7 +28,8 @@ def spec_from_args(args) -> BuildSpec:
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
                      retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
                      gpus=getattr(args, "gpus", None), selection=_selection(args),
-                     overlap_compile=getattr(args, "overlap_compile", False), triton_env=triton_env_of(args))
+                     overlap_compile=getattr(args, "overlap_compile", False), triton_env=triton_env_of(args),
+                     compile_workers=getattr(args, "compile_workers", None))
 
 
 def triton_env_of(args) -> dict[str, str]:
@@ -87,20 +86,3 @@ def add_build_args(p) -> None:
                         "every entry with these vars, so a server with other values misses everything. Without it "
                         "the build uses this shell's values. A NAME the installed Triton does not count "
                         "cache-invalidating is refused")
-
-
-def build_devices(spec, args) -> tuple:
-    """The GPUs a build's children get (builder/gpus.for_build), after the checks both `build` and `build
-    --from-record` make: a cache dir given, --triton-env's names cache-invalidating (triton_env.check),
-    --compile-workers >= 1 (handed to the child through its env)."""
-    from ..builder import triton_env
-    from ..builder.gpus import for_build
-    if spec.cache_dir is None:
-        raise SpecError("build needs --cache-dir DIR")
-    triton_env.check(dict(spec.triton_env))
-    devices = for_build(spec.gpus, spec.emulate)
-    if args.compile_workers is not None:
-        if args.compile_workers < 1:
-            raise SpecError(f"--compile-workers must be >= 1, got {args.compile_workers}")
-        os.environ["AUTOTUNE_CACHE_COMPILE_WORKERS"] = str(args.compile_workers)   # the child reads it
-    return devices

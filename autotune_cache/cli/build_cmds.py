@@ -1,21 +1,18 @@
 """CLI commands that plan and build: models, plan, build."""
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from .. import models
 from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
+from ..cache import location
 from ..errors import BuildFailedError, NoGPUError, printable
 from ..targets import SHORT
 from . import record_cmds
-from .args import add_build_args, add_model_args, build_devices, spec_from_args
+from .args import add_build_args, add_model_args, spec_from_args
 from .console import Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode, report_error
 
 
@@ -74,67 +71,32 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def found(cache_dir: Path) -> set[str] | None:
-    """What a cache dir holds before a build (None: no dir), for leave_as_found()."""
-    return set(os.listdir(cache_dir)) if cache_dir.is_dir() else None
-
-
-def leave_as_found(cache_dir: Path, before: set[str] | None) -> None:
-    """After a build that could not start (no GPU): the dir goes if the build created it, else the files of ours it
-    added (the lock), so a mistake leaves nothing behind."""
-    from ..cache.manifest import OWN_FILES
-    if before is None:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        return
-    for name in set(os.listdir(cache_dir)) - before:
-        if name in OWN_FILES:
-            (cache_dir / name).unlink(missing_ok=True)
-
-
 def cmd_build(args) -> int:
-    from ..builder.orchestrator import Build, prepare_cache_dir
-    from ..builder.plan import plan
+    from ..operations import build_into
 
     if args.from_record:
         return record_cmds.cmd_build(args)
-    spec = spec_from_args(args)
-    devices = build_devices(spec, args)
-    p = plan(spec)
-    if not args.quiet:
-        print_plan(p, err)
-    assert spec.cache_dir is not None   # build_devices refused a spec without one
-    before = found(Path(spec.cache_dir).expanduser())
-    cache_dir = prepare_cache_dir(spec.cache_dir)
     try:
-        manifest = Build(p, cache_dir, console=err, progress=progress_mode(args), devices=devices).run()
+        r = build_into(spec_from_args(args), console=err, progress=progress_mode(args),
+                       on_plan=None if args.quiet else lambda p: print_plan(p, err))
     except NoGPUError as e:
-        leave_as_found(cache_dir, before)
         raise NoGPUError(f"{e}. The plan above is what a GPU host would build; run there, "
                          "or pass --emulate to compile for a fake sm_90 GPU with fake timings (tests only)") from None
     except BuildFailedError as e:
-        return report_error(f"build incomplete: {e}; finished units are kept in {cache_dir}: run the same command "
-                            "again to retry the rest", 1)
-    done = [u for u in manifest.units.values() if u.id in {x.id for x in p.units}]
-    # this plan's entries: a cache dir may hold other plans' too (another TP degree built into it before)
-    # keys that pruned to one config: reached, no entry (Triton 3.8+ looks them up nowhere; manifest.PrunedKey)
-    summary: dict[str, Any] = {
-        "cache_dir": str(cache_dir), "units": len(done), "entries": len({f for u in done for f in u.entries}),
-        "pruned_to_one": len({(p.kernel, tuple(p.key)) for u in done for p in u.pruned_to_one}),
-        "files": len(manifest.files), "bytes": sum(f.size for f in manifest.files.values()),
-        "manifest": str(cache_dir / "manifest.json")}
+        return report_error(f"build incomplete: {e}; finished units are kept in {location.normalize(args.cache_dir)}: "
+                            "run the same command again to retry the rest", 1)
     if args.json:
-        print_json(summary)
-    else:
-        one = (f" (and {summary['pruned_to_one']} keys pruned to one config: no entry, Triton looks them up nowhere)"
-               if summary["pruned_to_one"] else "")
-        out.print(f"built {summary['units']} units, {summary['entries']} autotune entries{one}, {summary['files']} "
-                  f"files ({summary['bytes'] / 1e6:.1f} MB) in {cache_dir}")
-        out.print(f"serve with: AUTOTUNE_CACHE_DIR={cache_dir} (the vLLM plugin, install()), or "
-                  f"TRITON_CACHE_DIR={cache_dir} TRITON_CACHE_AUTOTUNING=1")
-        env = manifest.fingerprint.env if manifest.fingerprint else {}
-        if env:   # what every disk key holds: a server without exactly these misses everything
-            out.print("the server must run with these cache-invalidating env vars, as the build did: "
-                      + " ".join(printable(shlex.quote(f"{k}={v}")) for k, v in sorted(env.items())))
+        print_json(r.as_dict())
+        return 0
+    one = (f" (and {r.pruned_to_one} keys pruned to one config: no entry, Triton looks them up nowhere)"
+           if r.pruned_to_one else "")
+    out.print(f"built {r.units} units, {r.entries} autotune entries{one}, {r.files} files ({r.bytes / 1e6:.1f} MB) "
+              f"in {r.cache_dir}")
+    out.print(f"serve with: AUTOTUNE_CACHE_DIR={r.cache_dir} (the vLLM plugin, install()), or "
+              f"TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
+    if r.env:   # what every disk key holds: a server without exactly these misses everything
+        out.print("the server must run with these cache-invalidating env vars, as the build did: "
+                  + " ".join(printable(shlex.quote(f"{k}={v}")) for k, v in sorted(r.env.items())))
     return 0
 
 

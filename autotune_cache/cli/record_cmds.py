@@ -4,15 +4,12 @@ here) plan and build exactly the recorded lookups."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 
-from ..errors import BuildFailedError, NoGPUError, SpecError
-from .args import build_devices
+from ..errors import NoGPUError, SpecError
 from .console import err, out, print_json, progress_mode
 
 
@@ -52,7 +49,7 @@ def _spec(args):
                      unit_timeout_s=getattr(args, "timeout", 1800.0), retries=getattr(args, "retries", 1),
                      emulate=getattr(args, "emulate", False), gpus=getattr(args, "gpus", None),
                      selection=_selection(args), overlap_compile=getattr(args, "overlap_compile", False),
-                     triton_env=triton_env_of(args))
+                     triton_env=triton_env_of(args), compile_workers=getattr(args, "compile_workers", None))
 
 
 def plan_json(rp) -> dict:
@@ -91,51 +88,24 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from ..builder import replay_unit
-    from ..builder.orchestrator import Build, prepare_cache_dir
+    from ..operations import build_from_records
 
-    spec = _spec(args)
-    devices = build_devices(spec, args)
-    rp = replay_unit.plan(args.from_record, spec)
-    print_plan(rp, err)
-    summary: dict[str, Any] = {
-        "cache_dir": None, "records": rp.records, "units": 0, "entries": 0, "pruned_to_one": 0,
-        "unreplayable": [vars(x) for x in rp.unreplayable], "failed": [], "same_file": 0, "other_file": []}
-    manifest = None
-    if rp.plan.units:
-        existed = Path(spec.cache_dir).exists()
-        cache_dir = prepare_cache_dir(spec.cache_dir)
-        summary["cache_dir"] = str(cache_dir)
-        try:
-            manifest = Build(rp.plan, cache_dir, console=err, progress=progress_mode(args), devices=devices).run()
-        except NoGPUError as e:
-            if not existed:
-                shutil.rmtree(cache_dir, ignore_errors=True)
-            raise NoGPUError(f"{e}; or pass --emulate to compile for a fake sm_90 GPU (tests only)") from None
-        except BuildFailedError as e:
-            manifest = e.manifest
-            assert manifest is not None   # Build.run raises it with the manifest
-            summary["failed"] = [{"unit": r.id, "error": r.error} for r in manifest.units.values()
-                                 if r.status != "done" and r.id in {u.id for u in rp.plan.units}]
-    if manifest is not None:
-        ids = {u.id for u in rp.plan.units}
-        summary["units"] = sum(1 for r in manifest.units.values() if r.id in ids and r.status == "done")
-        summary["entries"] = len({f for r in manifest.units.values() if r.id in ids for f in r.entries})
-        summary["pruned_to_one"] = len({(p.kernel, tuple(p.key)) for r in manifest.units.values() if r.id in ids
-                                        for p in r.pruned_to_one})   # reached, no entry: Triton 3.8+ (PrunedKey)
-        cmp = replay_unit.compare(rp, manifest)
-        summary["same_file"], summary["other_file"] = cmp.same, list(cmp.other)
+    try:
+        r = build_from_records(args.from_record, _spec(args), console=err, progress=progress_mode(args),
+                               on_plan=lambda rp: print_plan(rp, err))
+    except NoGPUError as e:
+        raise NoGPUError(f"{e}; or pass --emulate to compile for a fake sm_90 GPU (tests only)") from None
     if args.json:
-        print_json(summary)
+        print_json(r.as_dict())
     else:
-        for f in summary["failed"]:
-            err.print(f"[red]not built[/red] {escape(f['unit'])}: {escape(str(f['error']))}")
-        out.print(f"built {summary['units']} of {len(rp.plan.units)} recorded kernels, {summary['entries']} autotune "
-                  f"entries in {summary['cache_dir']}; {summary['same_file']} recorded lookups at the very autotune "
-                  f"file their process looked up, {len(summary['other_file'])} at another")
-        for line in summary["other_file"][:10]:
+        for unit, error in r.failed:
+            err.print(f"[red]not built[/red] {escape(unit)}: {escape(error)}")
+        out.print(f"built {r.units} of {len(r.plan.plan.units)} recorded kernels, {r.entries} autotune "
+                  f"entries in {r.cache_dir}; {r.same_file} recorded lookups at the very autotune "
+                  f"file their process looked up, {len(r.other_file)} at another")
+        for line in r.other_file[:10]:
             out.print(f"  [yellow]other disk key[/yellow] {escape(line)}")
-    return 1 if summary["unreplayable"] or summary["failed"] else 0
+    return 0 if r.ok else 1
 
 
 def add_commands(sub) -> None:

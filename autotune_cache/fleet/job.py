@@ -62,12 +62,12 @@ def run_job(job: Job, url: str, key: str | None = None, compile_processes: int |
     otherwise start a compile worker per core of the whole node)."""
     import os
     import socket
-    if compile_processes and "AUTOTUNE_CACHE_COMPILE_PROCESSES" not in os.environ:
-        os.environ["AUTOTUNE_CACHE_COMPILE_PROCESSES"] = str(compile_processes)
+    # the env var, where set, stays the node's own choice
+    share = compile_processes if "AUTOTUNE_CACHE_COMPILE_PROCESSES" not in os.environ else None
 
-    from ..builder.orchestrator import build
     from ..cache.prune import plan_prune
     from ..cache.scan import scan
+    from ..operations import build_into
     from ..registry.publish import publish
     from ..registry.select import gpu_type_of
 
@@ -79,7 +79,8 @@ def run_job(job: Job, url: str, key: str | None = None, compile_processes: int |
         if sha is not None:
             return JobResult(status="skipped", bundle_sha256=sha, seconds=time.monotonic() - started, **base)
         cache = tmp / "cache"
-        m = build(job.spec.model_copy(update={"cache_dir": str(cache)}), progress=False)
+        m = build_into(job.spec.model_copy(update={"compile_processes": share or None}), cache,
+                       progress=False).manifest
         gpu_name = m.fingerprint.gpu_name if m.fingerprint is not None else None   # None: no child said hello
         if not job.spec.emulate and gpu_type_of(gpu_name or "").lower() != job.gpu_type.lower():
             return JobResult(status="failed", gpu_name=gpu_name, seconds=time.monotonic() - started,
