@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CacheDirError
+from . import location
 from . import manifest as manifest_mod
 from .files import copy_hashed, inside, make_dirs, move_in, open_new, open_regular, sha256_bytes, staging_dir
 from .fingerprint import mismatches
@@ -81,8 +82,8 @@ def plan_merge(sources: list[str | os.PathLike], into: str | os.PathLike) -> Mer
     """Combine caches built in the same environment (other TP degrees, other models) into `into`.
     Refuses sources whose disk keys would differ (Fingerprint.key_identity: triton_key, backend hash, env vars):
     their entries could never be hit by one server."""
-    into = Path(into).expanduser().resolve()
-    roots = [Path(s).expanduser().resolve() for s in sources]
+    into = location.normalize(into)
+    roots = [location.normalize(s) for s in sources]
     if not roots:
         raise CacheDirError("merge needs at least one source cache dir")
     if all(root == into for root in roots):

@@ -16,6 +16,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from ..errors import AutotuneCacheError, CacheDirError
+from . import location
 from . import manifest as manifest_mod
 from .layout import (
     autotune_kernel,
@@ -244,7 +245,7 @@ def _files(d: Path, warnings: list, root: Path) -> list[tuple[os.DirEntry, int]]
 
 def scan(cache_dir: str | os.PathLike) -> CacheScan:
     """Scan a cache dir. Raises CacheDirError only when it is not a readable directory at all."""
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     if not root.is_dir():
         raise CacheDirError(f"{root}: no such cache directory" if not root.exists() else f"{root} is not a directory")
     warnings: list[ScanWarning] = []

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import untrusted
 from ..errors import AutotuneCacheError, IntegrityError
+from . import location
 from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, read_plain, sha256_bytes, write_atomic
 from .integrity import stray_members
@@ -137,7 +138,7 @@ def sign(cache_dir: str | os.PathLike, private_key: str | os.PathLike | bytes) -
     from .lock import locked
 
     key = load_private_key(private_key)
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     if not root.is_dir():   # before the lock, which would create the dir and its lock file
         raise AutotuneCacheError(f"{root}: no such cache directory" if not root.exists()
                                  else f"{root} is not a directory (sign takes the cache dir)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..cache import location
 from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
 from ..errors import CacheDirError
 from .console import Column, add_output_args, err, out, print_item, print_json, print_table
@@ -17,7 +18,7 @@ from .console import Column, add_output_args, err, out, print_item, print_json, 
 
 def _writable_dir(d, what: str) -> None:
     """CacheDirError unless `d` is a directory this user may write (read-only mount, another owner's files)."""
-    path = Path(d).expanduser()
+    path = location.normalize(d)
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise CacheDirError(f"{path} is read-only here: {what} writes it; run it where the cache is writable (as "
                             "its owner, or on a writable copy)")

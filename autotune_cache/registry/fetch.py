@@ -13,6 +13,7 @@ from pathlib import Path
 from ..builder.plan import plan as make_plan
 from ..builder.spec import BuildSpec
 from ..cache import bundle as bundle_mod
+from ..cache import location
 from ..cache.files import sha256_file
 from ..errors import CacheDirError, RegistryError
 from . import index
@@ -56,7 +57,7 @@ def fetch(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Mach
           public_key=None) -> FetchReport:
     """Import the bundle for `machine` and `spec` into `cache_dir` (absent or empty)."""
     started = time.monotonic()
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise CacheDirError(f"{root} exists and is not an empty directory: fetch into a new dir")
     record, warnings = select(url, spec, machine, public_key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import untrusted
 from ..cache import bundle as bundle_mod
+from ..cache import location
 from ..cache import manifest as manifest_mod
 from ..cache.files import MAX_JSON_BYTES, read_plain, sha256_file
 from ..errors import CacheDirError, RegistryError
@@ -44,7 +45,7 @@ def _signed_by(root: Path) -> str | None:
 
 def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = None,
             model: str | None = None) -> PublishReport:
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     m = manifest_mod.load(root) if root.is_dir() else None
     if m is None:
         raise CacheDirError(f"{root}: no cache with a manifest.json to publish")

@@ -33,13 +33,12 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..autotuner import disk, hooks, versions
 from ..autotuner.disk import Lookup
 from ..autotuner.kernels import innermost_jit, live_autotuners
-from ..cache import trust
+from ..cache import location, trust
 from ..errors import (
     AutotuneCacheError,
     CacheDirError,
@@ -219,7 +218,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     cache_dir = cache_dir or os.environ.get("AUTOTUNE_CACHE_DIR")
     if not cache_dir:
         raise CacheDirError("no cache dir: pass one or set AUTOTUNE_CACHE_DIR")
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     if not root.is_dir():
         raise CacheDirError(f"cache dir {root} does not exist or is not a directory")
     if strict is None:
