@@ -77,7 +77,7 @@ def double_install():
     for _ in range(2):
         emulation.install()
         selection.install(selection.Settings())
-        precompile.install(2)
+        precompile.use_threads(2)
         recorder.start(os.path.join(cache_dir, "record.jsonl"))
         disk.add_launch_listener(launched)
         with disk.dry():

@@ -22,7 +22,7 @@ if len(sys.argv) > 3:
     workers = precompile.compile_in_processes(sys.argv[1], [unit], int(sys.argv[3]))
 compiles = []
 triton.knobs.compilation.listener = lambda **kw: compiles.append(bool(kw.get("cache_hit")))
-enabled = precompile.install(int(sys.argv[2]))
+enabled = precompile.use_threads(int(sys.argv[2]))
 import toy_kernels  # noqa: E402
 
 toy_kernels.run(preset("qwen3.5-9b").per_rank(1), {"act": "bfloat16"}, 2000, "cpu")

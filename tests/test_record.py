@@ -144,6 +144,22 @@ def test_plan_from_record(recorded):
         ("record_copy_kernel", 1, 2), ("record_scale_kernel", 2, 6)]
 
 
+def test_a_build_from_records_that_cannot_start_leaves_the_users_dir_named_with_a_tilde(recorded, tmp_path):
+    # `--cache-dir '~/c'` was tested unexpanded (no `./~/c`: "created by this build"), then removed expanded: the
+    # user's ~/c went, with everything in it, when the build found no GPU
+    import os
+    _, rec = recorded
+    home = tmp_path / "home"
+    (home / "c").mkdir(parents=True)
+    (home / "c" / "notes.txt").write_text("mine\n")
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache", "build", "--from-record", str(rec), "--cache-dir",
+                           "~/c", "--no-progress"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "HOME": str(home), "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in (home / "c").iterdir()) == ["notes.txt"]   # nothing lost, nothing left
+    assert not (tmp_path / "~").exists()
+
+
 def test_unreplayable_records_are_reported_per_kernel(recorded, tmp_path):
     _, rec = recorded
     scale_64, scale_32, copy = (json.loads(line) for line in rec.read_text().splitlines())

@@ -176,7 +176,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
         except Exception:  # noqa: BLE001 - the unit's own import raises it again, reported with the unit
             pass
     if pool is None:
-        precompile.install(options.compile_workers)
+        precompile.use_threads(options.compile_workers)
     settings = options.selection
     selection.install(settings)
     probe_tokens = settings.probe_tokens if settings.mode == "robust" else ()

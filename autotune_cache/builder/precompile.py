@@ -46,9 +46,10 @@ def _compile_pruned(call, tuner, kwargs):
     return pruned
 
 
-def install(n_workers: int | None = None) -> bool:
-    """Enable parallel precompilation in this process; False where Triton lacks AsyncCompileMode or n <= 1. The
-    first thread count installed stays."""
+def use_threads(n_workers: int | None = None) -> bool:
+    """Compile each key's configs on `n_workers` threads in this process (the build's --compile-workers, handed to
+    the child in its options; None: AUTOTUNE_CACHE_COMPILE_WORKERS, else every core); False where Triton lacks
+    AsyncCompileMode or n <= 1. The first thread count installed stays."""
     n = workers() if n_workers is None else n_workers
     global _executor
     if n <= 1 or not compiles.can_compile_async():
