@@ -20,7 +20,7 @@ from .protocol import (
     Done,
     Go,
     Hello,
-    Lookup,
+    LookedUp,
     NoGPU,
     NoLookup,
     UnitDone,
@@ -150,7 +150,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     if emulate:
         os.environ["AUTOTUNE_CACHE_EMULATE"] = "1"
         from . import emulation
-        emulation.install()
+        emulation.fake_gpu()
     else:
         import torch
         if not torch.cuda.is_available():
@@ -178,7 +178,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     if pool is None:
         precompile.install()
     settings = options.selection
-    selection.install(settings)
+    selection.use(settings)
     probe_tokens = settings.probe_tokens if settings.mode == "robust" else ()
     out.put(Hello(fingerprint=fingerprint.collect(emulated=emulate).model_dump(), pid=os.getpid()))
     if not isinstance(control.get(), Go):
@@ -190,8 +190,8 @@ def _main(out, control, options: ChildOptions, pool) -> None:
     current: dict[str, Any] = {}   # the unit and token count of the call running now
     # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those. So is
     # a key whose configs pruned to one where Triton (3.8+) makes no lookup: a NoLookup, with its one config's dirs.
-    pending: dict[tuple, Lookup | NoLookup] = {}          # (kernel, key) -> the message awaiting its launch
-    reported: dict[tuple, tuple[Lookup | NoLookup, set]] = {}   # (kernel, key) -> (message, binaries sent)
+    pending: dict[tuple, LookedUp | NoLookup] = {}          # (kernel, key) -> the message awaiting its launch
+    reported: dict[tuple, tuple[LookedUp | NoLookup, set]] = {}   # (kernel, key) -> (message, binaries sent)
     compiled_here = compiles.count()
 
     def on_lookup(lookup):
@@ -203,7 +203,7 @@ def _main(out, control, options: ChildOptions, pool) -> None:
                           size=lookup.path.stat().st_size, winner=parsed.winner, best=parsed.best,
                           margin=parsed.margin, configs=len(parsed.timings),
                           selection=selection.decisions.pop((lookup.kernel, tuple(lookup.key)), None))
-        pending[(lookup.kernel, lookup.key)] = Lookup(**fields)
+        pending[(lookup.kernel, lookup.key)] = LookedUp(**fields)
 
     def on_pruned(pruned):   # no lookup follows (Triton 3.8+): reported as reached, without an entry
         pending[(pruned.kernel, pruned.key)] = NoLookup(unit=current["unit"], tokens=current["tokens"],

@@ -23,7 +23,7 @@ from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, PrunedKey, U
 from ..errors import CacheDirError
 from ..version import __version__
 from .plan import Plan
-from .protocol import Binaries, Lookup, NoLookup, UnitDone
+from .protocol import Binaries, LookedUp, NoLookup, UnitDone
 from .shard import Part, ShardPlan
 from .spec import Unit
 
@@ -269,7 +269,7 @@ class Ledger:
         st.this_attempt = set()
         self._sync(part.id if isinstance(part, Part) else part)
 
-    def on_lookup(self, msg: Lookup, part: Part | str | None = None) -> bool:
+    def on_lookup(self, msg: LookedUp, part: Part | str | None = None) -> bool:
         """Record a lookup of `part` (default: the unit's one part); True when it is a key the part had not
         reached before in this build."""
         st = self._part(part if part is not None else msg.unit)
@@ -312,7 +312,7 @@ class Ledger:
         self._sync(msg.unit)
         return had is None
 
-    def on_binaries(self, msg: Lookup | Binaries) -> None:
+    def on_binaries(self, msg: LookedUp | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
         entry = self.manifest.entries.get(msg.file) if msg.file is not None else None
         if entry is not None and msg.binaries:

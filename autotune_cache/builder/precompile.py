@@ -175,7 +175,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     from ..targets import get
     from . import emulation
     from .device import Profile
-    emulation.install(profile=Profile(**profile) if profile else None)
+    emulation.fake_gpu(profile=Profile(**profile) if profile else None)
     import torch
     # Input values are never read (nothing launches); random ones cost seconds per call on the CPU at 16k tokens
     torch.randn = torch.rand = _empty
