@@ -19,8 +19,8 @@ log = logging.getLogger("autotune_cache")
 def register() -> None:
     if not os.environ.get("AUTOTUNE_CACHE_DIR"):
         return
-    from ..cache.trust import env_flag, one_line
-    from ..errors import AutotuneCacheError
+    from ..cache.trust import env_flag
+    from ..errors import AutotuneCacheError, exception_line
     from .loader import install
     if os.environ.get("AUTOTUNE_CACHE_URL"):   # fetch the registry's cache first when missing or stale
         from ..registry.pull import pull_for_server
@@ -31,9 +31,9 @@ def register() -> None:
         if env_flag("AUTOTUNE_CACHE_STRICT"):
             if isinstance(e, AutotuneCacheError):
                 raise
-            raise AutotuneCacheError(f"autotune-cache: install failed: {one_line(e)}") from e
+            raise AutotuneCacheError(f"autotune-cache: install failed: {exception_line(e)}") from e
         log.error("autotune-cache: cache %s not used (%s); the server tunes its kernels itself",
-                  os.environ["AUTOTUNE_CACHE_DIR"], one_line(e))
+                  os.environ["AUTOTUNE_CACHE_DIR"], exception_line(e))
         return
     log.info("autotune-cache: serving GDN kernels from %s%s", report.cache_dir,
              " (read-only, misses go to an overlay)" if report.read_only else "")
