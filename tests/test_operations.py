@@ -198,3 +198,23 @@ def test_compile_workers_go_through_the_spec_not_the_environment(monkeypatch):
         spec_from_args(parser().parse_args(["build", "--cache-dir", "x", "--compile-workers", "0"]))
     with pytest.raises(SpecError, match="compile_processes must be >= 1"):
         BuildSpec(model=models.preset("qwen3.5-9b"), compile_processes=0)
+
+
+def test_a_fleet_jobs_compile_share_goes_through_the_spec(tmp_path, monkeypatch):
+    from autotune_cache import operations
+    from autotune_cache.errors import SpecError
+    from autotune_cache.fleet.job import run_job
+    from autotune_cache.fleet.matrix import Job
+    seen = []
+
+    def build_into(spec, cache_dir, **kw):
+        seen.append((spec.compile_processes, os.environ.get("AUTOTUNE_CACHE_COMPILE_PROCESSES")))
+        raise SpecError("stop here")
+    monkeypatch.setattr(operations, "build_into", build_into)
+    monkeypatch.delenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", raising=False)
+    job = Job(index=0, gpu_type="H100", spec=toy_spec("unused"), label="toy", rows=(), units=(), keys=0, configs=0)
+    registry = (tmp_path / "registry").as_uri()
+    assert run_job(job, registry, compile_processes=3).error == "stop here"
+    monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "5")   # the node's own choice stays
+    run_job(job, registry, compile_processes=3)
+    assert seen == [(3, None), (None, "5")]
