@@ -95,6 +95,20 @@ def test_a_failed_ensure_removes_what_it_created_and_nothing_else(place, no_gpu)
     unchanged()
 
 
+def test_a_failed_rebuild_takes_its_fresh_dir_away_and_leaves_the_old_cache(toy_caches, tmp_path, no_gpu):
+    import json
+    cache = toy_caches.copy(tmp_path / "c", max_tokens=1024)
+    raw = json.loads((cache / "manifest.json").read_text())
+    raw["fingerprint"]["python"] = "2.7.18"   # another environment's cache: only a rebuild can serve
+    (cache / "manifest.json").write_text(json.dumps(raw))
+    before = listing(tmp_path)
+    stale = ensure(gpu_spec(), cache, progress=False)
+    assert not stale.ok and "--rebuild" in (stale.remedy or "") and listing(tmp_path) == before
+    with pytest.raises(NoGPUError):
+        ensure(gpu_spec(), cache, rebuild=True, progress=False)
+    assert listing(tmp_path) == before   # no fresh dir beside it, the old cache as it was
+
+
 @pytest.fixture(scope="module")
 def record_file(tmp_path_factory):
     """One recorded lookup of a real kernel on the fake GPU (tests/record_run.py)."""

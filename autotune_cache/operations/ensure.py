@@ -108,7 +108,12 @@ class _Ensure:
         fresh = swap.fresh_dir_beside(self.root)
         created = Created()
         with created.undone_on_error():
-            if not created.dirs(fresh):
+            try:
+                made = created.dirs(fresh)
+            except OSError as e:
+                raise CacheDirError(f"cannot rebuild beside {self.root}: {fresh}: {e.strerror or e} (--rebuild "
+                                    "needs a writable parent dir)") from None
+            if not made:
                 raise CacheDirError(f"{fresh} exists (left by an earlier rebuild?): remove it, then run ensure again")
             self.say(f"rebuilding {self.root} from scratch in {fresh}, then swapping it in")
             self.build(fresh, [f"{u.id}: rebuild" for u in self.plan.units])
