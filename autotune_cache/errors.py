@@ -125,3 +125,7 @@ class UnreplayableError(AutotuneCacheError):
 
 class UnsupportedEngineError(AutotuneCacheError):
     """An engine version whose kernels a target does not describe (an older layout whose keys were never checked)."""
+
+
+class SettingsError(AutotuneCacheError):
+    """An AUTOTUNE_CACHE_* variable whose value cannot be read (docs/settings.md)."""

@@ -9,7 +9,6 @@ container without the server's env): the build runs with them, and the cache is 
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -93,8 +92,9 @@ def cmd_ensure(args) -> int:
     allow_emulated = args.allow_emulated or None   # None: env AUTOTUNE_CACHE_ALLOW_EMULATED (verify.emulated_problem)
     m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
     if args.from_url:   # the registry's cache when this one is missing or stale (registry/pull.py)
+        from .. import settings
         from ..registry.pull import pull_for_ensure
-        pull_for_ensure(args.from_url, cache_dir, spec, args.public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY"),
+        pull_for_ensure(args.from_url, cache_dir, spec, args.public_key or settings.current().public_key,
                         err)
         m = manifest_mod.load(cache_dir) if cache_dir.is_dir() else None
     built = rebuilt = False
