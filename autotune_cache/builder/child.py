@@ -1,6 +1,7 @@
 """What runs inside the build child. Imports nothing heavy at module level: the env must be set first.
 
-What it sends the parent, and when: protocol.py.
+What it sends the parent, and when: protocol.py. Its one extension point: `add_unit_hook` (a function run at the
+start of each unit; the tests' fault injection, tests/faults.py, registers itself there).
 """
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import faults, triton_env
+from . import triton_env
 from .lifetime import die_with
 from .protocol import (
     Binaries,
@@ -27,6 +29,19 @@ from .protocol import (
     UnitFailed,
     UnitStart,
 )
+
+UnitHook = Callable[[int, int, bool], None]
+_unit_hooks: list[UnitHook] = []
+
+
+def add_unit_hook(hook: UnitHook) -> None:
+    """Run `hook(index, attempt, emulated)` in the build child at the start of every unit, before its calls: `index`
+    is the unit's position in the whole plan (not in this child's share, which shrinks on a retry), `attempt` counts
+    from 1, `emulated` says the child runs on the fake GPU. What the hook raises fails the unit as the unit's own
+    error would; it may also crash, hang or exhaust memory, which is what it is for: the tests register their fault
+    injection here (tests/faults.py, imported by tests/boot/sitecustomize.py in every process the tests start). A
+    hook added before the fork server imports this module's children (supervisor.PRELOAD) runs in each child."""
+    _unit_hooks.append(hook)
 
 
 def _die_with_build(build: int | None) -> None:
@@ -148,7 +163,6 @@ def main(out, control, options: ChildOptions) -> None:
 def _main(out, control, options: ChildOptions, pool) -> None:
     emulate, units = options.emulate, options.units
     if emulate:
-        os.environ["AUTOTUNE_CACHE_EMULATE"] = "1"
         from . import emulation
         emulation.install()
     else:
@@ -244,7 +258,8 @@ def _main(out, control, options: ChildOptions, pool) -> None:
             compiles_start = compiled_here["compiled"] if compiled_here is not None else 0
             compiled = None
             try:
-                faults.inject(os.environ.get("AUTOTUNE_CACHE_FAULT"), planned.index, planned.attempt)
+                for hook in _unit_hooks:
+                    hook(planned.index, planned.attempt, emulate)
                 disk.forget_in_memory()
                 if pool is not None and options.overlap_compile:   # this unit's configs; workers go on
                     compiled = pool.ready(index)
