@@ -12,7 +12,7 @@ variable, so a server that never reads AUTOTUNE_CACHE_TP is not stopped by it. A
 is warned about once per process (logging, "autotune_cache" logger), naming the closest known one.
 
 The variables outside the package (the entrypoint's, the tests' and scripts') are listed in `OUTSIDE`, so that
-docs/settings.md (`python -m autotune_cache.settings > docs/settings.md`) is the one list for users, and so that
+docs/settings.md (`python scripts/settings_doc.py` writes it) is the one list for users, and so that
 they are not taken for typos.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import difflib
 import json
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,8 +296,10 @@ def _warn_unknown(names) -> None:
         if name in names_known or name in _warned:
             continue
         _warned.add(name)
-        close = difflib.get_close_matches(name, names_known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        # the part after the prefix: every name shares the prefix, which would make any two look alike
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), [n.removeprefix(PREFIX) for n in names_known],
+                                          n=1, cutoff=0.6)
+        hint = f" (did you mean {PREFIX}{close[0]}?)" if close else ""
         log.warning("autotune-cache: unknown environment variable %s ignored%s; every variable: docs/settings.md",
                     name, hint)
 
@@ -322,8 +323,8 @@ def _rows() -> list[tuple[str, str, str, str, str, str]]:
 
 HEADER = """# Settings: every `AUTOTUNE_CACHE_*` environment variable
 
-Generated from `autotune_cache/settings.py` by `python -m autotune_cache.settings > docs/settings.md`
-(tests/test_settings.py fails when this file differs). Each process reads the variables once, into one typed
+Generated from `autotune_cache/settings.py` by `python scripts/settings_doc.py` (tests/test_settings.py fails
+when this file differs). Each process reads the variables once, into one typed
 object; a bad value fails only where it is read, with one line naming the variable; an unknown
 `AUTOTUNE_CACHE_*` name is warned about once, naming the closest known one. Flags: `1`, `true`, `yes`, `on` say
 yes (any case), anything else no; an empty variable is an unset one.
@@ -349,7 +350,3 @@ def markdown() -> str:
         cells = [f"`{name}`", type_, f"`{default}`" if default else "", kind, read_by, meaning]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.stdout.write(markdown())
