@@ -48,8 +48,8 @@ TESTS = "tests"
 
 def _var(name: str, default: Any, meaning: str, read_by: tuple[str, ...], *, kind: str = "user",
          type_: str | None = None, shown_default: str | None = None) -> Any:
-    """A Settings field: its env var, what it means, which processes read it; kind "user" or "internal" (set by
-    the package for a process of its own, never by a user)."""
+    """A Settings field: its env var, what it means, which processes read it; kind "user", "internal" (set by the
+    package for a process of its own, never by a user) or "test" (emulated builds, the tests and benchmarks)."""
     extra: dict[str, Any] = {"read_by": list(read_by), "kind": kind}
     if type_ is not None:
         extra["type"] = type_
@@ -143,10 +143,10 @@ class Settings(BaseModel):
         "(scripts/bench_build.py sets it).", (PARENT,), type_="path")
     device_keys: Path | None = _var(
         "DEVICE_KEYS", None, "Emulated builds: another host's disk-key parts (JSON, tests/data), so that an emulated "
-        "build makes that host's disk keys.", (CHILD,), type_="path")
+        "build makes that host's disk keys.", (CHILD,), kind="test", type_="path")
     fake_times: dict[str, Any] = _var(
-        "FAKE_TIMES", {}, "Emulated builds: chosen fake timings, JSON {\"<config>\": [ms, ...]} "
-        "(builder/emulation.py). For tests.", (CHILD,), type_="JSON", shown_default="{}")
+        "FAKE_TIMES", {}, "Emulated builds: chosen fake timings, JSON `{\"<config>\": [ms, ...]}` "
+        "(builder/emulation.py).", (CHILD,), kind="test", type_="JSON", shown_default="{}")
     # -- internal: set by the package for a process of its own ---------------------------------------------------
     base: Path | None = _var(
         "BASE", None, "The checked cache the layered cache manager reads first; the loader sets it in the server "
@@ -330,7 +330,7 @@ object; a bad value fails only where it is read, with one line naming the variab
 yes (any case), anything else no; an empty variable is an unset one.
 
 Kinds: **user** (yours to set), **internal** (the package sets it for a process of its own: never set it),
-**test** (read only by the tests and scripts of this repository).
+**test** (for this repository's tests and benchmarks: emulated builds, fault injection; a server never needs it).
 
 Processes: *server* (install(), the loader and its layered cache manager, in the serving process and the compile
 subprocesses Triton starts), *vLLM plugin*, *entrypoint* (docker/entrypoint.sh, an init container), *CLI*
@@ -347,6 +347,7 @@ def markdown() -> str:
     """docs/settings.md."""
     lines = [HEADER, "| variable | type | default | kind | read by | meaning |", "|---|---|---|---|---|---|"]
     for name, type_, default, kind, read_by, meaning in _rows():
-        cells = [f"`{name}`", type_, f"`{default}`" if default else "", kind, read_by, meaning]
+        cells = [f"`{name}`", f"`{type_}`" if "<" in type_ else type_, f"`{default}`" if default else "", kind,
+                 read_by, meaning]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
