@@ -39,8 +39,9 @@ def add_unit_hook(hook: UnitHook) -> None:
     is the unit's position in the whole plan (not in this child's share, which shrinks on a retry), `attempt` counts
     from 1, `emulated` says the child runs on the fake GPU. What the hook raises fails the unit as the unit's own
     error would; it may also crash, hang or exhaust memory, which is what it is for: the tests register their fault
-    injection here (tests/faults.py, imported by tests/boot/sitecustomize.py in every process the tests start). A
-    hook added before the fork server imports this module's children (supervisor.PRELOAD) runs in each child."""
+    injection here (tests/faults.py). A hook must be added in the process the child is forked from, the build's
+    fork server, right when it imports this module (supervisor.PRELOAD): tests/boot/sitecustomize.py does it with an
+    import hook in every process the tests start; a call in the build's own process would reach no child."""
     _unit_hooks.append(hook)
 
 
