@@ -367,7 +367,7 @@ def _launcher(launch: Launch, config):
 def _bencher(spec: dict):
     if spec["emulate"]:
         from autotune_cache.autotuner.timing import active_benchmarker
-        fake = active_benchmarker()   # the fake GPU's (emulation.install made its driver the active one)
+        fake = active_benchmarker()   # the fake GPU's (emulation.fake_gpu made its driver the active one)
         return lambda call: fake(call, quantiles=(0.5, 0.2, 0.8))[0]
     import triton.testing
     if spec.get("cudagraph"):
@@ -415,7 +415,7 @@ def worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec["emulate"]:
         from autotune_cache.builder import emulation
-        emulation.install()
+        emulation.fake_gpu()
     os.environ["TRITON_CACHE_DIR"] = spec["scratch_dir"]   # compiled kernels only: autotuning never touches disk
     os.environ.pop("TRITON_CACHE_AUTOTUNING", None)
     import importlib

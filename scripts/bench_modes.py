@@ -156,7 +156,7 @@ def serve_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec["emulate"]:
         from autotune_cache.builder import emulation
-        emulation.install()
+        emulation.fake_gpu()
     os.environ["TRITON_CACHE_DIR"] = spec["triton_dir"]   # empty: compiles and tuning are this process's own
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"            # what `import vllm` (>= 0.19) sets
     mode, result, loader = spec["mode"], {"mode": spec["mode"]}, None

@@ -33,7 +33,7 @@ def main() -> None:
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
     if args.emulate:
         from autotune_cache.builder import emulation
-        emulation.install()
+        emulation.fake_gpu()
     import torch
     import triton
 

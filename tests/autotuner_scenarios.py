@@ -11,7 +11,7 @@ os.environ["TRITON_CACHE_DIR"] = cache_dir
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 from autotune_cache.builder import emulation  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 import triton  # noqa: E402
 import triton.runtime.autotuner as at  # noqa: E402
 
@@ -75,8 +75,8 @@ def double_install():
     from autotune_cache.builder import precompile, selection
     from autotune_cache.record import recorder
     for _ in range(2):
-        emulation.install()
-        selection.install(selection.Settings())
+        emulation.fake_gpu()
+        selection.use(selection.Settings())
         precompile.install(2)
         recorder.start(os.path.join(cache_dir, "record.jsonl"))
         disk.add_launch_listener(launched)

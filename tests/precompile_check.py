@@ -10,7 +10,7 @@ os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
 os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 from autotune_cache.builder import emulation, precompile  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 import triton  # noqa: E402
 
 from autotune_cache.models import preset  # noqa: E402

@@ -25,7 +25,7 @@ if args.autotuning:
 
 from autotune_cache.builder import emulation  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 import autotune_cache  # noqa: E402
 
 report = None

@@ -12,7 +12,7 @@ os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
 
 from autotune_cache.builder import emulation  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -24,7 +24,7 @@ def listener(**kwargs):
 
 
 triton.knobs.compilation.listener = listener
-emulation.install()
+emulation.fake_gpu()
 import autotune_cache  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 

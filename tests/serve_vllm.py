@@ -15,7 +15,7 @@ os.environ["TRITON_CACHE_AUTOTUNING"] = "1"   # vLLM >= 0.19 sets it at import, 
 
 from autotune_cache.builder import emulation  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 import torch  # noqa: E402
 
 from autotune_cache.autotuner import disk  # noqa: E402

@@ -23,7 +23,7 @@ else:
 
 from autotune_cache.builder import emulation  # noqa: E402
 
-emulation.install()
+emulation.fake_gpu()
 import autotune_cache  # noqa: E402
 from autotune_cache.models import preset  # noqa: E402
 

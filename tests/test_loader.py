@@ -251,7 +251,7 @@ def test_strict_another_wheel_fails_the_first_lookup_before_it_reads_and_every_l
     other = _with_fingerprint(cache, tmp_path / "c", triton_key_sha256=OTHER_KEY)
     code = ("import json, sys, autotune_cache\n"
             "from autotune_cache.builder import emulation\n"
-            "emulation.install()\n"
+            "emulation.fake_gpu()\n"
             "r = autotune_cache.install(sys.argv[1], targets=(), modules=('toy_kernels',), strict=True)\n"
             "import toy_kernels\n"
             "from autotune_cache.models import preset\n"

@@ -191,7 +191,7 @@ OVERHEAD = """
 import json, os, sys
 os.environ["TRITON_CACHE_DIR"] = sys.argv[1]
 from autotune_cache.builder import emulation
-emulation.install()
+emulation.fake_gpu()
 import triton.runtime.autotuner as at
 run_before = at.Autotuner.run
 from autotune_cache.record import recorder

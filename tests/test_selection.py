@@ -121,7 +121,7 @@ def _build(tmp_path, monkeypatch, times, **selection):
 
 def _served_config(cache_dir) -> str:
     """The config Triton itself picks from the cache in a fresh process (its own check_disk_cache and min)."""
-    code = ("from autotune_cache.builder import emulation; emulation.install()\n"
+    code = ("from autotune_cache.builder import emulation; emulation.fake_gpu()\n"
             "from autotune_cache.models import preset\n"
             "import toy_kernels\n"
             "toy_kernels.run(preset('qwen3.5-9b').per_rank(1), {'act': 'bfloat16'}, 1024, 'cpu')\n"

@@ -36,7 +36,7 @@ ALLOWED_WRITES = {
     "builder/child.py:main": "the build child configures itself: its GPU, its Triton cache dir, autotune caching",
     "builder/triton_env.py:apply": "the build child applies --triton-env to itself (child.main calls it)",
     "builder/precompile.py:_zygote": "a compile worker configures itself: the cache dir, no real GPU",
-    "builder/emulation.py:install": "emulation (build child, compile worker, stand-in): no real GPU visible",
+    "builder/emulation.py:fake_gpu": "emulation (build child, compile worker, stand-in): no real GPU visible",
 }
 _MUTATORS = {"pop", "update", "clear", "setdefault", "popitem", "__setitem__", "__delitem__"}
 

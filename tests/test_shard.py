@@ -8,7 +8,7 @@ from autotune_cache import BuildSpec, models
 from autotune_cache.builder.gpus import for_build, visible
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.shard import plan_parts, unit_configs
-from autotune_cache.builder.spec import PlannedKey, Unit
+from autotune_cache.builder.spec import ModelUnit, PlannedKey
 from autotune_cache.errors import SpecError
 from autotune_cache.models import RankShape
 
@@ -17,7 +17,7 @@ SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype
 
 def unit(name, **keys):
     """A unit reaching the named keys (name -> configs); the same name in two units is the same key."""
-    return Unit(id=name, target="t", shape=SHAPE, tp=(1,), dtypes={"act": "bfloat16"}, tokens=(64,),
+    return ModelUnit(id=name, target="t", shape=SHAPE, tp=(1,), dtypes={"act": "bfloat16"}, tokens=(64,),
                 keys=tuple(PlannedKey(kernel=k, fields={}, key=(k,), configs=c, tokens=64) for k, c in keys.items()))
 
 
@@ -88,10 +88,11 @@ def test_a_key_shared_by_units_is_tuned_once_by_its_owner():
 
 
 def test_a_part_drives_the_unit_from_its_first_owned_key_down():
-    shape_unit = Unit(id="u", target="t", shape=SHAPE, tp=(1,), dtypes={"act": "bfloat16"}, tokens=(4096, 2048, 1024),
-                      keys=(PlannedKey(kernel="big", fields={}, key=(1,), configs=30, tokens=4096),
-                            PlannedKey(kernel="nb", fields={}, key=(2,), configs=20, tokens=2048),
-                            PlannedKey(kernel="nb", fields={}, key=(1,), configs=20, tokens=1024)))
+    shape_unit = ModelUnit(id="u", target="t", shape=SHAPE, tp=(1,), dtypes={"act": "bfloat16"},
+                           tokens=(4096, 2048, 1024),
+                           keys=(PlannedKey(kernel="big", fields={}, key=(1,), configs=30, tokens=4096),
+                                 PlannedKey(kernel="nb", fields={}, key=(2,), configs=20, tokens=2048),
+                                 PlannedKey(kernel="nb", fields={}, key=(1,), configs=20, tokens=1024)))
     sp = check([shape_unit], plan_parts([shape_unit], 2))
     assert sorted((p.tokens, p.owns) for s in sp.shards for p in s) == [
         ((2048, 1024), (("nb", (2,)), ("nb", (1,)))), ((4096, 2048, 1024), (("big", (1,)),))]
@@ -223,7 +224,7 @@ def test_cores_are_shared_out_between_the_children(monkeypatch):
 
 def test_replay_units_without_keys_or_token_counts_spread_over_the_shards():
     # build --from-record: one unit per recorded kernel, its keys known only when it runs (builder/replay_unit.py)
-    replays = [Unit(id=f"replay/{i}", target="t", shape=SHAPE, tp=(1,), dtypes={}, tokens=()) for i in range(3)]
+    replays = [ModelUnit(id=f"replay/{i}", target="t", shape=SHAPE, tp=(1,), dtypes={}, tokens=()) for i in range(3)]
     sp = plan_parts(replays, 2)
     assert [[p.id for p in parts] for parts in sp.shards] == [["replay/0", "replay/2"], ["replay/1"]]
     assert all(p.tokens == () and p.owns == () for parts in sp.shards for p in parts)

@@ -231,10 +231,6 @@ def add_pruned_listener(listener: Callable[[PrunedToOne], None], phase: str = "l
     hooks.add(phase, "pruned", listener)
 
 
-def remove_pruned_listener(listener: Callable[[PrunedToOne], None], phase: str = "listen") -> None:
-    hooks.remove(phase, "pruned", listener)
-
-
 def add_before_lookup_hook(hook: Callable[[Any, tuple], None], phase: str) -> None:
     """Call `hook(autotuner, tuning_key)` before each disk lookup reads anything (dry ones included): it may raise
     to fail the lookup (a strict loader's deferred fingerprint check)."""
@@ -260,10 +256,6 @@ def add_launch_listener(listener: Callable[[Launch], None], phase: str = "listen
     """Call `listener(Launch)` after every call of an autotuned kernel (with more than one config)."""
     hooks.add("lookups", "run", _run)
     hooks.add(phase, "launch", listener)
-
-
-def remove_launch_listener(listener: Callable[[Launch], None], phase: str = "listen") -> None:
-    hooks.remove(phase, "launch", listener)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 from . import triton_env
 from .lifetime import die_with
@@ -22,13 +22,14 @@ from .protocol import (
     Done,
     Go,
     Hello,
-    Lookup,
+    LookedUp,
     NoGPU,
     NoLookup,
     UnitDone,
     UnitFailed,
     UnitStart,
 )
+from .spec import ReplayUnit, Unit
 
 UnitHook = Callable[[int, int, bool], None]
 _unit_hooks: list[UnitHook] = []
@@ -84,8 +85,8 @@ def _take_parents_environment(options: ChildOptions) -> None:
             pass
 
 
-def _imports(get, unit) -> tuple[str, ...]:
-    if unit.kernel is not None:   # a replay unit: its kernel's module
+def _imports(get, unit: Unit) -> tuple[str, ...]:
+    if isinstance(unit, ReplayUnit):   # its kernel's module
         return (unit.kernel.module,)
     target = unit.target
     try:
@@ -162,147 +163,187 @@ def main(out, control, options: ChildOptions) -> None:
 
 
 def _main(out, control, options: ChildOptions, pool) -> None:
-    emulate, units = options.emulate, options.units
-    if emulate:
+    """The child's loop: get ready, say Hello, and on Go drive each unit, reporting what it reaches."""
+    if not _ready(out, options):
+        return
+    from ..autotuner import disk
+    from ..cache import fingerprint
+    from . import precompile, selection
+    if pool is None:
+        precompile.install()
+    selection.use(options.selection)
+    out.put(Hello(fingerprint=fingerprint.collect(emulated=options.emulate).model_dump(), pid=os.getpid()))
+    if not isinstance(control.get(), Go):
+        return
+    if pool is not None:
+        pool.go()
+    reports = _Reports(out, Path(options.cache_dir))
+    disk.add_launch_listener(reports.on_launch)
+    disk.add_pruned_listener(reports.on_pruned)
+    with disk.listening(reports.on_lookup):
+        for index, planned in enumerate(options.units):
+            _build_unit(out, options, pool, reports, index, planned)
+    out.put(Done())
+    out.close()
+    out.join_thread()
+
+
+def _ready(out, options: ChildOptions) -> bool:
+    """A GPU (or the fake one), the other shards' keys launching untuned, the kernel modules imported; False (and
+    NoGPU sent) without a GPU."""
+    if options.emulate:
         from . import emulation
-        emulation.install()
+        emulation.fake_gpu()
     else:
         import torch
         if not torch.cuda.is_available():
             out.put(NoGPU("no CUDA GPU visible to the build child "
                           f"(torch {torch.__version__}, CUDA {torch.version.cuda}); building needs one"))
-            return
+            return False
     if options.foreign:
         _launch_foreign_untuned(options.foreign)
     import importlib
 
-    from ..autotuner import compiles, disk
-    from ..cache import fingerprint
-    from ..cache.files import sha256_file
-    from ..cache.layout import read_autotune
     from ..targets import get
-    from . import precompile, selection
-
     # The kernel modules (FLA: ~10 s) now, while the compile pool imports them too; imported by the first unit's
     # call instead, they came after the wait for the pool. A module that fails to import fails that unit, named.
-    for name in dict.fromkeys(m for u in units for m in _imports(get, u.unit)):
+    for name in dict.fromkeys(m for u in options.units for m in _imports(get, u.unit)):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the unit's own import raises it again, reported with the unit
             pass
-    if pool is None:
-        precompile.install()
-    settings = options.selection
-    selection.install(settings)
-    probe_tokens = settings.probe_tokens if settings.mode == "robust" else ()
-    out.put(Hello(fingerprint=fingerprint.collect(emulated=emulate).model_dump(), pid=os.getpid()))
-    if not isinstance(control.get(), Go):
-        return
-    if pool is not None:
-        pool.go()
-    device = "cpu" if emulate else "cuda"
-    root = Path(options.cache_dir)
-    current: dict[str, Any] = {}   # the unit and token count of the call running now
-    # A lookup is sent once its call has launched, with the winner's compiled dirs: prune keeps exactly those. So is
-    # a key whose configs pruned to one where Triton (3.8+) makes no lookup: a NoLookup, with its one config's dirs.
-    pending: dict[tuple, Lookup | NoLookup] = {}          # (kernel, key) -> the message awaiting its launch
-    reported: dict[tuple, tuple[Lookup | NoLookup, set]] = {}   # (kernel, key) -> (message, binaries sent)
-    compiled_here = compiles.count()
+    return True
 
-    def on_lookup(lookup):
-        fields = dict(unit=current["unit"], tokens=current["tokens"], kernel=lookup.kernel, key=tuple(lookup.key),
+
+class _Reports:
+    """What the child tells the parent about the keys a unit reaches. A lookup is sent once its call has launched,
+    with the winner's compiled dirs: prune keeps exactly those. So is a key whose configs pruned to one where Triton
+    (3.8+) makes no lookup: a NoLookup, with its one config's dirs."""
+
+    def __init__(self, out, root: Path) -> None:
+        from ..autotuner import compiles
+        self.out, self.root = out, root
+        self.unit: str = ""
+        self.tokens: int | None = None   # the token count of the call running now
+        self.pending: dict[tuple, LookedUp | NoLookup] = {}          # (kernel, key) -> awaiting its launch
+        self.reported: dict[tuple, tuple[LookedUp | NoLookup, set]] = {}   # (kernel, key) -> (message, dirs sent)
+        self.compiled = compiles.count()   # None where Triton cannot count compiles
+
+    def start(self, unit_id: str) -> None:
+        self.unit, self.tokens = unit_id, None
+        self.reported.clear()
+
+    def on_lookup(self, lookup) -> None:
+        from ..cache.files import sha256_file
+        from ..cache.layout import read_autotune
+        from . import selection
+        fields = dict(unit=self.unit, tokens=self.tokens, kernel=lookup.kernel, key=tuple(lookup.key),
                       hit=lookup.hit, configs=lookup.configs)
         if lookup.path is not None and lookup.path.exists():
             parsed = read_autotune(lookup.path)
-            fields.update(file=lookup.path.relative_to(root).as_posix(), sha256=sha256_file(lookup.path),
+            fields.update(file=lookup.path.relative_to(self.root).as_posix(), sha256=sha256_file(lookup.path),
                           size=lookup.path.stat().st_size, winner=parsed.winner, best=parsed.best,
                           margin=parsed.margin, configs=len(parsed.timings),
                           selection=selection.decisions.pop((lookup.kernel, tuple(lookup.key)), None))
-        pending[(lookup.kernel, lookup.key)] = Lookup(**fields)
+        self.pending[(lookup.kernel, lookup.key)] = LookedUp(**fields)
 
-    def on_pruned(pruned):   # no lookup follows (Triton 3.8+): reported as reached, without an entry
-        pending[(pruned.kernel, pruned.key)] = NoLookup(unit=current["unit"], tokens=current["tokens"],
-                                                        kernel=pruned.kernel, key=tuple(pruned.key))
+    def on_pruned(self, pruned) -> None:   # no lookup follows (Triton 3.8+): reported as reached, without an entry
+        self.pending[(pruned.kernel, pruned.key)] = NoLookup(unit=self.unit, tokens=self.tokens,
+                                                             kernel=pruned.kernel, key=tuple(pruned.key))
 
-    def on_launch(launch):
+    def on_launch(self, launch) -> None:
+        from ..autotuner import disk
         if disk.is_dry():   # a probe pass: its lookups were not reported either
             return
-        dirs = {d.relative_to(root).as_posix() for d in launch.binaries if d.is_relative_to(root)}
-        msg = pending.pop((launch.kernel, launch.key), None)
+        dirs = {d.relative_to(self.root).as_posix() for d in launch.binaries if d.is_relative_to(self.root)}
+        msg = self.pending.pop((launch.kernel, launch.key), None)
         if msg is not None:
-            out.put(replace(msg, binaries=tuple(sorted(dirs))))
+            self.out.put(replace(msg, binaries=tuple(sorted(dirs))))
             if isinstance(msg, NoLookup) or msg.file is not None:
-                reported[(launch.kernel, launch.key)] = (msg, dirs)
-        elif (launch.kernel, launch.key) in reported:   # the key again, from memory: maybe another variant
-            first, sent = reported[(launch.kernel, launch.key)]
+                self.reported[(launch.kernel, launch.key)] = (msg, dirs)
+        elif (launch.kernel, launch.key) in self.reported:   # the key again, from memory: maybe another variant
+            first, sent = self.reported[(launch.kernel, launch.key)]
             if not dirs <= sent:
                 sent |= dirs
                 if isinstance(first, NoLookup):
-                    out.put(replace(first, binaries=tuple(sorted(sent))))
+                    self.out.put(replace(first, binaries=tuple(sorted(sent))))
                 elif first.file is not None:
-                    out.put(Binaries(unit=current["unit"], file=first.file, binaries=tuple(sorted(sent))))
+                    self.out.put(Binaries(unit=self.unit, file=first.file, binaries=tuple(sorted(sent))))
 
-    def flush():   # lookups whose call never returned (it raised): report them without binaries
-        for msg in pending.values():
-            out.put(msg)
-        pending.clear()
+    def flush(self) -> None:   # lookups whose call never returned (it raised): reported without binaries
+        for msg in self.pending.values():
+            self.out.put(msg)
+        self.pending.clear()
 
-    disk.add_launch_listener(on_launch)
-    disk.add_pruned_listener(on_pruned)
-    with disk.listening(on_lookup):
-        for index, planned in enumerate(units):
-            unit = planned.unit
-            current.update(unit=unit.id, tokens=None)
-            reported.clear()
-            out.put(UnitStart(unit.id))
-            start, bench_start = time.monotonic(), disk.bench_seconds
-            compiles_start = compiled_here["compiled"] if compiled_here is not None else 0
-            compiled = None
-            try:
-                for hook in _unit_hooks:
-                    hook(planned.index, planned.attempt, emulate)
-                disk.forget_in_memory()
-                if pool is not None and options.overlap_compile:   # this unit's configs; workers go on
-                    compiled = pool.ready(index)
-                elif pool is not None and index == 0:   # every unit's configs, before the first timing
-                    compiled = pool.ready(len(units) - 1)
-                if unit.replay:   # recorded calls of one kernel, made again (record/replay.py): no token counts
-                    from ..record.replay import replay_all
-                    replay_all(unit.replay, device)
-                else:
-                    target = get(unit.target)
-                    selection.probes.clear()
-                    for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
-                        current["tokens"] = tokens
-                        with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
-                            target.run(unit.shape, unit.dtypes, tokens, device)
-                        disk.forget_in_memory()   # the probe's winners: the next call of each key must miss
-                    for tokens in planned.calls:   # a sharded build: maybe a tail of them (shard.Part)
-                        current["tokens"] = tokens
-                        target.run(unit.shape, unit.dtypes, tokens, device)
-                selection.probes.clear()   # the probe calls' tensors
-                if device == "cuda":
-                    import torch
-                    torch.cuda.synchronize()
-            except BaseException as e:  # noqa: BLE001 - report everything, the parent decides
-                flush()
-                # The first line names the fault ("AcceleratorError: CUDA error: an illegal memory access was
-                # encountered"); torch's advice lines after it would flood the one-line summary.
-                from ..errors import UnreplayableError
-                out.put(UnitFailed(unit=unit.id, error=f"{type(e).__name__}: {e}".strip().splitlines()[0][:1000],
-                                   traceback=traceback.format_exc()[-4000:],
-                                   retry=not isinstance(e, UnreplayableError)))
-                out.close()
-                out.join_thread()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                if pool is not None:
-                    pool.close()
-                os._exit(1)   # no interpreter teardown: after a GPU fault CUDA's own can hang or crash
-            flush()
-            out.put(UnitDone(unit=unit.id, seconds=time.monotonic() - start,
-                             bench_seconds=disk.bench_seconds - bench_start, precompile=compiled,
-                             compiles=compiled_here["compiled"] - compiles_start if compiled_here else None))
-    out.put(Done())
+
+def _build_unit(out, options: ChildOptions, pool, reports: _Reports, index: int, planned) -> None:
+    """Drive one unit (its probe passes, then its token counts) and send UnitDone; on any failure send UnitFailed
+    and exit the process."""
+    from ..autotuner import disk
+    unit = planned.unit
+    reports.start(unit.id)
+    out.put(UnitStart(unit.id))
+    start, bench_start = time.monotonic(), disk.bench_seconds
+    compiles_start = reports.compiled["compiled"] if reports.compiled is not None else 0
+    compiled = None
+    try:
+        for hook in _unit_hooks:
+            hook(planned.index, planned.attempt, options.emulate)
+        disk.forget_in_memory()
+        if pool is not None and options.overlap_compile:   # this unit's configs; workers go on
+            compiled = pool.ready(index)
+        elif pool is not None and index == 0:   # every unit's configs, before the first timing
+            compiled = pool.ready(len(options.units) - 1)
+        _drive(unit, planned.calls, options, reports)
+    except BaseException as e:  # noqa: BLE001 - report everything, the parent decides
+        _fail(out, reports, unit.id, e, pool)
+    reports.flush()
+    out.put(UnitDone(unit=unit.id, seconds=time.monotonic() - start,
+                     bench_seconds=disk.bench_seconds - bench_start, precompile=compiled,
+                     compiles=reports.compiled["compiled"] - compiles_start if reports.compiled else None))
+
+
+def _drive(unit: Unit, calls, options: ChildOptions, reports: _Reports) -> None:
+    """The unit's serving calls: a replay unit's recorded calls, or the target's call at each probe count (screening,
+    nothing written) and then at each of `calls`."""
+    from ..autotuner import disk
+    from ..targets import get
+    from . import precompile, selection
+    device = "cpu" if options.emulate else "cuda"
+    if isinstance(unit, ReplayUnit):   # recorded calls of one kernel, made again (record/replay.py)
+        from ..record.replay import replay_all
+        replay_all(unit.replay, device)
+    else:
+        target = get(unit.target)
+        selection.probes.clear()
+        probe_tokens = options.selection.probe_tokens if options.selection.mode == "robust" else ()
+        for tokens in precompile.probe_counts(unit.tokens, probe_tokens):
+            reports.tokens = tokens
+            with selection.probing(tokens):   # screen the unit's keys at a small size, write nothing
+                target.run(unit.shape, unit.dtypes, tokens, device)
+            disk.forget_in_memory()   # the probe's winners: the next call of each key must miss
+        for tokens in calls:   # a sharded build: maybe a tail of them (shard.Part)
+            reports.tokens = tokens
+            target.run(unit.shape, unit.dtypes, tokens, device)
+    selection.probes.clear()   # the probe calls' tensors
+    if device == "cuda":
+        import torch
+        torch.cuda.synchronize()
+
+
+def _fail(out, reports: _Reports, unit_id: str, e: BaseException, pool) -> NoReturn:
+    """Report the unit failed and exit at once: no interpreter teardown, after a GPU fault CUDA's own can hang or
+    crash."""
+    from ..errors import UnreplayableError
+    reports.flush()
+    # The first line names the fault ("AcceleratorError: CUDA error: an illegal memory access was encountered");
+    # torch's advice lines after it would flood the one-line summary.
+    out.put(UnitFailed(unit=unit_id, error=f"{type(e).__name__}: {e}".strip().splitlines()[0][:1000],
+                       traceback=traceback.format_exc()[-4000:], retry=not isinstance(e, UnreplayableError)))
     out.close()
     out.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if pool is not None:
+        pool.close()
+    os._exit(1)

@@ -70,7 +70,7 @@ class _NoDevice:
         return False
 
 
-def install(device_keys: str | None = None, profile: Profile | None = None) -> None:
+def fake_gpu(device_keys: str | None = None, profile: Profile | None = None) -> None:
     """Make Triton and torch believe a GPU is present: an H100, or `profile` (device.py; the compile workers of a
     real build take the build GPU's). `device_keys`: a JSON file with another host's `triton_key` and
     `backend_hash`, to predict that host's exact disk keys."""

@@ -23,9 +23,9 @@ from ..cache.manifest import Entry, FileRecord, FileStat, Manifest, PrunedKey, U
 from ..errors import CacheDirError
 from ..version import __version__
 from .plan import Plan
-from .protocol import Binaries, Lookup, NoLookup, UnitDone
+from .protocol import Binaries, LookedUp, NoLookup, UnitDone
 from .shard import Part, ShardPlan
-from .spec import Unit
+from .spec import ReplayUnit, Unit
 
 
 class Ledger:
@@ -79,13 +79,12 @@ class Ledger:
             # recorded is as broken as a changed one
             if rec is None or (rec.status == "done" and (not (rec.entries or rec.pruned_to_one)
                                                          or m.damaged_entry(rec, self.cache_dir) is not None)):
-                m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tp=list(unit.tp),
-                                              shape=_described(unit), dtypes=unit.dtypes,
-                                              tokens=list(unit.tokens))
+                m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tokens=list(unit.tokens),
+                                              **_described(unit))
             elif rec.status != "done":   # failed, pending after an interrupt, or with files to restore
                 rec.status, rec.attempts, rec.failures = "pending", 0, []
             if rec is not None:
-                rec.tp = sorted(set(rec.tp) | set(unit.tp))
+                rec.tp = sorted(set(rec.tp) | set(_described(unit)["tp"]))
         self.manifest = m
         return m
 
@@ -269,7 +268,7 @@ class Ledger:
         st.this_attempt = set()
         self._sync(part.id if isinstance(part, Part) else part)
 
-    def on_lookup(self, msg: Lookup, part: Part | str | None = None) -> bool:
+    def on_lookup(self, msg: LookedUp, part: Part | str | None = None) -> bool:
         """Record a lookup of `part` (default: the unit's one part); True when it is a key the part had not
         reached before in this build."""
         st = self._part(part if part is not None else msg.unit)
@@ -312,7 +311,7 @@ class Ledger:
         self._sync(msg.unit)
         return had is None
 
-    def on_binaries(self, msg: Lookup | Binaries) -> None:
+    def on_binaries(self, msg: LookedUp | Binaries) -> None:
         """The winner's compiled-kernel dirs of an entry (one per variant launched): what prune keeps."""
         entry = self.manifest.entries.get(msg.file) if msg.file is not None else None
         if entry is not None and msg.binaries:
@@ -401,8 +400,8 @@ def _some(names: list[str]) -> str:
 
 
 def _described(unit: Unit) -> dict:
-    """What the manifest says a unit's calls were made with: its per-rank shape, or a replay unit's kernel (the
-    loader reads its module: record/)."""
-    if unit.shape is not None:
-        return unit.shape.model_dump()
-    return unit.kernel.model_dump() if unit.kernel is not None else {}
+    """What the manifest says a unit's calls were made with: its per-rank shape, TP degrees and dtypes, or a replay
+    unit's kernel (the loader reads its module: record/) and none."""
+    if isinstance(unit, ReplayUnit):
+        return {"shape": unit.kernel.model_dump(), "tp": [], "dtypes": {}}
+    return {"shape": unit.shape.model_dump(), "tp": list(unit.tp), "dtypes": unit.dtypes}

@@ -27,7 +27,7 @@ from .protocol import (
     Done,
     Go,
     Hello,
-    Lookup,
+    LookedUp,
     NoGPU,
     NoLookup,
     Stop,
@@ -146,7 +146,7 @@ class Build:
                 if msg.unit not in self._started:   # one bar per unit, over all its parts
                     self._started.add(msg.unit)
                     self.view.starting(msg.unit)
-            case Lookup():
+            case LookedUp():
                 if self.ledger.on_lookup(msg, _part_of(c, msg.unit)):
                     self.view.reached(msg.unit, msg.kernel)
             case NoLookup():

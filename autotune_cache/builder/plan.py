@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .. import targets as targets_mod
 from ..errors import SpecError
-from .spec import MAX_PLAN_CALLS, MAX_PLAN_KEYS, BuildSpec, PlannedKey, Unit
+from .spec import MAX_PLAN_CALLS, MAX_PLAN_KEYS, BuildSpec, ModelUnit, PlannedKey, Unit
 
 if TYPE_CHECKING:
     from ..models import RankShape
@@ -37,8 +37,8 @@ def unit_id(target: str, shape: RankShape, dtypes: dict[str, str], tokens: Itera
     return f"{target}/{dims}/{targets_mod.dtype_tag(dtypes)}/T{'_'.join(map(str, sorted(tokens)))}"
 
 
-def plan_units(spec: BuildSpec) -> list[Unit]:
-    units: dict[str, Unit] = {}
+def plan_units(spec: BuildSpec) -> list[ModelUnit]:
+    units: dict[str, ModelUnit] = {}
     calls = keys = 0   # so far, over the units made
     if spec.model is None:
         raise SpecError("a plan needs a model (--model or --config), or records to replay (--from-record)")
@@ -60,8 +60,8 @@ def plan_units(spec: BuildSpec) -> list[Unit]:
                                 f"its units), the most a plan may have: {_SMALLER}")
             unit_keys = expected_keys(target, shape, dtypes, tokens, limit=MAX_PLAN_KEYS - keys)
             keys += len(unit_keys)
-            units[uid] = Unit(id=uid, target=target_name, shape=shape.model_copy(update={"tp": tp}), tp=(tp,),
-                              dtypes=dtypes, tokens=tokens, keys=tuple(unit_keys))
+            units[uid] = ModelUnit(id=uid, target=target_name, shape=shape.model_copy(update={"tp": tp}), tp=(tp,),
+                                   dtypes=dtypes, tokens=tokens, keys=tuple(unit_keys))
     return list(units.values())
 
 

@@ -140,7 +140,7 @@ def _empty(*size, generator=None, **kwargs):
 
 
 def _unit_imports(unit: dict, get) -> tuple[str, ...]:
-    return (unit["kernel"]["module"],) if unit.get("kernel") else get(unit["target"]).imports
+    return (unit["kernel"]["module"],) if unit.get("kind") == "replay" else get(unit["target"]).imports
 
 
 def probe_counts(tokens, probe_tokens=()) -> list[int]:
@@ -173,7 +173,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
     from ..targets import get
     from . import emulation
     from .device import Profile
-    emulation.install(profile=Profile(**profile) if profile else None)
+    emulation.fake_gpu(profile=Profile(**profile) if profile else None)
     import torch
     # Input values are never read (nothing launches); random ones cost seconds per call on the CPU at 16k tokens
     torch.randn = torch.rand = _empty
@@ -194,7 +194,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
                 share.wid = wid
                 compiled = compiles.count() or {"compiled": 0}
                 for index, unit in enumerate(units):
-                    if unit.get("replay"):   # recorded calls (record/replay.py), made with Autotuner.run as above
+                    if unit.get("kind") == "replay":   # recorded calls (record/replay.py), Autotuner.run as above
                         from ..record.replay import replay_all
                         from ..record.schema import Record
                         replay_all([Record.model_validate(r) for r in unit["replay"]], "cpu")

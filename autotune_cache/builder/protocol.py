@@ -4,10 +4,10 @@ Child -> parent, on a Channel (channel.py: a pipe, written synchronously), in th
   Hello           after the kernel sources' env is set and the driver is up
   NoGPU           instead of Hello when there is no CUDA GPU (and no emulation)
   UnitStart       before driving a unit
-  Lookup          sent after the call that made it returned: `binaries` = compiled-kernel dirs (relative) the
+  LookedUp        sent after the call that made it returned: `binaries` = compiled-kernel dirs (relative) the
                   winning config launched
   Binaries        a later call of the same key launched another compiled variant
-  NoLookup        a key whose configs pruned to one, which Triton (3.8+) keeps without a lookup: sent, like a Lookup,
+  NoLookup        a key whose configs pruned to one, which Triton (3.8+) keeps without a lookup: sent, like a LookedUp,
                   after its call returned, with its binaries; again if a later call launched another variant
   UnitDone | UnitFailed   a failed unit ends the child: CUDA may be unusable
   Done
@@ -45,7 +45,7 @@ class UnitStart:
 
 
 @dataclass(frozen=True)
-class Lookup:
+class LookedUp:
     """One autotune lookup of a unit's call. Without `file` (tuned without the disk cache: a pre_hook or an empty
     key) the fields of the file are None."""
     unit: str

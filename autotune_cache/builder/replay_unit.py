@@ -15,9 +15,9 @@ from ..errors import SpecError
 from ..record import store
 from ..record.schema import KernelId, Record
 from .plan import Plan
-from .spec import MAX_PLAN_KEYS, BuildSpec, PlannedKey, Unit
+from .spec import MAX_PLAN_KEYS, BuildSpec, PlannedKey, ReplayUnit
 
-TARGET = "record"
+TARGET = ReplayUnit.model_fields["target"].default   # "record": what the manifest names a replay unit's target
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def unit_id(kernel: KernelId, records) -> str:
     return f"{TARGET}/{kernel.label}/{digest}"
 
 
-def units(records) -> tuple[list[Unit], list[Unreplayable]]:
+def units(records) -> tuple[list[ReplayUnit], list[Unreplayable]]:
     """One unit per kernel (module, qualified name, source, config list), its replayable records in record
     order; the others reported per kernel with the first reason."""
     groups: dict[tuple, list[Record]] = {}
@@ -66,7 +66,7 @@ def units(records) -> tuple[list[Unit], list[Unreplayable]]:
             continue
         keys = tuple(PlannedKey(kernel=kernel.name, fields={}, key=tuple(r.key), configs=r.configs, tokens=0)
                      for r in good)
-        made.append(Unit(id=unit_id(kernel, good), target=TARGET, keys=keys, kernel=kernel, replay=tuple(good)))
+        made.append(ReplayUnit(id=unit_id(kernel, good), keys=keys, kernel=kernel, replay=tuple(good)))
     return made, refused
 
 
@@ -97,7 +97,7 @@ class Comparison:
 def compare(replay_plan: ReplayPlan, manifest) -> Comparison:
     same, other = 0, []
     for unit in replay_plan.plan.units:
-        for rec in unit.replay:
+        for rec in unit.replay if isinstance(unit, ReplayUnit) else ():
             if rec.file is None:
                 continue
             if rec.file in manifest.entries:

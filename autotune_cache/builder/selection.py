@@ -338,7 +338,7 @@ def _after_bench(tuner, tuning_key) -> None:
         refine(tuner, tuning_key, _settings)
 
 
-def install(settings: Settings) -> None:
+def use(settings: Settings) -> None:
     """In the build child: shorter screening timings for autotuners that bring no benchmarker of their own (the
     probe budget inside a probe pass), and after every benchmark of a disk-cache miss: refine(), or in a probe
     pass, keep what it measured. The first settings installed stay."""

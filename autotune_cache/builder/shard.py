@@ -31,15 +31,6 @@ KeyId = tuple   # (kernel, key): one autotune entry
 KEY_COST = 8
 
 
-def key_ids(unit: Unit) -> set[KeyId]:
-    return {(k.kernel, tuple(k.key)) for k in unit.keys}
-
-
-def keys_of(units: Sequence[Unit]) -> set[KeyId]:
-    """Every key the units reach together."""
-    return set().union(*map(key_ids, units))
-
-
 def unit_configs(unit: Unit) -> int:
     """Configs the unit benchmarks when nothing is on disk yet, e.g. 59 for one FLA unit on sm_90."""
     return sum(k.configs or 0 for k in unit.keys)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -104,22 +105,38 @@ class PlannedKey(BaseModel):
     tokens: int                      # the token count that first reaches this key when the unit runs
 
 
-class Unit(BaseModel):
-    """One child-side job: drive one target's serving call for one per-rank shape at several token counts."""
+class _Unit(BaseModel):
+    """What every unit has: an id stable across runs, the keys it tunes, the token counts it is driven at."""
     model_config = ConfigDict(frozen=True)
 
-    id: str   # stable across runs, e.g. "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"
-    target: str
-    shape: RankShape | None = None   # None: a replay unit
-    tp: tuple[int, ...] = ()     # TP degrees that share this per-rank shape
-    dtypes: dict[str, str] = Field(default_factory=dict)  # role -> torch dtype name: act, state, g, beta, index
-    varlen: bool = True
-    tokens: tuple[int, ...] = ()  # driven in this order (largest first: shared keys tune at the largest size)
+    id: str
     keys: tuple[PlannedKey, ...] = Field(default=())
-    # A replay unit (target "record", replay_unit.py): the recorded calls of one kernel, made again in the child
-    kernel: KernelId | None = None
-    replay: tuple[Record, ...] = ()
+    tokens: tuple[int, ...] = ()  # driven in this order (largest first: shared keys tune at the largest size)
 
     @property
     def expected_keys(self) -> int:
         return len(self.keys)
+
+
+class ModelUnit(_Unit):
+    """One child-side job of a model's plan (plan.py): drive one target's serving call for one per-rank shape at
+    several token counts. Example id: "fla/H16-HV32-K128-V128-bf16-state_fp32-g_fp32-beta_bf16-idx_int64"."""
+    kind: Literal["model"] = "model"
+    target: str
+    shape: RankShape
+    tp: tuple[int, ...] = ()     # TP degrees that share this per-rank shape
+    dtypes: dict[str, str] = Field(default_factory=dict)  # role -> torch dtype name: act, state, g, beta, index
+    varlen: bool = True
+
+
+class ReplayUnit(_Unit):
+    """One child-side job of `build --from-record` (replay_unit.py): the recorded calls of one kernel, made again
+    (record/replay.py); no token counts. Its manifest record names the target "record"."""
+    kind: Literal["replay"] = "replay"
+    target: Literal["record"] = "record"
+    kernel: KernelId
+    replay: tuple[Record, ...] = ()
+
+
+# A unit of either kind, told apart by `kind` when it crosses to the child (protocol.ChildUnit) or a compile worker
+Unit = Annotated[ModelUnit | ReplayUnit, Field(discriminator="kind")]

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .plan import Plan
-from .spec import Unit
+from .spec import ReplayUnit, Unit
 
 MODES = ("tty", "plain", "none")
 
@@ -57,11 +57,11 @@ class View:
 
     def _label(self, unit_id: str, what: str) -> str:
         unit = self.units[unit_id]
-        s = unit.shape
         gpu = self.gpu_of(unit_id) if self.devices != (None,) else None
         where = "" if gpu is None else f"GPU {gpu} "
-        if s is None:   # a replay unit: one recorded kernel
-            return f"{unit.kernel.qualname if unit.kernel else unit.id} [dim]{where}{what}[/dim]"
+        if isinstance(unit, ReplayUnit):   # one recorded kernel
+            return f"{unit.kernel.qualname} [dim]{where}{what}[/dim]"
+        s = unit.shape
         return f"{unit.target} tp{','.join(map(str, unit.tp))} H{s.H}/HV{s.HV} [dim]{where}{what}[/dim]"
 
     def _line(self, unit_id: str, what: str) -> None:

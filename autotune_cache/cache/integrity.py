@@ -57,7 +57,7 @@ KINDS = {
 }
 
 
-def shown(path: str) -> str:
+def escaped_path(path: str) -> str:
     """A path as reports print it: as is, or escaped where a name holds a newline, a control character or bytes
     that are not UTF-8 (a crafted name must not add lines to a server's log)."""
     return path if path.isprintable() else repr(path)[1:-1]
@@ -72,7 +72,7 @@ class Problem:
     detail: str
 
     def __str__(self) -> str:
-        return f"{shown(self.path)}: {self.detail}"
+        return f"{escaped_path(self.path)}: {self.detail}"
 
 
 @dataclass(frozen=True, order=True)
@@ -85,7 +85,7 @@ class Writable:
     fix: str = "chmod go-w"
 
     def __str__(self) -> str:
-        return f"{shown(self.path)} ({self.why})"
+        return f"{escaped_path(self.path)} ({self.why})"
 
 
 @dataclass(frozen=True)

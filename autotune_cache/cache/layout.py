@@ -20,10 +20,6 @@ GROUP_PREFIX = "__grp__"
 TMP_PREFIX = "tmp.pid_"
 
 
-def autotune_file_name(kernel_name: str) -> str:
-    return f"{kernel_name[:150]}{AUTOTUNE_SUFFIX}"
-
-
 def is_autotune_file(name: str) -> bool:
     return name.endswith(AUTOTUNE_SUFFIX)
 

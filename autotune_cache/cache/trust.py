@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import settings
-from ..errors import AutotuneCacheError, CacheDirError
+from ..errors import AutotuneCacheError, CacheDirError, exception_line
 from . import integrity, signing
 from . import manifest as manifest_mod
 from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
@@ -105,11 +105,6 @@ def writable_reason(w: Writable) -> str:
             "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1 / --allow-writable)")
 
 
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """'RecursionError: maximum recursion depth exceeded': an unexpected exception as a refusal's reason."""
-    lines = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:
@@ -118,7 +113,7 @@ def _unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:
                       seconds=0.0)
     return TrustReport(root=root, policy=policy, manifest=None, manifest_error=None, files=files, shared_writable=(),
                        signed=False if policy.public_key is not None else None, key_id=None,
-                       refusals=(Refusal("files", f"{root}: cannot be checked ({one_line(e)})", (str(root),)),),
+                       refusals=(Refusal("files", f"{root}: cannot be checked ({exception_line(e)})", (str(root),)),),
                        warnings=())
 
 
@@ -141,7 +136,7 @@ def _load_manifest(root: Path):
     except CacheDirError as e:   # damaged or edited: nothing to check the files against
         return None, str(e)
     except Exception as e:   # e.g. not UTF-8, nested past the recursion limit
-        return None, f"{path}: unreadable manifest ({one_line(e)})"
+        return None, f"{path}: unreadable manifest ({exception_line(e)})"
 
 
 def assess(cache_dir: str | os.PathLike, policy: Policy = Policy(), *, copy_to: Path | None = None) -> TrustReport:
@@ -183,7 +178,8 @@ def _assess(root: Path, policy: Policy, copy_to: Path | None) -> TrustReport:
             except AutotuneCacheError as e:   # IntegrityError, or a key / package that cannot check it
                 refusals.append(Refusal("signature", str(e), tuple(getattr(e, "files", ()))))
             except Exception as e:   # a key or signature file nobody foresaw
-                refusals.append(Refusal("signature", f"{manifest_mod.SIG_NAME}: cannot be checked ({one_line(e)})",
+                refusals.append(Refusal("signature",
+                                        f"{manifest_mod.SIG_NAME}: cannot be checked ({exception_line(e)})",
                                         (manifest_mod.SIG_NAME,)))
     if files.moved_groups:
         warnings.append(f"{len(files.moved_groups)} compiled kernels list their files outside their directory "

@@ -25,7 +25,7 @@ PUBLIC_KEY_ENV = "AUTOTUNE_CACHE_PUBLIC_KEY"
 
 @dataclass(frozen=True)
 class FetchReport:
-    record: index.Record
+    record: index.Entry
     cache_dir: Path
     warnings: tuple[str, ...]
     seconds: float
@@ -40,7 +40,7 @@ def planned_units(spec: BuildSpec) -> list[str]:
     return [u.id for u in make_plan(spec).units]
 
 
-def select(url: str, spec: BuildSpec, machine: Machine, public_key=None) -> tuple[index.Record, tuple[str, ...]]:
+def select(url: str, spec: BuildSpec, machine: Machine, public_key=None) -> tuple[index.Entry, tuple[str, ...]]:
     """The record fetch would download, and its warnings (a scan's bad entries, a GPU-name fallback)."""
     store = open_store(url)
     found = index.scan(store)

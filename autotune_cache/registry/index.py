@@ -47,7 +47,7 @@ class RegistryInfo(BaseModel):
     signed: bool = False
 
 
-class Record(BaseModel):
+class Entry(BaseModel):
     """One published bundle. Example: qwen3.5-9b at TP 1 on an H200, 2 units, 3.4 MB, signed by key 1f2e..."""
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -119,7 +119,7 @@ class IndexScan:
     each entry that is not."""
     url: str
     info: RegistryInfo | None
-    records: tuple[Record, ...]
+    records: tuple[Entry, ...]
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -144,9 +144,9 @@ def ensure_info(store: Store, signed: bool) -> RegistryInfo:
     return info
 
 
-def parse_record(data: bytes, where: str) -> Record:
+def parse_record(data: bytes, where: str) -> Entry:
     try:
-        return Record.model_validate(untrusted.json_value(data))
+        return Entry.model_validate(untrusted.json_value(data))
     except (ValueError, ValidationError) as e:
         msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
         raise RegistryError(f"{where}: not a registry entry ({untrusted.one_line(msg)[:200]})") from None
@@ -177,5 +177,5 @@ def scan(store: Store, gpu_type: str | None = None) -> IndexScan:
     return IndexScan(url=store.url, info=info, records=tuple(records), warnings=tuple(warnings))
 
 
-def write_entry(store: Store, record: Record) -> None:
+def write_entry(store: Store, record: Entry) -> None:
     store.put(record.path, record.model_dump_json(indent=1).encode())

@@ -11,7 +11,7 @@ import sys
 from .. import settings
 from ..cache import fingerprint
 from ..errors import NoGPUError
-from .index import Record
+from .index import Entry
 from .select import Machine
 
 
@@ -69,7 +69,7 @@ class Here:
         return built.model_copy(update={k: getattr(now, k) for k in (
             "python", "triton", "torch", "packages", "backend_hash", "ptxas", "triton_key_sha256", "env")})
 
-    def misses(self, record: Record) -> list[str]:
+    def misses(self, record: Entry) -> list[str]:
         built = record.fingerprint
         found = fingerprint.mismatches(built, self.fingerprint_for(built))
         return [m for m in found if not m.startswith(fingerprint.GPU_HINT)]

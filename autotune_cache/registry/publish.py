@@ -22,7 +22,7 @@ from .store import open_store
 
 @dataclass(frozen=True)
 class PublishReport:
-    record: index.Record
+    record: index.Entry
     url: str
     already: bool        # the slot held this manifest already: nothing written
 
@@ -70,7 +70,7 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
     try:
         report = bundle_mod.export(root, tmp / "bundle.tar.gz")
         sha = sha256_file(report.bundle)
-        rec = index.Record(bundle=index.bundle_path(sha), bundle_sha256=sha, bundle_bytes=report.bundle_bytes,
+        rec = index.Entry(bundle=index.bundle_path(sha), bundle_sha256=sha, bundle_bytes=report.bundle_bytes,
                            manifest_digest=report.manifest_digest, **base)
         slot_dir = rec.path.rsplit("/", 1)[0]
         for name in store.find(slot_dir):

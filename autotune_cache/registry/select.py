@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import NoMatchingBundleError
-from .index import Record
+from .index import Entry
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Machine:
 
 @dataclass(frozen=True)
 class Choice:
-    record: Record
+    record: Entry
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -43,15 +43,15 @@ def gpu_type_of(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "", words[0]) if words else "unknown"
 
 
-def same_gpu(record: Record, gpu_name: str) -> bool:
+def same_gpu(record: Entry, gpu_name: str) -> bool:
     """`gpu_name` ("H200", or a device name "NVIDIA H200") is the GPU type the record was built for, or its device's
     whole name."""
     return (gpu_type_of(gpu_name).lower() == record.gpu_type.lower()
             or _words(gpu_name) == _words(record.fingerprint.gpu_name or ""))
 
 
-def choose(records: Iterable[Record], units: Iterable[str], machine: Machine,
-           misses: Callable[[Record], list[str]]) -> Choice:
+def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
+           misses: Callable[[Entry], list[str]]) -> Choice:
     """The bundle for `machine` holding every unit in `units`; NoMatchingBundleError saying why none fits."""
     records, need = list(records), set(units)
     if not records:
@@ -77,7 +77,7 @@ def choose(records: Iterable[Record], units: Iterable[str], machine: Machine,
         raise NoMatchingBundleError(f"{len(holding)} bundles hold the units, none fits this machine: "
                                     + "; ".join(sorted(set(why))[:4]))
 
-    def newest(rs: list[Record]) -> Record:
+    def newest(rs: list[Entry]) -> Entry:
         return max(rs, key=lambda r: (r.published, r.bundle_sha256))
 
     if machine.gpu_name is None:

@@ -49,6 +49,7 @@ from ..errors import (
     IntegrityError,
     SharedWritableError,
     UnsupportedTritonError,
+    exception_line,
 )
 from . import dirs
 from .report import LoaderReport
@@ -148,7 +149,7 @@ def _check_fingerprint(report: LoaderReport, here: Callable[[Fingerprint], Finge
     try:
         found = fingerprint.mismatches(built, here(built))
     except Exception as e:   # a fingerprint nobody foresaw (the manifest's, or this machine's): no proof it fits
-        found = [f"the fingerprints cannot be compared ({trust.one_line(e)})"]
+        found = [f"the fingerprints cannot be compared ({exception_line(e)})"]
     found = [m for m in found if m not in report.mismatches]
     report.mismatches += found
     for m in found:
@@ -255,7 +256,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     except AutotuneCacheError:
         raise
     except Exception as e:   # the temp dir, Triton itself: nothing of the cache, yet the server must hear it typed
-        raise AutotuneCacheError(f"autotune-cache: install({root}) failed: {trust.one_line(e)}") from e
+        raise AutotuneCacheError(f"autotune-cache: install({root}) failed: {exception_line(e)}") from e
     if log_at_exit or (log_at_exit is None and env.log):
         atexit.register(lambda: log.warning("%s", report.summary()))
     return report
@@ -285,7 +286,7 @@ def _use(report: LoaderReport, policy: trust.Policy, copy: bool) -> None:
     except AutotuneCacheError:
         raise
     except Exception as e:   # trust.assess refuses what it cannot check; this is the loader's own step failing
-        reason = f"{report.cache_dir}: cannot be checked ({trust.one_line(e)})"
+        reason = f"{report.cache_dir}: cannot be checked ({exception_line(e)})"
         _refuse(report, [reason], reason, [str(report.cache_dir)])
     _check_at_install(report)   # before Triton is pointed: strict, an unfit cache is never used
     dirs.point_triton_at(report, policy.allow_shared_writable)

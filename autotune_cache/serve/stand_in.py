@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     gc_log = _GcLog()
     if args.emulate:
         from ..builder import emulation
-        emulation.install()
+        emulation.fake_gpu()
     from ..targets import get
     start = time.perf_counter()
     import triton  # noqa: F401 - timed apart: install() would otherwise count it (a server has it imported anyway)

@@ -21,8 +21,7 @@ def register() -> None:
     env = settings.current()
     if env.dir is None:
         return
-    from ..cache.trust import one_line
-    from ..errors import AutotuneCacheError
+    from ..errors import AutotuneCacheError, exception_line
     from .loader import install
     if env.url:   # fetch the registry's cache first when missing or stale
         from ..registry.pull import pull_for_server
@@ -33,9 +32,9 @@ def register() -> None:
         if env.strict:
             if isinstance(e, AutotuneCacheError):
                 raise
-            raise AutotuneCacheError(f"autotune-cache: install failed: {one_line(e)}") from e
+            raise AutotuneCacheError(f"autotune-cache: install failed: {exception_line(e)}") from e
         log.error("autotune-cache: cache %s not used (%s); the server tunes its kernels itself",
-                  env.dir, one_line(e))
+                  env.dir, exception_line(e))
         return
     log.info("autotune-cache: serving GDN kernels from %s%s", report.cache_dir,
              " (read-only, misses go to an overlay)" if report.read_only else "")
