@@ -188,8 +188,8 @@ class Settings(BaseModel):
         def __getattr__(self, name: str) -> Any:
             """A field whose value was not read: its typed error (_parse took the field out of __dict__)."""
             invalid = (self.__pydantic_private__ or {}).get("_invalid", {})
-            if name in invalid:
-                raise invalid[name]
+            if name in invalid:   # a fresh error each time: one raised again would pile up tracebacks
+                raise type(invalid[name])(str(invalid[name])) from None
             return super().__getattr__(name)
 
     def __repr_args__(self):
