@@ -126,6 +126,10 @@ class UnreplayableError(AutotuneCacheError):
 class UnsupportedEngineError(AutotuneCacheError):
     """An engine version whose kernels a target does not describe (an older layout whose keys were never checked)."""
 
+class SettingsError(AutotuneCacheError):
+    """An AUTOTUNE_CACHE_* variable whose value cannot be read (docs/settings.md)."""
+
+
 def exception_line(e: BaseException, limit: int = 200) -> str:
     """'RecursionError: maximum recursion depth exceeded': an unexpected exception as a refusal's reason."""
     lines = str(e).strip().splitlines()

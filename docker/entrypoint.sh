@@ -4,6 +4,7 @@
 #   AUTOTUNE_CACHE_MODEL    preset name; or AUTOTUNE_CACHE_CONFIG, a local config.json / snapshot dir
 #   AUTOTUNE_CACHE_TP, AUTOTUNE_CACHE_TARGET, AUTOTUNE_CACHE_MAX_TOKENS   (defaults 1, fla, 16384)
 #   AUTOTUNE_CACHE_ENSURE=0 skips the check (the server still reads the cache through the plugin / install()).
+#   Every variable (and which process reads it): docs/settings.md.
 # `autotune-cache ensure` builds only what is missing (needs a GPU and a writable dir) and otherwise only reads,
 # so this works on a read-only image layer. Exit codes are ensure's: 1 the server would miss, 2 bad input / no GPU.
 set -eu

@@ -9,7 +9,9 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # toy_target, importable by spawned children too (they inherit sys.path)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+# tests/boot first: its sitecustomize adds the fault injection (tests/faults.py) to every build child's unit hooks
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS / "boot"), str(TESTS),
+                                                         os.environ.get("PYTHONPATH")]))
 # The CPU tests' caches are built emulated (fake timings), which `verify` and `ensure` refuse unless allowed;
 # tests/test_cli_ux.py checks that refusal with this unset.
 os.environ.setdefault("AUTOTUNE_CACHE_ALLOW_EMULATED", "1")

@@ -1,7 +1,8 @@
 """Fault tolerance of the build, on the CPU (toy target, emulated sm_90): a crash, hang, timeout or out-of-memory
 in a unit, Ctrl-C, concurrent builders, a full or unwritable disk, corrupt and foreign cache files, bad input.
 
-Faults come from the child's test-only hook AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]" (child.py).
+Faults come from AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", read by tests/faults.py: a unit hook of the build
+child (builder/child.py add_unit_hook) that tests/boot/sitecustomize.py registers in every process the tests start.
 tp=(1, 2) gives 2 units: unit 0 tunes the 3 toy keys, unit 1 (same keys at another head count) finds them on disk.
 """
 import json

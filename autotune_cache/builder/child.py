@@ -1,6 +1,7 @@
 """What runs inside the build child. Imports nothing heavy at module level: the env must be set first.
 
-What it sends the parent, and when: protocol.py.
+What it sends the parent, and when: protocol.py. Its one extension point: `add_unit_hook` (a function run at the
+start of each unit; the tests' fault injection, tests/faults.py, registers itself there).
 """
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from . import faults, triton_env
+from . import triton_env
 from .lifetime import die_with
 from .protocol import (
     Binaries,
@@ -28,6 +30,20 @@ from .protocol import (
     UnitStart,
 )
 from .spec import ReplayUnit, Unit
+
+UnitHook = Callable[[int, int, bool], None]
+_unit_hooks: list[UnitHook] = []
+
+
+def add_unit_hook(hook: UnitHook) -> None:
+    """Run `hook(index, attempt, emulated)` in the build child at the start of every unit, before its calls: `index`
+    is the unit's position in the whole plan (not in this child's share, which shrinks on a retry), `attempt` counts
+    from 1, `emulated` says the child runs on the fake GPU. What the hook raises fails the unit as the unit's own
+    error would; it may also crash, hang or exhaust memory, which is what it is for: the tests register their fault
+    injection here (tests/faults.py). A hook must be added in the process the child is forked from, the build's
+    fork server, right when it imports this module (supervisor.PRELOAD): tests/boot/sitecustomize.py does it with an
+    import hook in every process the tests start; a call in the build's own process would reach no child."""
+    _unit_hooks.append(hook)
 
 
 def _die_with_build(build: int | None) -> None:
@@ -176,7 +192,6 @@ def _ready(out, options: ChildOptions) -> bool:
     """A GPU (or the fake one), the other shards' keys launching untuned, the kernel modules imported; False (and
     NoGPU sent) without a GPU."""
     if options.emulate:
-        os.environ["AUTOTUNE_CACHE_EMULATE"] = "1"
         from . import emulation
         emulation.fake_gpu()
     else:
@@ -272,7 +287,8 @@ def _build_unit(out, options: ChildOptions, pool, reports: _Reports, index: int,
     compiles_start = reports.compiled["compiled"] if reports.compiled is not None else 0
     compiled = None
     try:
-        faults.inject(os.environ.get("AUTOTUNE_CACHE_FAULT"), planned.index, planned.attempt)
+        for hook in _unit_hooks:
+            hook(planned.index, planned.attempt, options.emulate)
         disk.forget_in_memory()
         if pool is not None and options.overlap_compile:   # this unit's configs; workers go on
             compiled = pool.ready(index)

@@ -16,6 +16,7 @@ import json
 import os
 import types
 
+from .. import settings
 from ..autotuner import hooks
 from .device import H100, Profile
 
@@ -35,7 +36,7 @@ def _fake_timing(kernel_call) -> float:
     global bench_calls
     kernel_call()
     bench_calls += 1
-    times = json.loads(os.environ.get(FAKE_TIMES_ENV) or "{}")
+    times = settings.current().fake_times
     name = None
     if _benchmarking:
         config, nargs = _benchmarking[-1]
@@ -146,7 +147,7 @@ def fake_gpu(device_keys: str | None = None, profile: Profile | None = None) -> 
         name=gpu.name, major=gpu.major, minor=gpu.minor, multi_processor_count=gpu.multiprocessor_count,
         shared_memory_per_block=gpu.shared_memory_per_block, shared_memory_per_block_optin=gpu.max_shared_mem,
         total_memory=gpu.total_memory, warp_size=gpu.warp_size)
-    device_keys = device_keys or os.environ.get("AUTOTUNE_CACHE_DEVICE_KEYS")
-    if device_keys:
+    keys_file = device_keys or settings.current().device_keys
+    if keys_file:
         from ..autotuner import emulated
-        emulated.use_device_keys(json.loads(open(device_keys).read()))
+        emulated.use_device_keys(json.loads(open(keys_file).read()))

@@ -114,8 +114,9 @@ class Build:
         children that run at once, less the one each child benchmarks on, e.g. 16 cores, 4 GPUs -> 3 each. None
         (the child decides) where AUTOTUNE_CACHE_COMPILE_PROCESSES is set, or in emulated builds (threads, as in a
         one-child emulated build)."""
-        from .precompile import PROCESS_ENV, cores
-        if emulate or os.environ.get(PROCESS_ENV, "").strip():
+        from .. import settings
+        from .precompile import cores
+        if emulate or settings.current().compile_processes is not None:
             return None
         return max(1, cores() // children - 1)
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import settings
 from ..autotuner import compiles, hooks
 from ..autotuner.kernels import innermost_jit
 from ..autotuner.keys import tuning_key
 
-ENV = "AUTOTUNE_CACHE_COMPILE_WORKERS"
 stats = {"keys": 0, "configs": 0, "compiled": 0, "errors": 0}   # read by tests
 
 
 def workers() -> int:
-    value = os.environ.get(ENV, "")
-    return int(value) if value.strip() else (os.cpu_count() or 1)
+    return settings.current().compile_workers or os.cpu_count() or 1
 
 
 _executor: ThreadPoolExecutor | None = None   # the compile threads of this process, started once
@@ -71,7 +70,6 @@ def use_threads(n_workers: int | None = None) -> bool:
 # By default the child waits for every unit's configs before its first timing; with --overlap-compile it times
 # unit i as soon as unit i is compiled (a build of 41 s against 48 s, two runs on two H200 hosts, the same time
 # benchmarking; stability over 3 builds 18 of 24 keys against 20 and 21 without: not told apart from noise).
-PROCESS_ENV = "AUTOTUNE_CACHE_COMPILE_PROCESSES"
 NICE = 10   # below the benchmarking child, which times units next to them with --overlap-compile
 # The longest the child waits for a unit's configs: past it, it compiles what is missing itself (a stuck worker
 # then costs time, not the build).
@@ -90,9 +88,9 @@ def cores() -> int:
 def processes(default: int | None = None) -> int:
     """Worker processes per build child: AUTOTUNE_CACHE_COMPILE_PROCESSES, else `default`, else one per core but
     one (that one is the benchmarking child's)."""
-    value = os.environ.get(PROCESS_ENV, "")
-    if value.strip():
-        return int(value)
+    given = settings.current().compile_processes
+    if given is not None:
+        return given
     return default if default is not None else max(1, cores() - 1)
 
 

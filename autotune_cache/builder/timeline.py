@@ -5,10 +5,9 @@ Times are seconds since the build parent began the build (Build.run)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
-ENV = "AUTOTUNE_CACHE_TIMELINE"
+from .. import settings
 
 
 class Timeline:
@@ -51,8 +50,8 @@ class Timeline:
         self._child(c)["ended_s"] = self._now()
 
     def write(self, tuned: dict) -> None:
-        path = os.environ.get(ENV)
-        if not path:
+        path = settings.current().timeline
+        if path is None:
             return
         data = {"wall_s": self._now(), "children": self.children,
                 "keys_tuned": len(tuned), "most_tunings_of_a_key": max(tuned.values(), default=0)}

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import settings
 from ..errors import AutotuneCacheError, CacheDirError, exception_line
 from . import integrity, signing
 from . import manifest as manifest_mod
@@ -28,12 +29,6 @@ from .manifest import Manifest
 TRUE = ("1", "true", "yes", "on")
 # What a refusal is about; verify shows each under its own check.
 CHECKS = ("manifest", "files", "permissions", "signature")
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """A yes/no env var: `default` when unset or empty, else whether it says yes ("1", "true", "yes", "on")."""
-    value = os.environ.get(name, "")
-    return value.lower() in TRUE if value else default
 
 
 @dataclass(frozen=True)
@@ -54,11 +49,11 @@ def policy_from_env(*, require_manifest: bool | None = None, allow_shared_writab
                     public_key: str | os.PathLike | bytes | None = None) -> Policy:
     """A Policy from arguments, each None falling back to its env var (AUTOTUNE_CACHE_REQUIRE_MANIFEST,
     AUTOTUNE_CACHE_ALLOW_WRITABLE, AUTOTUNE_CACHE_PUBLIC_KEY): what a server and its init container share."""
+    env = settings.current()
     return Policy(
-        require_manifest=env_flag("AUTOTUNE_CACHE_REQUIRE_MANIFEST") if require_manifest is None else require_manifest,
-        allow_shared_writable=(env_flag("AUTOTUNE_CACHE_ALLOW_WRITABLE") if allow_shared_writable is None
-                               else allow_shared_writable),
-        public_key=public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None)
+        require_manifest=env.require_manifest if require_manifest is None else require_manifest,
+        allow_shared_writable=env.allow_writable if allow_shared_writable is None else allow_shared_writable,
+        public_key=public_key or env.public_key)
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,9 @@ def emulated_problem(fp, allowed: bool | None) -> str | None:
     """The one rule on emulated caches (`build --emulate`: a fake sm_90 GPU, fake timings): its entries hit, but its
     winners are arbitrary, so a check that says "ship it" (verify, ensure) fails it unless `allowed` (None: env
     AUTOTUNE_CACHE_ALLOW_EMULATED)."""
-    from .trust import env_flag
+    from .. import settings
     if allowed is None:
-        allowed = env_flag("AUTOTUNE_CACHE_ALLOW_EMULATED")
+        allowed = settings.current().allow_emulated
     if fp is None or not fp.emulated or allowed:
         return None
     return ("built with --emulate (a fake GPU, fake timings): every winner is arbitrary; rebuild on the serving GPU, "

@@ -2,8 +2,6 @@
 model x TP x GPU-type matrix on a Ray cluster, fleet/)."""
 from __future__ import annotations
 
-import os
-
 from .console import Column, add_output_args, err, out, print_json, print_table
 
 
@@ -13,8 +11,8 @@ def _spec(args):
 
 
 def _public_key(args):
-    from ..registry.fetch import PUBLIC_KEY_ENV
-    return args.public_key or os.environ.get(PUBLIC_KEY_ENV) or None
+    from .. import settings
+    return args.public_key or settings.current().public_key
 
 
 def cmd_publish(args) -> int:

@@ -60,10 +60,11 @@ def held(url: str, job: Job) -> str | None:
 def run_job(job: Job, url: str, key: str | None = None, compile_processes: int | None = None) -> JobResult:
     """`compile_processes`: this job's share of its node's cores (Ray starts one job per GPU; each build would
     otherwise start a compile worker per core of the whole node)."""
-    import os
     import socket
+
+    from .. import settings
     # the env var, where set, stays the node's own choice
-    share = compile_processes if "AUTOTUNE_CACHE_COMPILE_PROCESSES" not in os.environ else None
+    share = compile_processes if settings.current().compile_processes is None else None
 
     from ..cache.prune import plan_prune
     from ..cache.scan import scan

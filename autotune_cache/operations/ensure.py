@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import settings
 from ..cache import location
 from ..cache.files import Created
 from ..cache.location import CacheDir
@@ -154,7 +155,7 @@ def ensure(spec: BuildSpec, cache_dir: str | os.PathLike[str] | None = None, *, 
     m = manifest_mod.load(root) if root.is_dir() else None
     if from_url:   # the registry's cache when this one is missing or stale (registry/pull.py)
         from ..registry.pull import pull_for_ensure
-        pull_for_ensure(from_url, root, spec, public_key or os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY"),
+        pull_for_ensure(from_url, root, spec, public_key or settings.current().public_key,
                         console if console is not None else _stderr())
         m = manifest_mod.load(root) if root.is_dir() else None
     built = rebuilt = False

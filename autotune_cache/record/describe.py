@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import numbers
-import os
 from typing import Any
 
+from .. import settings
 from ..autotuner.kernels import heuristics_under, innermost_jit
 from .schema import Arg, Call, DtypeArg, Grid, KernelId, OpaqueArg, Scalar, TensorArg, TupleArg, ValueArg
 
-MAX_VALUES_ENV = "AUTOTUNE_CACHE_RECORD_MAX_VALUES"
 # Integer tensors up to this many elements are recorded by value (cu_seqlens, chunk indices: a few thousand at
 # 32k tokens); larger ones are replayed as zeros (an index that is always valid).
-MAX_VALUES = 1 << 16
+MAX_VALUES = 1 << 16   # the default of AUTOTUNE_CACHE_RECORD_MAX_VALUES (settings.py)
 _INDEX_DTYPES = ("torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint8", "torch.bool")
 
 
@@ -24,8 +23,7 @@ def _sha256(text: str) -> str:
 
 
 def max_values() -> int:
-    value = os.environ.get(MAX_VALUES_ENV, "").strip()
-    return int(value) if value.isdigit() else MAX_VALUES
+    return settings.current().record_max_values
 
 
 def kernel_id(tuner) -> KernelId:

@@ -20,6 +20,7 @@ import os
 import threading
 from pathlib import Path
 
+from .. import settings
 from ..autotuner import disk, hooks
 from ..autotuner.keys import tuning_key
 from . import store
@@ -179,8 +180,5 @@ def stop(recorder: Recorder) -> None:
 
 def start_from_env() -> list[Recorder]:
     """The recorders AUTOTUNE_CACHE_RECORD and AUTOTUNE_CACHE_MISSES ask for (none when unset)."""
-    started = []
-    for env, misses in ((RECORD_ENV, False), (MISSES_ENV, True)):
-        if os.environ.get(env):
-            started.append(start(os.environ[env], misses=misses))
-    return started
+    env = settings.current()
+    return [start(path, misses=misses) for path, misses in ((env.record, False), (env.misses, True)) if path]

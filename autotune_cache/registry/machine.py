@@ -5,17 +5,14 @@ kernel packages; none of it needs the GPU)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
+from .. import settings
 from ..cache import fingerprint
 from ..errors import NoGPUError
 from .index import Entry
 from .select import Machine
-
-GPU_NAME_ENV, CAPABILITY_ENV = "AUTOTUNE_CACHE_GPU_NAME", "AUTOTUNE_CACHE_CAPABILITY"
-ALLOW_EMULATED_ENV = "AUTOTUNE_CACHE_ALLOW_EMULATED"   # tests: pod-start fetches may take emulated bundles
 
 
 def _read_gpu(isolated: bool) -> tuple[str, str] | None:
@@ -39,8 +36,9 @@ def detect(gpu_name: str | None = None, capability: str | None = None, *, allow_
            isolated: bool = False) -> Machine:
     """The machine to fetch for: the flags (or AUTOTUNE_CACHE_GPU_NAME / AUTOTUNE_CACHE_CAPABILITY), else this
     machine's GPU; NoGPUError when neither names one."""
-    gpu_name = gpu_name or os.environ.get(GPU_NAME_ENV) or None
-    capability = capability or os.environ.get(CAPABILITY_ENV) or None
+    env = settings.current()
+    gpu_name = gpu_name or env.gpu_name
+    capability = capability or env.capability
     if capability is not None:
         parts = capability.split(".")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
@@ -50,9 +48,9 @@ def detect(gpu_name: str | None = None, capability: str | None = None, *, allow_
         found = _read_gpu(isolated)
         if found is None:
             raise NoGPUError("no NVIDIA GPU here: name the GPU to fetch for with --gpu-name (e.g. H200) and/or "
-                             f"--capability (e.g. 9.0), or {GPU_NAME_ENV}")
+                             "--capability (e.g. 9.0), or AUTOTUNE_CACHE_GPU_NAME")
         gpu_name, capability = found
-    allow_emulated = allow_emulated or os.environ.get(ALLOW_EMULATED_ENV, "").lower() in ("1", "true", "yes", "on")
+    allow_emulated = allow_emulated or env.allow_emulated
     return Machine(gpu_name=gpu_name, capability=capability, allow_emulated=allow_emulated)
 
 

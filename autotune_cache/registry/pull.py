@@ -17,6 +17,7 @@ from pathlib import Path
 
 import filelock
 
+from .. import settings
 from ..builder.plan import plan as make_plan
 from ..builder.spec import BuildSpec
 from ..cache import fingerprint
@@ -103,33 +104,27 @@ def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machi
         lock.release()
 
 
-def spec_from_env(env=os.environ) -> BuildSpec:
+def spec_from_env() -> BuildSpec:
     """The request the entrypoint and the plugin read: AUTOTUNE_CACHE_MODEL (or AUTOTUNE_CACHE_CONFIG),
-    AUTOTUNE_CACHE_TP, AUTOTUNE_CACHE_TARGET, AUTOTUNE_CACHE_MAX_TOKENS (defaults qwen3.5-9b, 1, fla, 16384)."""
+    AUTOTUNE_CACHE_TP, AUTOTUNE_CACHE_TARGET, AUTOTUNE_CACHE_MAX_TOKENS (defaults qwen3.5-9b, 1, fla, 16384); a
+    bad TP or token count is a SpecError naming its variable."""
     from .. import models
-    from ..builder.spec import DEFAULT_MAX_TOKENS
-    shape = models.resolve(env.get("AUTOTUNE_CACHE_MODEL") or None, env.get("AUTOTUNE_CACHE_CONFIG") or None)
-    try:
-        tp = tuple(int(t) for t in env.get("AUTOTUNE_CACHE_TP", "1").split(",") if t.strip())
-        max_tokens = int(env.get("AUTOTUNE_CACHE_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
-    except ValueError as e:
-        from ..errors import SpecError
-        raise SpecError(f"AUTOTUNE_CACHE_TP / AUTOTUNE_CACHE_MAX_TOKENS: {e}") from None
-    return BuildSpec(model=shape, tp=tp, targets=tuple((env.get("AUTOTUNE_CACHE_TARGET") or "fla").split(",")),
-                     max_tokens=max_tokens)
+    env = settings.current()
+    shape = models.resolve(env.model, str(env.config) if env.config is not None else None)
+    return BuildSpec(model=shape, tp=env.tp, targets=env.target, max_tokens=env.max_tokens)
 
 
 def pull_for_server(log) -> PullReport | None:
     """The vLLM plugin's hook: with AUTOTUNE_CACHE_URL and AUTOTUNE_CACHE_DIR set, pull() for the request in the
     env (spec_from_env), strict per AUTOTUNE_CACHE_STRICT, key from AUTOTUNE_CACHE_PUBLIC_KEY; logged."""
-    from ..cache.trust import env_flag
-    url, cache_dir = os.environ.get("AUTOTUNE_CACHE_URL"), os.environ.get("AUTOTUNE_CACHE_DIR")
-    if not url or not cache_dir:
+    env = settings.current()
+    url, cache_dir = env.url, env.dir
+    if not url or cache_dir is None:
         return None
-    strict = env_flag("AUTOTUNE_CACHE_STRICT")
+    strict = env.strict
     try:
         report = pull(url, cache_dir, spec_from_env(), None, strict=strict,
-                      public_key=os.environ.get("AUTOTUNE_CACHE_PUBLIC_KEY") or None)
+                      public_key=env.public_key)
     except AutotuneCacheError as e:
         if strict:
             raise
@@ -144,8 +139,7 @@ def pull_for_server(log) -> PullReport | None:
 
 def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console) -> PullReport:
     """`ensure --from URL`: pull() for ensure's request, strict per AUTOTUNE_CACHE_STRICT; what it did on stderr."""
-    from ..cache.trust import env_flag
-    report = pull(url, cache_dir, spec, None, strict=env_flag("AUTOTUNE_CACHE_STRICT"), public_key=public_key)
+    report = pull(url, cache_dir, spec, None, strict=settings.current().strict, public_key=public_key)
     for w in report.warnings:
         console.print(f"[yellow]warning[/yellow]: {w}")
     if report.action != "fresh":

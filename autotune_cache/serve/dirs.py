@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .. import settings
 from ..cache import integrity
 from ..cache.files import sha256_bytes
 from .report import LoaderReport
@@ -41,7 +42,7 @@ def overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
     """AUTOTUNE_CACHE_OVERLAY, default <tmp>/autotune-cache-overlay-<uid>/<hash of the cache path> (it persists,
     so a miss is tuned once per machine). The overlay is read too (the server's own earlier misses): one that
     another user owns or can write (a name pre-created in /tmp) is replaced by a fresh private dir."""
-    given = os.environ.get("AUTOTUNE_CACHE_OVERLAY")
+    given = settings.current().overlay
     if given:
         path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
     else:

@@ -13,6 +13,7 @@ import os
 
 from triton.runtime.cache import FileCacheManager
 
+from .. import settings
 from ..autotuner.versions import group_needs_every_member
 from ..cache.files import MAX_JSON_BYTES, read_plain
 from ..cache.integrity import stray_members
@@ -24,8 +25,8 @@ BASE_ENV = "AUTOTUNE_CACHE_BASE"
 class LayeredCacheManager(FileCacheManager):
     def __init__(self, key, override=False, dump=False):
         super().__init__(key, override=override, dump=dump)   # the overlay: TRITON_CACHE_DIR
-        base = os.environ.get(BASE_ENV)
-        self.base_dir = os.path.join(base, key) if base and not (override or dump) else None
+        base = settings.current().base
+        self.base_dir = os.path.join(base, key) if base is not None and not (override or dump) else None
 
     def _base_path(self, filename):
         if self.base_dir is None:

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .. import settings
 from ..autotuner import disk, hooks, versions
 from ..autotuner.disk import Lookup
 from ..autotuner.kernels import innermost_jit, live_autotuners
@@ -216,16 +217,17 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     Raises only AutotuneCacheError: CacheDirError for a `cache_dir` that is no directory, for an unknown target,
     and, strict, the refusals and mismatches above. Whatever the directory holds, a non-strict install() returns.
     """
-    cache_dir = cache_dir or os.environ.get("AUTOTUNE_CACHE_DIR")
+    env = settings.current()
+    cache_dir = cache_dir or env.dir
     if not cache_dir:
         raise CacheDirError("no cache dir: pass one or set AUTOTUNE_CACHE_DIR")
     root = location.normalize(cache_dir)
     if not root.is_dir():
         raise CacheDirError(f"cache dir {root} does not exist or is not a directory")
     if strict is None:
-        strict = trust.env_flag("AUTOTUNE_CACHE_STRICT")
+        strict = env.strict
     if copy is None:
-        copy = trust.env_flag("AUTOTUNE_CACHE_COPY", default=True)
+        copy = env.private_copy
     policy = trust.policy_from_env(require_manifest=True if strict and require_manifest is None else require_manifest,
                                    allow_shared_writable=allow_shared_writable, public_key=public_key)
     from .. import targets as targets_mod
@@ -239,8 +241,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
     if not _triton_supported(report):
         return report
     from ..record import recorder
-    for path, only_misses in ((record or os.environ.get(recorder.RECORD_ENV), False),
-                              (misses or os.environ.get(recorder.MISSES_ENV), True)):
+    for path, only_misses in ((record or env.record, False), (misses or env.misses, True)):
         if path:
             report.recording.append(str(recorder.start(path, misses=only_misses).path))
     # The collector is the server's: no gc.collect() here (a full collection of a server's start-up heap, 0.1-0.2 s
@@ -255,7 +256,7 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
         raise
     except Exception as e:   # the temp dir, Triton itself: nothing of the cache, yet the server must hear it typed
         raise AutotuneCacheError(f"autotune-cache: install({root}) failed: {exception_line(e)}") from e
-    if log_at_exit or (log_at_exit is None and trust.env_flag("AUTOTUNE_CACHE_LOG")):
+    if log_at_exit or (log_at_exit is None and env.log):
         atexit.register(lambda: log.warning("%s", report.summary()))
     return report
 

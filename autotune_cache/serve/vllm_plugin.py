@@ -11,29 +11,30 @@ vLLM does not catch what a plugin raises: the server would die at start. So the 
 tunes into a private dir; or no such dir) is logged and the server starts, tuning its kernels itself.
 """
 import logging
-import os
+
+from .. import settings
 
 log = logging.getLogger("autotune_cache")
 
 
 def register() -> None:
-    if not os.environ.get("AUTOTUNE_CACHE_DIR"):
+    env = settings.current()
+    if env.dir is None:
         return
-    from ..cache.trust import env_flag
     from ..errors import AutotuneCacheError, exception_line
     from .loader import install
-    if os.environ.get("AUTOTUNE_CACHE_URL"):   # fetch the registry's cache first when missing or stale
+    if env.url:   # fetch the registry's cache first when missing or stale
         from ..registry.pull import pull_for_server
         pull_for_server(log)
     try:
         report = install(log_at_exit=True)
     except Exception as e:   # install() raises AutotuneCacheError only; anything else is a bug of ours
-        if env_flag("AUTOTUNE_CACHE_STRICT"):
+        if env.strict:
             if isinstance(e, AutotuneCacheError):
                 raise
             raise AutotuneCacheError(f"autotune-cache: install failed: {exception_line(e)}") from e
         log.error("autotune-cache: cache %s not used (%s); the server tunes its kernels itself",
-                  os.environ["AUTOTUNE_CACHE_DIR"], exception_line(e))
+                  env.dir, exception_line(e))
         return
     log.info("autotune-cache: serving GDN kernels from %s%s", report.cache_dir,
              " (read-only, misses go to an overlay)" if report.read_only else "")

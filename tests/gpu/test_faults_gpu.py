@@ -1,6 +1,6 @@
 """On a CUDA GPU: real faults during a real FLA build (qwen3.5-9b, TP 2 and 8: two units).
 
-The fault hook (AUTOTUNE_CACHE_FAULT, builder/faults.py) hits the second unit on its first attempt only:
+The fault hook (AUTOTUNE_CACHE_FAULT, tests/faults.py) hits the second unit on its first attempt only:
 - gpu-fault: a Triton kernel stores through a wild pointer, an illegal memory access (sticky: the child's CUDA
   context is dead, as after a faulting autotune config);
 - oom: the child allocates GPU memory until torch raises OutOfMemoryError.

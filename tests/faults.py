@@ -1,7 +1,9 @@
-"""Test-only fault injection into the build child (AUTOTUNE_CACHE_FAULT=<unit>:<kind>[:always]): the one place that
-makes a unit raise, crash, hang, run out of memory or fault the GPU, so that tests and GPU checks exercise the
-parent's recovery on real failures. Torch and Triton are imported inside the functions: importing this module
-costs nothing and needs no GPU.
+"""Fault injection into the build child (AUTOTUNE_CACHE_FAULT=<unit>:<kind>[:always]): the one place that makes a
+unit raise, crash, hang, run out of memory or fault the GPU, so that tests and GPU checks exercise the parent's
+recovery on real failures. Test-only: the package never reads AUTOTUNE_CACHE_FAULT. `hook` is registered as a unit
+hook of the child (autotune_cache.builder.child.add_unit_hook) by tests/boot/sitecustomize.py, in every process the
+tests start (tests/conftest.py puts tests/boot first on PYTHONPATH). Torch and Triton are imported inside the
+functions: importing this module costs nothing and needs no GPU.
 """
 from __future__ import annotations
 
@@ -29,14 +31,13 @@ def _wild_store_kernel():
     return wild_store
 
 
-def illegal_memory_access() -> None:
+def illegal_memory_access(emulated: bool) -> None:
     """Launch a kernel that writes through a wild pointer and wait for it: on a GPU this raises the sticky
     "CUDA error: an illegal memory access was encountered" (the context is unusable afterwards, as after a
     faulting autotune config). Under emulation (no GPU) the kernel is compiled for sm_90 and the error raised
     by hand, so CPU tests cover the same path."""
     import torch
 
-    emulated = os.environ.get("AUTOTUNE_CACHE_EMULATE") == "1"
     buf = torch.zeros(1, dtype=torch.float32, device="cpu" if emulated else "cuda")
     kernel = _wild_store_kernel()
     # Compile into a scratch dir, not the build's cache: the fault kernel is not something a server looks up.
@@ -56,10 +57,19 @@ def illegal_memory_access() -> None:
     raise RuntimeError("gpu-fault injection: the wild stores did not fault")
 
 
-def inject(spec: str | None, index: int, attempt: int) -> None:
-    """Test-only fault injection: AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the
-    unit's position in the whole plan (not in this child's share of it, which shrinks on a retry); first attempt
-    only unless ':always'. Kinds: raise, segfault, exit, hang, oom, oom-kill, gpu-fault."""
+ENV = "AUTOTUNE_CACHE_FAULT"
+
+
+def hook(index: int, attempt: int, emulated: bool) -> None:
+    """The child's unit hook: the fault AUTOTUNE_CACHE_FAULT names, read at each unit (the child has the build's
+    environment by then, whatever the fork server started with)."""
+    inject(os.environ.get(ENV), index, attempt, emulated)
+
+
+def inject(spec: str | None, index: int, attempt: int, emulated: bool = False) -> None:
+    """AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the unit's position in the whole plan
+    (not in this child's share of it, which shrinks on a retry); first attempt only unless ':always'. Kinds: raise,
+    segfault, exit, hang, oom, oom-kill, gpu-fault."""
     if not spec:
         return
     parts = spec.split(":")
@@ -76,21 +86,20 @@ def inject(spec: str | None, index: int, attempt: int) -> None:
         while True:
             time.sleep(1)
     if kind == "oom":
-        _exhaust_memory()
+        _exhaust_memory(emulated)
     if kind == "oom-kill":   # what the kernel's OOM killer does to a process that takes all host memory
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "gpu-fault":
-        from .faults import illegal_memory_access
-        illegal_memory_access()
+        illegal_memory_access(emulated)
     raise ValueError(f"AUTOTUNE_CACHE_FAULT: unknown kind {kind!r}")
 
 
-def _exhaust_memory() -> None:
+def _exhaust_memory(emulated: bool) -> None:
     """Allocate until the allocator fails: torch.OutOfMemoryError on a GPU. On the CPU the address space of this
     process is capped first (RLIMIT_AS, a little above what it maps now), so the allocation fails with a
     RuntimeError after a few hundred MB instead of driving a shared machine into its OOM killer."""
     import torch
-    if torch.cuda.is_available() and os.environ.get("AUTOTUNE_CACHE_EMULATE") != "1":
+    if torch.cuda.is_available() and not emulated:
         hog = []
         while True:
             hog.append(torch.empty(1 << 34, dtype=torch.uint8, device="cuda"))
@@ -106,3 +115,10 @@ def _exhaust_memory() -> None:
     finally:
         hog.clear()   # room again for reporting the error
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def register() -> None:
+    """Add `hook` to the build child's unit hooks (tests/boot/sitecustomize.py calls this once the child module is
+    imported: in the fork server, before it forks any child)."""
+    from autotune_cache.builder import child
+    child.add_unit_hook(hook)
