@@ -18,8 +18,8 @@ from .errors import (
     SpecError,
     UnknownModelError,
 )
-from .models import PRESETS, ModelShape
 from .serve.loader import install  # imports no kernel module and no GPU: cheap
+from .shapes import PRESETS, ModelShape
 from .version import __version__
 
 if TYPE_CHECKING:   # annotations only: rich and the build modules are imported when build() / plan() run

@@ -422,7 +422,7 @@ def worker_main(spec_path: str, out_path: str) -> int:
 
     import torch
 
-    from autotune_cache.models import RankShape
+    from autotune_cache.shapes import RankShape
     from autotune_cache.targets import get
     device = "cpu" if spec["emulate"] else "cuda"
     sync = (lambda: None) if spec["emulate"] else torch.cuda.synchronize

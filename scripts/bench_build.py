@@ -126,15 +126,15 @@ def main():
     ap.add_argument("--json-out", default="bench_build.json")
     args = ap.parse_args()
 
-    from autotune_cache import BuildSpec, models, plan
+    from autotune_cache import BuildSpec, plan, shapes
     tps = tuple(int(t) for t in args.tp.split(","))
-    units = plan(BuildSpec(model=models.preset(args.model), tp=tps, targets=(args.target,),
+    units = plan(BuildSpec(model=shapes.preset(args.model), tp=tps, targets=(args.target,),
                            max_tokens=args.max_tokens)).units
     result = {"model": args.model, "tp": args.tp, "max_tokens": args.max_tokens, "cpus": os.cpu_count(),
               "serial": {}, "builds": []}
     if not args.skip_serial:
         for tp in tps:   # one cold server per TP degree
-            (unit,) = plan(BuildSpec(model=models.preset(args.model), tp=(tp,), targets=(args.target,),
+            (unit,) = plan(BuildSpec(model=shapes.preset(args.model), tp=(tp,), targets=(args.target,),
                                      max_tokens=args.max_tokens)).units
             _, out = timed([sys.executable, "-m", "autotune_cache.serve.stand_in", "--cache-dir",
                             tempfile.mkdtemp(prefix=f"serial-tp{tp}-"), "--model", args.model, "--tp", str(tp),

@@ -79,8 +79,8 @@ if a["first_call"]:
     for m in target.imports:
         timed("kernel_import_" + m, lambda: importlib.import_module(m))
     out["kernel_import_s"] = round(sum(v for k, v in out.items() if k.startswith("kernel_import_")), 4)
-    from autotune_cache import models
-    shape = models.resolve(a["model"], None).per_rank(a["tp"])
+    from autotune_cache import shapes
+    shape = shapes.resolve(a["model"], None).per_rank(a["tp"])
     dtypes = target.default_dtypes(shape)
     device = "cpu" if a["emulate"] else "cuda"
     if device == "cuda":

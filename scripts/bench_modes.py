@@ -196,7 +196,7 @@ def serve_main(spec_path: str, out_path: str) -> int:
 
     import torch
 
-    from autotune_cache.models import RankShape
+    from autotune_cache.shapes import RankShape
     for module in target.imports:
         importlib.import_module(module)
     module = importlib.import_module(target.runner.rpartition(".")[0])
@@ -328,12 +328,12 @@ def main(argv=None) -> int:
         print(f"error: cache dir {args.cache_dir} does not exist", file=sys.stderr)
         return 2
     kt.require_gpu(args.emulate, "bench_modes")
-    from autotune_cache import models
+    from autotune_cache import shapes
     from autotune_cache.errors import AutotuneCacheError
     from autotune_cache.targets import get
     try:
         target = get(args.target)
-        shape = models.resolve(args.model, None).per_rank(args.tp)
+        shape = shapes.resolve(args.model, None).per_rank(args.tp)
     except AutotuneCacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
     batches = traffic(args.traffic_max)
     base = {"emulate": args.emulate, "target": args.target, "shape": shape.model_dump(), "dtypes": dtypes,
             "traffic": batches, "jit_monitor": args.jit_monitor, "cache_dir": str(Path(args.cache_dir).resolve())}
-    report = {"model": args.model or models.DEFAULT_MODEL, "tp": args.tp, "target": args.target,
+    report = {"model": args.model or shapes.DEFAULT_MODEL, "tp": args.tp, "target": args.target,
               "emulated": args.emulate, "repeats": args.repeats, "tokens": tokens, "modes": {},
               "traffic": {"calls": len(batches), "max_tokens": args.traffic_max, "batches": batches}}
     started = time.monotonic()

@@ -188,12 +188,12 @@ def main(argv=None) -> int:
         ap.error("--repeats and --tokens must be positive")
     kt.require_gpu(args.emulate, "bench_winners")
 
-    from autotune_cache import models
+    from autotune_cache import shapes
     from autotune_cache.errors import AutotuneCacheError
     from autotune_cache.targets import get
     try:
         target = get(args.target)
-        shape = models.resolve(args.model, args.config).per_rank(args.tp)
+        shape = shapes.resolve(args.model, args.config).per_rank(args.tp)
     except AutotuneCacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
               {"label": labels[1], "first_config": True} if first else
               {"label": labels[1], "dir": str(Path(args.baseline).resolve())}]
     scratch = tempfile.mkdtemp(prefix="bench-winners-scratch-")   # compiled kernels, shared by the T processes
-    report = {"model": args.model or models.DEFAULT_MODEL, "config": args.config, "tp": args.tp,
+    report = {"model": args.model or shapes.DEFAULT_MODEL, "config": args.config, "tp": args.tp,
               "target": args.target, "shape": shape.model_dump(), "dtypes": dtypes, "tokens": tokens,
               "repeats": args.repeats, "labels": list(labels),
               "caches": {c["label"]: c.get("dir", kt.FIRST_CONFIG) for c in caches},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import heapq
 
-from autotune_cache import models
+from autotune_cache import shapes
 from autotune_cache.fleet import matrix
 
 START_S, PER_CONFIG_S = 10.0, (34.0 - 10.0) / 134
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16384)
     a = ap.parse_args()
     gpu_types = a.gpu_types.split(",")
-    m = matrix.Matrix(models=tuple(models.PRESETS), tp=tuple(int(t) for t in a.tp.split(",")),
+    m = matrix.Matrix(models=tuple(shapes.PRESETS), tp=tuple(int(t) for t in a.tp.split(",")),
                       gpu_types=tuple(gpu_types), max_tokens=a.max_tokens)
     js = matrix.jobs(m)
     t = matrix.totals(js)

@@ -38,7 +38,7 @@ def main() -> None:
     import triton
 
     from autotune_cache.autotuner import keys as tuner_keys
-    from autotune_cache.models import preset
+    from autotune_cache.shapes import preset
     from autotune_cache.targets import fla
 
     shape = preset("qwen3.5-9b").per_rank(1)

@@ -85,7 +85,7 @@ def forward(family: str, total: int, n: int, device: str = "cuda") -> None:
             dt_limit=(0.0, float("inf")), state_dtype=torch.float32, final_states_out=states,
             final_state_indices=torch.arange(2, n + 2, dtype=torch.int32, device=device))
     elif family == "gdn":
-        from autotune_cache.models import preset
+        from autotune_cache.shapes import preset
         from autotune_cache.targets import fla
         shape = preset("qwen3.5-9b").per_rank(1)
         fla.run(shape, fla.default_dtypes(shape), total, device)

@@ -16,7 +16,7 @@ import triton  # noqa: E402
 import triton.runtime.autotuner as at  # noqa: E402
 
 from autotune_cache.autotuner import disk, hooks  # noqa: E402
-from autotune_cache.models import preset  # noqa: E402
+from autotune_cache.shapes import preset  # noqa: E402
 
 TRITONS = {m: getattr(at.Autotuner, m) for m in hooks.METHODS if m != "_bench"}   # _bench: emulation's already
 TRITON_GCM = at.get_cache_manager

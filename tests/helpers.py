@@ -20,10 +20,10 @@ def examples(deep: int) -> int:
 def toy_spec(cache_dir, **kw):
     """The tests' usual build: qwen3.5-9b through toy_target (3 keys of 3 configs up to 3000 tokens), emulated.
     `kw` overrides any BuildSpec field; `model` may be a preset's name."""
-    from autotune_cache import BuildSpec, models
+    from autotune_cache import BuildSpec, shapes
     kw = {"targets": ("toy_target",), "max_tokens": 3000, **kw}
     model = kw.pop("model", "qwen3.5-9b")
-    return BuildSpec(model=models.preset(model) if isinstance(model, str) else model, cache_dir=str(cache_dir),
+    return BuildSpec(model=shapes.preset(model) if isinstance(model, str) else model, cache_dir=str(cache_dir),
                      emulate=True, **kw)
 
 
@@ -58,10 +58,10 @@ FLA_DEVICE_KEYS = _device_keys_file()
 def fla_specs(cache_dir):
     """The real FLA builds the key tests check: qwen3.5-9b TP 1 to 1024 tokens (the keys of a 64-token call, NB = 1,
     tuned after a dry probe pass at 512 tokens) and qwen3-next-80b-a3b TP 8 at 64 tokens, into one cache."""
-    from autotune_cache import BuildSpec, models
-    return [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=1024, cache_dir=str(cache_dir),
+    from autotune_cache import BuildSpec, shapes
+    return [BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(1,), max_tokens=1024, cache_dir=str(cache_dir),
                       emulate=True),
-            BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64, cache_dir=str(cache_dir),
+            BuildSpec(model=shapes.preset("qwen3-next-80b-a3b"), tp=(8,), max_tokens=64, cache_dir=str(cache_dir),
                       emulate=True)]
 
 

@@ -35,8 +35,8 @@ except AutotuneCacheError as e:
 
 from autotune_cache.autotuner import disk  # noqa: E402
 from autotune_cache.cache.layout import read_autotune  # noqa: E402
-from autotune_cache.models import preset  # noqa: E402
 from autotune_cache.serve import loader  # noqa: E402
+from autotune_cache.shapes import preset  # noqa: E402
 
 report = loader.report()
 report.prefixes += ("toy_kernels",)

@@ -13,7 +13,7 @@ from autotune_cache.builder import emulation, precompile  # noqa: E402
 emulation.fake_gpu()
 import triton  # noqa: E402
 
-from autotune_cache.models import preset  # noqa: E402
+from autotune_cache.shapes import preset  # noqa: E402
 
 workers = {"workers": 0, "failed": 0, "import_s": None, "compile_s": None, "compiled": []}
 if len(sys.argv) > 3:

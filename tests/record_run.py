@@ -47,7 +47,7 @@ for item in args.work:
         import record_kernels
         record_kernels.copy(*numbers)
     elif kind == "fla":
-        from autotune_cache.models import preset
+        from autotune_cache.shapes import preset
         from autotune_cache.targets import fla
         shape = preset("qwen3.5-9b").per_rank(1)
         fla.run(shape, fla.default_dtypes(shape), numbers[0], "cpu")

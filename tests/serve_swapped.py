@@ -26,7 +26,7 @@ def listener(**kwargs):
 triton.knobs.compilation.listener = listener
 emulation.fake_gpu()
 import autotune_cache  # noqa: E402
-from autotune_cache.models import preset  # noqa: E402
+from autotune_cache.shapes import preset  # noqa: E402
 
 report = autotune_cache.install(cache_dir, targets=(), modules=("toy_kernels",),
                                 **({"copy": False} if "--no-copy" in sys.argv else {}))

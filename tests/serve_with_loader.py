@@ -25,7 +25,7 @@ from autotune_cache.builder import emulation  # noqa: E402
 
 emulation.fake_gpu()
 import autotune_cache  # noqa: E402
-from autotune_cache.models import preset  # noqa: E402
+from autotune_cache.shapes import preset  # noqa: E402
 
 
 def costly():

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 from helpers import run_cli_bounded
 
-from autotune_cache import models
+from autotune_cache import shapes
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.selection import MAX_PROBES
 from autotune_cache.builder.spec import (
@@ -24,7 +24,7 @@ from autotune_cache.builder.spec import (
 from autotune_cache.cli import main, parser
 from autotune_cache.cli.args import spec_from_args
 from autotune_cache.errors import ConfigError, SpecError
-from autotune_cache.models import CONFIG_MAX_BYTES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP
+from autotune_cache.shapes import CONFIG_MAX_BYTES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP
 
 GDN = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
        "linear_value_head_dim": 128, "torch_dtype": "bfloat16"}
@@ -116,16 +116,16 @@ def test_the_reviewers_max_tokens_returns_at_once_and_small(tmp_path):
 
 
 def test_python_api_bounds_are_the_same():
-    model = models.preset("qwen3.5-9b")
+    model = shapes.preset("qwen3.5-9b")
     with pytest.raises(SpecError, match=f"--max-tokens must be at most {MAX_TOKENS}"):
         BuildSpec(model=model, max_tokens=10 ** 5000)   # past Python's int-to-str limit: still one clear message
     with pytest.raises(SpecError, match=f"TP degree must be at most {MAX_TP}"):
         model.per_rank(MAX_TP * 16)
     with pytest.raises(SpecError, match=f"num_v_heads must be at most {MAX_HEADS}"):
-        models.ModelShape(name="x", num_k_heads=16, num_v_heads=MAX_HEADS + 1)
+        shapes.ModelShape(name="x", num_k_heads=16, num_v_heads=MAX_HEADS + 1)
     with pytest.raises(SpecError, match=f"head_k_dim must be at most {MAX_HEAD_DIM}"):
-        models.ModelShape(name="x", num_k_heads=16, num_v_heads=16, head_k_dim=MAX_HEAD_DIM + 1)
-    assert models.ModelShape(name="x", num_k_heads=MAX_HEADS, num_v_heads=MAX_HEADS, head_k_dim=MAX_HEAD_DIM,
+        shapes.ModelShape(name="x", num_k_heads=16, num_v_heads=16, head_k_dim=MAX_HEAD_DIM + 1)
+    assert shapes.ModelShape(name="x", num_k_heads=MAX_HEADS, num_v_heads=MAX_HEADS, head_k_dim=MAX_HEAD_DIM,
                              head_v_dim=MAX_HEAD_DIM).per_rank(MAX_TP).H == MAX_HEADS // MAX_TP
 
 
@@ -158,7 +158,7 @@ def test_the_largest_model_at_the_largest_prefill_is_refused_before_it_is_planne
 
 
 def test_every_plan_made_stays_within_its_bounds():
-    p = plan(BuildSpec(model=models.preset("qwen3.5-397b-a17b"), tp=(1, 2, 4, 8, 16), max_tokens=MAX_TOKENS,
+    p = plan(BuildSpec(model=shapes.preset("qwen3.5-397b-a17b"), tp=(1, 2, 4, 8, 16), max_tokens=MAX_TOKENS,
                        targets=("fla", "vllm", "sglang")))
     assert p.keys <= MAX_PLAN_KEYS and sum(len(u.tokens) for u in p.units) <= MAX_PLAN_CALLS
 
@@ -168,11 +168,11 @@ def test_every_plan_made_stays_within_its_bounds():
                                          ("linear_key_head_dim", MAX_HEAD_DIM),
                                          ("linear_value_head_dim", MAX_HEAD_DIM)])
 def test_config_sizes_at_and_past_their_bound(tmp_path, field, bound):
-    at = models.from_config(config(tmp_path, **{field: bound}))
+    at = shapes.from_config(config(tmp_path, **{field: bound}))
     assert bound in (at.num_k_heads, at.num_v_heads, at.head_k_dim, at.head_v_dim)
     for past in (bound + 1, 2 ** 31):
         with pytest.raises(ConfigError, match=f"config.json: {field} must be at most {bound}, got {past}$"):
-            models.from_config(config(tmp_path, **{field: past}))
+            shapes.from_config(config(tmp_path, **{field: past}))
 
 
 def test_config_with_2_31_heads_returns_at_once(tmp_path):
@@ -192,7 +192,7 @@ def test_config_head_dim_must_be_a_positive_int(tmp_path, value):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(GDN)[:-1] + f', "linear_key_head_dim": {json.dumps(value)}}}')
     with pytest.raises(ConfigError, match="linear_key_head_dim must be a positive integer"):
-        models.from_config(path)
+        shapes.from_config(path)
 
 
 # -- config.json files that are not small regular files -------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_a_socket_is_refused():
     with tempfile.TemporaryDirectory(dir="/tmp") as d, socket.socket(socket.AF_UNIX) as s:
         s.bind(os.path.join(d, "config.json"))
         with pytest.raises(ConfigError, match="a socket; a config.json must be a regular file"):
-            models.from_config(d)
+            shapes.from_config(d)
 
 
 def test_a_huge_sparse_config_is_refused_before_it_is_read(tmp_path):
@@ -228,10 +228,10 @@ def test_config_at_the_size_cap_is_read_and_one_byte_more_is_refused(tmp_path):
     text = json.dumps(GDN)
     path = tmp_path / "config.json"
     path.write_text(text + " " * (CONFIG_MAX_BYTES - len(text)))
-    assert models.from_config(path).num_k_heads == 16
+    assert shapes.from_config(path).num_k_heads == 16
     path.write_text(text + " " * (CONFIG_MAX_BYTES + 1 - len(text)))
     with pytest.raises(ConfigError, match=f"larger than {CONFIG_MAX_BYTES} bytes"):
-        models.from_config(path)
+        shapes.from_config(path)
 
 
 def test_a_symlinked_config_is_read(tmp_path):
@@ -239,7 +239,7 @@ def test_a_symlinked_config_is_read(tmp_path):
     (tmp_path / "blob").write_text(json.dumps(GDN))
     (tmp_path / "snap").mkdir()
     (tmp_path / "snap" / "config.json").symlink_to(tmp_path / "blob")
-    assert models.from_config(tmp_path / "snap").num_v_heads == 32
+    assert shapes.from_config(tmp_path / "snap").num_v_heads == 32
 
 
 @pytest.mark.parametrize("content,msg", [
@@ -252,4 +252,4 @@ def test_config_content_that_cannot_be_parsed_is_a_config_error(tmp_path, conten
     path = tmp_path / "config.json"
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
     with pytest.raises(ConfigError, match=msg):
-        models.from_config(path)
+        shapes.from_config(path)

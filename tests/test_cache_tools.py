@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import TESTS, compiles, run_cli, toy_build
 
-from autotune_cache import BuildSpec, models
+from autotune_cache import BuildSpec, shapes
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.layout import read_group
 from autotune_cache.cache.scan import scan
@@ -30,7 +30,7 @@ def verified(cache, tp=(1,), max_tokens=None, targets=("toy_target",)):
     """verify in this process (the CLI's own output is tested in the verify tests): the checks that failed."""
     from autotune_cache.builder.plan import plan
     from autotune_cache.cache.verify import verify
-    p = plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=targets, tp=tp, max_tokens=max_tokens)) \
+    p = plan(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=targets, tp=tp, max_tokens=max_tokens)) \
         if max_tokens else None
     v = verify(scan(cache), p)
     return {c.name: c.problems for c in v.checks if not c.ok}, v
@@ -380,7 +380,7 @@ def test_h200_cache_verify_checksums_and_coverage():
 def test_key_fields_are_named_by_the_target_whose_key_fits(tmp_path):
     # vLLM's vendored chunk_fwd_kernel_o has other key fields than upstream FLA's kernel of the same name
     from autotune_cache.targets import get
-    shape = models.preset("qwen3.5-9b").per_rank(1)
+    shape = shapes.preset("qwen3.5-9b").per_rank(1)
     for i, name in enumerate(("fla", "vllm")):
         target = get(name)
         spec = next(k for k in target.kernels if k.name == "chunk_fwd_kernel_o")

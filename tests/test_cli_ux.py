@@ -14,7 +14,7 @@ import sys
 import pytest
 from helpers import TESTS, assert_refused_in_one_line, cli_here, listing
 
-from autotune_cache import models
+from autotune_cache import shapes
 
 H200 = TESTS / "data" / "h200-qwen3.5-9b-cache"
 TOY = ("--target", "toy_target", "--max-tokens", "1024")
@@ -96,7 +96,7 @@ def test_piped_output_is_whole_and_plain(args):
     assert proc.returncode in (0, 1) and proc.stdout, proc.stderr
     plain(proc.stdout)
     if args[0] == "models":
-        assert all(name in proc.stdout.split() for name in models.PRESETS)
+        assert all(name in proc.stdout.split() for name in shapes.PRESETS)
     if args[0] in ("plan", "inspect"):   # `| grep` finds a kernel and its key on one line
         assert any("chunk_gated_delta_rule_fwd_kernel_h_blockdim64" in line and "H=16" in line
                    for line in proc.stdout.splitlines())
@@ -112,7 +112,7 @@ def test_columns_80_fits_and_drops_nothing(args):
     assert not long, long
     words = proc.stdout.split()
     if args[0] == "models":
-        assert all(name in words for name in models.PRESETS)
+        assert all(name in words for name in shapes.PRESETS)
     if args[0] == "plan":   # a unit id longer than a line is cut after a '/', never inside a name
         joined = re.sub(r"/\n +", "/", proc.stdout)
         assert all(f"unit {u['id']}\n" in joined for u in json.loads(cli(*args, "--json").stdout)["units"])

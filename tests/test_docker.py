@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import TESTS
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 from autotune_cache.cli import parser
 
 ROOT = TESTS.parent
@@ -94,7 +94,7 @@ def test_entrypoint_requires_cache_dir():
 @pytest.mark.skipif(sys.platform != "linux", reason="linux capabilities")
 def test_entrypoint_with_prebuilt_read_only_cache_verifies_and_execs(tmp_path):
     cache = tmp_path / "cache"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+    build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
                     cache_dir=str(cache), emulate=True), progress=False)
     for p in [cache, *cache.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)

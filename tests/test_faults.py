@@ -18,7 +18,7 @@ import helpers
 import pytest
 from helpers import run_cli, stand_in
 
-from autotune_cache import BuildFailedError, build, models
+from autotune_cache import BuildFailedError, build, shapes
 from autotune_cache.builder import orchestrator
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.cache.files import sha256_file
@@ -467,7 +467,7 @@ def _api(cache, **kw):
     (lambda c: _api(c, unit_timeout_s=float("nan")), SpecError, "unit timeout"),
     (lambda c: _api(c, retries=-1), SpecError, "retries"),
     (lambda c: _api(c, model="gpt-5"), UnknownModelError, "unknown model 'gpt-5'"),
-    (lambda c: lambda: models.from_config(c.parent / "config.json"), ConfigError, "not a readable JSON"),
+    (lambda c: lambda: shapes.from_config(c.parent / "config.json"), ConfigError, "not a readable JSON"),
 ], ids=["target", "tp-3", "tp-0", "tokens", "timeout-nan", "retries", "model", "config"])
 def test_python_api_bad_input_raises_a_typed_error_and_writes_nothing(tmp_path, make, exc, msg):
     (tmp_path / "config.json").write_text("{")

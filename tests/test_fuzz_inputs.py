@@ -1,4 +1,4 @@
-"""Property-based fuzzing of what a user hands the tool: generated config.json contents through models.from_config,
+"""Property-based fuzzing of what a user hands the tool: generated config.json contents through shapes.from_config,
 generated numeric flags through the CLI's parser and spec_from_args, and generated sizes through ModelShape and
 BuildSpec. Nothing may raise but the errors a user can act on (ConfigError, SpecError, UnknownModelError), whatever
 is accepted lies within its bounds, and a plan of an accepted spec never exceeds the plan's. Each test stays under
@@ -13,7 +13,7 @@ from helpers import examples  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st
 
-from autotune_cache import models  # noqa: E402
+from autotune_cache import shapes  # noqa: E402
 from autotune_cache.builder.plan import plan  # noqa: E402
 from autotune_cache.builder.selection import MAX_PROBES  # noqa: E402
 from autotune_cache.builder.spec import (  # noqa: E402
@@ -27,7 +27,7 @@ from autotune_cache.builder.spec import (  # noqa: E402
 from autotune_cache.cli import parser  # noqa: E402
 from autotune_cache.cli.args import spec_from_args  # noqa: E402
 from autotune_cache.errors import ConfigError, SpecError, UnknownModelError  # noqa: E402
-from autotune_cache.models import CONFIG_MAX_BYTES, DTYPES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP, SIZES  # noqa: E402
+from autotune_cache.shapes import CONFIG_MAX_BYTES, DTYPES, MAX_HEAD_DIM, MAX_HEADS, MAX_TOKENS, MAX_TP, SIZES  # noqa: E402
 
 TYPED = (ConfigError, SpecError, UnknownModelError)
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,7 +93,7 @@ def assert_plan_bounded(spec: BuildSpec) -> None:
     assert sum(len(u.tokens) for u in p.units) <= MAX_PLAN_CALLS and p.keys <= MAX_PLAN_KEYS
 
 
-def assert_shape_bounded(shape: models.ModelShape) -> None:
+def assert_shape_bounded(shape: shapes.ModelShape) -> None:
     assert 1 <= min(shape.num_k_heads, shape.num_v_heads) and max(shape.num_k_heads, shape.num_v_heads) <= MAX_HEADS
     assert 1 <= min(shape.head_k_dim, shape.head_v_dim) and max(shape.head_k_dim, shape.head_v_dim) <= MAX_HEAD_DIM
 
@@ -109,7 +109,7 @@ def config_path(tmp_path_factory):
 def test_any_config_json_is_a_model_or_a_config_error(config_path, content):
     config_path.write_bytes(content)
     try:
-        shape = models.from_config(config_path)
+        shape = shapes.from_config(config_path)
     except TYPED as e:
         return refused(e)
     assert len(content) <= CONFIG_MAX_BYTES
@@ -173,7 +173,7 @@ def spec_fields(draw) -> tuple[dict, dict]:
 def test_any_sizes_make_a_bounded_plan_or_a_spec_error(fields, targets):
     sizes, spec = fields
     try:
-        shape = models.ModelShape(name="fuzz", **sizes)
+        shape = shapes.ModelShape(name="fuzz", **sizes)
         spec = BuildSpec(model=shape, targets=tuple(targets), **spec)
     except TYPED as e:
         return refused(e)

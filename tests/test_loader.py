@@ -254,7 +254,7 @@ def test_strict_another_wheel_fails_the_first_lookup_before_it_reads_and_every_l
             "emulation.fake_gpu()\n"
             "r = autotune_cache.install(sys.argv[1], targets=(), modules=('toy_kernels',), strict=True)\n"
             "import toy_kernels\n"
-            "from autotune_cache.models import preset\n"
+            "from autotune_cache.shapes import preset\n"
             "errors = []\n"
             "for t in (1, 1, 2048):\n"
             "    try:\n"

@@ -10,7 +10,7 @@ import pytest
 from helpers import listing, small_cache, toy_spec
 
 import autotune_cache
-from autotune_cache import BuildSpec, NoGPUError, models
+from autotune_cache import BuildSpec, NoGPUError, shapes
 from autotune_cache.cache import location
 from autotune_cache.cache.bundle import export, import_bundle
 from autotune_cache.cache.files import Created
@@ -211,7 +211,7 @@ def test_compile_workers_go_through_the_spec_not_the_environment(monkeypatch):
     with pytest.raises(SpecError, match="--compile-workers must be >= 1, got 0"):
         spec_from_args(parser().parse_args(["build", "--cache-dir", "x", "--compile-workers", "0"]))
     with pytest.raises(SpecError, match="compile_processes must be >= 1"):
-        BuildSpec(model=models.preset("qwen3.5-9b"), compile_processes=0)
+        BuildSpec(model=shapes.preset("qwen3.5-9b"), compile_processes=0)
 
 
 def test_a_fleet_jobs_compile_share_goes_through_the_spec(tmp_path, monkeypatch):

@@ -2,13 +2,13 @@ import math
 
 import pytest
 
-from autotune_cache import BuildSpec, models, plan
+from autotune_cache import BuildSpec, plan, shapes
 from autotune_cache.errors import SpecError
 from autotune_cache.targets import fla
 
 
 def spec(**kw):
-    return BuildSpec(model=models.preset(kw.pop("model", "qwen3.5-9b")), **kw)
+    return BuildSpec(model=shapes.preset(kw.pop("model", "qwen3.5-9b")), **kw)
 
 
 def l2norm_nbs(unit):
@@ -85,6 +85,6 @@ def test_unknown_target():
 
 
 def test_token_counts_hit_each_bucket_exactly():
-    shape = models.preset("qwen3.5-27b").per_rank(1)
+    shape = shapes.preset("qwen3.5-27b").per_rank(1)
     counts = fla.token_counts(shape, 20000)
     assert [fla._nb(shape, t) for t in counts] == list(range(1, len(counts) + 1))

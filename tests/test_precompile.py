@@ -7,7 +7,7 @@ import sys
 import pytest
 from helpers import TESTS
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 
 
 def check(cache, workers, processes=None):
@@ -45,7 +45,7 @@ def test_worker_processes_leave_every_config_compiled_in_the_cache(tmp_path):
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_build_keys_do_not_depend_on_worker_processes(tmp_path, monkeypatch, processes):
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", processes)
-    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+    m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     assert sorted(m.entries) == sorted(_reference_entries())
 
@@ -54,7 +54,7 @@ def test_build_keys_do_not_depend_on_worker_processes(tmp_path, monkeypatch, pro
 def test_build_keys_do_not_depend_on_precompile(tmp_path, monkeypatch, workers):
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "1")   # threads only
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_WORKERS", workers)
-    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
+    m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=2048,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     assert sorted(m.entries) == sorted(_reference_entries())
 
@@ -67,7 +67,7 @@ def _reference_entries(tp=(1,), max_tokens=2048):
     if (tp, max_tokens) not in _REF:
         import tempfile
         d = tempfile.mkdtemp()
-        m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=max_tokens,
+        m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), tp=tp, max_tokens=max_tokens,
                             cache_dir=d, emulate=True), progress=False)
         _REF[(tp, max_tokens)] = list(m.entries)
     return _REF[(tp, max_tokens)]
@@ -76,7 +76,7 @@ def _reference_entries(tp=(1,), max_tokens=2048):
 def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(tmp_path, monkeypatch):
     # one pool for both units (TP 1 and 2 share the toy keys; 3 NB buckets): the child only loads binaries
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "2")
-    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
+    m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     first, second = m.units.values()
     # the first unit waited for every unit's configs (TP 2 reaches the same 3 keys: 9 configs in all)
@@ -90,7 +90,7 @@ def test_build_with_worker_processes_compiles_nothing_in_the_benchmarking_child(
 def test_overlapped_build_waits_per_unit_and_builds_the_same_entries(tmp_path, monkeypatch):
     # --overlap-compile: each unit waits for its own configs only; the workers go on with the next unit
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "2")
-    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
+    m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), tp=(1, 2), max_tokens=3000,
                         cache_dir=str(tmp_path), emulate=True, overlap_compile=True), progress=False)
     first, second = m.units.values()
     for unit in (first, second):
@@ -103,7 +103,7 @@ def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
     # the counter above can see compiles: here the child compiles every config itself
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_PROCESSES", "1")
     monkeypatch.setenv("AUTOTUNE_CACHE_COMPILE_WORKERS", "1")
-    m = build(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
+    m = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
                         cache_dir=str(tmp_path), emulate=True), progress=False)
     (unit,) = m.units.values()
     assert unit.precompile is None and unit.compiles == 3
@@ -112,7 +112,7 @@ def test_build_without_workers_compiles_in_the_child(tmp_path, monkeypatch):
 def test_workers_share_the_configs_evenly(tmp_path):
     # 3 NB keys of 3 configs, 2 workers: dealt round-robin over all 9 (5 and 4), not 2+1 per key (6 and 3)
     from autotune_cache.builder import precompile
-    from autotune_cache.models import preset
+    from autotune_cache.shapes import preset
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [3000, 2000, 1000, 3000]}
     report = precompile.compile_in_processes(str(tmp_path), [unit], 2)
@@ -121,7 +121,7 @@ def test_workers_share_the_configs_evenly(tmp_path):
 
 def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(tmp_path):
     from autotune_cache.builder import precompile
-    from autotune_cache.models import preset
+    from autotune_cache.shapes import preset
     shape = preset("qwen3.5-9b").per_rank(1).model_dump()
     units = [{"target": "toy_target", "shape": shape, "dtypes": {"act": "bfloat16"}, "tokens": [t]}
              for t in (1000, 2000, 3000)]
@@ -146,7 +146,7 @@ def test_units_are_ready_one_after_another_and_a_killed_pool_releases_the_wait(t
 def test_failed_workers_are_counted_with_their_error(tmp_path):
     # the zygote cannot import the target: every worker counts as failed, and the report says why
     from autotune_cache.builder import precompile
-    from autotune_cache.models import preset
+    from autotune_cache.shapes import preset
     unit = {"target": "no_such_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),
             "dtypes": {"act": "bfloat16"}, "tokens": [1000]}
     pool = precompile.Pool(str(tmp_path), [unit], 2)
@@ -164,7 +164,7 @@ def test_workers_emulate_the_profile_they_are_given(tmp_path):
     import json as _json
 
     from autotune_cache.builder import device, precompile
-    from autotune_cache.models import preset
+    from autotune_cache.shapes import preset
     a100 = dataclasses.replace(device.H100, name="NVIDIA A100-SXM4-80GB", major=8, minor=0, multiprocessor_count=108,
                                max_shared_mem=166912)
     unit = {"target": "toy_target", "shape": preset("qwen3.5-9b").per_rank(1).model_dump(),

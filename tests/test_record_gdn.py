@@ -10,7 +10,7 @@ import pytest
 from helpers import FLA_DEVICE_KEYS, run_cli
 from test_record import autotune_files, run
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 
 pytest.importorskip("fla")
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ DEVICE_KEYS = FLA_DEVICE_KEYS
 def test_a_record_of_the_gdn_call_builds_the_gdn_targets_files(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOTUNE_CACHE_DEVICE_KEYS", str(DEVICE_KEYS))   # children inherit it
     target_cache, replay_cache, rec = tmp_path / "target", tmp_path / "replay", tmp_path / "gdn.jsonl"
-    build(BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1,), max_tokens=64, cache_dir=str(target_cache),
+    build(BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(1,), max_tokens=64, cache_dir=str(target_cache),
                     emulate=True), progress=False)
     # the serving call (T=64) recorded against the target's cache: every lookup a hit, each naming its file
     served = run("--cache", target_cache, "--autotuning", "--record", rec, "fla:64")

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import TESTS, run_cli
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 from autotune_cache.builder.selection import Candidate, Settings, choose, screen_losses, shortlist
 from autotune_cache.cache.layout import read_autotune
 
@@ -112,7 +112,7 @@ def _build(tmp_path, monkeypatch, times, **selection):
     """One toy key (NB = 1) tuned at 1024 tokens; no probe pass unless `probe_tokens` is given."""
     selection.setdefault("probe_tokens", ())
     monkeypatch.setenv("AUTOTUNE_CACHE_FAKE_TIMES", json.dumps(times))
-    spec = BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
+    spec = BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), max_tokens=1024,
                      cache_dir=str(tmp_path), emulate=True, selection=Settings(**selection))
     m = build(spec, progress=False)
     (entry,) = m.entries.values()
@@ -122,7 +122,7 @@ def _build(tmp_path, monkeypatch, times, **selection):
 def _served_config(cache_dir) -> str:
     """The config Triton itself picks from the cache in a fresh process (its own check_disk_cache and min)."""
     code = ("from autotune_cache.builder import emulation; emulation.fake_gpu()\n"
-            "from autotune_cache.models import preset\n"
+            "from autotune_cache.shapes import preset\n"
             "import toy_kernels\n"
             "toy_kernels.run(preset('qwen3.5-9b').per_rank(1), {'act': 'bfloat16'}, 1024, 'cpu')\n"
             "print(emulation.bench_calls, toy_kernels.toy_scale_kernel.best_config)\n")

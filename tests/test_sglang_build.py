@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from helpers import assert_only_entries_on_disk, reached_and_planned, run_cli
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, plan, shapes
 
 pytest.importorskip("sglang.kernels.ops.attention.fla.chunk")
 pytestmark = pytest.mark.slow
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 # 4096 tokens = 64 chunks: NT_BUCKET 1 at the unit's count, 0 at the 512-token probe
-SPEC = dict(model=models.preset("qwen3.5-27b"), targets=("sglang",), max_tokens=4096, emulate=True)
+SPEC = dict(model=shapes.preset("qwen3.5-27b"), targets=("sglang",), max_tokens=4096, emulate=True)
 
 
 @pytest.fixture(scope="module")

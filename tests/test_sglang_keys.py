@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import TESTS, assert_probed, reached_and_planned
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, plan, shapes
 
 pytest.importorskip("sglang.srt.layers.attention.linear.kernels.gdn_triton")
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def serve_sglang(cache, nk, nv, tp, state, env=None):
 def sglang_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("sglang")
     # 1024 tokens: the keys (no T in them) are also timed in a dry probe pass at 512
-    spec = BuildSpec(model=models.preset("qwen3.5-27b"), tp=(1, 2), targets=("sglang",), max_tokens=1024,
+    spec = BuildSpec(model=shapes.preset("qwen3.5-27b"), tp=(1, 2), targets=("sglang",), max_tokens=1024,
                      cache_dir=str(cache), emulate=True)
     return cache, spec, build(spec, progress=False)
 

@@ -4,13 +4,13 @@ from helpers import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune_cache import BuildSpec, models
+from autotune_cache import BuildSpec, shapes
 from autotune_cache.builder.gpus import for_build, visible
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.shard import plan_parts, unit_configs
 from autotune_cache.builder.spec import ModelUnit, PlannedKey
 from autotune_cache.errors import SpecError
-from autotune_cache.models import RankShape
+from autotune_cache.shapes import RankShape
 
 SHAPE = RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
@@ -131,7 +131,7 @@ def test_any_plan_any_shard_count(key_sets, n):
 def test_fla_plan_over_gpus():
     # qwen3.5-9b at TP 1, 2, 4, 8 on upstream FLA: 24 keys, 236 configs; no shard benchmarks more than the even
     # share of the configs plus one key (the greedy bound), 4 GPUs exactly even
-    p = plan(BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4, 8)))
+    p = plan(BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(1, 2, 4, 8)))
     biggest = max(k.configs for u in p.units for k in u.keys)
     for n in (1, 2, 3, 4, 8):
         sp = check(p.units, plan_parts(p.units, n))
@@ -171,7 +171,7 @@ def test_gpus_for_a_build():
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5])
 def test_spec_rejects_bad_gpu_counts(bad):
     with pytest.raises(SpecError, match="--gpus must be a positive integer"):
-        BuildSpec(model=models.preset("qwen3.5-9b"), gpus=bad)
+        BuildSpec(model=shapes.preset("qwen3.5-9b"), gpus=bad)
 
 
 # -- the CLI: --gpus is checked before anything is written -----------------------------------------------------
@@ -198,7 +198,7 @@ def test_children_on_gpus_that_make_other_disk_keys_stop_the_build(tmp_path):
     from autotune_cache.cache.manifest import Manifest
     from autotune_cache.errors import CacheDirError
 
-    b = Build(plan(BuildSpec(model=models.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
+    b = Build(plan(BuildSpec(model=shapes.preset("qwen3.5-9b"), targets=("toy_target",), emulate=True, gpus=2)),
               tmp_path, progress=False)
     assert b.devices == ("0", "1")
     b.ledger.manifest = Manifest(tool_version="0")

@@ -18,7 +18,7 @@ import test_faults
 from helpers import run_cli, stand_in
 from test_faults import TAG, assert_entries_intact, build_children, no_temp_files, tagged_pids, wait_until
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 from autotune_cache.builder.orchestrator import Build, prepare_cache_dir
 from autotune_cache.builder.plan import plan
 from autotune_cache.builder.selection import Settings as SelectionSettings
@@ -34,7 +34,7 @@ tag = test_faults.tag   # the fixture, usable here under its name (an import of 
 
 def spec(cache_dir, **kw):
     kw = {"tp": (1, 2, 4), "targets": ("toy_shard_target",), "max_tokens": 2048, "unit_timeout_s": 120.0, **kw}
-    return BuildSpec(model=models.preset("qwen3.5-9b"), cache_dir=str(cache_dir), emulate=True, **kw)
+    return BuildSpec(model=shapes.preset("qwen3.5-9b"), cache_dir=str(cache_dir), emulate=True, **kw)
 
 
 def records(path):
@@ -258,13 +258,13 @@ def test_sigint_kills_every_child_and_saves_the_units_as_pending(tmp_path, tag):
 RECONCILE = """
 import json, sys
 from pathlib import Path
-from autotune_cache import BuildSpec, models
+from autotune_cache import BuildSpec, shapes
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.builder.orchestrator import Build
 from autotune_cache.builder.plan import plan
 
 cache, name = Path(sys.argv[1]), sys.argv[2]
-spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,
+spec = BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(1, 2, 4), targets=("toy_shard_target",), max_tokens=2048,
                  cache_dir=str(cache), emulate=True, gpus=2)
 ledger = Build(plan(spec), cache, progress=False).ledger
 ledger.manifest = manifest_mod.load(cache)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune_cache import BuildSpec, models, plan
+from autotune_cache import BuildSpec, plan, shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import _kernel_timing as kt  # noqa: E402
@@ -29,9 +29,9 @@ def test_an_older_engine_layout_is_refused_naming_the_supported_versions(tmp_pat
     info = tmp_path / f"{target}-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {target}\nVersion: {version}\n")
-    code = ("from autotune_cache import models; from autotune_cache.targets import get; "
+    code = ("from autotune_cache import shapes; from autotune_cache.targets import get; "
             "from autotune_cache.errors import UnsupportedEngineError\n"
-            f"t = get({target!r}); s = models.preset('qwen3.5-9b').per_rank(1)\n"
+            f"t = get({target!r}); s = shapes.preset('qwen3.5-9b').per_rank(1)\n"
             "try:\n    t.run(s, t.default_dtypes(s), 64, 'cpu')\n"
             "except UnsupportedEngineError as e:\n    print(e)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
@@ -52,7 +52,7 @@ def test_traffic_is_varlen_batches_from_1_to_the_largest():
 @pytest.mark.slow
 def test_vllm_layer_reaches_exactly_the_planned_keys():
     pytest.importorskip("vllm.third_party.flash_linear_attention.ops")
-    spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(2,), targets=("vllm",), max_tokens=1024, emulate=True)
+    spec = BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(2,), targets=("vllm",), max_tokens=1024, emulate=True)
     (unit,) = plan(spec).units
     # first-config: one compile per kernel, no tuning; the configs it records are per key reached
     out = bench_modes.run_serve({"emulate": True, "target": "vllm", "shape": unit.shape.model_dump(),

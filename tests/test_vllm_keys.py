@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import TESTS, assert_each_spec_reached_its_plan, assert_probed
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, plan, shapes
 
 pytest.importorskip("vllm.third_party.flash_linear_attention.ops")
 pytestmark = pytest.mark.slow
@@ -29,9 +29,9 @@ def serve_vllm(cache, nk, nv, tp, state, env=None):
 def vllm_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("vllm")
     # 1024 tokens: the first spec's keys are also timed in a dry probe pass at 512 (vLLM's keys hold no T)
-    specs = [BuildSpec(model=models.preset("qwen3.5-9b"), tp=(2,), targets=("vllm",), max_tokens=1024,
+    specs = [BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(2,), targets=("vllm",), max_tokens=1024,
                        cache_dir=str(cache), emulate=True),
-             BuildSpec(model=models.preset("qwen3-next-80b-a3b"), tp=(8,), targets=("vllm",), max_tokens=512,
+             BuildSpec(model=shapes.preset("qwen3-next-80b-a3b"), tp=(8,), targets=("vllm",), max_tokens=512,
                        cache_dir=str(cache), emulate=True)]
     manifest = None
     for spec in specs:

@@ -12,7 +12,7 @@ from ..errors import SpecError
 from .spec import MAX_PLAN_CALLS, MAX_PLAN_KEYS, BuildSpec, ModelUnit, PlannedKey, Unit
 
 if TYPE_CHECKING:
-    from ..models import RankShape
+    from ..shapes import RankShape
 
 _SMALLER = "lower --max-tokens, or give fewer --tokens, TP degrees or targets"
 

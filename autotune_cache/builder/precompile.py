@@ -170,7 +170,7 @@ def _zygote(cache_dir: str, units: list[dict], profile: dict | None, n: int, par
         os.nice(NICE)
     except OSError:
         pass
-    from ..models import RankShape
+    from ..shapes import RankShape
     from ..targets import get
     from . import emulation
     from .device import Profile

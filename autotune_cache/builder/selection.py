@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..autotuner import disk, hooks, timing
 from ..autotuner.kernels import innermost_jit
 from ..errors import shown
-from ..models import MAX_TOKENS, whole
+from ..shapes import MAX_TOKENS, whole
 
 INF = float("inf")
 MAX_PROBES = 16   # probe token counts: each is one more dry pass over every unit

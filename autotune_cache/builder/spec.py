@@ -7,13 +7,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..errors import SpecError
-from ..models import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
 from ..record.schema import KernelId, Record
+from ..shapes import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
 from . import triton_env
 from .selection import Settings as SelectionSettings
 
 DEFAULT_MAX_TOKENS = 16384
-# Bounds of a build request besides the model's and the token counts (models.py), each named in the message that
+# Bounds of a build request besides the model's and the token counts (shapes.py), each named in the message that
 # refuses a value past it.
 MAX_RETRIES = 100                     # fresh-child retries of a failed unit
 MAX_GPUS = 256                        # build children at once (real hosts: <= 16 GPUs; emulated builds any number)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
-from .. import untrusted
+from .. import bounded_json
 from ..errors import BundleError, CacheDirError
 from ..version import __version__
 from . import location
@@ -282,7 +282,7 @@ def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Pa
 def _checked_manifest(src: Path, own: dict[str, bytes]) -> Manifest:
     """The bundle's manifest, from its first two members, checked against bundle.json."""
     try:
-        info = untrusted.json_value(own[BUNDLE_INFO])
+        info = bounded_json.json_value(own[BUNDLE_INFO])
     except (KeyError, ValueError) as e:
         raise BundleError(f"{src}: not an autotune-cache bundle (bundle.json: {type(e).__name__})") from None
     if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:

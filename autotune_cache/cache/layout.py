@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import untrusted
+from .. import bounded_json
 
 AUTOTUNE_SUFFIX = ".autotune.json"
 GROUP_PREFIX = "__grp__"
@@ -79,7 +79,7 @@ def read_autotune(path: Path) -> AutotuneFile:
 def parse_autotune(data: bytes | str) -> AutotuneFile:
     """read_autotune on the file's bytes (a caller that also hashes them reads the file once). Plain JSON: the
     build parent uses it and never imports Triton."""
-    raw = untrusted.json_value(data)
+    raw = bounded_json.json_value(data)
     if not isinstance(raw, dict) or "key" not in raw or not isinstance(raw.get("configs_timings"), list):
         raise ValueError("not a Triton autotune file (needs 'key' and 'configs_timings')")
     timings = []
@@ -101,7 +101,7 @@ def read_group(path: Path) -> dict[str, str]:
 
 def parse_group(data: bytes | str) -> dict[str, str]:
     """read_group on the file's bytes (a checker that also hashes them reads the file once)."""
-    raw = untrusted.json_value(data)
+    raw = bounded_json.json_value(data)
     paths = raw.get("child_paths") if isinstance(raw, dict) else None
     if not isinstance(paths, dict) or not all(isinstance(v, str) for v in paths.values()):
         raise ValueError("not a Triton group file (needs 'child_paths': {name: path})")

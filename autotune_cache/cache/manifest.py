@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from .. import untrusted
+from .. import bounded_json
 from ..errors import CacheDirError, shown
 from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, size_text, write_atomic
 from .fingerprint import Fingerprint
@@ -44,7 +44,7 @@ IMPORT_STAGING, MERGE_STAGING = ".import-", ".merge-"
 MAX_MANIFEST_BYTES = 64 << 20
 # JSON nesting of a real manifest stays under 10 levels (selection candidates' timings); deeper cannot be written
 # back (pydantic refuses to serialize past a few hundred) and is refused at load.
-MAX_DEPTH = untrusted.MAX_DEPTH
+MAX_DEPTH = bounded_json.MAX_DEPTH
 
 
 def now(timespec: str = "seconds") -> str:
@@ -211,7 +211,7 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise CacheDirError(f"{where}: larger than {size_text(MAX_MANIFEST_BYTES)}, the most a manifest may be")
     try:
-        raw = untrusted.json_value(data, MAX_DEPTH)
+        raw = bounded_json.json_value(data, MAX_DEPTH)
     except ValueError as e:
         raise CacheDirError(f"{where}: corrupt manifest ({e})") from None
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
@@ -224,9 +224,9 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
         loc = ".".join(part if isinstance(part, str) and part.isidentifier() else shown(part)
                        for part in first["loc"] if part != "[key]") or "manifest"
         raise CacheDirError(f"{where}: invalid manifest ({e.error_count()} errors: {loc}: "
-                            f"{untrusted.one_line(first['msg'])})") from None
+                            f"{bounded_json.one_line(first['msg'])})") from None
     except (ValueError, TypeError, RecursionError) as e:   # pydantic's own limits, beyond its ValidationError
-        raise CacheDirError(f"{where}: invalid manifest ({type(e).__name__}: {untrusted.one_line(e)})") from None
+        raise CacheDirError(f"{where}: invalid manifest ({type(e).__name__}: {bounded_json.one_line(e)})") from None
 
 
 def load(cache_dir: Path) -> Manifest | None:

@@ -209,7 +209,7 @@ def _kernel_specs(manifest: Manifest | None) -> dict[str, list]:
 
 @lru_cache(maxsize=1)
 def _any_shape():
-    from ..models import RankShape
+    from ..shapes import RankShape
     return RankShape(tp=1, H=16, HV=32, K=128, V=128, dtype="bfloat16", state_dtype="float32")
 
 

@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .. import untrusted
+from .. import bounded_json
 from ..errors import AutotuneCacheError, IntegrityError
 from . import location
 from . import manifest as manifest_mod
@@ -170,7 +170,7 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     kid = key_id(pub)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
-        sig = untrusted.json_value(read_plain(sig_path, MAX_JSON_BYTES))
+        sig = bounded_json.json_value(read_plain(sig_path, MAX_JSON_BYTES))
         signature = base64.b64decode(sig["signature"], validate=True)
     except FileNotFoundError:
         raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "

@@ -1,11 +1,11 @@
 """The arguments every model-taking command shares (--model/--config/--tp/--target/--max-tokens/--tokens), those of
 the commands that build (--timeout/--retries/--emulate/--triton-env), and the BuildSpec they make. Each help text
-names the bound its value is checked against (models.py, builder/spec.py, builder/selection.py)."""
+names the bound its value is checked against (shapes.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from .. import models, targets
+from .. import shapes, targets
 from ..builder.selection import Settings as SelectionSettings
 from ..builder.spec import DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S, BuildSpec
 from ..errors import SpecError
@@ -22,7 +22,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def spec_from_args(args) -> BuildSpec:
-    shape = models.resolve(args.model, args.config)
+    shape = shapes.resolve(args.model, args.config)
     return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
                      cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
@@ -56,19 +56,19 @@ def add_model_args(p, *, optional: bool = False) -> None:
     """`optional`: the model is an option of the command (verify's coverage), with no default model."""
     p.add_argument("--model", help="preset name (see `autotune-cache models`); " + (
         "checks coverage of this model's keys (none without --model or --config)" if optional
-        else f"default {models.DEFAULT_MODEL}"))
-    p.add_argument("--config", help=f"local HF config.json (a regular file of at most {models.CONFIG_MAX_BYTES} "
-                                    f"bytes; at most {models.MAX_HEADS} heads of dim {models.MAX_HEAD_DIM}) or "
+        else f"default {shapes.DEFAULT_MODEL}"))
+    p.add_argument("--config", help=f"local HF config.json (a regular file of at most {shapes.CONFIG_MAX_BYTES} "
+                                    f"bytes; at most {shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM}) or "
                                     "snapshot dir, instead of --model")
     p.add_argument("--tp", default="1", help=f"tensor-parallel degrees, comma-separated, each dividing the heads and "
-                                             f"at most {models.MAX_TP} (default 1)")
+                                             f"at most {shapes.MAX_TP} (default 1)")
     p.add_argument("--target", default=targets.DEFAULT,
                    help=f"kernel source(s), comma-separated: {', '.join(targets.names())} (default {targets.DEFAULT})")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
-                        f"(default {DEFAULT_MAX_TOKENS}, at most {models.MAX_TOKENS}; a plan may drive at most "
+                        f"(default {DEFAULT_MAX_TOKENS}, at most {shapes.MAX_TOKENS}; a plan may drive at most "
                         f"{MAX_PLAN_CALLS} calls and tune {MAX_PLAN_KEYS} keys)")
-    p.add_argument("--tokens", help=f"extra token counts to drive, comma-separated (each at most {models.MAX_TOKENS})")
+    p.add_argument("--tokens", help=f"extra token counts to drive, comma-separated (each at most {shapes.MAX_TOKENS})")
 
 
 def add_build_args(p) -> None:

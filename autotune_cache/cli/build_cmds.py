@@ -5,7 +5,7 @@ import shlex
 
 from rich.console import Console
 
-from .. import models
+from .. import shapes
 from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
 from ..cache import location
@@ -18,10 +18,10 @@ from .console import Column, add_output_args, err, out, print_item, print_json, 
 
 def cmd_models(args) -> int:
     if args.json:
-        print_json([m.model_dump() for m in models.PRESETS.values()])
+        print_json([m.model_dump() for m in shapes.PRESETS.values()])
         return 0
     rows = []
-    for m in models.PRESETS.values():
+    for m in shapes.PRESETS.values():
         fits = [str(t) for t in (1, 2, 4, 8, 16) if m.num_k_heads % t == 0 and m.num_v_heads % t == 0]
         rows.append([m.name, f"{m.num_k_heads}/{m.num_v_heads}", m.head_k_dim, m.head_v_dim, m.dtype, m.state_dtype,
                      ",".join(fits)])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .. import models
+from .. import shapes
 from ..builder.plan import plan as make_plan
 from ..builder.spec import DEFAULT_MAX_TOKENS, BuildSpec
 from ..errors import AutotuneCacheError, SpecError
@@ -119,9 +119,9 @@ def load(path: str | os.PathLike) -> Matrix:
         raise SpecError(f"{p}: not UTF-8 text") from None
 
 
-def _shape(name: str) -> models.ModelShape:
+def _shape(name: str) -> shapes.ModelShape:
     looks_like_path = name.endswith(".json") or os.sep in name or Path(name).is_dir()
-    return models.resolve(None, name) if looks_like_path else models.resolve(name, None)
+    return shapes.resolve(None, name) if looks_like_path else shapes.resolve(name, None)
 
 
 def jobs(m: Matrix) -> list[Job]:

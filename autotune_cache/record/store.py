@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..bounded_json import json_value, one_line
 from ..errors import RecordError
-from ..untrusted import json_value, one_line
 from .schema import SCHEMA_VERSION, Record
 
 # A line past this is refused when read (index values are capped far below it: describe.MAX_VALUES).

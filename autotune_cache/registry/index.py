@@ -9,7 +9,7 @@ there is no read-modify-write to lose. A reader lists `index/` once (S3 listings
 written before it. A `slot` groups the entries that serve the same machines and units (the fingerprint's disk-key
 parts, Python, GPU name, kernel packages, unit ids): several bundles in one slot are rebuilds, the newest wins.
 
-Entries are attacker input (whoever can write the registry): parsed with a size cap through untrusted.json_value,
+Entries are attacker input (whoever can write the registry): parsed with a size cap through bounded_json.json_value,
 their bundle path must be the one their sha256 names, and a bad entry is a warning of the scan, not a crash.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .. import untrusted
+from .. import bounded_json
 from ..cache.files import sha256_bytes
 from ..cache.fingerprint import Fingerprint
 from ..errors import RegistryError
@@ -128,9 +128,10 @@ def read_info(store: Store) -> RegistryInfo | None:
     if data is None:
         return None
     try:
-        return RegistryInfo.model_validate(untrusted.json_value(data))
+        return RegistryInfo.model_validate(bounded_json.json_value(data))
     except (ValueError, ValidationError) as e:
-        raise RegistryError(f"{store.url}: {INFO_NAME} is not a registry's ({untrusted.one_line(e)[:200]})") from None
+        raise RegistryError(f"{store.url}: {INFO_NAME} is not a registry's "
+                            f"({bounded_json.one_line(e)[:200]})") from None
 
 
 def ensure_info(store: Store, signed: bool) -> RegistryInfo:
@@ -146,10 +147,10 @@ def ensure_info(store: Store, signed: bool) -> RegistryInfo:
 
 def parse_record(data: bytes, where: str) -> Entry:
     try:
-        return Entry.model_validate(untrusted.json_value(data))
+        return Entry.model_validate(bounded_json.json_value(data))
     except (ValueError, ValidationError) as e:
         msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-        raise RegistryError(f"{where}: not a registry entry ({untrusted.one_line(msg)[:200]})") from None
+        raise RegistryError(f"{where}: not a registry entry ({bounded_json.one_line(msg)[:200]})") from None
 
 
 def scan(store: Store, gpu_type: str | None = None) -> IndexScan:

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import untrusted
+from .. import bounded_json
 from ..cache import bundle as bundle_mod
 from ..cache import location
 from ..cache import manifest as manifest_mod
@@ -34,7 +34,7 @@ class PublishReport:
 
 def _signed_by(root: Path) -> str | None:
     try:
-        sig = untrusted.json_value(read_plain(root / manifest_mod.SIG_NAME, MAX_JSON_BYTES))
+        sig = bounded_json.json_value(read_plain(root / manifest_mod.SIG_NAME, MAX_JSON_BYTES))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

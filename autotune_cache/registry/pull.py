@@ -108,9 +108,9 @@ def spec_from_env() -> BuildSpec:
     """The request the entrypoint and the plugin read: AUTOTUNE_CACHE_MODEL (or AUTOTUNE_CACHE_CONFIG),
     AUTOTUNE_CACHE_TP, AUTOTUNE_CACHE_TARGET, AUTOTUNE_CACHE_MAX_TOKENS (defaults qwen3.5-9b, 1, fla, 16384); a
     bad TP or token count is a SpecError naming its variable."""
-    from .. import models
+    from .. import shapes
     env = settings.current()
-    shape = models.resolve(env.model, str(env.config) if env.config is not None else None)
+    shape = shapes.resolve(env.model, str(env.config) if env.config is not None else None)
     return BuildSpec(model=shape, tp=env.tp, targets=env.target, max_tokens=env.max_tokens)
 
 

@@ -98,10 +98,10 @@ def main(argv=None) -> int:
     else:
         os.environ["TRITON_CACHE_DIR"] = os.path.abspath(args.cache_dir)
         os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from .. import models
+    from .. import shapes
 
     target = get(args.target)
-    shape = models.resolve(args.model, args.config).per_rank(args.tp)
+    shape = shapes.resolve(args.model, args.config).per_rank(args.tp)
     dtypes = target.default_dtypes(shape)
     stats = counters()
     device = "cpu" if args.emulate else "cuda"

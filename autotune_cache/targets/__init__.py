@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import SpecError
-from ..models import RankShape
+from ..shapes import RankShape
 
 TORCH_DTYPE = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32",
                "int32": "torch.int32", "int64": "torch.int64"}

@@ -1,7 +1,7 @@
 """Upstream flash-linear-attention (fla-core): `chunk_gated_delta_rule` forward, varlen, as servers call it."""
 from __future__ import annotations
 
-from ..models import RankShape
+from ..shapes import RankShape
 from . import KernelSpec, Target
 
 # fla/modules/norm/l2norm.py: x is viewed as (T * heads, D) and NB = cdiv(rows, 2048 * 32) is a key field.

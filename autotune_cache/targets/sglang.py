@@ -10,7 +10,7 @@ token count. Checked against SGLang 0.5.23.
 """
 from __future__ import annotations
 
-from ..models import RankShape
+from ..shapes import RankShape
 from . import KernelSpec, Target, refuse_older_layout
 
 MODULES = ("sglang.kernels.ops.attention.fla",)

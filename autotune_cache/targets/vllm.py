@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from ..models import RankShape
+from ..shapes import RankShape
 from . import KernelSpec, Target, refuse_older_layout
 
 BT = 64

@@ -6,7 +6,7 @@ import tempfile
 import pytest
 from helpers import assert_only_entries_on_disk, stand_in
 
-from autotune_cache import BuildSpec, build, models
+from autotune_cache import BuildSpec, build, shapes
 
 pytestmark = pytest.mark.gpu
 TOKENS = "16,64,512,4096,16384"
@@ -15,7 +15,7 @@ TOKENS = "16,64,512,4096,16384"
 @pytest.fixture(scope="module")
 def gpu_cache():
     cache = os.environ.get("AUTOTUNE_CACHE_GPU_DIR") or tempfile.mkdtemp(prefix="autotune-cache-gpu-")
-    manifest = build(BuildSpec(model=models.preset("qwen3.5-9b"), tp=(1, 2), cache_dir=cache), progress=False)
+    manifest = build(BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(1, 2), cache_dir=cache), progress=False)
     return cache, manifest
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_only_entries_on_disk, reached_and_planned
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, plan, shapes
 
 pytestmark = pytest.mark.gpu
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -42,12 +42,12 @@ def engine_cache(request):
     if not _importable(module):
         pytest.skip(f"{target}'s sources are not on PYTHONPATH (scripts/gpu_engines.sh puts them there)")
     root = os.environ.get("AUTOTUNE_CACHE_GPU_DIR") or tempfile.mkdtemp(prefix="autotune-cache-engines-")
-    spec = BuildSpec(model=models.preset(model), tp=(1, 2), targets=(target,), cache_dir=str(Path(root) / target))
+    spec = BuildSpec(model=shapes.preset(model), tp=(1, 2), targets=(target,), cache_dir=str(Path(root) / target))
     return target, spec, build(spec, progress=False)
 
 
 def serve(target, model, tp, mode, cache_dir, warmup=(64,)):
-    shape = models.preset(model).per_rank(tp)
+    shape = shapes.preset(model).per_rank(tp)
     from autotune_cache.targets import get
     return bench_modes.run_serve({"emulate": False, "target": target, "shape": shape.model_dump(),
                                   "dtypes": get(target).default_dtypes(shape), "traffic": TRAFFIC,

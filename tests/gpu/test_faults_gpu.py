@@ -12,7 +12,7 @@ import re
 import pytest
 from helpers import stand_in
 
-from autotune_cache import BuildSpec, build, models, plan
+from autotune_cache import BuildSpec, build, plan, shapes
 from autotune_cache.cache.files import sha256_file
 from autotune_cache.cache.layout import read_autotune
 
@@ -30,7 +30,7 @@ EXPECTED = {
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_gpu_fault_in_second_unit_keeps_first_and_retry_completes(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("AUTOTUNE_CACHE_FAULT", f"1:{kind}")
-    spec = BuildSpec(model=models.preset("qwen3.5-9b"), tp=(2, 8), max_tokens=4096, cache_dir=str(tmp_path))
+    spec = BuildSpec(model=shapes.preset("qwen3.5-9b"), tp=(2, 8), max_tokens=4096, cache_dir=str(tmp_path))
     planned = [len(u.keys) for u in plan(spec).units]   # 6 and 6: FLA's 6 autotuned kernels, one NB bucket each
     m = build(spec, progress=False)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from . import untrusted
+from . import bounded_json
 from .errors import ConfigError, SpecError, UnknownModelError, shown
 
 # Bounds on the sizes a model and a build request may have, whether from a flag, a config.json or the Python API;
@@ -154,7 +154,7 @@ def from_config(path: str | Path) -> ModelShape:
     """Read a local HF config.json, or the config.json of a local snapshot dir."""
     path, data = _read_config(Path(path))
     try:
-        raw = untrusted.json_value(data)
+        raw = bounded_json.json_value(data)
     except ValueError as e:
         raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(raw, dict):

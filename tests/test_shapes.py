@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from autotune_cache import models
+from autotune_cache import shapes
 from autotune_cache.errors import ConfigError, SpecError, UnknownModelError
 
 QWEN35_9B = {"architectures": ["Qwen3_5ForConditionalGeneration"], "torch_dtype": "bfloat16",
@@ -17,20 +17,20 @@ def test_every_facts_model_has_a_preset():
                 "qwen3.5-9b": (16, 32, "float32"), "qwen3.5-35b-a3b": (16, 32, "float32"),
                 "qwen3.5-27b": (16, 48, "float32"), "qwen3.5-122b-a10b": (16, 64, "float32"),
                 "qwen3.5-397b-a17b": (16, 64, "float32")}
-    got = {n: (m.num_k_heads, m.num_v_heads, m.state_dtype) for n, m in models.PRESETS.items()}
+    got = {n: (m.num_k_heads, m.num_v_heads, m.state_dtype) for n, m in shapes.PRESETS.items()}
     assert got == expected
-    assert all(m.head_k_dim == m.head_v_dim == 128 and m.dtype == "bfloat16" for m in models.PRESETS.values())
+    assert all(m.head_k_dim == m.head_v_dim == 128 and m.dtype == "bfloat16" for m in shapes.PRESETS.values())
 
 
 def test_preset_names_are_case_insensitive_and_unknown_is_clear():
-    assert models.preset("Qwen3.5-9B").name == "qwen3.5-9b"
+    assert shapes.preset("Qwen3.5-9B").name == "qwen3.5-9b"
     with pytest.raises(UnknownModelError, match="unknown model 'llama'.*qwen3.5-9b"):
-        models.preset("llama")
+        shapes.preset("llama")
 
 
 @pytest.mark.parametrize("tp,H,HV", [(1, 16, 32), (2, 8, 16), (4, 4, 8), (8, 2, 4), (16, 1, 2)])
 def test_per_rank_shapes(tp, H, HV):
-    r = models.preset("qwen3.5-9b").per_rank(tp)
+    r = shapes.preset("qwen3.5-9b").per_rank(tp)
     assert (r.H, r.HV, r.K, r.V, r.state_dtype) == (H, HV, 128, 128, "float32")
 
 
@@ -38,24 +38,24 @@ def test_per_rank_shapes(tp, H, HV):
                                     (32, "does not divide the 16")])
 def test_impossible_tp(tp, msg):
     with pytest.raises(SpecError, match=msg):
-        models.preset("qwen3.5-9b").per_rank(tp)
+        shapes.preset("qwen3.5-9b").per_rank(tp)
 
 
 def test_tp_must_divide_value_heads_too():
     with pytest.raises(SpecError, match="does not divide the 24 linear-attention value heads"):
-        models.ModelShape(name="x", num_k_heads=16, num_v_heads=24).per_rank(16)
+        shapes.ModelShape(name="x", num_k_heads=16, num_v_heads=24).per_rank(16)
 
 
 def test_config_with_text_config_and_snapshot_dir(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(QWEN35_9B))
     for path in (tmp_path, tmp_path / "config.json"):
-        m = models.from_config(path)
+        m = shapes.from_config(path)
         assert (m.num_k_heads, m.num_v_heads, m.dtype, m.state_dtype) == (16, 32, "bfloat16", "float32")
 
 
 def test_config_without_ssm_dtype_takes_model_dtype(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(QWEN3_NEXT))
-    assert models.from_config(tmp_path).state_dtype == "bfloat16"
+    assert shapes.from_config(tmp_path).state_dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("content,msg", [
@@ -71,9 +71,9 @@ def test_malformed_configs(tmp_path, content, msg):
     path = tmp_path / "config.json"
     path.write_text(content)
     with pytest.raises(ConfigError, match=msg):
-        models.from_config(path)
+        shapes.from_config(path)
 
 
 def test_missing_config(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
-        models.from_config(tmp_path / "nope.json")
+        shapes.from_config(tmp_path / "nope.json")
