@@ -2,14 +2,21 @@
 tests start (a CLI, the build's fork server, a stand-in server) runs it. Once autotune_cache.builder.child is
 imported (the fork server preloads it before forking any build child), the tests' fault injection (tests/faults.py)
 is added to the child's unit hooks; a process that never imports it pays nothing. Then the sitecustomize this one
-shadows, if any, runs as it would have (autotune_cache/record/boot/sitecustomize.py does the same)."""
-import importlib.abc
+shadows, if any, runs as it would have. The import hook and the chaining are record/boot's
+(autotune_cache_startup.py), loaded from its file: importing autotune_cache here would cost every process."""
 import importlib.util
 import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_WATCHED = "autotune_cache.builder.child"
+_package = importlib.util.find_spec("autotune_cache")   # found, not imported
+assert _package is not None and _package.submodule_search_locations
+_spec = importlib.util.spec_from_file_location(
+    "autotune_cache_startup",
+    os.path.join(list(_package.submodule_search_locations)[0], "record", "boot", "autotune_cache_startup.py"))
+assert _spec is not None and _spec.loader is not None
+_startup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_startup)
 
 
 def _register():
@@ -21,45 +28,5 @@ def _register():
     faults.register()
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs _register() right after the child module is executed, then leaves sys.meta_path."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != _WATCHED:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def run_then_register(module):
-            exec_module(module)
-            sys.modules[name] = module
-            _register()
-
-        spec.loader.exec_module = run_then_register
-        return spec
-
-
-if _WATCHED in sys.modules:
-    _register()
-else:
-    sys.meta_path.insert(0, _AfterImport())
-
-
-def _chain():
-    """Run the sitecustomize this one shadows, as Python would have without us."""
-    own = sys.modules.pop(__name__)
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-    try:
-        importlib.import_module("sitecustomize")
-    except ImportError:
-        pass
-    finally:
-        sys.path[:] = saved
-        sys.modules.setdefault(__name__, own)
-
-
-_chain()
+_startup.after_import("autotune_cache.builder.child", _register)
+_startup.chain(_HERE)
