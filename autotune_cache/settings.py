@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import AutotuneCacheError, SettingsError, SpecError
+from .shapes import DEFAULT_MAX_TOKENS, DEFAULT_MODEL
 
 PREFIX = "AUTOTUNE_CACHE_"
 TRUE = ("1", "true", "yes", "on")
@@ -113,7 +114,7 @@ class Settings(BaseModel):
         "when AUTOTUNE_CACHE_DIR is missing or stale.", (PLUGIN,), type_="URL")
     model: str | None = _var(
         "MODEL", None, "The model whose cache is fetched (plugin) or ensured (entrypoint): a preset name.",
-        (PLUGIN, ENTRYPOINT), type_="name", shown_default="qwen3.5-9b")
+        (PLUGIN, ENTRYPOINT), type_="name", shown_default=DEFAULT_MODEL)
     config: Path | None = _var(
         "CONFIG", None, "Instead of AUTOTUNE_CACHE_MODEL: a local config.json or snapshot dir.", (PLUGIN, ENTRYPOINT),
         type_="path")
@@ -124,7 +125,7 @@ class Settings(BaseModel):
         "TARGET", ("fla",), "The targets (kernel sources) served, comma-separated.", (PLUGIN, ENTRYPOINT),
         type_="names", shown_default="fla")
     max_tokens: int = _var(
-        "MAX_TOKENS", 16384, "The most tokens one call handles.", (PLUGIN, ENTRYPOINT), type_="int")
+        "MAX_TOKENS", DEFAULT_MAX_TOKENS, "The most tokens one call handles.", (PLUGIN, ENTRYPOINT), type_="int")
     gpu_name: str | None = _var(
         "GPU_NAME", None, "The GPU to fetch for (e.g. H200) instead of this machine's: the default of --gpu-name.",
         (CLI, PLUGIN), type_="name")

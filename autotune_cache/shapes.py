@@ -97,6 +97,7 @@ PRESETS: dict[str, ModelShape] = {m.name: m for m in [
     _preset("qwen3.5-397b-a17b", 16, 64, "float32"),
 ]}
 DEFAULT_MODEL = "qwen3.5-9b"
+DEFAULT_MAX_TOKENS = 16384   # the largest prefill a request covers unless it says otherwise
 
 
 def preset(name: str) -> ModelShape:

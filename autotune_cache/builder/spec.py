@@ -8,11 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ..errors import SpecError
 from ..record.schema import KernelId, Record
-from ..shapes import MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
+from ..shapes import DEFAULT_MAX_TOKENS, MAX_TOKENS, MAX_TP, ModelShape, RankShape, whole
 from . import triton_env
 from .selection import Settings as SelectionSettings
 
-DEFAULT_MAX_TOKENS = 16384
 # Bounds of a build request besides the model's and the token counts (shapes.py), each named in the message that
 # refuses a value past it.
 MAX_RETRIES = 100                     # fresh-child retries of a failed unit

@@ -26,7 +26,6 @@ from .files import MAX_JSON_BYTES, NotPlainFile, open_plain
 from .integrity import FileCheck, Writable
 from .manifest import Manifest
 
-TRUE = ("1", "true", "yes", "on")
 # What a refusal is about; verify shows each under its own check.
 CHECKS = ("manifest", "files", "permissions", "signature")
 
@@ -103,8 +102,6 @@ class TrustReport:
 def writable_reason(w: Writable) -> str:
     return (f"{w}: other users can change what the server loads ({w.fix}, or allow it explicitly: "
             "allow_shared_writable=True / AUTOTUNE_CACHE_ALLOW_WRITABLE=1 / --allow-writable)")
-
-
 
 
 def _unchecked(root: Path, policy: Policy, e: BaseException) -> TrustReport:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .. import settings
-from ..cache import integrity
+from ..cache import integrity, location
 from ..cache.files import sha256_bytes
 from .report import LoaderReport
 
@@ -44,7 +44,8 @@ def overlay_dir(report: LoaderReport, allow_shared_writable: bool) -> Path:
     another user owns or can write (a name pre-created in /tmp) is replaced by a fresh private dir."""
     given = settings.current().overlay
     if given:
-        path, own = Path(given).expanduser().resolve(), [Path(given).expanduser().resolve()]
+        path: Path = location.normalize(given)
+        own = [path]
     else:
         user_dir = Path(tempfile.gettempdir()) / f"autotune-cache-overlay-{os.getuid()}"
         path = user_dir / sha256_bytes(str(report.cache_dir))[:16]
