@@ -75,16 +75,17 @@ class Ledger:
                     old.status, old.error = "pending", "damaged cache files were removed; build again to restore them"
         for unit in self.plan.units:
             rec = m.units.get(unit.id)
+            described = _described(unit)
             # a done unit reached at least one key (an entry, or one pruned to one: no entry on Triton 3.8+): none
             # recorded is as broken as a changed one
             if rec is None or (rec.status == "done" and (not (rec.entries or rec.pruned_to_one)
                                                          or m.damaged_entry(rec, self.cache_dir) is not None)):
                 m.units[unit.id] = UnitRecord(id=unit.id, target=unit.target, tokens=list(unit.tokens),
-                                              **_described(unit))
+                                              **described)
             elif rec.status != "done":   # failed, pending after an interrupt, or with files to restore
                 rec.status, rec.attempts, rec.failures = "pending", 0, []
             if rec is not None:
-                rec.tp = sorted(set(rec.tp) | set(_described(unit)["tp"]))
+                rec.tp = sorted(set(rec.tp) | set(described["tp"]))
         self.manifest = m
         return m
 

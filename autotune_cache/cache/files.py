@@ -140,7 +140,7 @@ def move_in(staging: Path, root: Path, rels: Iterable[str], created: Created | N
     for rel in rels:
         created.dirs(inside(root, rel).parent)
         target = inside(root, rel)   # again: the mkdir may have met a planted link
-        new = not (target.exists() or target.is_symlink())
+        new = is_free(target)
         os.replace(inside(staging, rel), target)
         if new:
             created.file(target)
@@ -163,7 +163,7 @@ def make_dirs(path: Path) -> list[Path]:
     path = Path(path)
     created = []
     for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
+        if not is_free(p):
             break
         created.append(p)
     made: list[Path] = []
@@ -194,6 +194,11 @@ def remove_created(created: list[Path]) -> None:
             break
 
 
+def is_free(path: Path) -> bool:
+    """Nothing at `path`, not even a dangling link: a file made there now is the maker's (Created)."""
+    return not (path.exists() or path.is_symlink())
+
+
 class Created:
     """The paths one call created, recorded as it created them, so that a call that fails takes away exactly those
     (`undo`) and never a path that was there before it: the one cleanup rule of every operation that writes a cache
@@ -214,7 +219,7 @@ class Created:
     def file_if_new(self, path: str | os.PathLike) -> bool:
         """Record `path` as this call's if nothing is there now (the call is about to create it); True if so."""
         path = Path(path)
-        if path.exists() or path.is_symlink():
+        if not is_free(path):
             return False
         self._made.append(path)
         return True

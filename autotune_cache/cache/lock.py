@@ -15,7 +15,7 @@ import filelock
 
 from ..errors import CacheDirError
 from . import manifest as manifest_mod
-from .files import Created
+from .files import Created, is_free
 
 LOCK_MODE = 0o644
 
@@ -28,7 +28,7 @@ def locked(cache_dir: Path, timeout: float | None = 10.0, on_wait: Callable[[str
     the lock is not free within a second (a build says it is waiting). `created`: records the lock file where this
     call creates it (an operation that fails takes it away again)."""
     path = Path(cache_dir) / manifest_mod.LOCK_NAME
-    new = not (path.exists() or path.is_symlink())
+    new = is_free(path)
     lock = filelock.FileLock(path, mode=LOCK_MODE)
     wait = -1 if timeout is None else timeout   # filelock: -1 waits forever
     first = wait if on_wait is None else 1.0 if wait < 0 else min(1.0, wait)

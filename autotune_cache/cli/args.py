@@ -25,11 +25,18 @@ def spec_from_args(args) -> BuildSpec:
     shape = shapes.resolve(args.model, args.config)
     return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
-                     cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
-                     retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
-                     gpus=getattr(args, "gpus", None), selection=_selection(args),
-                     overlap_compile=getattr(args, "overlap_compile", False), triton_env=triton_env_of(args),
-                     compile_workers=getattr(args, "compile_workers", None))
+                     **build_fields(args))
+
+
+def build_fields(args) -> dict:
+    """The BuildSpec fields of how to build (a model's plan or records'): the cache dir, the per-unit deadline and
+    retries, emulation, GPUs, selection, compile settings, --triton-env; each command's defaults where it lacks the
+    flag (plan has none of them)."""
+    return dict(cache_dir=getattr(args, "cache_dir", None), unit_timeout_s=getattr(args, "timeout", 1800.0),
+                retries=getattr(args, "retries", 1), emulate=getattr(args, "emulate", False),
+                gpus=getattr(args, "gpus", None), selection=_selection(args),
+                overlap_compile=getattr(args, "overlap_compile", False), triton_env=triton_env_of(args),
+                compile_workers=getattr(args, "compile_workers", None))
 
 
 def triton_env_of(args) -> dict[str, str]:

@@ -44,12 +44,8 @@ def cmd_record(args) -> int:
 
 def _spec(args):
     from ..builder.spec import BuildSpec
-    from .args import _selection, triton_env_of
-    return BuildSpec(model=None, targets=(), cache_dir=getattr(args, "cache_dir", None),
-                     unit_timeout_s=getattr(args, "timeout", 1800.0), retries=getattr(args, "retries", 1),
-                     emulate=getattr(args, "emulate", False), gpus=getattr(args, "gpus", None),
-                     selection=_selection(args), overlap_compile=getattr(args, "overlap_compile", False),
-                     triton_env=triton_env_of(args), compile_workers=getattr(args, "compile_workers", None))
+    from .args import build_fields
+    return BuildSpec(model=None, targets=(), **build_fields(args))
 
 
 def plan_json(rp) -> dict:

@@ -96,10 +96,17 @@ def build_into(spec: BuildSpec, cache_dir: str | os.PathLike[str] | None = None,
     if on_plan is not None:
         on_plan(plan)
     root, manifest = run(plan, root, console=console, progress=progress, devices=devices)
+    return Built(cache_dir=root, manifest=manifest, **_counts(plan, manifest))
+
+
+def _counts(plan: Plan, manifest: Manifest) -> dict[str, int]:
+    """The plan's units done in the manifest, their autotune entries, and their keys pruned to one config (reached,
+    no entry: Triton 3.8+ looks them up nowhere): a cache dir may hold other plans' units too."""
     ids = {u.id for u in plan.units}
-    done = [u for u in manifest.units.values() if u.id in ids]
-    return Built(cache_dir=root, manifest=manifest, units=len(done), entries=len({f for u in done for f in u.entries}),
-                 pruned_to_one=len({(p.kernel, tuple(p.key)) for u in done for p in u.pruned_to_one}))
+    mine = [u for u in manifest.units.values() if u.id in ids]
+    return {"units": sum(1 for u in mine if u.status == "done"),
+            "entries": len({f for u in mine for f in u.entries}),
+            "pruned_to_one": len({(p.kernel, tuple(p.key)) for u in mine for p in u.pruned_to_one})}
 
 
 @dataclass(frozen=True)
@@ -142,18 +149,13 @@ def build_from_records(paths: Sequence[str | os.PathLike[str]], spec: BuildSpec,
     if not rp.plan.units:
         return RecordsBuilt(plan=rp, cache_dir=None)
     failed: tuple[tuple[str, str], ...] = ()
-    ids = {u.id for u in rp.plan.units}
     try:
         root, manifest = run(rp.plan, root, console=console, progress=progress, devices=devices)
     except BuildFailedError as e:
         assert e.manifest is not None   # Build.run raises it with the manifest
         manifest = e.manifest
+        ids = {u.id for u in rp.plan.units}
         failed = tuple((r.id, str(r.error)) for r in manifest.units.values() if r.status != "done" and r.id in ids)
     cmp = replay_unit.compare(rp, manifest)
-    return RecordsBuilt(
-        plan=rp, cache_dir=root, failed=failed,
-        units=sum(1 for r in manifest.units.values() if r.id in ids and r.status == "done"),
-        entries=len({f for r in manifest.units.values() if r.id in ids for f in r.entries}),
-        pruned_to_one=len({(p.kernel, tuple(p.key)) for r in manifest.units.values() if r.id in ids
-                           for p in r.pruned_to_one}),
-        same_file=cmp.same, other_file=tuple(cmp.other))
+    return RecordsBuilt(plan=rp, cache_dir=root, failed=failed, same_file=cmp.same, other_file=tuple(cmp.other),
+                        **_counts(rp.plan, manifest))
