@@ -50,7 +50,9 @@ def test_disk_keys_equal_the_gpu_hosts(fla_cache):
 
 @pytest.mark.parametrize("H,HV,state,tokens", [(16, 32, "float32", (16, 64)), (2, 4, "bfloat16", (7, 64))])
 def test_a_serving_process_hits_everything(fla_cache, H, HV, state, tokens):
-    cache, _, _ = fla_cache
+    cache, specs, _ = fla_cache
+    if (H, HV) == (2, 4) and len(specs) == 1:
+        pytest.skip("qwen3-next-80b-a3b TP 8 is built by the suite, not by a matrix leg (helpers.fla_specs)")
     report = serve(cache, H, HV, state, tokens)
     assert len(report["kernels"]) == 6
     assert all(s["hits"] == s["lookups"] >= 1 and s["benchmarks"] == 0 for s in report["kernels"].values())
