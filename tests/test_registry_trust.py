@@ -178,24 +178,36 @@ def test_a_bound_mismatch_is_one_line_exit_2(signed, keys, tmp_path, capsys):
 
 
 # -- 2. verify first, then unpack; caps on what is downloaded and written ----------------------------------------
-def test_an_unsigned_bundle_of_zeros_writes_nothing_with_a_key(url, signed, keys, tmp_path):
-    """Planted as the newest bundle of A's slot, its entry claiming A: refused before a byte of zeros.bin is
-    written (every file this process writes is capped below it: the old import wrote 32 MB, then checked)."""
-    tp1 = publish(signed["tp1_a"], url, gpu_type="H100").record
-    m = zeros_bundle(tmp_path / "zeros.tar.gz", signed["tp1_a"])
-    sha, size = plant_bundle(url, tmp_path / "zeros.tar.gz")
-    plant(url, tp1, **pointing_at(sha, size), manifest_digest=m.digest(), entries=0)
-    dest = tmp_path / "srv" / "cache"
-    with writes_at_most(ZEROS // 4), pytest.raises(BundleError, match="not signed") as e:
-        fetch(url, dest, spec(), H100, public_key=keys["A"])
+def refused_then_older(url, honest, sha, key, tmp_path, why):
+    """The planted bundle `sha` (the newest, by its entry `key`'s) is skipped for the `honest` entry, then, alone,
+    refused; every file this process writes meanwhile is capped below its zeros."""
+    with writes_at_most(ZEROS // 4):
+        got = fetch(url, tmp_path / "srv" / "cache", spec(), H100, public_key=key)
+        assert got.record == honest and any(f"skipped {sha[:12]}" in w and why in w for w in got.warnings)
+        store = open_store(url)
+        store.fs.rm(store.path(honest.path))
+        dest = tmp_path / "none" / "cache"
+        with pytest.raises(BundleError, match=why) as e:
+            fetch(url, dest, spec(), H100, public_key=key)
     assert "nothing was imported" in str(e.value) and f"bundles/{sha}.tar.gz" in str(e.value)
     assert ".fetch-" not in str(e.value)   # the bundle as the registry names it, not a temp path
     untouched(dest)
 
 
+def test_an_unsigned_bundle_of_zeros_writes_nothing_with_a_key(url, signed, keys, tmp_path):
+    """Planted as the newest bundle of A's slot, its entry claiming A: refused before a byte of zeros.bin is
+    written, A's older bundle fetched instead (the old import wrote the 32 MB, then failed on the signature)."""
+    tp1 = publish(signed["tp1_a"], url, gpu_type="H100").record
+    m = zeros_bundle(tmp_path / "zeros.tar.gz", signed["tp1_a"])
+    sha, size = plant_bundle(url, tmp_path / "zeros.tar.gz")
+    plant(url, tp1, **pointing_at(sha, size), manifest_digest=m.digest(), entries=0)
+    refused_then_older(url, tp1, sha, keys["A"], tmp_path, "no signature")
+
+
 def test_a_bundle_signed_by_another_key_writes_nothing(url, signed, keys, tmp_path):
     """B's valid signature of a manifest listing 32 MB of zeros, its entry claiming A: refused on its signature
-    before a file is written (the old import wrote the zeros, then checked the signature)."""
+    before a file is written, A's older bundle fetched instead (the old import wrote the zeros, then failed on the
+    signature)."""
     import base64
     tp1 = publish(signed["tp1_a"], url, gpu_type="H100").record
     m = manifest_mod.load(signed["tp1_a"])
@@ -211,11 +223,7 @@ def test_a_bundle_signed_by_another_key_writes_nothing(url, signed, keys, tmp_pa
                                               tar_member("zeros.bin", bytes(ZEROS))])
     sha, size = plant_bundle(url, tmp_path / "b.tar.gz")
     plant(url, tp1, **pointing_at(sha, size), manifest_digest=m.digest(), entries=0)
-    dest = tmp_path / "srv" / "cache"
-    with writes_at_most(ZEROS // 4), pytest.raises(BundleError, match="not signed by this key") as e:
-        fetch(url, dest, spec(), H100, public_key=keys["A"])
-    assert "nothing was imported" in str(e.value)
-    untouched(dest)
+    refused_then_older(url, tp1, sha, keys["A"], tmp_path, "not signed by this key")
 
 
 def test_an_import_writes_no_more_than_the_cap(url, caches, tmp_path, monkeypatch):
@@ -274,6 +282,17 @@ def test_selection_skips_bundles_the_key_did_not_sign(url, caches, signed, keys,
         fetch(url, tmp_path / "none" / "cache", spec(), H100, public_key=keys["A"])
     assert a.slot in str(e.value) and "unsigned" in str(e.value)
     untouched(tmp_path / "none" / "cache")
+
+
+def test_an_entry_lying_about_its_signer_is_skipped_for_the_older_signed_bundle(url, signed, keys, tmp_path):
+    """B's bundle planted as the newest of A's slot, its entry saying A signed it: the fetch finds B's signature
+    before a file is written, notes it and takes A's older bundle (the old fetch failed on the newest)."""
+    a = publish(signed["tp1_a"], url, gpu_type="H100").record
+    export(signed["tp1_b"], tmp_path / "b.tar.gz")
+    sha, size = plant_bundle(url, tmp_path / "b.tar.gz")
+    liar = plant(url, a, **pointing_at(sha, size), manifest_digest=manifest_mod.load(signed["tp1_b"]).digest())
+    assert select(url, spec(), H100, keys["A"])[0] == liar   # by its entry, it is A's newest
+    refused_then_older(url, a, sha, keys["A"], tmp_path, "not signed by this key")
 
 
 # -- left from the last issue: `ensure --from` leaves nothing after a failed fetch ---------------------------------

@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
 from .. import bounded_json
-from ..errors import BundleError, CacheDirError
+from ..errors import BundleError, BundleSignatureError, CacheDirError
 from ..version import __version__
 from . import location
 from . import manifest as manifest_mod
@@ -379,13 +379,13 @@ def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
         _check_size(src, m, cap)   # before the stream is read on: a signed manifest is no licence for any size
         ti = next(members, None)
         if ti is None or ti.name != manifest_mod.SIG_NAME or not ti.isfile():
-            raise BundleError(f"{src}: not signed (no {manifest_mod.SIG_NAME} after its manifest), and a public "
-                              "key was given; nothing was imported")
+            raise BundleSignatureError(f"{src}: no signature ({manifest_mod.SIG_NAME} must follow its manifest), "
+                                       "and a public key was given; nothing was imported")
         sig = _read_member(src, tar, ti, MAX_SIG_BYTES)
         try:   # another key's (or a forged) signature stops here, before the rest of the stream is read
             check_claimed(sig, public_key, f"{src}: {manifest_mod.SIG_NAME}")
         except CacheDirError as e:
-            raise BundleError(f"{e}; nothing was imported") from None
+            raise BundleSignatureError(f"{e}; nothing was imported") from None
         except RecursionError:
             raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
         groups: dict[str, dict[str, str]] = {}
@@ -409,7 +409,7 @@ def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
     try:
         check_bytes(sig, m, groups, public_key, f"{src}: {manifest_mod.SIG_NAME}")
     except CacheDirError as e:
-        raise BundleError(f"{e}; nothing was imported") from None
+        raise BundleSignatureError(f"{e}; nothing was imported") from None
     except RecursionError:
         raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
     return m.digest()

@@ -3,7 +3,8 @@ among the bundles its entries say that key signed), download it next to DIR (no 
 AUTOTUNE_CACHE_MAX_BUNDLE_BYTES), check its sha256 against the index entry, and import it into DIR (cache/bundle.py:
 with a key, the signature checked before a file is written; every member checked). Before a file is written the
 imported manifest is bound to its entry and to the request (`bind`): an entry edited to name another valid bundle
-installs nothing. A signed registry needs a public key."""
+installs nothing; a bundle whose signature is not the key's, though its entry says so, is skipped for the next
+older one of its slot. A signed registry needs a public key."""
 from __future__ import annotations
 
 import os
@@ -20,11 +21,11 @@ from ..cache import bundle as bundle_mod
 from ..cache import location
 from ..cache.files import Created, sha256_file
 from ..cache.manifest import Manifest
-from ..errors import CacheDirError, RegistryError
+from ..errors import BundleSignatureError, CacheDirError, RegistryError
 from . import index
 from .machine import Here
-from .select import Machine, choose, unfit
-from .store import open_store
+from .select import Choice, Machine, choose, unfit
+from .store import Store, open_store
 
 PUBLIC_KEY_ENV = "AUTOTUNE_CACHE_PUBLIC_KEY"
 
@@ -50,6 +51,12 @@ def select(url: str, spec: BuildSpec, machine: Machine, public_key=None,
            misses: Callable[[index.Entry], list[str]] | None = None) -> tuple[index.Entry, tuple[str, ...]]:
     """The record fetch would download, and its warnings (a scan's bad entries, a GPU-name fallback, bundles
     skipped as not signed by `public_key`). `misses`: machine.Here().misses unless given."""
+    choice, warnings = _choice(url, spec, machine, public_key, misses or Here().misses)
+    return choice.record, warnings
+
+
+def _choice(url: str, spec: BuildSpec, machine: Machine, public_key,
+            misses: Callable[[index.Entry], list[str]]) -> tuple[Choice, tuple[str, ...]]:
     store = open_store(url)
     found = index.scan(store)
     if found.info is None and not found.records:
@@ -60,8 +67,8 @@ def select(url: str, spec: BuildSpec, machine: Machine, public_key=None,
     if public_key is not None:
         from ..cache.signing import public_key_id
         trusted = public_key_id(public_key)
-    choice = choose(found.records, planned_units(spec), machine, misses or Here().misses, trusted)
-    return choice.record, tuple(found.warnings) + choice.warnings
+    choice = choose(found.records, planned_units(spec), machine, misses, trusted)
+    return choice, tuple(found.warnings) + choice.warnings
 
 
 def _claims(record: index.Entry) -> dict[str, object]:
@@ -119,31 +126,53 @@ def bind(record: index.Entry, units: list[str], machine: Machine, misses: Callab
 
 def fetch(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machine,
           public_key=None) -> FetchReport:
-    """Import the bundle for `machine` and `spec` into `cache_dir` (absent or empty). A failure leaves nothing this
-    call created (the dir's parents included)."""
+    """Import the bundle for `machine` and `spec` into `cache_dir` (absent or empty). With a key, a bundle whose
+    signature is not the key's though its entry says so is skipped for the next older one of its slot, with a
+    note. A failure leaves nothing this call created (the dir's parents included)."""
     started = time.monotonic()
     root = location.normalize(cache_dir)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise CacheDirError(f"{root} exists and is not an empty directory: fetch into a new dir")
     misses = Here().misses   # one per fetch: it runs ptxas once per compute capability
-    record, warnings = select(url, spec, machine, public_key, misses)
+    choice, warnings = _choice(url, spec, machine, public_key, misses)
     store = open_store(url)
-    where = f"{store.url.rstrip('/')}/{record.bundle}"
     cap = settings.current().max_bundle_bytes
-    if record.bundle_bytes > cap:   # before a byte is downloaded: the entry's claim is the download's cap
-        raise RegistryError(f"{where}: its index entry claims {record.bundle_bytes} bytes, more than the {cap} a "
-                            "fetch downloads (AUTOTUNE_CACHE_MAX_BUNDLE_BYTES); nothing downloaded")
     created = Created()
     with created.undone_on_error():
         created.dirs(root.parent)
-        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.fetch-") as tmp:
-            local = Path(tmp) / "bundle.tar.gz"
-            store.get_file(record.bundle, local, record.bundle_bytes)
-            if sha256_file(local) != record.bundle_sha256:
-                raise RegistryError(f"{store.url}: {record.bundle} does not have the sha256 its index entry names "
-                                    "(damaged or replaced); nothing imported")
-            accept = bind(record, planned_units(spec), machine, misses, where)
-            imported = bundle_mod.import_bundle(local, root, public_key=public_key, accept=accept, name=where,
-                                                max_bytes=cap)
-    return FetchReport(record=record, cache_dir=root, warnings=warnings, seconds=time.monotonic() - started,
-                       files=imported.files)
+        candidates = (choice.record, *choice.older)
+        for i, record in enumerate(candidates):
+            try:
+                files = _fetch_one(store, record, root, bind(record, planned_units(spec), machine, misses,
+                                                             _where(store.url, record)), public_key, cap)
+            except BundleSignatureError as e:
+                if i + 1 == len(candidates):
+                    raise
+                warnings += (f"skipped {record.bundle_sha256[:12]}, its entry names a signer its bundle does not "
+                             f"have ({e})",)
+                continue
+            return FetchReport(record=record, cache_dir=root, warnings=warnings,
+                               seconds=time.monotonic() - started, files=files)
+    raise AssertionError("unreachable: the last candidate returns or raises")
+
+
+def _where(url: str, record: index.Entry) -> str:
+    """A bundle as messages name it: its registry URL (never the temp path it is downloaded to)."""
+    return f"{url.rstrip('/')}/{record.bundle}"
+
+
+def _fetch_one(store: Store, record: index.Entry, root: Path, accept: Callable[[Manifest], None], public_key,
+               cap: int) -> int:
+    """Download `record`'s bundle next to `root` and import it there; the files imported."""
+    where = _where(store.url, record)
+    if record.bundle_bytes > cap:   # before a byte is downloaded: the entry's claim is the download's cap
+        raise RegistryError(f"{where}: its index entry claims {record.bundle_bytes} bytes, more than the {cap} a "
+                            "fetch downloads (AUTOTUNE_CACHE_MAX_BUNDLE_BYTES); nothing downloaded")
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.fetch-") as tmp:
+        local = Path(tmp) / "bundle.tar.gz"
+        store.get_file(record.bundle, local, record.bundle_bytes)
+        if sha256_file(local) != record.bundle_sha256:
+            raise RegistryError(f"{store.url}: {record.bundle} does not have the sha256 its index entry names "
+                                "(damaged or replaced); nothing imported")
+        return bundle_mod.import_bundle(local, root, public_key=public_key, accept=accept, name=where,
+                                        max_bytes=cap).files

@@ -30,6 +30,9 @@ class Machine:
 class Choice:
     record: Entry
     warnings: tuple[str, ...] = field(default=())
+    # with a key: the older bundles of record's slot whose entries name that key too, newest first (what a fetch
+    # takes when record's own signature turns out not to be the key's: its entry lied)
+    older: tuple[Entry, ...] = field(default=())
 
 
 def _words(name: str) -> list[str]:
@@ -91,16 +94,20 @@ def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
     if trusted is not None:
         fit, notes = _trusted_only(fit, trusted)
 
-    def newest(rs: list[Entry]) -> Entry:
-        return max(rs, key=lambda r: (r.published, r.bundle_sha256))
+    def age(r: Entry) -> tuple[str, str]:
+        return (r.published, r.bundle_sha256)
+
+    def chosen(r: Entry, warnings: tuple[str, ...]) -> Choice:
+        older = sorted((o for o in fit if o.slot == r.slot and o != r), key=age, reverse=True) if trusted else []
+        return Choice(r, warnings, tuple(older))
 
     if machine.gpu_name is None:
-        return Choice(newest(fit), notes)
+        return chosen(max(fit, key=age), notes)
     exact = [r for r in fit if same_gpu(r, machine.gpu_name)]
     if exact:
-        return Choice(newest(exact), notes)
-    r = newest(fit)
-    return Choice(r, notes + (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
+        return chosen(max(exact, key=age), notes)
+    r = max(fit, key=age)
+    return chosen(r, notes + (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
                               f"({r.gpu_type}, same compute capability {r.fingerprint.capability}): every entry "
                               "hits, its winners may not be this GPU's fastest",))
 
