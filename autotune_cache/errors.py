@@ -90,6 +90,10 @@ class BundleError(CacheDirError):
     """A bundle that cannot be imported: unsafe, damaged, or not ours."""
 
 
+class BundleSignatureError(BundleError):
+    """A bundle imported with a public key whose manifest.sig is missing or not that key's (nothing written)."""
+
+
 class CacheMissError(AutotuneCacheError):
     """Strict serving: a kernel would have been benchmarked in the server."""
 

@@ -132,6 +132,10 @@ class Settings(BaseModel):
     capability: str | None = _var(
         "CAPABILITY", None, "The compute capability to fetch for (e.g. 9.0): the default of --capability.",
         (CLI, PLUGIN), type_="major.minor")
+    max_bundle_bytes: int = _var(
+        "MAX_BUNDLE_BYTES", 4 << 30, "The most bytes a registry fetch downloads (one bundle, whatever its index "
+        "entry claims) and a bundle import writes (its files, as its manifest lists them): more is refused before "
+        "a byte is written.", (CLI, PLUGIN), type_="int", shown_default="4294967296 (4 GiB)")
     # -- building ------------------------------------------------------------------------------------------------
     compile_processes: int | None = _var(
         "COMPILE_PROCESSES", None, "Compile worker processes per build child (1: threads only).", (PARENT, CHILD),
@@ -169,7 +173,7 @@ class Settings(BaseModel):
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
-    @field_validator("compile_processes", "compile_workers", "max_tokens")
+    @field_validator("compile_processes", "compile_workers", "max_tokens", "max_bundle_bytes")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:

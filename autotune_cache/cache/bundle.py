@@ -17,9 +17,13 @@ checked before a byte of it is written: a plain file (no link, device or other s
 skipped), a relative, normalized name (no "..", no absolute path), listed in the manifest (or manifest.sig), its
 size the manifest's, once. Its bytes are hashed as they are written and must have the manifest's sha256; so at most
 the manifest's sizes are written, all into a staging dir inside the target, which goes on any failure (with a target
-dir the import created). The manifest must have the digest that bundle.json names. That digest only proves the
-bundle is whole: whoever crafts a bundle can compute it. With a public key, import also requires manifest.sig to be
-a valid signature of the manifest (signing.py).
+dir the import created), and never more than AUTOTUNE_CACHE_MAX_BUNDLE_BYTES (the manifest's total is checked
+first). The manifest must have the digest that bundle.json names. That digest only proves the bundle is whole:
+whoever crafts a bundle can compute it. With a public key, a first pass over the stream writes nothing: manifest.sig
+must follow the manifest and verify with the key (signing.py), over the manifest and the group files' member names
+(read into memory, each checked against the manifest); only then does the second pass, the one that writes, begin,
+and it must find the same manifest. A caller's `accept` (fetch: the entry the bundle was chosen by) sees the checked
+manifest before a file is written too.
 """
 from __future__ import annotations
 
@@ -30,19 +34,20 @@ import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
 from .. import bounded_json
-from ..errors import BundleError, CacheDirError
+from ..errors import BundleError, BundleSignatureError, CacheDirError
 from ..version import __version__
 from . import location
 from . import manifest as manifest_mod
 from .files import (
     FILE_MODE,
+    MAX_JSON_BYTES,
     Created,
     atomic_file,
     inside,
@@ -54,7 +59,7 @@ from .files import (
     sha256_bytes,
     staging_dir,
 )
-from .layout import is_group_file, members_first, read_group, relocated_group
+from .layout import is_group_file, members_first, parse_group, read_group, relocated_group
 from .manifest import FileRecord, Manifest
 
 BUNDLE_INFO = "bundle.json"
@@ -199,22 +204,39 @@ def check_member(m: tarfile.TarInfo) -> None:
                           f"({problem or 'not normalized'})")
 
 
-def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, public_key=None) -> ImportReport:
+def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, public_key=None, *,
+                  accept: Callable[[Manifest], None] | None = None, name: str | None = None,
+                  max_bytes: int | None = None) -> ImportReport:
     """Unpack `bundle` into `cache_dir` (absent or empty) and rewrite its group files for it. Every member is
     checked before it is written (see the module doc), into a staging dir inside cache_dir; files move in only when
     all are there, the manifest last, so an interrupted import never looks like a complete cache. `public_key`
     (ed25519, PEM path or bytes): the bundle must carry a valid signature by it (it stays valid for the imported
-    dir)."""
+    dir), checked before any file is written. `accept(manifest)`: raises to refuse the bundle's manifest (checked,
+    signed) before any file is written (fetch: the manifest its index entry names). `name`: the bundle in messages
+    (default its path). `max_bytes`: the most its files may weigh (default AUTOTUNE_CACHE_MAX_BUNDLE_BYTES)."""
+    from .. import settings
     from .lock import locked
 
     src = Path(bundle).expanduser()
+    label = name or str(src)
     if not src.is_file():
-        raise CacheDirError(f"{src}: no such bundle file")
+        raise CacheDirError(f"{label}: no such bundle file")
     root = location.normalize(cache_dir)
     if root.exists() and not root.is_dir():
         raise CacheDirError(f"{root} exists and is not a directory")
     if root.exists() and any(p.name not in manifest_mod.OWN_FILES for p in root.iterdir()):
         raise CacheDirError(f"{root} is not empty: import into a new dir (then `autotune-cache merge` if needed)")
+    cap = settings.current().max_bundle_bytes if max_bytes is None else max_bytes
+    signed_digest = _verified_first(src, label, public_key, cap) if public_key is not None else None
+
+    def before_writing(m: Manifest) -> None:
+        """Whatever refuses the manifest refuses it here, before the first byte of a file is written."""
+        if signed_digest is not None and m.digest() != signed_digest:
+            raise BundleError(f"{label}: changed while it was read (its manifest is not the one checked)")
+        _check_size(label, m, cap)
+        if accept is not None:
+            accept(m)
+
     created = Created()   # a failure takes away what this call made, and nothing else (files.Created)
     with created.undone_on_error():
         try:
@@ -223,14 +245,14 @@ def import_bundle(bundle: str | os.PathLike, cache_dir: str | os.PathLike, publi
             raise CacheDirError(f"cannot create {root}: {e.strerror or e}") from None
         with locked(root, created=created), staging_dir(root, manifest_mod.IMPORT_STAGING) as staging:
             try:
-                report = _unpack_checked(src, staging, root, public_key, created)
+                report = _unpack_checked(src, label, staging, root, public_key, created, before_writing)
             except OSError as e:   # the bundle's reads are BundleErrors already: this is the target's disk
                 raise CacheDirError(f"{root}: cannot write ({e.strerror or e}); nothing was imported") from None
     return report
 
 
 @contextmanager
-def _reading(src: Path) -> Iterator[None]:
+def _reading(src: str) -> Iterator[None]:
     """Errors of reading the bundle (not a tar, truncated, bad gzip) as one BundleError."""
     try:
         yield
@@ -239,7 +261,7 @@ def _reading(src: Path) -> Iterator[None]:
         raise BundleError(f"{src}: not a readable bundle ({type(e).__name__}: {first})") from None
 
 
-def _member_file(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> IO[bytes]:
+def _member_file(src: str, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> IO[bytes]:
     """The reader of a regular file member (check_member lets no other kind with bytes through)."""
     with _reading(src):
         f = tar.extractfile(ti)
@@ -248,7 +270,7 @@ def _member_file(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo) -> IO[byt
     return f
 
 
-def _read_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, limit: int) -> bytes:
+def _read_member(src: str, tar: tarfile.TarFile, ti: tarfile.TarInfo, limit: int) -> bytes:
     """A small member's bytes (bundle.json, manifest.json, manifest.sig), refused beyond `limit`."""
     if ti.size > limit:
         raise BundleError(f"{src}: {ti.name} is {ti.size} bytes, more than the {limit} it may have")
@@ -260,7 +282,7 @@ def _read_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, limit: in
     return data
 
 
-def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Path) -> str:
+def _write_member(src: str, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Path) -> str:
     """Write member `ti` (its size checked already) to `path`, a new file; returns the sha256 of what was written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
@@ -279,7 +301,7 @@ def _write_member(src: Path, tar: tarfile.TarFile, ti: tarfile.TarInfo, path: Pa
     return h.hexdigest()
 
 
-def _checked_manifest(src: Path, own: dict[str, bytes]) -> Manifest:
+def _checked_manifest(src: str, own: dict[str, bytes]) -> Manifest:
     """The bundle's manifest, from its first two members, checked against bundle.json."""
     try:
         info = bounded_json.json_value(own[BUNDLE_INFO])
@@ -300,39 +322,116 @@ def _checked_manifest(src: Path, own: dict[str, bytes]) -> Manifest:
     return m
 
 
-def _check_room(src: Path, staging: Path, m: Manifest) -> None:
+def _check_size(src: str, m: Manifest, cap: int) -> None:
+    """What the manifest says the files weigh, against the absolute cap (AUTOTUNE_CACHE_MAX_BUNDLE_BYTES): every
+    member's size is then checked against the manifest, so no import writes more than this."""
+    need = sum(r.size for r in m.files.values())
+    if need > cap:
+        raise BundleError(f"{src}: its manifest lists {need} bytes of files, more than the {cap} an import writes "
+                          "(AUTOTUNE_CACHE_MAX_BUNDLE_BYTES); nothing was imported")
+
+
+def _check_room(src: str, staging: Path, m: Manifest) -> None:
     """What the manifest says the files weigh must fit: a bundle of zeros compresses a thousandfold."""
     need, free = sum(r.size for r in m.files.values()), shutil.disk_usage(staging).free
     if need > free:
         raise BundleError(f"{src}: its files take {need} bytes, {staging.parent} has {free} free; nothing was imported")
 
 
-def _unpack_checked(src: Path, staging: Path, root: Path, public_key, created: Created) -> ImportReport:
-    first = (BUNDLE_INFO, manifest_mod.MANIFEST_NAME)   # what export writes first, in this order
+def _members(src: str, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The tar stream's members in order, each checked (check_member) before it is seen."""
+    while True:
+        with _reading(src):
+            ti = tar.next()
+        if ti is None:
+            return
+        check_member(ti)
+        yield ti
+
+
+def _head(src: str, members: Iterator[tarfile.TarInfo], tar: tarfile.TarFile) -> dict[str, bytes]:
+    """bundle.json and manifest.json, the first two members (what export writes first, in this order)."""
     own: dict[str, bytes] = {}
+    for want in (BUNDLE_INFO, manifest_mod.MANIFEST_NAME):
+        ti = next(members, None)
+        if ti is None or ti.name != want or not ti.isfile():
+            raise BundleError(f"{src}: not an autotune-cache bundle (it must begin with bundle.json and "
+                              f"manifest.json, not {'nothing' if ti is None else repr(ti.name)})")
+        own[want] = _read_member(src, tar, ti, MAX_INFO_BYTES if want == BUNDLE_INFO
+                                 else manifest_mod.MAX_MANIFEST_BYTES)
+    return own
+
+
+def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
+    """The first of two passes over the bundle, writing nothing: its manifest.sig (the member export writes right
+    after the manifest) must be `public_key`'s signature of its manifest, whose group files (the only members the
+    signature reads, by their member names) are read into memory, each checked against the manifest's size and
+    sha256; the other members are only checked to be listed, with the manifest's size. Returns the manifest's
+    digest, which the second pass (the one that writes) must find again."""
+    from .signing import check_bytes, check_claimed
+
+    with _reading(src):
+        tar = tarfile.open(path, mode="r|*")
+    with tar:
+        members = _members(src, tar)
+        own = _head(src, members, tar)
+        m = _checked_manifest(src, own)
+        _check_size(src, m, cap)   # before the stream is read on: a signed manifest is no licence for any size
+        ti = next(members, None)
+        if ti is None or ti.name != manifest_mod.SIG_NAME or not ti.isfile():
+            raise BundleSignatureError(f"{src}: no signature ({manifest_mod.SIG_NAME} must follow its manifest), "
+                                       "and a public key was given; nothing was imported")
+        sig = _read_member(src, tar, ti, MAX_SIG_BYTES)
+        try:   # another key's (or a forged) signature stops here, before the rest of the stream is read
+            check_claimed(sig, public_key, f"{src}: {manifest_mod.SIG_NAME}")
+        except CacheDirError as e:
+            raise BundleSignatureError(f"{e}; nothing was imported") from None
+        except RecursionError:
+            raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
+        groups: dict[str, dict[str, str]] = {}
+        for ti in members:
+            if ti.isdir():
+                continue
+            rec = m.files.get(ti.name)
+            if rec is None or ti.size != rec.size or ti.name in groups:
+                raise BundleError(f"{src}: {ti.name} is not what its manifest lists (damaged or unsafe bundle)")
+            if is_group_file(ti.name):
+                data = _read_member(src, tar, ti, MAX_JSON_BYTES)
+                if sha256_bytes(data) != rec.sha256:
+                    raise BundleError(f"{src}: {ti.name} differs from its manifest (damaged bundle)")
+                try:
+                    groups[ti.name] = parse_group(data)
+                except (ValueError, RecursionError) as e:
+                    raise BundleError(f"{src}: {ti.name}: unreadable group file ({type(e).__name__})") from None
+    missing = sorted(rel for rel in m.files if is_group_file(rel) and rel not in groups)
+    if missing:
+        raise BundleError(f"{src}: {missing[0]} is listed in its manifest but missing")
+    try:
+        check_bytes(sig, m, groups, public_key, f"{src}: {manifest_mod.SIG_NAME}")
+    except CacheDirError as e:
+        raise BundleSignatureError(f"{e}; nothing was imported") from None
+    except RecursionError:
+        raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
+    return m.digest()
+
+
+def _unpack_checked(path: Path, src: str, staging: Path, root: Path, public_key, created: Created,
+                    before_writing: Callable[[Manifest], None]) -> ImportReport:
+    first = (BUNDLE_INFO, manifest_mod.MANIFEST_NAME)
     m: Manifest | None = None
     written: set[str] = set()
     signed = staging / manifest_mod.SIG_NAME
     with _reading(src):
-        tar = tarfile.open(src, mode="r|*")   # a stream: each member is seen once, in order, never looked up
+        tar = tarfile.open(path, mode="r|*")   # a stream: each member is seen once, in order, never looked up
     with tar:
-        while True:
-            with _reading(src):
-                ti = tar.next()
-            if ti is None:
-                break
-            check_member(ti)
-            if len(own) < len(first):
-                if ti.name != first[len(own)] or not ti.isfile():
-                    raise BundleError(f"{src}: not an autotune-cache bundle (it must begin with bundle.json and "
-                                      f"manifest.json, not {ti.name!r})")
-                own[ti.name] = _read_member(src, tar, ti, MAX_INFO_BYTES if ti.name == BUNDLE_INFO
-                                            else manifest_mod.MAX_MANIFEST_BYTES)
-                continue
+        members = _members(src, tar)
+        own = _head(src, members, tar)
+        for ti in members:
             if ti.isdir():   # nothing to write: a file's dirs are made with it
                 continue
             if m is None:   # before the first byte of any other member is written
                 m = _checked_manifest(src, own)
+                before_writing(m)
                 _check_room(src, staging, m)
             if ti.name in first or ti.name in written or (ti.name == manifest_mod.SIG_NAME and signed.exists()):
                 raise BundleError(f"unsafe bundle: {ti.name!r} appears twice")
@@ -348,7 +447,9 @@ def _unpack_checked(src: Path, staging: Path, root: Path, public_key, created: C
             if _write_member(src, tar, ti, inside(staging, ti.name)) != rec.sha256:
                 raise BundleError(f"{src}: {ti.name} differs from its manifest (damaged bundle)")
             written.add(ti.name)
-    m = m or _checked_manifest(src, own)
+    if m is None:
+        m = _checked_manifest(src, own)
+        before_writing(m)
     for rel in sorted(m.files):
         if rel not in written:
             raise BundleError(f"{src}: {rel} is listed in its manifest but missing")
@@ -362,8 +463,8 @@ def _unpack_checked(src: Path, staging: Path, root: Path, public_key, created: C
                 raise BundleError(f"{src}: {rel}: unreadable group file ({type(e).__name__}: {e})") from None
     if public_key is not None:
         from .signing import check
-        try:   # the group files still list the build's paths: only their member names are signed
-            check(staging, m, public_key, require_inside=False, sig_path=signed)
+        try:   # checked before the first write (_verified_first); again on what was written, as a dir's is
+            check(staging, m, public_key, require_inside=False, sig_path=signed, groups=groups)
         except CacheDirError as e:
             raise BundleError(f"{src}: {str(e).replace(str(staging) + '/', '')}") from None
         except RecursionError:

@@ -166,34 +166,78 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     key id. The files themselves are integrity.check_files' job. `groups`: every listed group file's child_paths
     as that check parsed them from the bytes it hashed (else they are read here)."""
     _crypto()   # a clear error when `cryptography` is missing
-    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
-    kid = key_id(pub)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
-        sig = bounded_json.json_value(read_plain(sig_path, MAX_JSON_BYTES))
-        signature = base64.b64decode(sig["signature"], validate=True)
+        data = read_plain(sig_path, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise IntegrityError(f"{sig_path}: no signature, and a public key was given (sign with `autotune-cache "
                              "sign DIR --key KEY.pem`)", files=[manifest_mod.SIG_NAME]) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except OSError as e:
         raise IntegrityError(f"{sig_path}: unreadable signature ({type(e).__name__})",
                              files=[manifest_mod.SIG_NAME]) from None
-    if sig.get("algorithm") != ALGORITHM:
-        raise IntegrityError(f"{sig_path}: algorithm {sig.get('algorithm')!r}, expected {ALGORITHM}",
-                             files=[manifest_mod.SIG_NAME])
     if groups is None:
         groups = read_groups(Path(root), manifest, require_inside=require_inside)
     elif require_inside:
         require_members_inside(Path(root), groups)
+    return check_bytes(data, manifest, groups, public_key, str(sig_path))
+
+
+def check_bytes(data: bytes, manifest: Manifest, groups: Mapping[str, Mapping[str, str]], public_key,
+                where: str) -> str:
+    """IntegrityError unless `data` (a manifest.sig's bytes, named `where` in messages) is a valid signature by
+    `public_key` of `manifest` whose group files list `groups`; returns the key id. What a bundle's import checks
+    before it writes a file (bundle.py), and `check` once it has read a dir's."""
+    _crypto()
+    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
+    kid = key_id(pub)
+    try:
+        sig = bounded_json.json_value(data)
+        signature = base64.b64decode(sig["signature"], validate=True)
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{where}: unreadable signature ({type(e).__name__})",
+                             files=[manifest_mod.SIG_NAME]) from None
+    if sig.get("algorithm") != ALGORITHM:
+        raise IntegrityError(f"{where}: algorithm {sig.get('algorithm')!r}, expected {ALGORITHM}",
+                             files=[manifest_mod.SIG_NAME])
     digest = portable_digest(manifest, groups)
     try:
         _check_sig(pub, signature, CONTEXT + digest.encode())
     except ValueError:
         why = ("the manifest changed since it was signed (re-sign it)" if sig.get("portable_digest") != digest
                else f"not signed by this key ({kid}; signed by {sig.get('key_id')})")
-        raise IntegrityError(f"{sig_path}: the signature does not verify: {why}",
+        raise IntegrityError(f"{where}: the signature does not verify: {why}",
                              files=[manifest_mod.SIG_NAME, manifest_mod.MANIFEST_NAME]) from None
     return kid
+
+
+def check_claimed(data: bytes, public_key, where: str) -> str:
+    """IntegrityError unless `data` (a manifest.sig's bytes) is `public_key`'s valid signature of the portable
+    digest it names; returns that digest. A first check, before the manifest's group files are read: check_bytes
+    must then find the manifest's own digest equal to it."""
+    _crypto()
+    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
+    try:
+        sig = bounded_json.json_value(data)
+        signature = base64.b64decode(sig["signature"], validate=True)
+        claimed = sig["portable_digest"]
+        if not isinstance(claimed, str):
+            raise TypeError("portable_digest")
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{where}: unreadable signature ({type(e).__name__})",
+                             files=[manifest_mod.SIG_NAME]) from None
+    try:
+        _check_sig(pub, signature, CONTEXT + claimed.encode())
+    except ValueError:
+        raise IntegrityError(f"{where}: the signature does not verify: not signed by this key ({key_id(pub)}; "
+                             f"signed by {str(sig.get('key_id'))[:64]})", files=[manifest_mod.SIG_NAME]) from None
+    return claimed
+
+
+def public_key_id(public_key) -> str:
+    """key_id of a public key given as a PEM path or bytes (or a loaded key): what an index entry's `signed_by`
+    names."""
+    return key_id(public_key if not isinstance(public_key, (str, bytes, os.PathLike))
+                  else load_public_key(public_key))
 
 
 def _check_sig(pub, signature: bytes, data: bytes) -> None:

@@ -6,7 +6,8 @@ keys differ here (fingerprint.misses_here, without the GPU). The N processes of 
 core) take one file lock beside the cache dir (`.<name>.fetch.lock` in its parent): the first fetches, the others
 wait and then find it fresh. A stale dir is moved aside (`.<name>.stale-<pid>`) before the fetch and removed after
 it; on a failed fetch it is moved back. A registry that cannot be reached or holds nothing for this machine is an
-error when strict, else a warning and the local dir stays as it was (the server then tunes what it misses).
+error when strict, else a warning and the local dir stays as it was (the server then tunes what it misses). A
+failed fetch takes away what the pull created (files.Created): the dir's parents and the lock file, if it made them.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import filelock
 from .. import settings
 from ..builder.plan import plan as make_plan
 from ..builder.spec import BuildSpec
-from ..cache import fingerprint
+from ..cache import fingerprint, location
 from ..cache import manifest as manifest_mod
+from ..cache.files import Created
+from ..cache.location import CacheDir
 from ..errors import AutotuneCacheError, CacheDirError, RegistryError
 from .fetch import fetch
 from .select import Machine
@@ -66,12 +69,28 @@ def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machi
          strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S) -> PullReport:
     """Make `cache_dir` hold the registry's cache for `spec` unless it serves already. `machine` None: detected
     when a fetch is needed (machine.detect, isolated: no CUDA call in this process)."""
-    root = Path(cache_dir).expanduser().resolve()
+    root = location.normalize(cache_dir)
     stale = why_stale(root, spec)
     if not stale:
         return PullReport(root, "fresh")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(root.parent / f".{root.name}.fetch.lock", mode=0o644)
+    # what this call makes beside the cache dir (its parents, the lock file) goes again when no cache came of it
+    created = Created()
+    with created.undone_on_error():
+        report = _pull_locked(url, root, spec, machine, stale, created, public_key=public_key, strict=strict,
+                              lock_timeout=lock_timeout)
+    if report.action == "fallback":
+        created.undo()
+    return report
+
+
+def _pull_locked(url: str, root: CacheDir, spec: BuildSpec, machine: Machine | None, stale: list[str],
+                 created: Created, *, public_key, strict: bool, lock_timeout: float) -> PullReport:
+    created.dirs(root.parent)
+    lock_path = root.parent / f".{root.name}.fetch.lock"
+    # a waiter on a lock file that a failure then removes takes it on the old file; import's own lock on the cache
+    # dir (and its empty-dir rule) still lets one fetch write it
+    created.file_if_new(lock_path)
+    lock = filelock.FileLock(lock_path, mode=0o644)
     try:
         lock.acquire(timeout=lock_timeout)
     except filelock.Timeout:

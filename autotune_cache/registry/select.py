@@ -30,6 +30,9 @@ class Machine:
 class Choice:
     record: Entry
     warnings: tuple[str, ...] = field(default=())
+    # with a key: the older bundles of record's slot whose entries name that key too, newest first (what a fetch
+    # takes when record's own signature turns out not to be the key's: its entry lied)
+    older: tuple[Entry, ...] = field(default=())
 
 
 def _words(name: str) -> list[str]:
@@ -50,9 +53,25 @@ def same_gpu(record: Entry, gpu_name: str) -> bool:
             or _words(gpu_name) == _words(record.fingerprint.gpu_name or ""))
 
 
+def unfit(r: Entry, machine: Machine, misses: Callable[[Entry], list[str]]) -> str | None:
+    """Why bundle `r` cannot serve `machine` (its compute capability, an emulated build, disk keys that would miss
+    here), None when it can: the rule `choose` applies to entries, and fetch again to the manifest it imports."""
+    fp = r.fingerprint
+    if machine.capability and fp.capability != machine.capability:
+        return f"{r.gpu_type}: compute capability {fp.capability}, not {machine.capability}"
+    if fp.emulated and not machine.allow_emulated:
+        return f"{r.gpu_type}: an emulated build (fake timings)"
+    if found := misses(r):
+        return f"{r.gpu_type} ({fp.gpu_name}): {found[0]}"
+    return None
+
+
 def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
-           misses: Callable[[Entry], list[str]]) -> Choice:
-    """The bundle for `machine` holding every unit in `units`; NoMatchingBundleError saying why none fits."""
+           misses: Callable[[Entry], list[str]], trusted: str | None = None) -> Choice:
+    """The bundle for `machine` holding every unit in `units`; NoMatchingBundleError saying why none fits.
+    `trusted`: the id of the key a fetch checks signatures with (signing.key_id); bundles whose entry names another
+    signer, or none, are skipped with a note (a bundle the key did not sign would be refused at import: one newer
+    such bundle must not hide the signed one)."""
     records, need = list(records), set(units)
     if not records:
         raise NoMatchingBundleError("the registry holds no bundle")
@@ -64,28 +83,51 @@ def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
     why: list[str] = []
     fit = []
     for r in holding:
-        fp = r.fingerprint
-        if machine.capability and fp.capability != machine.capability:
-            why.append(f"{r.gpu_type}: compute capability {fp.capability}, not {machine.capability}")
-        elif fp.emulated and not machine.allow_emulated:
-            why.append(f"{r.gpu_type}: an emulated build (fake timings)")
-        elif found := misses(r):
-            why.append(f"{r.gpu_type} ({fp.gpu_name}): {found[0]}")
+        if (reason := unfit(r, machine, misses)) is not None:
+            why.append(reason)
         else:
             fit.append(r)
     if not fit:
         raise NoMatchingBundleError(f"{len(holding)} bundles hold the units, none fits this machine: "
                                     + "; ".join(sorted(set(why))[:4]))
+    notes: tuple[str, ...] = ()
+    if trusted is not None:
+        fit, notes = _trusted_only(fit, trusted)
 
-    def newest(rs: list[Entry]) -> Entry:
-        return max(rs, key=lambda r: (r.published, r.bundle_sha256))
+    def age(r: Entry) -> tuple[str, str]:
+        return (r.published, r.bundle_sha256)
+
+    def chosen(r: Entry, warnings: tuple[str, ...]) -> Choice:
+        older = sorted((o for o in fit if o.slot == r.slot and o != r), key=age, reverse=True) if trusted else []
+        return Choice(r, warnings, tuple(older))
 
     if machine.gpu_name is None:
-        return Choice(newest(fit))
+        return chosen(max(fit, key=age), notes)
     exact = [r for r in fit if same_gpu(r, machine.gpu_name)]
     if exact:
-        return Choice(newest(exact))
-    r = newest(fit)
-    return Choice(r, (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
-                      f"({r.gpu_type}, same compute capability {r.fingerprint.capability}): every entry hits, its "
-                      "winners may not be this GPU's fastest",))
+        return chosen(max(exact, key=age), notes)
+    r = max(fit, key=age)
+    return chosen(r, notes + (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
+                              f"({r.gpu_type}, same compute capability {r.fingerprint.capability}): every entry "
+                              "hits, its winners may not be this GPU's fastest",))
+
+
+def _signer(r: Entry) -> str:
+    return r.signed_by or "unsigned"
+
+
+def _trusted_only(fit: list[Entry], trusted: str) -> tuple[list[Entry], tuple[str, ...]]:
+    """The fitting bundles signed by key `trusted` and a note on those skipped; NoMatchingBundleError naming the
+    slots and the signers present when none is."""
+    kept = [r for r in fit if r.signed_by == trusted]
+    skipped = [r for r in fit if r.signed_by != trusted]
+    if not kept:
+        slots = sorted({r.slot for r in fit})
+        signers = sorted({_signer(r) for r in fit})
+        raise NoMatchingBundleError(f"{len(fit)} bundles fit this machine (slot {', '.join(slots[:3])}), but they "
+                                    f"are not signed by this key ({trusted}): signed by {', '.join(signers[:6])}")
+    if not skipped:
+        return kept, ()
+    by = sorted({_signer(r) for r in skipped})
+    return kept, (f"skipped {len(skipped)} bundles not signed by this key ({trusted}; signed by "
+                  f"{', '.join(by[:6])}): {', '.join(r.bundle_sha256[:12] for r in skipped[:4])}",)
