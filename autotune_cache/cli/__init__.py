@@ -1,13 +1,14 @@
 """autotune-cache command line: one module per command group (build_cmds, cache_cmds, serve_cmds, fleet_cmds,
 record_cmds, completion), the shared arguments (args) and output (console: tables that fit, JSON, errors, progress
-modes, the parser and its help pages). `commands()`: every command's parser, which docs/cli.md shows
-(scripts/cli_doc.py).
+modes, the parser and its help pages). `commands()`: every command's parser; `help_pages()`: their --help, which
+docs/cli.md shows (scripts/cli_doc.py).
 
 Exit codes: 0 fine, 1 a check failed (verify, ensure) or a build stayed incomplete, 2 a mistake (bad input, a
 cache dir or bundle that cannot be used: one line that says what to do, nothing created), 130/143 interrupted."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -65,6 +66,15 @@ def commands(ap: argparse.ArgumentParser | None = None, words: tuple[str, ...] =
             for name, p in action.choices.items():
                 found += commands(p, (*words, name))
     return found
+
+
+def help_pages(columns: int) -> list[tuple[tuple[str, ...], str]]:
+    """Every command's --help as it prints with COLUMNS=`columns`, whatever this terminal is: docs/cli.md's."""
+    pages = []
+    for words, p in commands():
+        p.formatter_class = functools.partial(p.formatter_class, width=columns - 2)   # argparse's width: COLUMNS-2
+        pages.append((words, p.format_help()))
+    return pages
 
 
 class Terminated(KeyboardInterrupt):
