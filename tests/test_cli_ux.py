@@ -137,7 +137,7 @@ def test_broken_pipe_is_quiet(toy):
 @pytest.mark.parametrize("args,text", [
     (("plan", "--tp", "3", "--json"), "TP degree 3"),
     (("inspect", "/nonexistent/cache", "--json"), "no such cache directory"),
-    (("inspect", "--json"), "required: dir"),
+    (("inspect", "--json"), "required: DIR"),
     (("build", "--noise", "-1", "--cache-dir", "x", "--json"), "--noise"),
 ])
 def test_json_errors_on_stdout(args, text, tmp_path):
@@ -422,11 +422,13 @@ def test_completion_prints_a_script_per_shell_and_completes(tmp_path):
 
 def test_verbose_prints_debug_lines_and_only_then():
     import logging
+    loggers = [logging.getLogger(name) for name in ("autotune_cache", "filelock")]
+    before = [(list(logger.handlers), logger.level) for logger in loggers]
     for args in (("-v", "models"), ("models", "--verbose", "--json")):
         proc = cli_here(*args)
         assert proc.returncode == 0 and "autotune-cache: DEBUG: " in proc.stderr, proc.stderr
+        assert [(list(logger.handlers), logger.level) for logger in loggers] == before   # taken away after
     assert "DEBUG" not in cli_here("models").stderr
-    assert not logging.getLogger("autotune_cache").handlers   # taken away after the command
 
 
 def test_docs_cli_md_is_every_help_page(tmp_path):

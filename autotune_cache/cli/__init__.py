@@ -18,7 +18,7 @@ import threading
 from ..errors import AutotuneCacheError
 from ..version import __version__
 from . import build_cmds, cache_cmds, completion, fleet_cmds, record_cmds, serve_cmds
-from .console import Parser, apply_quiet, expect_json, report_error, verbose
+from .console import HelpFormatter, Parser, apply_quiet, expect_json, report_error, verbose
 
 log = logging.getLogger("autotune_cache")
 
@@ -72,7 +72,7 @@ def help_pages(columns: int) -> list[tuple[tuple[str, ...], str]]:
     """Every command's --help as it prints with COLUMNS=`columns`, whatever this terminal is: docs/cli.md's."""
     pages = []
     for words, p in commands():
-        p.formatter_class = functools.partial(p.formatter_class, width=columns - 2)   # argparse's width: COLUMNS-2
+        p.formatter_class = functools.partial(HelpFormatter, width=columns - 2)   # argparse's width: COLUMNS-2
         pages.append((words, p.format_help()))
     return pages
 

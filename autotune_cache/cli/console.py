@@ -188,21 +188,32 @@ def add_verbose_arg(p) -> None:
                    help="also print debug messages on stderr (what the command reads, decides and runs)")
 
 
+# --verbose: our messages, and the libraries' whose waits and reads a user may need to see (a build waiting on
+# another's lock, a registry's store)
+_LOGGERS = {"autotune_cache": "autotune-cache: %(levelname)s: %(message)s",
+            "filelock": "autotune-cache: %(levelname)s: %(name)s: %(message)s",
+            "fsspec": "autotune-cache: %(levelname)s: %(name)s: %(message)s"}
+
+
 def verbose(args) -> Callable[[], None]:
-    """--verbose: the package's debug messages on stderr, one `autotune-cache: DEBUG:` line each. Returns what
-    undoes it, for main() to call when the command ends (a caller running main() twice gets no doubled lines)."""
+    """--verbose: debug messages on stderr, one `autotune-cache: DEBUG:` line each. Returns what undoes it, for
+    main() to call when the command ends (a caller running main() twice gets no doubled lines)."""
     if not getattr(args, "verbose", False):
         return lambda: None
-    logger = logging.getLogger("autotune_cache")
-    handler, level = logging.StreamHandler(sys.stderr), logger.level
-    handler.setFormatter(logging.Formatter("autotune-cache: %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    undo = []
+    for name, form in _LOGGERS.items():
+        logger = logging.getLogger(name)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(form))
+        undo.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
-    def undo() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return undo
+    def quiet_again() -> None:
+        for logger, handler, level in undo:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    return quiet_again
 
 
 def progress_mode(args) -> str:
