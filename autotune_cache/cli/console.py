@@ -247,6 +247,13 @@ class HelpFormatter(argparse.HelpFormatter):
         return "\n\n".join(blocks)
 
 
+    def _format_action(self, action):
+        # the commands themselves, not first a line naming their metavar (COMMAND) above them
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(a) for a in action._get_subactions())
+        return super()._format_action(action)
+
+
 def _suggestion(word: str, choices) -> str:
     """'; did you mean 'plan'?' for a near miss of one of `choices`, else ''."""
     close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
