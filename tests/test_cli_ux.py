@@ -346,6 +346,8 @@ def test_every_help_page_has_a_purpose_examples_and_every_argument_explained():
     import argparse
     pages = _pages()
     assert len(pages) >= 19   # the top level, 17 commands, fleet's 2 subcommands
+    bare = cli_here()   # no command at all: the top-level help, as a mistake
+    assert bare.returncode == 2 and bare.stdout == pages[0][2], bare.stderr
     for words, p, page in pages:
         name = " ".join(("autotune-cache", *words))
         assert page.startswith(f"usage: {name} "), page

@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     expect_json(argv)
     ap = parser()
     completion.complete(ap)   # a shell's Tab: answers and exits
+    if not argv:   # what a first try gets: the commands, not "arguments are required: COMMAND"
+        ap.print_help()
+        return 2
     args = ap.parse_args(argv)
     expect_json(given=bool(getattr(args, "json", False)))   # `record ... CMD --json`: that --json is CMD's
     apply_quiet(args)
