@@ -147,8 +147,7 @@ def _regular(path: Path, st: os.stat_result) -> None:
 
 
 def _too_large(path: Path):
-    raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES} bytes ({CONFIG_MAX_BYTES >> 20} MiB), the most a "
-                      "config.json may have")
+    raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES >> 20} MiB, the most a config.json may have")
 
 
 def from_config(path: str | Path) -> ModelShape:

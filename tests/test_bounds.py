@@ -220,7 +220,7 @@ def test_a_huge_sparse_config_is_refused_before_it_is_read(tmp_path):
     with open(path, "wb") as f:
         f.truncate(64 << 30)   # 64 GiB of holes: no disk used, and no reading it all
     assert_refused(run_cli_bounded("build", "--config", path, "--cache-dir", tmp_path / "c", timeout=30),
-                   f"larger than {CONFIG_MAX_BYTES} bytes")
+                   f"larger than {CONFIG_MAX_BYTES >> 20} MiB")
     assert not (tmp_path / "c").exists()
 
 
@@ -230,7 +230,7 @@ def test_config_at_the_size_cap_is_read_and_one_byte_more_is_refused(tmp_path):
     path.write_text(text + " " * (CONFIG_MAX_BYTES - len(text)))
     assert shapes.from_config(path).num_k_heads == 16
     path.write_text(text + " " * (CONFIG_MAX_BYTES + 1 - len(text)))
-    with pytest.raises(ConfigError, match=f"larger than {CONFIG_MAX_BYTES} bytes"):
+    with pytest.raises(ConfigError, match=f"larger than {CONFIG_MAX_BYTES >> 20} MiB"):
         shapes.from_config(path)
 
 

@@ -156,8 +156,8 @@ def _assess(root: Path, policy: Policy, copy_to: Path | None) -> TrustReport:
     if manifest is None and error is None:
         if policy.needs_manifest:
             refusals.append(Refusal("manifest", f"{manifest_mod.path_of(root)}: no manifest, and one is required (a "
-                                    "strict server, require_manifest, a public key, verify or ensure): the files "
-                                    "cannot be checked", (manifest_mod.MANIFEST_NAME,)))
+                                    "strict server, AUTOTUNE_CACHE_REQUIRE_MANIFEST=1, a public key, verify or "
+                                    "ensure): the files cannot be checked", (manifest_mod.MANIFEST_NAME,)))
         else:
             warnings.append("no manifest.json: not built by autotune-cache; files and compatibility unchecked")
     files = integrity.check_files(root, manifest, copy_to)

@@ -1,10 +1,15 @@
-"""autotune-cache command line: one module per command group (build_cmds, cache_cmds, serve_cmds), the shared
-arguments (args) and output (console: tables that fit, JSON, errors, progress modes).
+"""autotune-cache command line: one module per command group (build_cmds, cache_cmds, serve_cmds, fleet_cmds,
+record_cmds, completion), the shared arguments (args) and output (console: tables that fit, JSON, errors, progress
+modes, the parser and its help pages). `commands()`: every command's parser; `help_pages()`: their --help, which
+docs/cli.md shows (scripts/cli_doc.py).
 
 Exit codes: 0 fine, 1 a check failed (verify, ensure) or a build stayed incomplete, 2 a mistake (bad input, a
 cache dir or bundle that cannot be used: one line that says what to do, nothing created), 130/143 interrupted."""
 from __future__ import annotations
 
+import argparse
+import functools
+import logging
 import os
 import signal
 import sys
@@ -12,21 +17,64 @@ import threading
 
 from ..errors import AutotuneCacheError
 from ..version import __version__
-from . import build_cmds, cache_cmds, fleet_cmds, record_cmds, serve_cmds
-from .console import Parser, apply_quiet, expect_json, report_error
+from . import build_cmds, cache_cmds, completion, fleet_cmds, record_cmds, serve_cmds
+from .console import HelpFormatter, Parser, apply_quiet, expect_json, report_error, verbose
+
+log = logging.getLogger("autotune_cache")
+
+DESCRIPTION = """\
+Tune an LLM server's Triton-autotuned kernels before it starts, so its first requests benchmark nothing.
+
+A build runs every autotuned kernel (the Gated DeltaNet kernels of Qwen3-Next and Qwen3.5 in FLA, vLLM or SGLang,
+or whatever a recorded process looked up) at every key the server will reach, on this machine's GPU, and writes
+Triton's own cache files plus a manifest. The other commands check, shrink, move, sign and share such a cache."""
+
+EPILOG = """\
+Every command but completion takes -q/--quiet and -v/--verbose, and all but record and completion take --json,
+before or after its name. `autotune-cache COMMAND --help` explains each flag and shows examples.
+
+examples:
+  autotune-cache plan --model qwen3.5-9b --tp 1,2
+  autotune-cache build --model qwen3.5-9b --tp 1,2 --cache-dir ~/gdn-cache
+  autotune-cache verify ~/gdn-cache --model qwen3.5-9b --tp 1,2
+  AUTOTUNE_CACHE_DIR=~/gdn-cache vllm serve Qwen/Qwen3.5-9B"""
 
 
 def parser() -> Parser:
-    ap = Parser(prog="autotune-cache", description=__doc__.split("\n\n")[0],
-                epilog="Every command takes -q/--quiet, and all but record take --json, before or after its name.")
-    ap.add_argument("--version", action="version", version=f"autotune-cache {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    ap = Parser(prog="autotune-cache", description=DESCRIPTION, epilog=EPILOG)
+    ap.add_argument("--version", action="version", version=f"autotune-cache {__version__}",
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
+                            title="commands")
     build_cmds.add_commands(sub)   # models, plan, build
     cache_cmds.add_commands(sub)   # inspect, verify, prune, export, import, sign, merge
     serve_cmds.add_commands(sub)   # ensure
     fleet_cmds.add_commands(sub)   # publish, fetch, ls, fleet plan, fleet build
     record_cmds.add_commands(sub)  # record
+    completion.add_commands(sub)   # completion
     return ap
+
+
+def commands(ap: argparse.ArgumentParser | None = None, words: tuple[str, ...] = ()) \
+        -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """The top-level parser and every command's and subcommand's under it, by the words that name it (`()`,
+    `("fleet", "plan")`), in the order of their help: what docs/cli.md prints and the help tests read."""
+    ap = ap or parser()
+    found: list[tuple[tuple[str, ...], argparse.ArgumentParser]] = [(words, ap)]
+    for action in ap._actions:   # argparse keeps a parser's subcommands only there
+        if isinstance(action, argparse._SubParsersAction):
+            for name, p in action.choices.items():
+                found += commands(p, (*words, name))
+    return found
+
+
+def help_pages(columns: int) -> list[tuple[tuple[str, ...], str]]:
+    """Every command's --help as it prints with COLUMNS=`columns`, whatever this terminal is: docs/cli.md's."""
+    pages = []
+    for words, p in commands():
+        p.formatter_class = functools.partial(HelpFormatter, width=columns - 2)   # argparse's width: COLUMNS-2
+        pages.append((words, p.format_help()))
+    return pages
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,7 +99,7 @@ def _quiet_stdout() -> None:
         pass
 
 
-_OUTPUT_FLAGS = ("--json", "-q", "--quiet")
+_OUTPUT_FLAGS = ("--json", "-q", "--quiet", "-v", "--verbose")
 
 
 def _output_flags_after_command(argv: list[str]) -> list[str]:
@@ -70,9 +118,17 @@ def _output_flags_after_command(argv: list[str]) -> list[str]:
 def main(argv=None) -> int:
     argv = _output_flags_after_command(sys.argv[1:] if argv is None else list(argv))
     expect_json(argv)
-    args = parser().parse_args(argv)
+    ap = parser()
+    completion.complete(ap)   # a shell's Tab: answers and exits
+    if not argv:   # what a first try gets: the commands, not "arguments are required: COMMAND"
+        ap.print_help()
+        return 2
+    args = ap.parse_args(argv)
     expect_json(given=bool(getattr(args, "json", False)))   # `record ... CMD --json`: that --json is CMD's
     apply_quiet(args)
+    quiet_again = verbose(args)
+    log.debug("autotune-cache %s, Python %s, in %s: %s", __version__, sys.version.split()[0], os.getcwd(),
+              " ".join(argv))
     main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
@@ -92,6 +148,7 @@ def main(argv=None) -> int:
         print("autotune-cache: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
     finally:
+        quiet_again()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -61,29 +61,32 @@ def _selection(args) -> SelectionSettings:
 
 def add_model_args(p, *, optional: bool = False) -> None:
     """`optional`: the model is an option of the command (verify's coverage), with no default model."""
-    p.add_argument("--model", help="preset name (see `autotune-cache models`); " + (
-        "checks coverage of this model's keys (none without --model or --config)" if optional
+    p.add_argument("--model", metavar="PRESET", help="the model, by preset name (`autotune-cache models` lists "
+                   "them); " + ("checks coverage of this model's keys (none without --model or --config)" if optional
         else f"default {shapes.DEFAULT_MODEL}"))
-    p.add_argument("--config", help=f"local HF config.json (a regular file of at most {shapes.CONFIG_MAX_BYTES} "
-                                    f"bytes; at most {shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM}) or "
-                                    "snapshot dir, instead of --model")
-    p.add_argument("--tp", default="1", help=f"tensor-parallel degrees, comma-separated, each dividing the heads and "
-                                             f"at most {shapes.MAX_TP} (default 1)")
-    p.add_argument("--target", default=targets.DEFAULT,
+    p.add_argument("--config", metavar="PATH",
+                   help=f"the model, from its Hugging Face config.json or a local snapshot dir holding one, instead "
+                        f"of --model (a regular file of at most {shapes.CONFIG_MAX_BYTES >> 20} MiB; at most "
+                        f"{shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM})")
+    p.add_argument("--tp", default="1", metavar="N,...",
+                   help=f"tensor-parallel degrees, comma-separated, each dividing the heads and at most "
+                        f"{shapes.MAX_TP} (default 1)")
+    p.add_argument("--target", default=targets.DEFAULT, metavar="NAME,...",
                    help=f"kernel source(s), comma-separated: {', '.join(targets.names())} (default {targets.DEFAULT})")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
                    help=f"largest prefill (batched tokens) the server runs; every key up to it is covered "
                         f"(default {DEFAULT_MAX_TOKENS}, at most {shapes.MAX_TOKENS}; a plan may drive at most "
                         f"{MAX_PLAN_CALLS} calls and tune {MAX_PLAN_KEYS} keys)")
-    p.add_argument("--tokens", help=f"extra token counts to drive, comma-separated (each at most {shapes.MAX_TOKENS})")
+    p.add_argument("--tokens", metavar="T,...",
+                   help=f"extra token counts to drive, comma-separated (each at most {shapes.MAX_TOKENS})")
 
 
 def add_build_args(p) -> None:
     """The flags every command that builds (build, ensure) shares: per-unit deadline, retries, emulation, the
     Triton env vars to build with."""
-    p.add_argument("--timeout", type=float, default=1800.0,
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
                    help=f"seconds per unit before its child is killed (default 1800, at most {MAX_UNIT_TIMEOUT_S:g})")
-    p.add_argument("--retries", type=int, default=1,
+    p.add_argument("--retries", type=int, default=1, metavar="N",
                    help=f"fresh-child retries of a failed unit (default 1, at most {MAX_RETRIES})")
     p.add_argument("--emulate", action="store_true",
                    help="no GPU: compile for a fake sm_90 GPU, fake timings (for tests and key checks)")

@@ -13,7 +13,18 @@ from ..errors import BuildFailedError, NoGPUError, printable
 from ..targets import SHORT
 from . import record_cmds
 from .args import add_build_args, add_model_args, spec_from_args
-from .console import Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode, report_error
+from .console import (
+    Column,
+    add_command,
+    add_output_args,
+    err,
+    out,
+    print_item,
+    print_json,
+    print_table,
+    progress_mode,
+    report_error,
+)
 
 
 def cmd_models(args) -> int:
@@ -101,20 +112,36 @@ def cmd_build(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("models", help="list model presets")
+    p = add_command(sub, "models", "list the model presets and the tensor-parallel degrees each fits",
+                    details="A preset is a model's GDN shape (heads, head dims, dtypes); --model takes its name. "
+                            "Another model: --config with its config.json.",
+                    examples=("autotune-cache models", "autotune-cache models --json"))
     add_output_args(p)
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("plan", help="show the units and keys a build would tune (no GPU needed)")
+    p = add_command(sub, "plan", "show the units and keys a build would tune (no GPU needed)",
+                    details="Pure: imports no kernel, runs anywhere. Per unit: the per-rank shape, dtypes, token "
+                            "counts and, per autotuned kernel, its key and how many configs a build benchmarks.",
+                    examples=("autotune-cache plan --model qwen3.5-9b --tp 1,2",
+                              "autotune-cache plan --config ./Qwen3.5-9B/config.json --max-tokens 32768 --json",
+                              "autotune-cache plan --from-record lookups.jsonl"))
     add_model_args(p)
     record_cmds.add_from_record(p)
     add_output_args(p)
     p.set_defaults(func=cmd_plan)
-    p = sub.add_parser("build", help="tune every key into a cache dir, in a child process (needs a CUDA GPU)")
+    p = add_command(sub, "build", "tune every key a server will look up into a cache dir (needs a CUDA GPU)",
+                    details="Prints the plan, then runs it in a child process per GPU and writes Triton's cache "
+                            "files plus manifest.json into --cache-dir. Running it again builds only what is "
+                            "missing; a unit that fails is retried, one that hangs is killed after --timeout.",
+                    examples=("autotune-cache build --model qwen3.5-9b --tp 1,2 --cache-dir ~/gdn-cache",
+                              "# the server runs with TRITON_DEFAULT_FP_FUSION=0: build as it will run",
+                              "autotune-cache build --cache-dir ~/gdn-cache --triton-env TRITON_DEFAULT_FP_FUSION=0",
+                              "autotune-cache build --from-record lookups.jsonl --cache-dir ~/gdn-cache"))
     add_model_args(p)
     record_cmds.add_from_record(p)
-    p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
+    p.add_argument("--cache-dir", required=True, metavar="DIR",
+                   help="the cache dir to fill: the server's TRITON_CACHE_DIR, or its AUTOTUNE_CACHE_DIR")
     add_build_args(p)
-    p.add_argument("--compile-workers", type=int, default=None,
+    p.add_argument("--compile-workers", type=int, default=None, metavar="N",
                    help="threads compiling each key's configs before they are benchmarked, where compile worker "
                         "processes are off (AUTOTUNE_CACHE_COMPILE_PROCESSES=1, emulated builds) or the GPU's "
                         "profile cannot be read (default: every core; 1 = compile while benchmarking, as Triton)")
@@ -126,13 +153,13 @@ def add_commands(sub) -> None:
                    help="robust (default): short screening, the close configs timed again, interleaved, and the one "
                         "first in the kernel's list kept unless another beats it beyond --noise; triton: Triton's "
                         "own single pass and minimum, as a server tunes")
-    p.add_argument("--noise", type=float, default=None,
+    p.add_argument("--noise", type=float, default=None, metavar="FRACTION",
                    help="robust selection: fraction a challenger must win by (default 0.02; at least 0, below 1)")
-    p.add_argument("--probe-tokens", default=None,
+    p.add_argument("--probe-tokens", default=None, metavar="T,...",
                    help=f"robust selection: token counts to also time every key at (comma-separated, at most "
                         f"{MAX_PROBES}; 'none' for none; default 512): a key serves every size of its bucket, so the "
                         "winner must not be slow at a small one")
-    p.add_argument("--gpus", type=int, default=None,
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
                    help=f"shard the keys over N GPUs, one child each (default: every visible GPU, from "
                         f"CUDA_VISIBLE_DEVICES or nvidia-smi; with --emulate: 1; at most {MAX_GPUS})")
     add_output_args(p, json_help="print a JSON summary (errors too)", progress=True)

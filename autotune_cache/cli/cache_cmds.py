@@ -13,7 +13,7 @@ from pathlib import Path
 from ..cache import location
 from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
 from ..errors import CacheDirError
-from .console import Column, add_output_args, err, out, print_item, print_json, print_table
+from .console import Column, add_command, add_output_args, err, out, print_item, print_json, print_table
 
 
 def _writable_dir(d, what: str) -> None:
@@ -243,18 +243,33 @@ def add_commands(sub) -> None:
         add(sub)
 
 
+_DIR_HELP = "the cache dir (a plain Triton cache dir works too)"
+
+
 def add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="what a cache dir holds: entries with named keys, winners, sizes, warnings")
-    p.add_argument("dir", help="the cache dir (a plain Triton cache dir works too)")
+    p = add_command(sub, "inspect", "show what a cache dir holds: entries with named keys, winners, sizes, warnings",
+                    details="Read-only, one pass. Per autotune entry: kernel, key (named fields, then dtypes), "
+                            "winning config, its time, the margin to the runner-up, configs benchmarked, bytes; then "
+                            "totals, the build's fingerprint and what the manifest and the disk disagree on.",
+                    examples=("autotune-cache inspect ~/gdn-cache",
+                              "autotune-cache inspect ~/gdn-cache --json | jq '.totals'"))
+    p.add_argument("dir", metavar="DIR", help=_DIR_HELP)
     add_output_args(p)
     p.set_defaults(func=cmd_inspect)
 
 
 def add_verify(sub) -> None:
     from .args import add_model_args
-    p = sub.add_parser("verify", help="checksums, compatibility with this machine, coverage of a model/TP plan; "
-                                      "exit 0 only if all is well (a CI gate)")
-    p.add_argument("dir")
+    p = add_command(sub, "verify", "check a cache: checksums, permissions, this machine, coverage of a model; exit 0 "
+                                   "only if all is well (a CI gate)",
+                    details="Checksums: every file the manifest lists, nothing it does not. Compatibility: the "
+                            "build's Python, Triton, ptxas, GPU and env vars against this machine's (a difference "
+                            "means the server misses every key). Coverage, with --model or --config: every key that "
+                            "model's server will look up is here. Exit 1 names each problem.",
+                    examples=("autotune-cache verify ~/gdn-cache",
+                              "autotune-cache verify ~/gdn-cache --model qwen3.5-9b --tp 1,2",
+                              "autotune-cache verify ~/gdn-cache --public-key key.pub.pem -q"))
+    p.add_argument("dir", metavar="DIR", help="the cache dir to check")
     add_model_args(p, optional=True)
     p.add_argument("--allow-writable", action="store_true",
                    help="do not fail when users other than the owner can write the dir or a parent")
@@ -267,8 +282,14 @@ def add_verify(sub) -> None:
 
 
 def add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="delete losing configs' binaries and stale entries; keeps what a server loads")
-    p.add_argument("dir")
+    p = add_command(sub, "prune", "delete losing configs' binaries and stale entries; keeps what a server loads",
+                    details="A build keeps every config it compiled (about 90% of its bytes are losers). Prune keeps "
+                            "the autotune entries and the winners' binaries, so the server still compiles nothing; "
+                            "sign again afterwards if the cache was signed.",
+                    examples=("autotune-cache prune ~/gdn-cache --dry-run", "autotune-cache prune ~/gdn-cache",
+                              "# smallest: the server compiles each winner once, benchmarks nothing",
+                              "autotune-cache prune ~/gdn-cache --all-binaries"))
+    p.add_argument("dir", metavar="DIR", help="the cache dir to prune (it must be writable)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
     p.add_argument("--all-binaries", action="store_true",
                    help="keep only the autotune JSON (the server compiles each winner once, benchmarks nothing)")
@@ -277,17 +298,25 @@ def add_prune(sub) -> None:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a relocatable .tar.gz bundle of a cache dir (replaces that file)")
-    p.add_argument("dir")
-    p.add_argument("bundle", help="the .tar.gz to write (its directory must exist)")
+    p = add_command(sub, "export", "write a relocatable .tar.gz bundle of a cache dir (replaces that file)",
+                    details="The files the manifest lists (checked first), the manifest and its signature; `import` "
+                            "unpacks it at any path with the compiled kernels pointing there.",
+                    examples=("autotune-cache export ~/gdn-cache gdn-cache.tar.gz",))
+    p.add_argument("dir", metavar="DIR", help="the cache dir to export")
+    p.add_argument("bundle", metavar="BUNDLE", help="the .tar.gz to write (its directory must exist)")
     add_output_args(p)
     p.set_defaults(func=cmd_export)
 
 
 def add_import(sub) -> None:
-    p = sub.add_parser("import", help="unpack a bundle into a new dir, rewriting Triton's absolute paths for it")
-    p.add_argument("bundle")
-    p.add_argument("dir", help="an absent or empty dir; the server must use this path")
+    p = add_command(sub, "import", "unpack a bundle into a new dir, rewriting Triton's absolute paths for it",
+                    details="Every member is checked (no links, no path outside DIR, every sha256 and the manifest "
+                            "digest) before the cache appears in DIR. A plain `cp -r` of a cache keeps its autotune "
+                            "hits but makes the server recompile every kernel; import does not.",
+                    examples=("autotune-cache import gdn-cache.tar.gz /srv/gdn-cache",
+                              "autotune-cache import gdn-cache.tar.gz /srv/gdn-cache --public-key key.pub.pem"))
+    p.add_argument("bundle", metavar="BUNDLE", help="the .tar.gz written by `autotune-cache export`")
+    p.add_argument("dir", metavar="DIR", help="an absent or empty dir; the server must use this path")
     p.add_argument("--public-key", metavar="PUB.pem",
                    help="require the bundle's manifest.sig to be a valid signature by this ed25519 public key")
     add_output_args(p)
@@ -295,9 +324,14 @@ def add_import(sub) -> None:
 
 
 def add_sign(sub) -> None:
-    p = sub.add_parser("sign", help="sign a cache's manifest with an ed25519 key (writes manifest.sig; needs the "
-                                    "`cryptography` package)")
-    p.add_argument("dir")
+    p = add_command(sub, "sign", "sign a cache's manifest with an ed25519 key (writes manifest.sig)",
+                    details="Checks every file against the manifest first. The server (AUTOTUNE_CACHE_PUBLIC_KEY), "
+                            "verify, import and fetch check the signature with the public key. Needs the "
+                            "`cryptography` package (the `sign` extra).",
+                    examples=("openssl genpkey -algorithm ed25519 -out key.pem",
+                              "openssl pkey -in key.pem -pubout -out key.pub.pem",
+                              "autotune-cache sign ~/gdn-cache --key key.pem"))
+    p.add_argument("dir", metavar="DIR", help="the cache dir to sign (it must be writable)")
     p.add_argument("--key", required=True, metavar="KEY.pem",
                    help="unencrypted PEM ed25519 private key (openssl genpkey -algorithm ed25519 -out KEY.pem)")
     add_output_args(p)
@@ -305,10 +339,15 @@ def add_sign(sub) -> None:
 
 
 def add_merge(sub) -> None:
-    p = sub.add_parser("merge", help="combine caches built in the same environment (other TP degrees, models)")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--into", required=True, help="the cache dir to merge into (created if absent; its parent must "
-                                                 "exist)")
-    p.add_argument("--dry-run", action="store_true")
+    p = add_command(sub, "merge", "combine caches built in the same environment (other TP degrees, models)",
+                    details="Copies each DIR's files into --into, rewriting the compiled kernels' paths for it and "
+                            "merging the manifests. A DIR whose disk keys differ (another Triton, Python or env "
+                            "vars) is refused; the same key tuned twice keeps the first and is listed as a conflict.",
+                    examples=("autotune-cache merge ~/cache-tp1 ~/cache-tp2 --into ~/gdn-cache",
+                              "autotune-cache merge ~/cache-b --into ~/gdn-cache --dry-run"))
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="the cache dirs to copy from")
+    p.add_argument("--into", required=True, metavar="DIR",
+                   help="the cache dir to merge into (created if absent; its parent must exist)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be copied, write nothing")
     add_output_args(p)
     p.set_defaults(func=cmd_merge)

@@ -1,5 +1,6 @@
 """Where the CLI writes, and how: the two consoles (stdout, stderr), tables that fit the width, JSON, errors, the
-output flags every command shares (--json, --quiet, --progress) and the argument parser.
+output flags every command shares (--json, --quiet, --verbose, --progress) and the argument parser (help pages,
+did-you-mean, no abbreviated flags).
 
 Width: `COLUMNS` when set, else the terminal's; piped without `COLUMNS`: unlimited, so nothing is truncated or
 wrapped and `grep` sees whole lines. Tables are plain text (no box characters, no trailing spaces); at a width
@@ -14,11 +15,14 @@ so a script reading stdout always gets JSON.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
 import os
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -165,16 +169,51 @@ def expect_json(argv: list[str] | None = None, *, given: bool | None = None) -> 
 # -- the output flags -----------------------------------------------------------------------------------------
 def add_output_args(p, *, json_help: str = "print the result as JSON (errors too: {\"error\", \"exit\"})",
                     progress: bool = False) -> None:
-    """--json and --quiet for every command; --progress (and the older --no-progress) for those that build."""
+    """--json, --quiet and --verbose for every command; --progress (and the older --no-progress) for those that
+    build."""
     p.add_argument("--json", action="store_true", help=json_help)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only problems and errors (the exit code says the rest)")
+    add_verbose_arg(p)
     if progress:
         p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                        help="auto (default): bars on a terminal, one line per unit when piped; plain: one line per "
                             "unit; tty: bars; none: nothing")
         p.add_argument("--no-progress", dest="progress", action="store_const", const="none",
                        help="the same as --progress none")
+
+
+def add_verbose_arg(p) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print debug messages on stderr (what the command reads, decides and runs)")
+
+
+# --verbose: our messages, and the libraries' whose waits and reads a user may need to see (a build waiting on
+# another's lock, a registry's store)
+_LOGGERS = {"autotune_cache": "autotune-cache: %(levelname)s: %(message)s",
+            "filelock": "autotune-cache: %(levelname)s: %(name)s: %(message)s",
+            "fsspec": "autotune-cache: %(levelname)s: %(name)s: %(message)s"}
+
+
+def verbose(args) -> Callable[[], None]:
+    """--verbose: debug messages on stderr, one `autotune-cache: DEBUG:` line each. Returns what undoes it, for
+    main() to call when the command ends (a caller running main() twice gets no doubled lines)."""
+    if not getattr(args, "verbose", False):
+        return lambda: None
+    undo = []
+    for name, form in _LOGGERS.items():
+        logger = logging.getLogger(name)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(form))
+        undo.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+
+    def quiet_again() -> None:
+        for logger, handler, level in undo:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    return quiet_again
 
 
 def progress_mode(args) -> str:
@@ -192,9 +231,54 @@ def apply_quiet(args) -> None:
     out.quiet = bool(getattr(args, "quiet", False))
 
 
+# -- the parser: help pages, did-you-mean, no abbreviations --------------------------------------------------
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, but a description keeps its paragraphs (each filled to the width) and an indented line
+    (an example's command line) stays as written, so copying it copies the command."""
+
+    def _fill_text(self, text, width, indent):
+        blocks = []
+        for block in text.strip("\n").split("\n\n"):
+            if block.startswith(" ") or block.endswith(":") or "\n  " in block:   # examples: as written
+                blocks.append(textwrap.indent(block, indent))
+            else:
+                blocks.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
+                                            subsequent_indent=indent, break_on_hyphens=False))
+        return "\n\n".join(blocks)
+
+
+    def _format_action(self, action):
+        # the commands themselves, not first a line naming their metavar (COMMAND) above them
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(a) for a in action._get_subactions())
+        return super()._format_action(action)
+
+
+def _suggestion(word: str, choices) -> str:
+    """'; did you mean 'plan'?' for a near miss of one of `choices`, else ''."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class Parser(argparse.ArgumentParser):
+    """Every parser of the CLI: no abbreviated flags (`--mod` is not `--model`: a later flag would change what it
+    means), a mistake is one line that names the closest command, flag or choice."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, no usage dump
-        sys.exit(report_error(f"{message} (see --help)"))
+        sys.exit(report_error(f"{message} (see {self.prog} --help)"))
+
+    def _check_value(self, action, value):
+        # argparse's own check of a choice (a command's name, --progress's mode); the one place it knows both the
+        # word and the choices, so the suggestion is added here (Python 3.14's suggest_on_error does the same)
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            raise argparse.ArgumentError(action, f"{e.message}{_suggestion(value, action.choices or ())}") from None
 
     def parse_known_args(self, args=None, namespace=None):
         # argparse hands `--tp=--` to the command as an empty list, not as a missing value: refuse it as the one
@@ -203,4 +287,22 @@ class Parser(argparse.ArgumentParser):
         for a in argv[:argv.index("--")] if "--" in argv else argv:
             if a.startswith("--") and a.endswith("=--"):
                 self.error(f"argument {a[:-3]}: expected one argument")
-        return super().parse_known_args(argv, namespace)
+        namespace, extras = super().parse_known_args(argv, namespace)
+        if extras and self._subparsers is None:
+            # a command refuses what it does not know itself, naming its own closest flag (the top level, which
+            # would refuse it otherwise, knows only the top-level flags)
+            flags = [o for a in self._actions for o in a.option_strings]
+            unknown = next((x for x in extras if x.startswith("-")), extras[0])
+            self.error(f"unrecognized arguments: {' '.join(extras)}"
+                       + (_suggestion(unknown.split("=")[0], flags) if unknown.startswith("-") else ""))
+        return namespace, extras
+
+
+def add_command(sub, name: str, purpose: str, *, details: str = "", examples: tuple[str, ...] = (),
+                **kwargs) -> Parser:
+    """A command's parser: `purpose`, one line, is its line in the list of commands and the first of its --help;
+    `details`, more paragraphs of its --help; `examples`, command lines (a line starting with '#' says why)."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples) if examples else None
+    first = f"{purpose[:1].upper()}{purpose[1:]}."   # a sentence on its own page, a phrase in the list
+    return sub.add_parser(name, help=purpose, description=first + (f"\n\n{details}" if details else ""),
+                          epilog=epilog, **kwargs)

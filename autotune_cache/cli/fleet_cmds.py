@@ -2,7 +2,7 @@
 model x TP x GPU-type matrix on a Ray cluster, fleet/)."""
 from __future__ import annotations
 
-from .console import Column, add_output_args, err, out, print_json, print_table
+from .console import Column, add_command, add_output_args, err, out, print_json, print_table
 
 
 def _spec(args):
@@ -116,40 +116,69 @@ def cmd_fleet_build(args) -> int:
 
 def add_commands(sub) -> None:
     from .args import add_model_args
-    p = sub.add_parser("publish", help="export a cache and put it into a registry (file://, s3://, gs://, hf:// ...)")
-    p.add_argument("dir")
-    p.add_argument("url")
-    p.add_argument("--gpu-type", help="the GPU type it was built for, as Ray names it (default: from the "
-                                      "manifest's GPU name, e.g. H200)")
-    p.add_argument("--model", help="a label for `ls` (what fetch matches is the units the cache holds)")
+    p = add_command(sub, "publish", "export a cache and put it into a registry (file://, s3://, gs://, hf:// ...)",
+                    details="A registry is a URL (any fsspec store) holding bundles and one index entry per bundle, "
+                            "never rewritten, so publishers may race. fetch, `ensure --from` and the vLLM plugin "
+                            "pick the bundle that fits a machine.",
+                    examples=("autotune-cache publish ~/gdn-cache s3://bucket/gdn-registry",
+                              "autotune-cache publish ~/gdn-cache file:///shared/registry --gpu-type H200 "
+                              "--model qwen3.5-9b"))
+    p.add_argument("dir", metavar="DIR", help="the cache dir to publish (built by `autotune-cache build`)")
+    p.add_argument("url", metavar="URL", help="the registry: file://, s3://, gs://, hf:// ... (created if absent)")
+    p.add_argument("--gpu-type", metavar="TYPE", help="the GPU type it was built for, as Ray names it (default: from "
+                                                      "the manifest's GPU name, e.g. H200)")
+    p.add_argument("--model", metavar="LABEL",
+                   help="a label for `ls` (what fetch matches is the units the cache holds)")
     add_output_args(p)
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("fetch", help="download the registry's bundle for this machine (or a named GPU) and import "
-                                     "it into DIR")
-    p.add_argument("url")
-    p.add_argument("dir")
+    p = add_command(sub, "fetch", "download the registry's bundle for this machine (or a named GPU) and import it "
+                                  "into DIR",
+                    details="Plans the model as `plan` does and takes the newest bundle that holds every planned "
+                            "unit and whose disk keys match this machine (Triton, Python, ptxas, env vars), built on "
+                            "this GPU type if one is, else on the same compute capability (with a warning).",
+                    examples=("autotune-cache fetch s3://bucket/gdn-registry ~/gdn-cache --model qwen3.5-9b --tp 2",
+                              "# in an image build, without a GPU",
+                              "autotune-cache fetch s3://bucket/gdn-registry /cache --gpu-name H200 --capability 9.0",
+                              "autotune-cache fetch s3://bucket/gdn-registry ~/gdn-cache --dry-run"))
+    p.add_argument("url", metavar="URL", help="the registry (as given to publish)")
+    p.add_argument("dir", metavar="DIR", help="an absent or empty dir to import the bundle into")
     add_model_args(p)
     _add_machine_args(p)
     p.add_argument("--dry-run", action="store_true", help="say which bundle, download nothing")
     add_output_args(p)
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("ls", help="the bundles a registry holds")
-    p.add_argument("url")
+    p = add_command(sub, "ls", "list the bundles a registry holds",
+                    details="One row per bundle: GPU type, model label, TP degrees, the build's GPU, Python and "
+                            "Triton, its signer, when it was published and its size.",
+                    examples=("autotune-cache ls s3://bucket/gdn-registry",
+                              "autotune-cache ls file:///shared/registry --json"))
+    p.add_argument("url", metavar="URL", help="the registry (as given to publish)")
     add_output_args(p)
     p.set_defaults(func=cmd_ls)
 
-    fleet = sub.add_parser("fleet", help="a model x TP x GPU-type matrix on a Ray cluster")
-    fsub = fleet.add_subparsers(dest="fleet_command", required=True, parser_class=type(fleet))
-    p = fsub.add_parser("plan", help="the matrix's build jobs, units and configs (pure: no Ray, no GPU)")
-    p.add_argument("matrix", help="a TOML file (docs/fleet.md)")
+    fleet = add_command(sub, "fleet", "build a model x TP x GPU-type matrix on a Ray cluster",
+                        details="The matrix is a TOML file (docs/fleet.md): models, TP degrees, GPU types and the "
+                                "registry. `fleet plan` lists its jobs; `fleet build` runs each as a Ray task on its "
+                                "GPU type and publishes each cache as it finishes.",
+                        examples=("autotune-cache fleet plan matrix.toml",
+                                  "autotune-cache fleet build matrix.toml --registry s3://bucket/gdn-registry"))
+    fsub = fleet.add_subparsers(dest="fleet_command", required=True, parser_class=type(fleet), metavar="SUBCOMMAND",
+                                title="subcommands")
+    p = add_command(fsub, "plan", "list the matrix's build jobs, units and configs (pure: no Ray, no GPU)",
+                    examples=("autotune-cache fleet plan matrix.toml", "autotune-cache fleet plan matrix.toml --json"))
+    p.add_argument("matrix", metavar="MATRIX", help="the matrix, a TOML file (docs/fleet.md)")
     add_output_args(p)
     p.set_defaults(func=cmd_fleet_plan)
-    p = fsub.add_parser("build", help="build every job of the matrix as Ray tasks (one GPU each, on its GPU type), "
-                                      "publishing each bundle as it finishes; skips what the registry holds")
-    p.add_argument("matrix")
-    p.add_argument("--registry", help="registry URL (default: the matrix's `registry`)")
+    p = add_command(fsub, "build", "build every job of the matrix as Ray tasks, publishing each cache as it "
+                                   "finishes",
+                    details="One Ray task per job, with one GPU of its type; a job whose bundle the registry already "
+                            "holds is skipped. Exit 1 when a job failed (the report names it).",
+                    examples=("autotune-cache fleet build matrix.toml --registry s3://bucket/gdn-registry",
+                              "autotune-cache fleet build matrix.toml --address ray://head:10001 --key key.pem"))
+    p.add_argument("matrix", metavar="MATRIX", help="the matrix, a TOML file (docs/fleet.md)")
+    p.add_argument("--registry", metavar="URL", help="registry URL (default: the matrix's `registry`)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running local cluster, else "
                                      "a new one on this machine)")
     p.add_argument("--key", metavar="KEY.pem", help="sign each cache before publishing (the path must exist on the "
@@ -159,9 +188,10 @@ def add_commands(sub) -> None:
 
 
 def _add_machine_args(p) -> None:
-    p.add_argument("--gpu-name", help="fetch for this GPU (e.g. H200, or 'NVIDIA H200') instead of this machine's: "
-                                      "an image build without a GPU")
-    p.add_argument("--capability", help="fetch for this compute capability (e.g. 9.0)")
+    p.add_argument("--gpu-name", metavar="NAME",
+                   help="fetch for this GPU (e.g. H200, or 'NVIDIA H200') instead of this machine's: an image build "
+                        "without a GPU")
+    p.add_argument("--capability", metavar="X.Y", help="fetch for this compute capability (e.g. 9.0)")
     p.add_argument("--public-key", metavar="PUB.pem",
                    help="require the bundle to be signed by this ed25519 key (default: AUTOTUNE_CACHE_PUBLIC_KEY; "
                         "required by a signed registry)")

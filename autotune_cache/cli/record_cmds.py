@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from ..errors import NoGPUError, SpecError
-from .console import err, out, print_json, progress_mode
+from .console import add_command, add_verbose_arg, err, out, print_json, progress_mode
 
 
 def _boot_dir() -> str:
@@ -105,18 +105,29 @@ def cmd_build(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("record", help="run a command, recording the autotune lookups of every Python process it "
-                                      "starts (build them with build --from-record)")
-    p.add_argument("--out", required=True, help="the record file (JSON lines, appended)")
+    p = add_command(sub, "record", "run a command, recording the autotune lookups of every Python process it starts",
+                    details="Any framework's Triton-autotuned kernels, without a target: each distinct (kernel, key) "
+                            "the command's processes look up is appended to --out as one JSON line that can be "
+                            "replayed; `build --from-record` then tunes exactly those. The command's own output and "
+                            "exit code pass through.",
+                    examples=("autotune-cache record --out lookups.jsonl -- vllm serve Qwen/Qwen3.5-9B",
+                              "# only what the disk cache missed, to complete a cache",
+                              "autotune-cache record --out misses.jsonl --misses -- python bench.py",
+                              "autotune-cache build --from-record lookups.jsonl --cache-dir ~/gdn-cache"))
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="the record file to append to (JSON lines; created if absent)")
     p.add_argument("--misses", action="store_true", help="record only lookups not found in the disk cache")
     # no --json: stdout is the recorded command's
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line (the exit code is the command's)")
-    p.add_argument("command", nargs="...", help="-- CMD ARGS...")
+    add_verbose_arg(p)
+    p.add_argument("command", nargs="...", metavar="-- CMD ...",
+                   help="the command to run and its arguments, after `--`")
     p.set_defaults(func=cmd_record)
 
 
 def add_from_record(p) -> None:
     """The --from-record option of plan and build (build_cmds.py)."""
     p.add_argument("--from-record", nargs="+", metavar="PATH", default=None,
-                   help="record file(s) (autotune-cache record, install(record=/misses=)): plan or build exactly the "
-                        "recorded lookups, merged and deduplicated, instead of a model's")
+                   help="record file(s) written by `autotune-cache record` (or by a server with AUTOTUNE_CACHE_RECORD "
+                        "set): plan or build exactly the recorded lookups, merged and deduplicated, instead of a "
+                        "model's")

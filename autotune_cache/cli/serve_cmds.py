@@ -9,7 +9,7 @@ container without the server's env): the build runs with them, and the cache is 
 """
 from __future__ import annotations
 
-from .console import add_output_args, err, out, print_json, progress_mode, report_error
+from .console import add_command, add_output_args, err, out, print_json, progress_mode, report_error
 
 
 def cmd_ensure(args) -> int:
@@ -43,11 +43,19 @@ def add_commands(sub) -> None:
 def add_ensure(sub) -> None:
     from ..builder.spec import MAX_GPUS
     from .args import add_build_args, add_model_args
-    p = sub.add_parser("ensure", help="build what the cache lacks, verify the rest; exit 0 only if the server will hit")
+    p = add_command(sub, "ensure", "build what the cache lacks, verify the rest; exit 0 only if the server will hit",
+                    details="For init containers and entrypoints: the one command before a server starts. A cache "
+                            "for another environment (Triton, Python, ptxas, GPU, env vars) is never built into: "
+                            "exit 1 naming the remedy, or with --rebuild a fresh cache swapped in. With --from it "
+                            "first fetches the registry's cache when this one is missing or stale.",
+                    examples=("autotune-cache ensure --model qwen3.5-9b --tp 2 --cache-dir /cache/gdn",
+                              "autotune-cache ensure --model qwen3.5-9b --cache-dir /cache/gdn --from s3://bucket/reg",
+                              "autotune-cache ensure --cache-dir /cache/gdn --rebuild --gpus 1"))
     add_model_args(p)
-    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--cache-dir", required=True, metavar="DIR",
+                   help="the cache dir the server will read (its AUTOTUNE_CACHE_DIR); created when absent")
     add_build_args(p)
-    p.add_argument("--gpus", type=int, default=None,
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
                    help=f"build over N GPUs, one child each (default: every visible GPU; an init container sharing "
                         f"its host with a running server should name the ones it may use; at most {MAX_GPUS})")
     p.add_argument("--rebuild", action="store_true",
