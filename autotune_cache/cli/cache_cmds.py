@@ -233,7 +233,8 @@ def cmd_import(args) -> int:
         print_json(r.as_dict())
         return 0
     out.print(f"imported {count(r.files, 'file')} ({size(r.bytes)}) into {r.cache_dir}; "
-              f"{count(r.groups_rewritten, 'compiled-kernel group')} now point there (manifest digest {r.manifest_digest[:16]} checked"
+              f"{count(r.groups_rewritten, 'compiled-kernel group')} now point there (manifest digest "
+              f"{r.manifest_digest[:16]} checked"
               + (", signature checked" if args.public_key else "") + ")")
     out.print(f"serve with: AUTOTUNE_CACHE_DIR={r.cache_dir} (the vLLM plugin, install()), or "
               f"TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
