@@ -70,7 +70,7 @@ def test_inspect_table(built):
     cache, _ = built
     text = run_cli("inspect", cache, check=0).stdout
     assert "toy_scale_kernel" in text and "D=128 NB=2 | bf16x2" in text and "BLOCK=" in text
-    assert "totals: 3 entries, 1 kernels" in text
+    assert "totals: 3 entries, 1 kernel;" in text
     assert "winners' binaries" in text and "(3 dirs)" in text and "(6 dirs)" in text
     assert "EMULATED" in text and "0 autotune files on disk not in the manifest" in text
 
@@ -113,7 +113,7 @@ def test_corrupt_and_truncated_files_are_warnings_not_crashes(built, tmp_path):
     assert "Traceback" not in proc.stderr
     for f in (files[0], files[1], group.relative_to(cache).as_posix()):
         assert f in proc.stdout
-    assert "totals: 1 entries" in proc.stdout
+    assert "totals: 1 entry," in proc.stdout
     data = json.loads(run_cli("inspect", cache, "--json", check=0).stdout)
     assert set(data["corrupt"]) == {files[0], files[1], group.relative_to(cache).as_posix()}
     assert {w["path"] for w in data["warnings"]} >= set(data["corrupt"])
@@ -125,8 +125,8 @@ def test_corrupt_and_truncated_files_are_warnings_not_crashes(built, tmp_path):
 def test_corrupt_manifest_is_a_warning(built, tmp_path):
     cache = copy_of(built[0], tmp_path / "badmanifest")
     (cache / "manifest.json").write_text("{broken")
-    proc = run_cli("inspect", cache, check=0)
-    assert "corrupt manifest" in proc.stdout and "totals: 3 entries" in proc.stdout
+    proc = run_cli("inspect", cache, check=1)   # the rest is shown, and the exit says the manifest is unusable
+    assert "manifest unreadable: corrupt manifest" in proc.stdout and "totals: 3 entries" in proc.stdout
     proc = run_cli("verify", cache, "--json")
     assert proc.returncode == 1 and not json.loads(proc.stdout)["checks"]["checksums"]["ok"]
 

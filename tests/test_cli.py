@@ -20,7 +20,7 @@ def test_plan_json():
 
 def test_plan_table_names_kernels_and_totals():
     text = run_cli("plan", "--tp", "1", check=0).stdout
-    assert "chunk_gated_delta_rule_fwd_kkt_solve_kernel" in text and "NB=4" in text and "total: 1 units" in text
+    assert "chunk_gated_delta_rule_fwd_kkt_solve_kernel" in text and "NB=4" in text and "total: 1 unit," in text
 
 
 def test_plan_from_config(tmp_path):

@@ -449,3 +449,97 @@ def test_docs_cli_md_is_every_help_page(tmp_path):
     assert subprocess.run([*script, "--check", "--out", out], capture_output=True, timeout=120).returncode == 1
     subprocess.run([*script, "--out", out], check=True, timeout=120)
     assert out.read_text() == doc
+
+
+# --- counts, units, honest reads, API (issue 28 items 4-6) ----------------------------------------------------
+def test_plan_and_verify_count_each_disk_key_once():
+    # TP 1 and 2 of qwen3.5-9b both reach l2norm D=128 NB=1 and NB=2: one file each on disk, tuned once
+    plan = json.loads(cli_here("plan", "--tp", "1,2", "--json").stdout)
+    distinct = {(k["kernel"], json.dumps(k["key"])) for u in plan["units"] for k in u["keys"]}
+    per_unit = sum(len(u["keys"]) for u in plan["units"])
+    verify = json.loads(cli_here("verify", H200, "--model", "qwen3.5-9b", "--tp", "1,2", "--json").stdout)
+    rows = verify["checks"]["coverage"]["details"]
+    assert per_unit > len(distinct) == len(rows) == plan["totals"]["keys"], (per_unit, plan["totals"])
+    assert plan["totals"]["configs"] == sum({(k["kernel"], json.dumps(k["key"])): k["configs"] for u in plan["units"]
+                                             for k in u["keys"]}.values())
+    text = cli_here("plan", "--tp", "1,2").stdout
+    assert f", {len(distinct)} keys (" in text and f"{len(rows)} of {len(rows)} keys" in " ".join(
+        cli_here("verify", H200, "--model", "qwen3.5-9b", "--tp", "1,2").stdout.split())
+
+
+def test_one_digest_from_export_to_the_imported_copy(toy, tmp_path):
+    exported = cli_here("export", toy, tmp_path / "b.tgz", "--json")
+    digest = json.loads(exported.stdout)["manifest_digest"]
+    imported = cli_here("import", tmp_path / "b.tgz", tmp_path / "moved")
+    assert exported.returncode == imported.returncode == 0, imported.stderr
+    copy_digest = json.loads(cli_here("inspect", tmp_path / "moved", "--json").stdout)["manifest"]["digest"]
+    assert copy_digest == digest == json.loads(cli_here("inspect", toy, "--json").stdout)["manifest"]["digest"]
+    assert f"manifest digest {digest[:16]}" in imported.stdout and f"digest {digest[:16]}" in cli_here(
+        "inspect", tmp_path / "moved").stdout
+
+
+def test_sizes_in_one_unit_and_counts_in_the_right_number(toy, tmp_path):
+    text = cli_here("inspect", toy).stdout
+    assert "1 kernel;" in text and "1 kernels" not in text and "1 unit," in cli_here("plan", *TOY).stdout
+    verify = cli_here("verify", toy).stdout
+    assert "MB hashed" not in verify and "KiB hashed" in verify   # build and verify said MB, inspect K
+    from autotune_cache.amounts import size
+    data = json.loads(cli_here("inspect", toy, "--json").stdout)
+    assert f"all {size(data['totals']['bytes'])}" in text
+    exported = json.loads(cli_here("export", toy, tmp_path / "b.tgz", "--json").stdout)
+    line = cli_here("export", toy, tmp_path / "c.tgz").stdout
+    assert f"({size(exported['bytes'])}) to" in line and size(exported["bytes"]).endswith("KiB")
+
+
+def test_inspect_says_what_a_dir_is(copy, tmp_path):
+    raw = json.loads((copy / "manifest.json").read_text())
+    # a build interrupted before its first child reported: a manifest with its units pending, no fingerprint
+    unit = next(iter(raw["units"]))
+    raw["units"][unit].update(status="pending", error="interrupted")
+    raw["fingerprint"] = None
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    proc = cli_here("inspect", copy)
+    assert proc.returncode == 0 and f"incomplete build (unit {unit} pending)" in proc.stdout, proc.stdout
+    assert "no manifest" not in proc.stdout
+    assert json.loads(cli_here("inspect", copy, "--json").stdout)["manifest"]["pending"] == [unit]
+    # a manifest of another schema, or not JSON: unreadable, said so, exit 1 (the rest still shown)
+    for text, why in ((json.dumps(dict(raw, schema_version=99)), "manifest schema 99"),
+                      ("{broken", "corrupt manifest")):
+        (copy / "manifest.json").write_text(text)
+        proc = cli_here("inspect", copy)
+        assert proc.returncode == 1 and f"manifest unreadable: {why}" in " ".join(proc.stdout.split()), proc.stdout
+        assert "manifest: none" not in proc.stdout and "toy_scale_kernel" in proc.stdout
+        assert cli_here("inspect", copy, "--json").returncode == 1
+    # a source tree: no manifest, nothing in Triton's layout
+    tree = tmp_path / "src"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "README.md").write_text("hello\n")
+    (tree / "pkg" / "mod.py").write_text("x = 1\n")
+    one_line_error(cli_here("inspect", tree), 2, "not a cache")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = cli_here("inspect", empty)
+    assert proc.returncode == 0 and "empty" in proc.stdout and "plain Triton cache" not in proc.stdout
+
+
+def test_the_python_api_names_what_it_returns_and_raises(toy):
+    import inspect
+
+    import autotune_cache
+    documented = set()
+    for fn in (autotune_cache.install, autotune_cache.ensure, autotune_cache.build, autotune_cache.plan):
+        doc = " ".join(inspect.getdoc(fn).split())
+        for name in inspect.signature(fn).parameters:   # every parameter described
+            assert f"`{name}`" in doc, (fn.__name__, name)
+        documented |= set(re.findall(r"\b([A-Z][A-Za-z]+(?:Error|Report|Plan|Manifest|Ensured))\b", doc))
+    assert {"CacheMissError", "IntegrityError", "LoaderReport"} <= documented
+    for name in documented:   # each class a docstring names can be imported from the package
+        assert isinstance(getattr(autotune_cache, name), type), name
+        assert name in autotune_cache.__all__, name
+    # the report prints as what it did, not as <... object at 0x...>
+    code = f"import autotune_cache as a; r = a.install({str(toy)!r}); print(repr(r)); print(r)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, *rest = proc.stdout.splitlines()
+    assert first.startswith(f"<LoaderReport {toy}: verified, 0 lookups") and "object at 0x" not in proc.stdout
+    assert rest[0].startswith(f"autotune-cache: {toy}") and "verified" in rest[0]

@@ -23,13 +23,30 @@ class Plan(BaseModel):
     spec: BuildSpec
     units: tuple[Unit, ...]
 
+    def distinct_keys(self) -> list[PlannedKey]:
+        """Each (kernel, key) once, as the first unit reaching it plans it: one disk key, one autotune file, tuned
+        once however many units reach it (a later unit, or another GPU's, finds it on disk; shard.py gives each
+        one owner). TP 1 and 2 of a model share the l2norm keys of their common token buckets."""
+        seen: dict[tuple, PlannedKey] = {}
+        for u in self.units:
+            for k in u.keys:
+                seen.setdefault((k.kernel, tuple(k.key)), k)
+        return list(seen.values())
+
     @property
     def keys(self) -> int:
-        return sum(len(u.keys) for u in self.units)
+        """Distinct (kernel, key) pairs: what `verify` counts and `inspect` lists once each."""
+        return len(self.distinct_keys())
+
+    @property
+    def shared(self) -> int:
+        """Keys reached by more than one unit, counted once in `keys` (each unit's table lists them)."""
+        return sum(len(u.keys) for u in self.units) - self.keys
 
     @property
     def configs(self) -> int:
-        return sum(k.configs or 0 for u in self.units for k in u.keys)
+        """Configs to benchmark: each distinct key's once."""
+        return sum(k.configs or 0 for k in self.distinct_keys())
 
 
 def unit_id(target: str, shape: RankShape, dtypes: dict[str, str], tokens: Iterable[int]) -> str:

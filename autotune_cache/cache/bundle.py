@@ -317,7 +317,7 @@ def _checked_manifest(src: str, own: dict[str, bytes]) -> Manifest:
         m = manifest_mod.parse(own[manifest_mod.MANIFEST_NAME], manifest_mod.MANIFEST_NAME)
     except CacheDirError as e:
         raise BundleError(f"{src}: not an autotune-cache bundle ({e})") from None
-    if m.digest() != info.get("manifest_digest"):
+    if info.get("manifest_digest") not in (m.digest(), m.written_digest()):   # the latter: an older bundle
         raise BundleError(f"{src}: the manifest does not match the digest in bundle.json (damaged or edited)")
     return m
 

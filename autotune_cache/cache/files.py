@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..amounts import size
 from ..errors import CacheDirError
 
 # A name longer than this is refused by Linux filesystems (ENAMETOOLONG): no cache file has one.
@@ -78,7 +79,7 @@ def open_plain(path: str | os.PathLike, limit: int | None = None) -> BinaryIO:
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
             raise NotPlainFile("replaced while it was opened")
         if limit is not None and opened.st_size > limit:
-            raise TooLargeFile(f"{opened.st_size} bytes, more than the {size_text(limit)} read from such a file")
+            raise TooLargeFile(f"{opened.st_size} bytes, more than the {size(limit)} read from such a file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -344,17 +345,9 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     except FileNotFoundError:
         raise
     except TooLargeFile:
-        raise CacheDirError(f"{path}: larger than {size_text(limit)}, the most it may be; "
+        raise CacheDirError(f"{path}: larger than {size(limit)}, the most it may be; "
                             "refusing to read it") from None
     except NotPlainFile as e:
         raise CacheDirError(f"{path}: {e}; refusing to read it") from None
     except OSError as e:
         raise CacheDirError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def size_text(n: int) -> str:
-    """A byte cap in words: 67108864 -> '64 MiB'."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} bytes"

@@ -28,10 +28,11 @@ from pydantic import (
 )
 
 from .. import bounded_json
+from ..amounts import size
 from ..errors import CacheDirError, shown
-from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, size_text, write_atomic
+from .files import FILE_MODE, path_problem, read_regular, sha256_bytes, sha256_regular, write_atomic
 from .fingerprint import Fingerprint
-from .layout import is_triton_tmp
+from .layout import is_group_file, is_triton_tmp
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -45,6 +46,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 # JSON nesting of a real manifest stays under 10 levels (selection candidates' timings); deeper cannot be written
 # back (pydantic refuses to serialize past a few hundred) and is refused at load.
 MAX_DEPTH = bounded_json.MAX_DEPTH
+# What Manifest.digest() counts of a group file: its name, not its bytes (they hold the cache's absolute path).
+GROUP_RECORD = "group file: named, its paths rewritten by import"
 
 
 def now(timespec: str = "seconds") -> str:
@@ -188,7 +191,19 @@ class Manifest(BaseModel):
         return None
 
     def digest(self) -> str:
-        """sha256 over the manifest's content (fixed key order): one value that names the whole cache."""
+        """sha256 over what the manifest says the cache holds (fixed key order): one value that names the cache
+        wherever it lies, so `export`, `import`, `inspect` of the imported copy, `sign` and the registry show the
+        same one. Left out is only what moving a cache changes: `updated` (when the manifest was last written) and
+        the size and sha256 of Triton's group files (`__grp__*.json` list their members by absolute path, which
+        `import` rewrites); each group file is still named, and every member it loads is listed by sha256."""
+        data = self.model_dump(mode="json")
+        data.pop("updated", None)
+        data["files"] = {rel: GROUP_RECORD if is_group_file(rel) else rec for rel, rec in data["files"].items()}
+        return sha256_bytes(json.dumps(data, sort_keys=True))
+
+    def written_digest(self) -> str:
+        """sha256 over the whole manifest as written, `updated` and group files' bytes included: what bundle.json
+        named as the manifest's digest before digest() left those out (bundles exported until then)."""
         return sha256_bytes(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
@@ -209,7 +224,7 @@ def parse(data: bytes, where: str | os.PathLike) -> Manifest:
     """A manifest from its bytes; CacheDirError (one line, starting with `where`) for anything else than a valid
     one: not UTF-8, not JSON, nested deeper than MAX_DEPTH, another schema, a wrong field or path."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise CacheDirError(f"{where}: larger than {size_text(MAX_MANIFEST_BYTES)}, the most a manifest may be")
+        raise CacheDirError(f"{where}: larger than {size(MAX_MANIFEST_BYTES)}, the most a manifest may be")
     try:
         raw = bounded_json.json_value(data, MAX_DEPTH)
     except ValueError as e:

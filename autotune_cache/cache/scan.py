@@ -39,16 +39,6 @@ ROLES = {
 }
 
 
-def human_size(n: int) -> str:
-    """1536 -> '1.5K' (powers of 1024, like du -h)."""
-    size = float(n)
-    for unit in ("", "K", "M", "G", "T"):
-        if size < 1024 or unit == "T":
-            return f"{size:.0f}{unit}" if unit == "" or size >= 100 else f"{size:.1f}{unit}"
-        size /= 1024
-    raise AssertionError
-
-
 @dataclass(frozen=True)
 class ScanWarning:
     """A file the scan could not use. Example: ("AB.../l2norm_fwd_kernel.autotune.json", "corrupt: ...")."""
@@ -137,6 +127,25 @@ class CacheScan:
         return sorted({r.kernel for r in self.autotune})
 
     @property
+    def manifest_problem(self) -> str | None:
+        """Why manifest.json is there but unusable ("manifest schema 99, this tool reads 1"); None when it is
+        absent or was read. The rest of the scan then treats the dir as a plain Triton cache."""
+        return next((w.message for w in self.warnings if w.path == manifest_mod.MANIFEST_NAME), None)
+
+    @property
+    def triton_files(self) -> bool:
+        """Anything here in Triton's cache layout: an autotune file, a compiled kernel's group, Triton's launcher
+        .so or a Triton write in flight. Without these and without a manifest a dir is no cache at all (a source
+        tree, a home dir)."""
+        return bool(self.autotune or self.compiled or self.corrupt
+                    or any(o.kind != "unknown" for o in self.other))
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Ids of the manifest's units not done: pending (a build interrupted, or yet to run) or failed."""
+        return [u.id for u in self.manifest.units.values() if u.status != "done"] if self.manifest else []
+
+    @property
     def unlisted(self) -> list[AutotuneRecord]:
         """Autotune files on disk that the manifest does not list (all of them without a manifest)."""
         return [r for r in self.autotune if not r.in_manifest]
@@ -175,7 +184,8 @@ class CacheScan:
             "manifest": None if m is None else {
                 "schema_version": m.schema_version, "tool_version": m.tool_version, "created": m.created,
                 "updated": m.updated, "digest": m.digest(), "units": len(m.units), "entries": len(m.entries),
-                "files": len(m.files)},
+                "files": len(m.files), "pending": [u.id for u in m.pending], "failed": [u.id for u in m.failed]},
+            "manifest_problem": self.manifest_problem,
             "fingerprint": None if m is None or m.fingerprint is None else m.fingerprint.model_dump(),
             "entries": [dict(asdict(r), key=list(r.key), dtypes=list(r.dtypes), binaries=list(r.binaries),
                              key_text=r.key_text, winner_text=r.winner_text) for r in self.autotune],
@@ -350,8 +360,10 @@ def _tree_size(d: Path) -> int:
 
 def fingerprint_text(manifest: Manifest | None) -> str:
     """One line: what the cache was built with."""
-    if manifest is None or manifest.fingerprint is None:
+    if manifest is None:
         return "unknown (no manifest)"
+    if manifest.fingerprint is None:   # the ledger records it when the first child reports
+        return "not recorded (the build stopped before its first build child started)"
     fp = manifest.fingerprint
     pkgs = ", ".join(f"{k} {v}" for k, v in fp.packages.items())
     env = ", ".join(f"{k}={v}" for k, v in fp.env.items()) or "none"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..amounts import count, size
 from ..autotuner import versions
 from . import fingerprint, integrity
 from .integrity import FileCheck
@@ -66,8 +67,9 @@ def require_intact(s: CacheScan, what: str):
     changed = changed_files(s)
     if changed:
         rel, why = next(iter(sorted(changed.items())))
-        raise CacheDirError(f"{s.root}: {len(changed)} files differ from the manifest (first: {rel}: {why}); "
-                            "run `autotune-cache verify` on it, then rebuild or prune")
+        raise CacheDirError(f"{s.root}: {count(len(changed), 'file')} {'differs' if len(changed) == 1 else 'differ'} "
+                            f"from the manifest (first: {rel}: {why}); run `autotune-cache verify` on it, then "
+                            "rebuild or prune")
     return s.manifest
 
 
@@ -96,8 +98,8 @@ def check_checksums(s: CacheScan, t: TrustReport) -> Check:
                  if rel not in listed and rel not in reported]
     problems += [f"{rel}: manifest entry without a file on disk" for rel in s.missing if rel not in listed]
     if check.moved_groups:
-        problems.append(f"{len(check.moved_groups)} compiled kernels list their files at another path (the cache was "
-                        "moved or copied without `autotune-cache import`): the server recompiles them")
+        problems.append(f"{count(len(check.moved_groups), 'compiled kernel')} list their files at another path "
+                        "(the cache was moved or copied without `autotune-cache import`): the server recompiles them")
     notes = []
     unlisted = s.unlisted
     if unlisted:
@@ -105,15 +107,18 @@ def check_checksums(s: CacheScan, t: TrustReport) -> Check:
                      "misses here?); `prune` deletes them, or rebuild to list them")
     gone = [r for r in s.autotune if r.binaries and not s.binaries_of(r)]
     if gone:
-        notes.append(f"{len(gone)} entries have no compiled winner on disk (pruned with --all-binaries?): "
-                     "the server compiles each winner once, benchmarks nothing")
+        notes.append(f"{count(len(gone), 'entry', 'entries')} {'has' if len(gone) == 1 else 'have'} no compiled "
+                     "winner on disk (pruned with --all-binaries?): the server compiles each winner once, "
+                     "benchmarks nothing")
     unknown = [r for r in s.autotune if not r.binaries]
     if unknown:
-        notes.append(f"{len(unknown)} entries do not record their winners' binaries (older manifest)")
+        notes.append(f"{count(len(unknown), 'entry', 'entries')} {'does' if len(unknown) == 1 else 'do'} not record "
+                     "their winners' binaries (older manifest)")
     ok_count = len(m.files) - sum(1 for p in problems if p.split(":", 1)[0] in m.files)
     foreign = len(check.of("foreign"))
-    notes.insert(0, f"{ok_count} of {len(m.files)} files listed in the manifest are intact; {foreign} foreign files "
-                    f"({check.hashed} files, {check.bytes_hashed / 1e6:.1f} MB hashed in {check.seconds:.2f} s)")
+    notes.insert(0, f"{ok_count} of {count(len(m.files), 'file')} listed in the manifest "
+                    f"{'is' if ok_count == 1 else 'are'} intact; {count(foreign, 'foreign file')} "
+                    f"({count(check.hashed, 'file')}, {size(check.bytes_hashed)} hashed in {check.seconds:.2f} s)")
     return Check("checksums", not problems, tuple(problems), tuple(notes))
 
 
@@ -202,7 +207,7 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
     present = sum(r["status"] == "present" for r in rows)
     one = sum(r["status"] == PRUNED for r in rows)
     spec = plan.spec
-    notes = (f"{present} of {len(rows)} keys that {spec.model.name} at TP {','.join(map(str, spec.tp))} "
+    notes = (f"{present} of {count(len(rows), 'key')} that {spec.model.name} at TP {','.join(map(str, spec.tp))} "
              f"(prefills up to {spec.max_tokens} tokens, targets {','.join(spec.targets)}) looks up are present"
              + (f"; {one} more pruned to one config in the build, which Triton looks up nowhere (3.8+): no file "
                 "needed" if one else ""),)

@@ -6,6 +6,7 @@ import shlex
 from rich.console import Console
 
 from .. import shapes
+from ..amounts import count, size
 from ..builder.selection import MAX_PROBES
 from ..builder.spec import MAX_GPUS
 from ..cache import location
@@ -44,7 +45,7 @@ def cmd_models(args) -> int:
 def plan_json(p) -> dict:
     return {"model": p.spec.model.model_dump(), "tp": list(p.spec.tp), "targets": list(p.spec.targets),
             "max_tokens": p.spec.max_tokens, "units": [u.model_dump(mode="json") for u in p.units],
-            "totals": {"units": len(p.units), "keys": p.keys, "configs": p.configs}}
+            "totals": {"units": len(p.units), "keys": p.keys, "shared_keys": p.shared, "configs": p.configs}}
 
 
 def print_plan(p, console: Console) -> None:
@@ -67,7 +68,9 @@ def print_plan(p, console: Console) -> None:
                          "?" if k.configs is None else k.configs, k.tokens])
         print_table(console, [Column("kernel", key=True), Column("key fields", key=True), Column("dtypes"),
                               Column("configs (sm_90)", right=True), Column("tuned at T", right=True)], rows)
-    console.print(f"\n[bold]total[/bold]: {len(p.units)} units, {p.keys} keys, {p.configs} configs to benchmark")
+    shared = f" ({p.shared} reached by more than one unit, tuned once)" if p.shared else ""
+    console.print(f"\n[bold]total[/bold]: {count(len(p.units), 'unit')}, {count(p.keys, 'key')}{shared}, "
+                  f"{count(p.configs, 'config')} to benchmark")
 
 
 def cmd_plan(args) -> int:
@@ -99,10 +102,10 @@ def cmd_build(args) -> int:
     if args.json:
         print_json(r.as_dict())
         return 0
-    one = (f" (and {r.pruned_to_one} keys pruned to one config: no entry, Triton looks them up nowhere)"
+    one = (f" (and {count(r.pruned_to_one, 'key')} pruned to one config: no entry, Triton looks them up nowhere)"
            if r.pruned_to_one else "")
-    out.print(f"built {r.units} units, {r.entries} autotune entries{one}, {r.files} files ({r.bytes / 1e6:.1f} MB) "
-              f"in {r.cache_dir}")
+    out.print(f"built {count(r.units, 'unit')}, {count(r.entries, 'autotune entry', 'autotune entries')}{one}, "
+              f"{count(r.files, 'file')} ({size(r.bytes)}) in {r.cache_dir}")
     out.print(f"serve with: AUTOTUNE_CACHE_DIR={r.cache_dir} (the vLLM plugin, install()), or "
               f"TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
     if r.env:   # what every disk key holds: a server without exactly these misses everything

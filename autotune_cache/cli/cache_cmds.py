@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..amounts import count, size
 from ..cache import location
-from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
+from ..cache.manifest import MANIFEST_NAME
+from ..cache.scan import ROLES, CacheScan, fingerprint_text
 from ..errors import CacheDirError
 from .console import Column, add_command, add_output_args, err, out, print_item, print_json, print_table
 
@@ -41,65 +43,102 @@ def print_scan(s: CacheScan, console, shown: str | None = None) -> None:
     """The table view of a scan; `shown`: the dir as the user named it (the JSON has the absolute path)."""
     m = s.manifest
     console.print(f"[bold]cache[/bold] {shown or s.root}")
-    if m is None:
+    if s.manifest_problem:
+        console.print(f"[red]manifest unreadable[/red]: {s.manifest_problem}; what follows is the dir read as a "
+                      "plain Triton cache (winners' binaries and fingerprint unknown)")
+    elif m is None and not (s.triton_files or s.other):
+        console.print("empty: no manifest and no Triton cache files (nothing built here yet)")
+        return
+    elif m is None:
         console.print("manifest: none (a plain Triton cache dir: winners' binaries and fingerprint unknown)")
     else:
         console.print(f"manifest: schema {m.schema_version}, autotune-cache {m.tool_version}, created {m.created}, "
-                      f"updated {m.updated}, {len(m.units)} units, digest {m.digest()[:16]}")
-    console.print(f"fingerprint: {fingerprint_text(m)}")
+                      f"updated {m.updated}, {count(len(m.units), 'unit')}, digest {m.digest()[:16]}")
+        if s.unfinished:
+            console.print(f"[yellow]incomplete build[/yellow] ({_unfinished_text(m)}): build again to finish it")
+    console.print("fingerprint: unknown (manifest unreadable)" if s.manifest_problem
+                  else f"fingerprint: {fingerprint_text(m)}")
     rows = []
     with_dirs = {c.kernel for c in s.compiled}
     for r in s.autotune:
         bins = s.binaries_of(r)
         # "?": not recorded and its kernel has compiled dirs here (one may be it); "none": nothing compiled here
-        winner_bin = (human_size(sum(c.size for c in bins)) if bins else "pruned" if r.binaries
+        winner_bin = (size(sum(c.size for c in bins)) if bins else "pruned" if r.binaries
                       else "?" if r.kernel in with_dirs else "none")
         rows.append([r.kernel + ("" if r.in_manifest or m is None else " (unlisted)"), r.key_text, r.winner_text,
                      f"{r.best:.4g}", "-" if r.margin is None else f"{100 * r.margin:.1f}%", r.configs,
-                     human_size(r.size), winner_bin])
+                     size(r.size), winner_bin])
     print_table(console, [Column("kernel", key=True), Column("key", key=True), Column("winner"),
                           Column("best ms", right=True), Column("margin", right=True), Column("configs", right=True),
                           Column("json", right=True), Column("winner bin", right=True)], rows)
     t = s.totals
     dirs = t["compiled_dirs"]
-    console.print(f"[bold]totals[/bold]: {t['entries']} entries, {t['kernels']} kernels; autotune JSON "
-                  f"{human_size(t['autotune_bytes'])}; winners' binaries {human_size(t['winner_binaries_bytes'])} "
-                  f"({dirs['winner']} dirs); losers' binaries {human_size(t['loser_binaries_bytes'])} "
-                  f"({dirs['loser']} dirs); all {human_size(t['bytes'])}")
+    console.print(f"[bold]totals[/bold]: {count(t['entries'], 'entry', 'entries')}, {count(t['kernels'], 'kernel')}; "
+                  f"autotune JSON {size(t['autotune_bytes'])}; winners' binaries {size(t['winner_binaries_bytes'])} "
+                  f"({count(dirs['winner'], 'dir')}); losers' binaries {size(t['loser_binaries_bytes'])} "
+                  f"({count(dirs['loser'], 'dir')}); all {size(t['bytes'])}")
     if dirs["unknown"]:
-        console.print(f"  {dirs['unknown']} compiled dirs ({human_size(t['unknown_binaries_bytes'])}) are "
+        console.print(f"  {count(dirs['unknown'], 'compiled dir')} ({size(t['unknown_binaries_bytes'])}): "
                       f"winners or losers, unknown: {ROLES['unknown']}")
     if dirs["untuned"]:
-        console.print(f"  {dirs['untuned']} compiled dirs ({human_size(t['untuned_binaries_bytes'])}) of kernels "
+        console.print(f"  {count(dirs['untuned'], 'compiled dir')} ({size(t['untuned_binaries_bytes'])}) of kernels "
                       "without an autotune entry")
     if t["other_bytes"]:
-        console.print(f"  other files (Triton's launcher .so, leftovers): {human_size(t['other_bytes'])}")
+        console.print(f"  other files (Triton's launcher .so, leftovers): {size(t['other_bytes'])}")
     if t["entries_without_binaries"]:
-        console.print(f"  {t['entries_without_binaries']} entries have no compiled winner on disk: the server "
-                      "compiles each once (no benchmark)")
+        console.print(f"  {count(t['entries_without_binaries'], 'entry', 'entries')} without a compiled winner on "
+                      "disk: the server compiles each once (no benchmark)")
     if m is not None:
-        console.print(f"manifest vs disk: {len(s.unlisted)} autotune files on disk not in the manifest, "
-                      f"{len(s.missing)} manifest entries not on disk")
+        console.print(f"manifest vs disk: {count(len(s.unlisted), 'autotune file')} on disk not in the manifest, "
+                      f"{count(len(s.missing), 'manifest entry', 'manifest entries')} not on disk")
         for r in s.unlisted:
             console.print(f"  on disk only: {r.file}")
         for f in s.missing:
             console.print(f"  manifest only: {f}")
     moved = sum(1 for c in s.compiled if c.foreign)
     if moved:
-        console.print(f"[yellow]{moved} compiled kernels list their files at another path (moved without "
+        console.print(f"[yellow]{count(moved, 'compiled kernel')} list their files at another path (moved without "
                       "`autotune-cache import`): the server recompiles them[/yellow]")
     for w in s.warnings:
-        console.print(f"[yellow]warning[/yellow]: {w.path}: {w.message}")
+        if w.path != MANIFEST_NAME or not s.manifest_problem:   # that one is the line at the top
+            console.print(f"[yellow]warning[/yellow]: {w.path}: {w.message}")
+
+
+def _unfinished_text(m) -> str:
+    """'unit X pending', '2 of 3 units pending: X, Y', with failed units and their error."""
+    parts = []
+    for status in ("pending", "failed"):
+        ids = [u.id for u in m.units.values() if u.status == status]
+        if len(ids) == 1:
+            parts.append(f"unit {ids[0]} {status}")
+        elif ids:
+            parts.append(f"{len(ids)} of {len(m.units)} units {status}: {', '.join(ids)}")
+    return "; ".join(parts)
+
+
+def _no_cache(s: CacheScan) -> str | None:
+    """Why the dir is not a cache at all (no manifest, nothing in Triton's layout, yet not empty); None if it is
+    one (or empty: a cache yet to be built)."""
+    if s.manifest is not None or s.manifest_problem or s.triton_files or not (s.other or s.warnings):
+        return None
+    named = sorted({o.path.split("/", 1)[0] for o in s.other} | {w.path.split("/", 1)[0] for w in s.warnings})
+    return (f"{s.root}: not a cache: no manifest.json and no file in Triton's cache layout (autotune results, "
+            f"compiled kernels), only other files ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})")
 
 
 def cmd_inspect(args) -> int:
     from ..cache.scan import scan
     s = scan(args.dir)
+    problem = _no_cache(s)
+    if problem:
+        raise CacheDirError(problem)
     if args.json:
         print_json(s.as_dict())
     else:
         print_scan(s, out, args.dir)
-    return 0
+    if s.manifest_problem and args.quiet:   # stdout says nothing: the reason for exit 1 goes to stderr
+        print_item(err, f"manifest unreadable: {s.manifest_problem}", 0)
+    return 1 if s.manifest_problem else 0
 
 
 # -- verify ---------------------------------------------------------------------------------------------------
@@ -163,13 +202,13 @@ def cmd_prune(args) -> int:
         n, b = by_reason.get(reason, (0, 0))
         by_reason[reason] = (n + 1, b + d.bytes)
     for reason, (n, b) in sorted(by_reason.items()):
-        console.print(f"  {n:5d} x {reason}: {human_size(b)}")
+        console.print(f"  {n:5d} x {reason}: {size(b)}")
     for f in p.dropped_entries:
         console.print(f"  manifest entry dropped: {f}")
     if p.kept_unknown:
         console.print(f"  kept every compiled kernel of {', '.join(p.kept_unknown)}: their winners' binaries were "
                       "not recorded (manifest older than this tool's binaries field); --all-binaries drops them all")
-    console.print(f"prune {p.root}: {verb} {human_size(p.bytes_freed)} ({p.bytes_freed} bytes) in "
+    console.print(f"prune {p.root}: {verb} {size(p.bytes_freed)} ({p.bytes_freed} bytes) in "
                   f"{len(p.deletions)} paths" + (" (dry run: nothing deleted)" if args.dry_run else ""))
     return 0
 
@@ -181,9 +220,9 @@ def cmd_export(args) -> int:
     if args.json:
         print_json(r.as_dict())
         return 0
-    out.print(f"exported {r.files} files ({human_size(r.bytes)}) to {r.bundle} ({human_size(r.bundle_bytes)}), "
+    out.print(f"exported {count(r.files, 'file')} ({size(r.bytes)}) to {r.bundle} ({size(r.bundle_bytes)}), "
               f"manifest digest {r.manifest_digest[:16]}"
-              + (f"; {len(r.left_out)} files not in the manifest left out" if r.left_out else ""))
+              + (f"; {count(len(r.left_out), 'file')} not in the manifest left out" if r.left_out else ""))
     return 0
 
 
@@ -193,8 +232,9 @@ def cmd_import(args) -> int:
     if args.json:
         print_json(r.as_dict())
         return 0
-    out.print(f"imported {r.files} files ({human_size(r.bytes)}) into {r.cache_dir}; {r.groups_rewritten} "
-              f"compiled-kernel groups now point there (manifest digest {r.manifest_digest[:16]} checked"
+    out.print(f"imported {count(r.files, 'file')} ({size(r.bytes)}) into {r.cache_dir}; "
+              f"{count(r.groups_rewritten, 'compiled-kernel group')} now point there (manifest digest "
+              f"{r.manifest_digest[:16]} checked"
               + (", signature checked" if args.public_key else "") + ")")
     out.print(f"serve with: AUTOTUNE_CACHE_DIR={r.cache_dir} (the vLLM plugin, install()), or "
               f"TRITON_CACHE_DIR={r.cache_dir} TRITON_CACHE_AUTOTUNING=1")
@@ -231,7 +271,7 @@ def cmd_merge(args) -> int:
         console.print(f"merge into {p.into}: every file is there already ({p.skipped}); nothing changed")
         return 0
     verb = "would copy" if args.dry_run else "copied"
-    console.print(f"merge into {p.into}: {verb} {len(p.copies) + len(p.writes)} files ({human_size(p.bytes)}), "
+    console.print(f"merge into {p.into}: {verb} {len(p.copies) + len(p.writes)} files ({size(p.bytes)}), "
                   f"{p.skipped} already there; manifest: {len(p.manifest.units)} units, "
                   f"{len(p.manifest.entries)} entries, {len(p.manifest.files)} files"
                   + (" (dry run: nothing written)" if args.dry_run else ""))

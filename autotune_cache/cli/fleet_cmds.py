@@ -2,6 +2,7 @@
 model x TP x GPU-type matrix on a Ray cluster, fleet/)."""
 from __future__ import annotations
 
+from ..amounts import count, size
 from .console import Column, add_command, add_output_args, err, out, print_json, print_table
 
 
@@ -24,7 +25,7 @@ def cmd_publish(args) -> int:
         rec = r.record
         what = "already published" if r.already else "published"
         out.print(f"{what}: {rec.gpu_type} ({rec.fingerprint.gpu_name}), TP {','.join(map(str, rec.tp))}, "
-                  f"{len(rec.units)} units, {rec.entries} entries, {rec.bundle_bytes} bytes"
+                  f"{len(rec.units)} units, {rec.entries} entries, {size(rec.bundle_bytes)}"
                   f"{', signed by ' + rec.signed_by if rec.signed_by else ''} -> {r.url}/{rec.path}")
     return 0
 
@@ -47,7 +48,7 @@ def cmd_fetch(args) -> int:
         verb = "would fetch" if args.dry_run else f"fetched into {result['cache_dir']}"
         out.print(f"{verb}: bundle {result['bundle_sha256'][:12]} built on {result['gpu_name']} "
                   f"({result['gpu_type']}, sm {result['capability']}), {result['units']} units, "
-                  f"{result['entries']} entries, {result['bundle_bytes']} bytes")
+                  f"{result['entries']} entries, {size(result['bundle_bytes'])}")
     return 0
 
 
@@ -70,17 +71,17 @@ def cmd_ls(args) -> int:
         print_json({"url": found.url, "signed": bool(found.info and found.info.signed), "bundles": rows,
                     "warnings": list(found.warnings)})
         return 0
-    out.print(f"{found.url}: {len(rows)} bundles" + (" (signed registry)" if found.info and found.info.signed else ""),
-              markup=False, soft_wrap=True)
+    signed = " (signed registry)" if found.info and found.info.signed else ""
+    out.print(f"{found.url}: {count(len(rows), 'bundle')}{signed}", markup=False, soft_wrap=True)
     columns = [Column("bundle", key=True), Column("GPU type", key=True), Column("model", key=True),
                Column("TP", key=True), Column("GPU"), Column("sm"), Column("targets"), Column("python"),
                Column("triton"), Column("signed by"), Column("published"), Column("units", right=True),
-               Column("entries", right=True), Column("bytes", right=True)]
+               Column("entries", right=True), Column("size", right=True)]
     print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
                                 s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
                                 s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
                                 s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
-                                s["bundle_bytes"]]
+                                size(s["bundle_bytes"])]
                                for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")

@@ -191,12 +191,17 @@ def install(cache_dir: str | os.PathLike | None = None, *, targets: Iterable[str
             require_manifest: bool | None = None, allow_shared_writable: bool | None = None,
             public_key: str | os.PathLike | bytes | None = None, copy: bool | None = None,
             record: str | os.PathLike | None = None, misses: str | os.PathLike | None = None) -> LoaderReport:
-    """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`.
+    """Make the target kernels' autotuners read (and never re-tune) the cache in `cache_dir`. Returns the live
+    LoaderReport (`print(report)` says what it did and the hits and misses so far; `.as_dict()` for a log line).
 
-    cache_dir defaults to env AUTOTUNE_CACHE_DIR; strict to env AUTOTUNE_CACHE_STRICT (a miss then raises
-    CacheMissError naming kernel and key instead of benchmarking, an incompatible fingerprint raises, and so does a
-    refused directory: IntegrityError naming the files). `modules`: extra module prefixes whose autotuners are
-    switched too. Returns the live report.
+    `cache_dir` defaults to env AUTOTUNE_CACHE_DIR. `strict` (env AUTOTUNE_CACHE_STRICT): a miss raises
+    CacheMissError naming kernel and key instead of benchmarking, an incompatible fingerprint raises
+    IncompatibleCacheError, a refused directory IntegrityError naming the files (SharedWritableError for
+    permissions), a Triton this tool cannot use UnsupportedTritonError. `targets`: the kernel sources whose
+    autotuners are switched, by name ("fla", "vllm", "sglang": targets.registered(); default every one of them).
+    `modules`: extra module prefixes whose autotuners are switched too (kernels no target describes).
+    `log_at_exit` (env AUTOTUNE_CACHE_LOG; default off): log the report's summary through the "autotune_cache"
+    logger when the process exits.
 
     The directory is refused (see the module doc) when a file differs from its manifest, is missing, foreign, a
     link; when another user owns or can write it, an entry or a parent (`allow_shared_writable` /

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class LoaderReport:
-    """What install() did and what happened since. Counters are live: read them at any time."""
+    """What install() did and what happened since. Counters are live: read them at any time. `str(report)` is
+    `summary()`, the lines the vLLM plugin logs at exit; `repr` one line: the dir, checked or not, the counts."""
 
     def __init__(self, cache_dir: Path, prefixes: tuple[str, ...], strict: bool) -> None:
         self.cache_dir = cache_dir
@@ -73,6 +74,15 @@ class LoaderReport:
         lines += [f"  refused: {r}" for r in self.refused[:20]]
         lines += [f"  mismatch: {m}" for m in self.mismatches] + [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        t = self.totals
+        state = ("refused" if self.refused else "verified" if self.verified else "unchecked")
+        return (f"<LoaderReport {self.cache_dir}: {state}, {t['lookups']} lookups, {t['hits']} hits, "
+                f"{t['misses']} misses>")
 
     def as_dict(self) -> dict:
         return {"cache_dir": str(self.cache_dir), "read_only": self.read_only,
