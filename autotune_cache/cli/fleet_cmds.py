@@ -17,10 +17,14 @@ def _public_key(args):
 
 def cmd_publish(args) -> int:
     from ..registry.publish import publish
-    r = publish(args.dir, args.url, gpu_type=args.gpu_type, model=args.model)
+    r = publish(args.dir, args.url, gpu_type=args.gpu_type, model=args.model, force=args.force)
     if args.json:
         print_json(r.as_dict())
     else:
+        for w in r.warnings:
+            err.print(f"[yellow]warning[/yellow]: {w}", markup=True)
+        if r.swept:
+            err.print(f"removed {len(r.swept)} abandoned writes of earlier publishes", markup=False)
         rec = r.record
         what = "already published" if r.already else "published"
         out.print(f"{what}: {rec.gpu_type} ({rec.fingerprint.gpu_name}), TP {','.join(map(str, rec.tp))}, "
@@ -58,18 +62,24 @@ def _seconds(iso: str) -> str:
 
 
 def cmd_ls(args) -> int:
+    from .. import settings
     from ..errors import RegistryError
     from ..registry import index
-    from ..registry.store import open_store
-    found = index.scan(open_store(args.url))
-    if found.info is None and not found.records:
+    from ..registry.store import open_store, sweep
+    store = open_store(args.url)
+    found = index.scan(store)
+    if found.info is None and not found.records and not store.exists():
         raise RegistryError(f"{found.url}: no registry there (nothing published yet)")
+    swept = sweep(store, settings.current().registry_stale_age) if args.gc else []
     rows = sorted((r.summary() for r in found.records),
                   key=lambda s: (s["gpu_type"], s["model"] or "", s["tp"], s["published"]))
     if args.json:
         print_json({"url": found.url, "signed": bool(found.info and found.info.signed), "bundles": rows,
-                    "warnings": list(found.warnings)})
+                    "warnings": list(found.warnings), **({"swept": [p.as_dict() for p in swept]} if args.gc else {})})
         return 0
+    if args.gc:
+        err.print(f"removed {len(swept)} abandoned writes (older than {settings.current().registry_stale_age:g} s)",
+                  markup=False)
     out.print(f"{found.url}: {len(rows)} bundles" + (" (signed registry)" if found.info and found.info.signed else ""),
               markup=False, soft_wrap=True)
     columns = [Column("bundle", key=True), Column("GPU type", key=True), Column("model", key=True),
@@ -122,6 +132,8 @@ def add_commands(sub) -> None:
     p.add_argument("--gpu-type", help="the GPU type it was built for, as Ray names it (default: from the "
                                       "manifest's GPU name, e.g. H200)")
     p.add_argument("--model", help="a label for `ls` (what fetch matches is the units the cache holds)")
+    p.add_argument("--force", action="store_true", help="publish under --gpu-type even if the cache was built on "
+                                                        "another GPU")
     add_output_args(p)
     p.set_defaults(func=cmd_publish)
 
@@ -137,6 +149,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("ls", help="the bundles a registry holds")
     p.add_argument("url")
+    p.add_argument("--gc", action="store_true", help="also remove what killed publishes left (older than "
+                                                     "AUTOTUNE_CACHE_REGISTRY_STALE_AGE)")
     add_output_args(p)
     p.set_defaults(func=cmd_ls)
 

@@ -63,7 +63,7 @@ def why_stale(cache_dir: Path, spec: BuildSpec) -> list[str]:
 
 
 def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machine | None, *, public_key=None,
-         strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S) -> PullReport:
+         strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S, allow_emulated: bool = False) -> PullReport:
     """Make `cache_dir` hold the registry's cache for `spec` unless it serves already. `machine` None: detected
     when a fetch is needed (machine.detect, isolated: no CUDA call in this process)."""
     root = Path(cache_dir).expanduser().resolve()
@@ -88,7 +88,7 @@ def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machi
         try:
             if machine is None:
                 from .machine import detect
-                machine = detect(isolated=True)
+                machine = detect(isolated=True, allow_emulated=allow_emulated)
             got = fetch(url, root, spec, machine, public_key=public_key)
         except AutotuneCacheError as e:
             if aside is not None:
@@ -137,9 +137,11 @@ def pull_for_server(log) -> PullReport | None:
     return report
 
 
-def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console) -> PullReport:
+def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console,
+                    allow_emulated: bool = False) -> PullReport:
     """`ensure --from URL`: pull() for ensure's request, strict per AUTOTUNE_CACHE_STRICT; what it did on stderr."""
-    report = pull(url, cache_dir, spec, None, strict=settings.current().strict, public_key=public_key)
+    report = pull(url, cache_dir, spec, None, strict=settings.current().strict, public_key=public_key,
+                  allow_emulated=allow_emulated)
     for w in report.warnings:
         console.print(f"[yellow]warning[/yellow]: {w}")
     if report.action != "fresh":
