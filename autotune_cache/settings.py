@@ -142,7 +142,7 @@ class Settings(BaseModel):
     registry_retries: int = _var(
         "REGISTRY_RETRIES", 2, "Tries after the first of a registry call that timed out or failed to connect, "
         "with exponential backoff (botocore's standard mode); then the fetch falls back, or fails when strict. "
-        "A stalled endpoint costs at most (1 + this) x (the two timeouts) plus the backoff: about 45 s with the "
+        "A stalled endpoint costs at most (1 + this) x (the two timeouts) plus the backoff: under a minute with the "
         "defaults.", (CLI, PLUGIN), type_="int")
     registry_stale_age: float = _var(
         "REGISTRY_STALE_AGE", 86400.0, "Seconds after which a publish's half-written registry objects (`.*.tmp`) "

@@ -86,12 +86,13 @@ def cmd_ls(args) -> int:
                Column("TP", key=True), Column("GPU"), Column("sm"), Column("targets"), Column("python"),
                Column("triton"), Column("signed by"), Column("published"), Column("units", right=True),
                Column("entries", right=True), Column("bytes", right=True)]
-    print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
-                                s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
-                                s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
-                                s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
-                                s["bundle_bytes"]]
-                               for s in rows])
+    if rows:
+        print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
+                                    s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
+                                    s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
+                                    s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
+                                    s["bundle_bytes"]]
+                                   for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")
     return 0
