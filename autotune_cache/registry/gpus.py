@@ -25,6 +25,13 @@ class Gpu:
     spellings: tuple[tuple[str, ...], ...] = ()
 
 
+_VENDOR = {"nvidia", "tesla", "geforce"}
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in _VENDOR]
+
+
 def _gpu(type_: str, capability: str, *spellings: str) -> Gpu:
     words = {tuple(_words(s)) for s in (type_, *spellings)}
     return Gpu(type_, capability, tuple(sorted(words, key=len, reverse=True)))
@@ -43,13 +50,6 @@ TABLE: tuple[Gpu, ...] = (
     _gpu("RTX5090", "12.0", "RTX 5090"), _gpu("RTX-PRO-6000", "12.0", "RTX PRO 6000"),
     _gpu("GB10", "12.1"),
 )
-_VENDOR = {"nvidia", "tesla", "geforce"}
-
-
-def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in _VENDOR]
-
-
 def lookup(name: str | None) -> Gpu | None:
     """The table's entry for a GPU name (a device name or a type, any case), None for a name not in it."""
     if not name:
