@@ -17,7 +17,6 @@ from helpers import run_cli
 from test_registry import TOY
 
 from autotune_cache.cache import manifest as manifest_mod
-from autotune_cache.registry import gpus
 from autotune_cache.registry.select import gpu_type_of
 
 s3 = test_registry.s3   # its module fixture: moto's server in this process, a bucket, the env for s3fs
@@ -66,12 +65,14 @@ def objects(url, env):
     ("NVIDIA RTX 6000 Ada Generation", "RTX6000-Ada", "8.9"), ("h200", "H200", "9.0"), ("rtx4090", "RTX4090", "8.9"),
 ])
 def test_gpu_table_names_the_capability_of_device_and_type_names(name, gpu_type, capability):
+    from autotune_cache.registry import gpus
     found = gpus.lookup(name)
     assert found is not None and (found.type, found.capability) == (gpu_type, capability)
     assert gpu_type_of(name) == gpu_type   # before the table: "NVIDIA GeForce RTX 4090" -> "RTX"
 
 
 def test_unknown_gpu_is_not_in_the_table():
+    from autotune_cache.registry import gpus
     assert gpus.lookup("NVIDIA X9 Pro") is None and gpus.lookup("") is None and gpu_type_of("NVIDIA X9 Pro") == "X9"
 
 
