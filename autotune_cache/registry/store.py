@@ -19,6 +19,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,19 +184,31 @@ def partials(store: Store, older_than: float) -> list[Partial]:
             if age >= older_than:
                 found.append(Partial(rel, age))
     if "s3" in _protocols(store.fs):
-        bucket, _, prefix = store.fs._strip_protocol(store.root).partition("/")
-        try:
-            uploads = store.fs.list_multipart_uploads(bucket)
-        except Exception as e:  # noqa: BLE001
-            raise _fail(store.url, "list multipart uploads", e) from None
-        for u in uploads:
-            key = u.get("Key", "")
-            if prefix and not key.startswith(prefix.rstrip("/") + "/"):
-                continue
-            age = now - u["Initiated"].timestamp()
-            if age >= older_than:
-                found.append(Partial(key[len(prefix.rstrip("/")) + 1:] if prefix else key, age, u["UploadId"]))
+        prefix = store.fs._strip_protocol(store.root).partition("/")[2].rstrip("/")
+        for u in _uploads(store):
+            key, when = u.get("Key", ""), u.get("Initiated")
+            age = now - when.timestamp() if isinstance(when, datetime) else 0.0   # undated: maybe at work, kept
+            if key.startswith(f"{prefix}/" if prefix else "") and age >= older_than:
+                found.append(Partial(key[len(prefix) + 1:] if prefix else key, age, u["UploadId"]))
     return found
+
+
+def _uploads(store: Store, pages: int = 100) -> list[dict]:
+    """The unfinished multipart uploads under an s3:// store's root (ListMultipartUploads, 1000 a page)."""
+    bucket, _, prefix = store.fs._strip_protocol(store.root).partition("/")
+    marker: dict = {}
+    out: list[dict] = []
+    try:
+        for _ in range(pages):
+            page = store.fs.call_s3("list_multipart_uploads", Bucket=bucket,
+                                    Prefix=f"{prefix.rstrip('/')}/" if prefix else "", **marker)
+            out += page.get("Uploads", [])
+            if not page.get("IsTruncated"):
+                break
+            marker = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+    except Exception as e:  # noqa: BLE001
+        raise _fail(store.url, "list unfinished multipart uploads", e) from None
+    return out
 
 
 def sweep(store: Store, older_than: float) -> list[Partial]:
