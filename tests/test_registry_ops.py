@@ -143,6 +143,15 @@ def test_a_stalled_endpoint_fails_within_the_timeout(stalled, tmp_path):
         took = time.monotonic() - started
         assert proc.returncode == 2 and "cannot read registry.json" in proc.stderr, proc.stderr
         assert "Timeout" in proc.stderr and took < 20, (took, proc.stderr)
+    # pod start: ensure --from gives up on the registry as soon, and goes on (here to a build, with no GPU: exit 2)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "autotune_cache", "ensure", *TOY, "--tp", "1", "--cache-dir",
+                           str(tmp_path / "pod"), "--from", "s3://stalled/reg"], capture_output=True, text=True,
+                          env={**os.environ, **env, "AUTOTUNE_CACHE_GPU_NAME": "H100", "AUTOTUNE_CACHE_STRICT": "0"},
+                          timeout=60)
+    took = time.monotonic() - started
+    assert "no cache fetched from s3://stalled/reg" in proc.stderr and "Timeout" in proc.stderr, proc.stderr
+    assert took < 40, (took, proc.stderr)
 
 
 # -- never leak -----------------------------------------------------------------------------------------------
