@@ -83,6 +83,12 @@ def _gpu_type(given: str | None, fp: fingerprint_mod.Fingerprint, force: bool) -
     return given
 
 
+def _check_signed(url: str, info: index.RegistryInfo | None, signed_by: str | None) -> None:
+    if info is not None and info.signed and signed_by is None:
+        raise RegistryError(f"{url} holds signed bundles only: sign the cache first "
+                            "(autotune-cache sign DIR --key KEY.pem)")
+
+
 @contextmanager
 def staging() -> Iterator[Path]:
     """A private dir for one publish's bundle, under `<tmp>/autotune-cache-publish-<uid>/`, the one place every
@@ -139,9 +145,7 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
     signed_by = _signed_by(root)
     store = open_store(url)
     info = index.read_info(store)
-    if info is not None and info.signed and signed_by is None:
-        raise RegistryError(f"{store.url} holds signed bundles only: sign the cache first "
-                            "(autotune-cache sign DIR --key KEY.pem)")
+    _check_signed(store.url, info, signed_by)
     # microseconds: "the newest" bundle must be well defined for two publishes within one second
     base = dict(gpu_type=gpu_type, model=model,
                 tp=tuple(sorted({t for u in units for t in u.tp})),
@@ -170,9 +174,7 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
             swept, warnings = [], [f"abandoned writes not swept: {e}"]
         if info is None:
             info = index.ensure_info(store, signed=signed_by is not None)
-            if info.signed and signed_by is None:   # a first publisher racing ours made it a signed registry
-                raise RegistryError(f"{store.url} holds signed bundles only: sign the cache first "
-                                    "(autotune-cache sign DIR --key KEY.pem)")
+            _check_signed(store.url, info, signed_by)   # a first publisher racing ours may have made it signed
         store.put_file(rec.bundle, report.bundle)
         index.write_entry(store, rec)   # after the bundle: an entry never names a missing bundle
     return PublishReport(rec, store.url, already=False, swept=tuple(swept), warnings=tuple(warnings))
