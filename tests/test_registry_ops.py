@@ -1,7 +1,7 @@
 """registry/ in operation: a GPU named without the GPU (its compute capability from NVIDIA's table), a stalled
 endpoint (bounded by the timeout settings), what killed publishes leave (swept), bad options (refused before
 anything is created, a JSON error under --json), registry URLs as users write them. On file:// and on s3:// against
-moto's S3 server (tests/test_registry.py's fixture); the stalled endpoint is a socket that accepts and never
+moto's S3 server (started as tests/test_registry.py starts it); the stalled endpoint is a socket that accepts and never
 answers. One toy cache, built once per run."""
 import json
 import os
@@ -12,14 +12,41 @@ import time
 
 import filelock
 import pytest
-import test_registry
 from helpers import run_cli
 from test_registry import TOY
 
 from autotune_cache.cache import manifest as manifest_mod
 from autotune_cache.registry.select import gpu_type_of
 
-s3 = test_registry.s3   # its module fixture: moto's server in this process, a bucket, the env for s3fs
+BUCKET = "gdn-registry-ops"
+
+
+def _fs(env):
+    """s3fs on the test's S3 server, from this process."""
+    import s3fs
+    return s3fs.S3FileSystem(endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"], key=env["AWS_ACCESS_KEY_ID"],
+                             secret=env["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 server in this process (moto), as tests/test_registry.py starts one, and the env that points s3fs at it
+    (for the CLI subprocesses). moto keeps its buckets across servers of one process: the bucket may be there
+    already (test_registry's module ran first), and moto is reset for the modules after this one."""
+    import urllib.request
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    fs = _fs(env)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    yield env
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +60,7 @@ def registry(request, tmp_path):
     if request.param == "file":
         return (tmp_path / "reg").as_uri(), {}
     env = request.getfixturevalue("s3")
-    return f"s3://gdn-registry/ops-{tmp_path.name}", env
+    return f"s3://{BUCKET}/ops-{tmp_path.name}", env
 
 
 def cli_json(*args, env=None):
@@ -48,8 +75,7 @@ def objects(url, env):
     if url.startswith("file://"):
         root = url.removeprefix("file://")
         return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
-    import s3fs
-    fs = s3fs.S3FileSystem(endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"])
+    fs = _fs(env)
     fs.invalidate_cache()
     base = url.removeprefix("s3://")
     return sorted(p[len(base) + 1:] for p in fs.find(base))
@@ -175,8 +201,7 @@ def _partials(url, env):
         with open(path, "wb") as f:
             f.write(b"half")
         return
-    import s3fs
-    fs = s3fs.S3FileSystem(endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"])
+    fs = _fs(env)
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
     fs.pipe_file(f"{bucket}/{prefix}/bundles/.abc.tar.gz.x1.tmp", b"half")
     fs.call_s3("create_multipart_upload", Bucket=bucket, Key=f"{prefix}/bundles/abc.tar.gz")
@@ -185,8 +210,7 @@ def _partials(url, env):
 def _uploads(url, env):
     if url.startswith("file://"):
         return []
-    import s3fs
-    fs = s3fs.S3FileSystem(endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"])
+    fs = _fs(env)
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
     return [u for u in fs.list_multipart_uploads(bucket) if u["Key"].startswith(prefix + "/")]
 
