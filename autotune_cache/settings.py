@@ -136,6 +136,22 @@ class Settings(BaseModel):
         "MAX_BUNDLE_BYTES", 4 << 30, "The most bytes a registry fetch downloads (one bundle, whatever its index "
         "entry claims) and a bundle import writes (its files, as its manifest lists them): more is refused before "
         "a byte is written.", (CLI, PLUGIN), type_="int", shown_default="4294967296 (4 GiB)")
+    # -- the registry: every remote call (publish, fetch, ls, ensure --from, the vLLM plugin) ---------------------
+    registry_connect_timeout: float = _var(
+        "REGISTRY_CONNECT_TIMEOUT", 5.0, "Seconds a registry call waits to connect to an object store (s3://) before "
+        "it tries again.", (CLI, PLUGIN), type_="seconds")
+    registry_read_timeout: float = _var(
+        "REGISTRY_READ_TIMEOUT", 15.0, "Seconds a registry call waits for the store's next bytes (a stalled "
+        "endpoint) before it tries again.", (CLI, PLUGIN), type_="seconds")
+    registry_retries: int = _var(
+        "REGISTRY_RETRIES", 2, "Tries after the first of a registry call that timed out or failed to connect, "
+        "with exponential backoff (botocore's standard mode); then the fetch falls back, or fails when strict. "
+        "A stalled endpoint costs at most (1 + this) x (the two timeouts) plus the backoff: under a minute with the "
+        "defaults.", (CLI, PLUGIN), type_="int")
+    registry_stale_age: float = _var(
+        "REGISTRY_STALE_AGE", 86400.0, "Seconds after which a publish's half-written registry objects (`.*.tmp`) "
+        "and incomplete S3 multipart uploads count as abandoned: the next publish, or `ls --gc`, removes them.",
+        (CLI,), type_="seconds")
     # -- building ------------------------------------------------------------------------------------------------
     compile_processes: int | None = _var(
         "COMPILE_PROCESSES", None, "Compile worker processes per build child (1: threads only).", (PARENT, CHILD),
@@ -178,6 +194,27 @@ class Settings(BaseModel):
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
             raise ValueError("must be a positive integer")
+        return value
+
+    @field_validator("registry_connect_timeout", "registry_read_timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= 3600:
+            raise ValueError("must be seconds, more than 0 and at most 3600")
+        return value
+
+    @field_validator("registry_stale_age")
+    @classmethod
+    def _age(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 or more seconds")
+        return value
+
+    @field_validator("registry_retries")
+    @classmethod
+    def _retries(cls, value: int) -> int:
+        if not 0 <= value <= 10:
+            raise ValueError("must be 0 to 10")
         return value
 
     @field_validator("record_max_values")

@@ -18,10 +18,14 @@ def _public_key(args):
 
 def cmd_publish(args) -> int:
     from ..registry.publish import publish
-    r = publish(args.dir, args.url, gpu_type=args.gpu_type, model=args.model)
+    r = publish(args.dir, args.url, gpu_type=args.gpu_type, model=args.model, force=args.force)
     if args.json:
         print_json(r.as_dict())
     else:
+        for w in r.warnings:
+            err.print(f"[yellow]warning[/yellow]: {w}", markup=True)
+        if r.swept:
+            err.print(f"removed {len(r.swept)} abandoned writes of earlier publishes", markup=False)
         rec = r.record
         what = "already published" if r.already else "published"
         out.print(f"{what}: {rec.gpu_type} ({rec.fingerprint.gpu_name}), TP {','.join(map(str, rec.tp))}, "
@@ -59,30 +63,37 @@ def _seconds(iso: str) -> str:
 
 
 def cmd_ls(args) -> int:
+    from .. import settings
     from ..errors import RegistryError
     from ..registry import index
-    from ..registry.store import open_store
-    found = index.scan(open_store(args.url))
-    if found.info is None and not found.records:
+    from ..registry.store import open_store, sweep
+    store = open_store(args.url)
+    found = index.scan(store)
+    if found.info is None and not found.records and not store.exists():
         raise RegistryError(f"{found.url}: no registry there (nothing published yet)")
+    swept = sweep(store, settings.current().registry_stale_age) if args.gc else []
     rows = sorted((r.summary() for r in found.records),
                   key=lambda s: (s["gpu_type"], s["model"] or "", s["tp"], s["published"]))
     if args.json:
         print_json({"url": found.url, "signed": bool(found.info and found.info.signed), "bundles": rows,
-                    "warnings": list(found.warnings)})
+                    "warnings": list(found.warnings), **({"swept": [p.as_dict() for p in swept]} if args.gc else {})})
         return 0
+    if args.gc:
+        err.print(f"removed {count(len(swept), 'abandoned write')} (older than "
+                  f"{settings.current().registry_stale_age:g} s)", markup=False)
     signed = " (signed registry)" if found.info and found.info.signed else ""
     out.print(f"{found.url}: {count(len(rows), 'bundle')}{signed}", markup=False, soft_wrap=True)
     columns = [Column("bundle", key=True), Column("GPU type", key=True), Column("model", key=True),
                Column("TP", key=True), Column("GPU"), Column("sm"), Column("targets"), Column("python"),
                Column("triton"), Column("signed by"), Column("published"), Column("units", right=True),
                Column("entries", right=True), Column("size", right=True)]
-    print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
-                                s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
-                                s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
-                                s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
-                                size(s["bundle_bytes"])]
-                               for s in rows])
+    if rows:
+        print_table(out, columns, [[s["bundle_sha256"][:12] + (" EMULATED" if s["emulated"] else ""), s["gpu_type"],
+                                    s["model"] or "-", ",".join(map(str, s["tp"])), s["gpu_name"] or "?",
+                                    s["capability"] or "?", ",".join(s["targets"]), s["python"], s["triton"],
+                                    s["signed_by"] or "-", _seconds(s["published"]), s["units"], s["entries"],
+                                    size(s["bundle_bytes"])]
+                                   for s in rows])
     for w in found.warnings:
         err.print(f"[yellow]warning[/yellow]: {w}")
     return 0
@@ -130,6 +141,8 @@ def add_commands(sub) -> None:
                                                       "the manifest's GPU name, e.g. H200)")
     p.add_argument("--model", metavar="LABEL",
                    help="a label for `ls` (what fetch matches is the units the cache holds)")
+    p.add_argument("--force", action="store_true", help="publish under --gpu-type even if the cache was built on "
+                                                        "another GPU")
     add_output_args(p)
     p.set_defaults(func=cmd_publish)
 
@@ -156,6 +169,8 @@ def add_commands(sub) -> None:
                     examples=("autotune-cache ls s3://bucket/gdn-registry",
                               "autotune-cache ls file:///shared/registry --json"))
     p.add_argument("url", metavar="URL", help="the registry (as given to publish)")
+    p.add_argument("--gc", action="store_true", help="also remove what killed publishes left (older than "
+                                                     "AUTOTUNE_CACHE_REGISTRY_STALE_AGE)")
     add_output_args(p)
     p.set_defaults(func=cmd_ls)
 

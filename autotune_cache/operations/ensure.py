@@ -156,7 +156,7 @@ def ensure(spec: BuildSpec, cache_dir: str | os.PathLike[str] | None = None, *, 
     if from_url:   # the registry's cache when this one is missing or stale (registry/pull.py)
         from ..registry.pull import pull_for_ensure
         pull_for_ensure(from_url, root, spec, public_key or settings.current().public_key,
-                        console if console is not None else _stderr())
+                        console if console is not None else _stderr(), allow_emulated=bool(allow_emulated))
         m = manifest_mod.load(root) if root.is_dir() else None
     built = rebuilt = False
     gone_stale = stale(m, allow_emulated, server_env)

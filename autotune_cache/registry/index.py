@@ -78,8 +78,8 @@ class Entry(BaseModel):
     @field_validator("gpu_type")
     @classmethod
     def _gpu_type(cls, v):
-        if not _NAME.match(v):
-            raise ValueError("a GPU type is letters, digits, '.', '_' or '-' (at most 64)")
+        if (why := gpu_type_problem(v)) is not None:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")
@@ -107,6 +107,13 @@ class Entry(BaseModel):
                 "entries": self.entries, "python": fp.python, "triton": fp.triton, "packages": fp.packages,
                 "bundle_bytes": self.bundle_bytes, "signed_by": self.signed_by, "emulated": fp.emulated,
                 "published": self.published, "bundle_sha256": self.bundle_sha256, "slot": self.slot}
+
+
+def gpu_type_problem(value: str) -> str | None:
+    """Why `value` cannot be a GPU type (it names a prefix of the index: index/<gpu type>/...), None if it can."""
+    if not _NAME.match(value):
+        return "a GPU type is letters, digits, '.', '_' or '-' (at most 64), e.g. H200"
+    return None
 
 
 def bundle_path(sha: str) -> str:

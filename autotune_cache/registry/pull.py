@@ -66,7 +66,7 @@ def why_stale(cache_dir: Path, spec: BuildSpec) -> list[str]:
 
 
 def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machine | None, *, public_key=None,
-         strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S) -> PullReport:
+         strict: bool = False, lock_timeout: float = LOCK_TIMEOUT_S, allow_emulated: bool = False) -> PullReport:
     """Make `cache_dir` hold the registry's cache for `spec` unless it serves already. `machine` None: detected
     when a fetch is needed (machine.detect, isolated: no CUDA call in this process)."""
     root = location.normalize(cache_dir)
@@ -77,14 +77,15 @@ def pull(url: str, cache_dir: str | os.PathLike, spec: BuildSpec, machine: Machi
     created = Created()
     with created.undone_on_error():
         report = _pull_locked(url, root, spec, machine, stale, created, public_key=public_key, strict=strict,
-                              lock_timeout=lock_timeout)
+                              lock_timeout=lock_timeout, allow_emulated=allow_emulated)
     if report.action == "fallback":
         created.undo()
     return report
 
 
 def _pull_locked(url: str, root: CacheDir, spec: BuildSpec, machine: Machine | None, stale: list[str],
-                 created: Created, *, public_key, strict: bool, lock_timeout: float) -> PullReport:
+                 created: Created, *, public_key, strict: bool, lock_timeout: float,
+                 allow_emulated: bool) -> PullReport:
     created.dirs(root.parent)
     lock_path = root.parent / f".{root.name}.fetch.lock"
     # a waiter on a lock file that a failure then removes takes it on the old file; import's own lock on the cache
@@ -107,7 +108,7 @@ def _pull_locked(url: str, root: CacheDir, spec: BuildSpec, machine: Machine | N
         try:
             if machine is None:
                 from .machine import detect
-                machine = detect(isolated=True)
+                machine = detect(isolated=True, allow_emulated=allow_emulated)
             got = fetch(url, root, spec, machine, public_key=public_key)
         except AutotuneCacheError as e:
             if aside is not None:
@@ -156,9 +157,11 @@ def pull_for_server(log) -> PullReport | None:
     return report
 
 
-def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console) -> PullReport:
+def pull_for_ensure(url: str, cache_dir: Path, spec: BuildSpec, public_key, console,
+                    allow_emulated: bool = False) -> PullReport:
     """`ensure --from URL`: pull() for ensure's request, strict per AUTOTUNE_CACHE_STRICT; what it did on stderr."""
-    report = pull(url, cache_dir, spec, None, strict=settings.current().strict, public_key=public_key)
+    report = pull(url, cache_dir, spec, None, strict=settings.current().strict, public_key=public_key,
+                  allow_emulated=allow_emulated)
     for w in report.warnings:
         console.print(f"[yellow]warning[/yellow]: {w}")
     if report.action != "fresh":

@@ -4,8 +4,8 @@ GPU, and a `misses` function (fingerprint.mismatches against this machine, compu
 Order of the rules: the bundle must hold every planned unit; its compute capability must be the machine's (when
 known); its disk keys must be this machine's (Triton wheel, Python, ptxas, cache-invalidating env vars, kernel
 package versions: `misses` is empty); an emulated build only when asked for. Then a bundle tuned on this GPU model
-(exact name) wins; else one of the same compute capability, with a warning (FACTS §1: H100 and H200 share entries,
-their winners may differ). Among equals, the newest.
+(exact name) wins; else, between GPUs of NVIDIA's table (gpus.py) of one compute capability, one built on the
+other, with a warning (FACTS §1: H100 and H200 share entries, their winners may differ). Among equals, the newest.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..errors import NoMatchingBundleError
+from ..errors import NoMatchingBundleError, printable
+from . import gpus
 from .index import Entry
 
 
@@ -40,8 +41,12 @@ def _words(name: str) -> list[str]:
 
 
 def gpu_type_of(name: str) -> str:
-    """A GPU type as Ray names accelerators, from a device name: "NVIDIA H100 80GB HBM3" -> "H100",
-    "NVIDIA A100-SXM4-80GB" -> "A100", "NVIDIA GeForce RTX 4090" -> "RTX"."""
+    """A GPU type, from a device name: the table's (gpus.py) for a known GPU, "NVIDIA H100 80GB HBM3" -> "H100",
+    "NVIDIA A100-SXM4-80GB" -> "A100", "NVIDIA GeForce RTX 4090" -> "RTX4090"; else its first word that is no
+    vendor word, as Ray names accelerators ("NVIDIA X9 Pro" -> "X9")."""
+    known = gpus.lookup(name)
+    if known is not None:
+        return known.type
     words = [w for w in name.replace("-", " ").split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE")]
     return re.sub(r"[^A-Za-z0-9._-]", "", words[0]) if words else "unknown"
 
@@ -64,6 +69,26 @@ def unfit(r: Entry, machine: Machine, misses: Callable[[Entry], list[str]]) -> s
     if found := misses(r):
         return f"{r.gpu_type} ({fp.gpu_name}): {found[0]}"
     return None
+
+
+def fallback(fit: list[Entry], gpu_name: str, newest: Callable[[list[Entry]], Entry]) -> Choice:
+    """No bundle of `gpu_name`'s own type fits: the newest one built on another GPU that NVIDIA's table (gpus.py)
+    gives the same compute capability, with a warning saying so; a GPU not in the table gets none (its capability
+    is the user's word, and the other GPU's winners may not be its fastest)."""
+    mine = gpus.lookup(gpu_name)
+    shared = [r for r in fit if mine is not None and (theirs := gpus.lookup(r.gpu_type)) is not None
+              and theirs.capability == mine.capability == r.fingerprint.capability]
+    if mine is None or not shared:
+        why = (f"{printable(gpu_name)} is not in the GPU table (registry/gpus.py): a bundle of another GPU is "
+               "not taken for it" if mine is None else
+               f"none of the {len(fit)} that fit was built on a GPU of compute capability {mine.capability} "
+               "in the GPU table")
+        raise NoMatchingBundleError(f"no bundle built on {printable(gpu_name)}: {why}; publish one built on it")
+    r = newest(shared)
+    return Choice(r, (f"no bundle built on {printable(gpu_name)}: using one built on "
+                      f"{printable(r.fingerprint.gpu_name)} ({r.gpu_type}); both are compute capability "
+                      f"{mine.capability} in NVIDIA's table, so every entry hits, but its winners may not be this "
+                      "GPU's fastest",))
 
 
 def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
@@ -106,10 +131,8 @@ def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
     exact = [r for r in fit if same_gpu(r, machine.gpu_name)]
     if exact:
         return chosen(max(exact, key=age), notes)
-    r = max(fit, key=age)
-    return chosen(r, notes + (f"no bundle built on {machine.gpu_name}: using one built on {r.fingerprint.gpu_name} "
-                              f"({r.gpu_type}, same compute capability {r.fingerprint.capability}): every entry "
-                              "hits, its winners may not be this GPU's fastest",))
+    other = fallback(fit, machine.gpu_name, lambda rs: max(rs, key=age))
+    return chosen(other.record, notes + other.warnings)
 
 
 def _signer(r: Entry) -> str:

@@ -15,13 +15,17 @@ Storage options come from fsspec's own configuration: env vars `FSSPEC_S3_ENDPOI
 from __future__ import annotations
 
 import os
+import re
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import settings
 from ..cache import files
-from ..errors import RegistryError, RegistryUnreachableError
+from ..errors import RegistryError, RegistryUnreachableError, printable
 
 if TYPE_CHECKING:   # fsspec is optional ([fleet], [s3]) and imported by open_store only
     from fsspec import AbstractFileSystem
@@ -132,6 +136,13 @@ class Store:
             raise _fail(self.url, f"download {rel}", e) from None
         return n
 
+    def exists(self) -> bool:
+        """Whether the root is there (a directory, a bucket, or a prefix with objects), even with nothing in it."""
+        try:
+            return bool(self.fs.isdir(self.root))
+        except Exception as e:  # noqa: BLE001
+            raise _fail(self.url, "list the registry", e) from None
+
     def find(self, prefix: str) -> list[str]:
         """Every object under `prefix`, relative to the root, sorted (one listing: S3 ListObjectsV2 pages)."""
         base = self.path(prefix).rstrip("/")
@@ -145,24 +156,145 @@ class Store:
         return sorted(p[len(root):] for p in found if p.startswith(root))
 
 
+@dataclass(frozen=True)
+class Partial:
+    """An abandoned write in a registry: a half-written object (`bundles/.<name>.<random>.tmp`, left by a publish
+    killed while writing to a file system) or an incomplete S3 multipart upload (`upload_id`), `age_s` old."""
+    rel: str
+    age_s: float
+    upload_id: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"object": self.rel, "age_s": round(self.age_s), "multipart_upload": self.upload_id is not None}
+
+
+def partials(store: Store, older_than: float) -> list[Partial]:
+    """The registry's abandoned writes older than `older_than` seconds (younger ones may be a publish at work)."""
+    now = time.time()
+    found = []
+    for rel in store.find(""):
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") and name.endswith(".tmp"):
+            try:
+                age = now - store.fs.modified(store.path(rel)).timestamp()
+            except FileNotFoundError:
+                continue
+            except Exception as e:  # noqa: BLE001
+                raise _fail(store.url, f"read the age of {rel}", e) from None
+            if age >= older_than:
+                found.append(Partial(rel, age))
+    if "s3" in _protocols(store.fs):
+        prefix = store.fs._strip_protocol(store.root).partition("/")[2].rstrip("/")
+        for u in _uploads(store):
+            key, when = u.get("Key", ""), u.get("Initiated")
+            age = now - when.timestamp() if isinstance(when, datetime) else 0.0   # undated: maybe at work, kept
+            if key.startswith(f"{prefix}/" if prefix else "") and age >= older_than:
+                found.append(Partial(key[len(prefix) + 1:] if prefix else key, age, u["UploadId"]))
+    return found
+
+
+def _uploads(store: Store, pages: int = 100) -> list[dict]:
+    """The unfinished multipart uploads under an s3:// store's root (ListMultipartUploads, 1000 a page)."""
+    bucket, _, prefix = store.fs._strip_protocol(store.root).partition("/")
+    marker: dict = {}
+    out: list[dict] = []
+    try:
+        for _ in range(pages):
+            page = store.fs.call_s3("list_multipart_uploads", Bucket=bucket,
+                                    Prefix=f"{prefix.rstrip('/')}/" if prefix else "", **marker)
+            out += page.get("Uploads", [])
+            if not page.get("IsTruncated"):
+                break
+            marker = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+    except Exception as e:  # noqa: BLE001
+        raise _fail(store.url, "list unfinished multipart uploads", e) from None
+    return out
+
+
+def sweep(store: Store, older_than: float) -> list[Partial]:
+    """Remove the registry's abandoned writes older than `older_than` seconds (partials(), then each removed);
+    returns them. Never touches a finished object: only dot-named `.tmp` ones and unfinished uploads."""
+    found = partials(store, older_than)
+    for p in found:
+        try:
+            if p.upload_id is not None:
+                bucket = store.fs._strip_protocol(store.root).partition("/")[0]
+                store.fs.abort_mpu(bucket, store.fs._strip_protocol(store.path(p.rel)).partition("/")[2],
+                                   p.upload_id)
+            else:
+                store.fs.rm_file(store.path(p.rel))
+        except FileNotFoundError:
+            continue
+        except Exception as e:  # noqa: BLE001
+            raise _fail(store.url, f"remove the abandoned {p.rel}", e) from None
+    return found
+
+
 def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
 
 
+# The package each protocol's fsspec backend comes in (fsspec's own hint for any other).
+_PACKAGES = {"s3": "pip install 'autotune-cache[s3]' (s3fs)", "s3a": "pip install 'autotune-cache[s3]' (s3fs)",
+             "gs": "pip install gcsfs", "gcs": "pip install gcsfs", "hf": "pip install huggingface_hub",
+             "abfs": "pip install adlfs", "az": "pip install adlfs"}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.S)
+
+
+def _as_url(url: str) -> str:
+    """A registry URL from what the user gave: a URL, `file:/x` (a file URL without a host), or a local path."""
+    if printable(url) != url or not url.strip():
+        raise RegistryError(f"not a registry URL: {printable(url)[:200]!r}")
+    m = _SCHEME.match(url)
+    if m and "://" not in url:
+        scheme, rest = m.group(1).lower(), m.group(2)
+        if scheme == "file" and rest.startswith("/"):
+            return Path(rest).expanduser().resolve().as_uri()
+        if scheme in _known_protocols():
+            raise RegistryError(f"{url}: not a URL; write {scheme}://{rest.lstrip('/')}")
+    if "://" not in url:
+        return Path(url).expanduser().resolve().as_uri()
+    return url
+
+
+def _known_protocols() -> set[str]:
+    from fsspec.registry import known_implementations, registry
+    return set(known_implementations) | set(registry)
+
+
+def _remote_options(protocol: str) -> dict:
+    """The timeouts and retries of settings.py for a backend that takes them (s3fs: botocore's Config, merged over
+    what fsspec's config gives it); {} for the rest (file:// needs none)."""
+    if protocol not in ("s3", "s3a"):
+        return {}
+    from fsspec.config import conf
+    env = settings.current()
+    given = dict(conf.get(protocol, {}).get("config_kwargs") or {})
+    return {"config_kwargs": {**given, "connect_timeout": env.registry_connect_timeout,
+                              "read_timeout": env.registry_read_timeout,
+                              "retries": {"mode": "standard", "total_max_attempts": 1 + env.registry_retries}}}
+
+
 def open_store(url: str) -> Store:
     """The registry at `url`; RegistryError for a URL fsspec cannot use (unknown protocol, missing backend)."""
     try:
-        from fsspec.core import url_to_fs
+        from fsspec.core import split_protocol, url_to_fs
+        from fsspec.registry import known_implementations
     except ImportError:
         raise RegistryError("a registry needs fsspec: pip install 'autotune-cache[fleet]'") from None
-    if "://" not in url:
-        url = Path(url).expanduser().resolve().as_uri()
+    url = _as_url(url)
+    protocol = (split_protocol(url)[0] or "file").lower()
     try:
-        fs, root = url_to_fs(url)
-    except ImportError as e:
-        raise RegistryError(f"{url}: this protocol needs a package that is not installed ({e}); for s3:// "
-                            "pip install 'autotune-cache[s3]'") from None
+        fs, root = url_to_fs(url, **_remote_options(protocol))
+    except ImportError:
+        hint = _PACKAGES.get(protocol) or known_implementations.get(protocol, {}).get("err") or "its fsspec backend"
+        raise RegistryError(f"{url}: {protocol}:// needs a package that is not installed: {hint}") from None
     except (ValueError, TypeError) as e:
+        if protocol not in _known_protocols():
+            raise RegistryError(f"{url}: {printable(protocol)}:// is not a protocol fsspec supports (file://, s3://, "
+                                "gs://, hf://, ...)") from None
         raise RegistryError(f"{url}: not a registry URL fsspec can open ({e})") from None
+    if protocol in ("s3", "s3a"):
+        fs.retries = 1   # s3fs's own loop would multiply botocore's tries (and wait its own backoff): botocore's alone
     return Store(url=url, fs=fs, root=root.rstrip("/") or "/")
