@@ -1,6 +1,7 @@
 """`autotune-cache publish DIR URL`: export a cache (cache/bundle.py checks every file against its manifest) and put
 the bundle, then its index entry, into the registry. The bundle goes first, so an entry never names a bundle that
-is not there; a cache already published in that slot with the same manifest is not published twice.
+is not there; a cache already published in that slot with the same manifest and signer is not published
+twice.
 
 Nothing a killed publish leaves behind stays: its local bundle is staged in one place (`staging()`) that the next
 publish sweeps, and its half-written registry objects and unfinished uploads are swept by the next publish (or
@@ -163,11 +164,12 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
             if data is None:
                 continue
             try:
-                same = index.parse_record(data, name).manifest_digest == rec.manifest_digest
+                held = index.parse_record(data, name)
             except RegistryError:
                 continue
-            if same:
-                return PublishReport(index.parse_record(data, name), store.url, already=True)
+            # the same cache signed by another key (or now signed) is another bundle: a key's fetch takes only its own
+            if (held.manifest_digest, held.signed_by) == (rec.manifest_digest, rec.signed_by):
+                return PublishReport(held, store.url, already=True)
         try:
             swept, warnings = store_mod.sweep(store, settings.current().registry_stale_age), []
         except RegistryError as e:   # e.g. no permission to list uploads: the publish itself may still succeed
