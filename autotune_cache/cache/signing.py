@@ -6,7 +6,7 @@ The manifest names every file of the cache by sha256, so a valid signature over 
 (integrity.check_files), means: these are the bytes the key holder signed. Without a signature the manifest only
 proves that files were not damaged or mixed: whoever can write the directory can rewrite the manifest too.
 
-What is signed is the manifest's *portable digest*: Manifest.digest() with `updated` left out and each Triton group
+What is signed is the manifest's *portable digest*: like Manifest.digest(), `updated` left out, but each Triton group
 file (`__grp__*.json`, which lists its members by absolute path) counted by its member names alone, not by its
 bytes. Those are the only things `import` changes when it moves a cache, so a signed cache stays signed at its new
 path. The names are all that matters of a group because the check requires each member path to be, literally,
