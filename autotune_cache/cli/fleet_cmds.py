@@ -150,10 +150,13 @@ def add_commands(sub) -> None:
                                   "into DIR",
                     details="Plans the model as `plan` does and takes the newest bundle that holds every planned "
                             "unit and whose disk keys match this machine (Triton, Python, ptxas, env vars), built on "
-                            "this GPU type if one is, else on the same compute capability (with a warning).",
+                            "this GPU type if one is, else on another GPU of the same compute capability in NVIDIA's "
+                            "table (with a warning). With a public key, only the bundles it signed are taken. The "
+                            "bundle's manifest is checked against its index entry and the request, and its "
+                            "signature before a file is written.",
                     examples=("autotune-cache fetch s3://bucket/gdn-registry ~/gdn-cache --model qwen3.5-9b --tp 2",
                               "# in an image build, without a GPU",
-                              "autotune-cache fetch s3://bucket/gdn-registry /cache --gpu-name H200 --capability 9.0",
+                              "autotune-cache fetch s3://bucket/gdn-registry /cache --gpu-name H200",
                               "autotune-cache fetch s3://bucket/gdn-registry ~/gdn-cache --dry-run"))
     p.add_argument("url", metavar="URL", help="the registry (as given to publish)")
     p.add_argument("dir", metavar="DIR", help="an absent or empty dir to import the bundle into")
@@ -206,8 +209,10 @@ def add_commands(sub) -> None:
 def _add_machine_args(p) -> None:
     p.add_argument("--gpu-name", metavar="NAME",
                    help="fetch for this GPU (e.g. H200, or 'NVIDIA H200') instead of this machine's: an image build "
-                        "without a GPU")
-    p.add_argument("--capability", metavar="X.Y", help="fetch for this compute capability (e.g. 9.0)")
+                        "without a GPU; a GPU not in NVIDIA's table needs --capability too")
+    p.add_argument("--capability", metavar="X.Y",
+                   help="fetch for this compute capability (e.g. 9.0); must agree with the table for a known "
+                        "--gpu-name")
     p.add_argument("--public-key", metavar="PUB.pem",
                    help="require the bundle to be signed by this ed25519 key (default: AUTOTUNE_CACHE_PUBLIC_KEY; "
                         "required by a signed registry)")
