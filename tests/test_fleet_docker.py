@@ -2,6 +2,7 @@
 named GPU type, then verify); the cache lands at the same absolute path in both stages."""
 import shlex
 
+import pytest
 from test_docker import ROOT, stages
 
 from autotune_cache.cli import parser
@@ -18,9 +19,14 @@ def test_fetch_stage_needs_no_gpu_and_keeps_the_cache_path():
     assert "AUTOTUNE_CACHE_DIR=/opt/gdn-cache" in " ".join(v for i, v in serve["ins"] if i == "ENV")
 
 
-def test_fetch_stage_cli_calls_parse():
+@pytest.mark.parametrize("capability", ["", "10.0"])
+def test_fetch_stage_cli_calls_parse(capability):
     _, (fetch, _) = stages(DOCKERFILE)
     run = next(v for i, v in fetch["ins"] if i == "RUN" and "autotune-cache fetch" in v)
+    # the shell's ${CAPABILITY:+...}: the flag only when the build arg is given (a GPU outside the GPU table)
+    optional = '${CAPABILITY:+--capability "${CAPABILITY}"}'
+    assert optional in run
+    run = run.replace(optional, f'--capability "{capability}"' if capability else "")
     values = {"REGISTRY": "s3://bucket/gdn", "GPU_NAME": "H200", "MODEL": "qwen3.5-9b", "TP": "1", "TARGET": "fla",
               "MAX_TOKENS": "16384", "AUTOTUNE_CACHE_DIR": "/opt/gdn-cache", "PUBLIC_KEY": ""}
     for name, value in values.items():
@@ -30,4 +36,5 @@ def test_fetch_stage_cli_calls_parse():
     assert [argv[0] for argv in commands] == ["fetch", "verify"]
     args = parser().parse_args(commands[0])
     assert args.gpu_name == "H200" and args.url == "s3://bucket/gdn" and args.dir == "/opt/gdn-cache"
+    assert args.capability == (capability or None)
     parser().parse_args(commands[1])

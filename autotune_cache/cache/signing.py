@@ -166,6 +166,8 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     key id. The files themselves are integrity.check_files' job. `groups`: every listed group file's child_paths
     as that check parsed them from the bytes it hashed (else they are read here)."""
     _crypto()   # a clear error when `cryptography` is missing
+    if isinstance(public_key, (str, bytes, os.PathLike)):   # a missing key file is the first thing to name
+        public_key = load_public_key(public_key)
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
         data = read_plain(sig_path, MAX_JSON_BYTES)
