@@ -13,6 +13,7 @@ from pathlib import Path
 from ..cache import location
 from ..cache.scan import ROLES, CacheScan, fingerprint_text, human_size
 from ..errors import CacheDirError
+from .args import existing_file
 from .console import Column, add_output_args, err, out, print_item, print_json, print_table
 
 
@@ -189,6 +190,10 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from ..cache.bundle import import_bundle
+    from ..errors import BundleError
+    if Path(args.bundle).expanduser().is_dir():   # before anything is made: "no such bundle file" misled here
+        raise BundleError(f"{args.bundle} is a directory, not a bundle file (`autotune-cache export DIR B.tgz` "
+                          "writes one)")
     r = import_bundle(args.bundle, args.dir, public_key=args.public_key)   # dirs it creates go on any failure
     if args.json:
         print_json(r.as_dict())
@@ -261,7 +266,8 @@ def add_verify(sub) -> None:
     p.add_argument("--allow-emulated", action="store_true",
                    help="do not fail on a cache built with --emulate (fake timings: its winners are arbitrary; "
                         "env AUTOTUNE_CACHE_ALLOW_EMULATED=1)")
-    p.add_argument("--public-key", metavar="PUB.pem", help="also check manifest.sig against this ed25519 public key")
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
+                   help="also check manifest.sig against this ed25519 public key")
     add_output_args(p)
     p.set_defaults(func=cmd_verify)
 
@@ -288,7 +294,7 @@ def add_import(sub) -> None:
     p = sub.add_parser("import", help="unpack a bundle into a new dir, rewriting Triton's absolute paths for it")
     p.add_argument("bundle")
     p.add_argument("dir", help="an absent or empty dir; the server must use this path")
-    p.add_argument("--public-key", metavar="PUB.pem",
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
                    help="require the bundle's manifest.sig to be a valid signature by this ed25519 public key")
     add_output_args(p)
     p.set_defaults(func=cmd_import)
@@ -298,7 +304,7 @@ def add_sign(sub) -> None:
     p = sub.add_parser("sign", help="sign a cache's manifest with an ed25519 key (writes manifest.sig; needs the "
                                     "`cryptography` package)")
     p.add_argument("dir")
-    p.add_argument("--key", required=True, metavar="KEY.pem",
+    p.add_argument("--key", required=True, metavar="KEY.pem", type=existing_file,
                    help="unencrypted PEM ed25519 private key (openssl genpkey -algorithm ed25519 -out KEY.pem)")
     add_output_args(p)
     p.set_defaults(func=cmd_sign)

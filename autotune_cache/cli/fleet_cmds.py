@@ -93,8 +93,15 @@ def cmd_fleet_plan(args) -> int:
     jobs = matrix.jobs(m)
     if args.json:
         print_json({"jobs": [j.as_dict() for j in jobs], "totals": matrix.totals(jobs)})
-    else:
-        out.print(matrix.table(jobs))
+        return 0
+    # console.print_table, not rich's Table: plain when piped, and at a narrow width each job stacks with its
+    # identifying cells (job, GPU type, models) whole
+    out.print("fleet plan: " + ", ".join(f"{k} {v}" for k, v in matrix.totals(jobs).items()), markup=False)
+    rows = [[j.index, j.gpu_type, j.label, ",".join(str(t) for t in sorted({r.tp for r in j.rows})), len(j.units),
+             j.keys, j.configs] for j in jobs]
+    print_table(out, [Column("job", key=True), Column("GPU type", key=True), Column("models", key=True),
+                      Column("TP"), Column("units", right=True), Column("keys", right=True),
+                      Column("configs", right=True)], rows)
     return 0
 
 
@@ -115,13 +122,15 @@ def cmd_fleet_build(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from .args import add_model_args
+    from .args import add_model_args, name
     p = sub.add_parser("publish", help="export a cache and put it into a registry (file://, s3://, gs://, hf:// ...)")
     p.add_argument("dir")
     p.add_argument("url")
-    p.add_argument("--gpu-type", help="the GPU type it was built for, as Ray names it (default: from the "
-                                      "manifest's GPU name, e.g. H200)")
-    p.add_argument("--model", help="a label for `ls` (what fetch matches is the units the cache holds)")
+    p.add_argument("--gpu-type", type=name("--gpu-type"),
+                   help="the GPU type it was built for, as Ray names it (default: from the manifest's GPU name, e.g. "
+                        "H200)")
+    p.add_argument("--model", type=name("--model"),
+                   help="a label for `ls` (what fetch matches is the units the cache holds)")
     add_output_args(p)
     p.set_defaults(func=cmd_publish)
 

@@ -42,7 +42,7 @@ def add_commands(sub) -> None:
 
 def add_ensure(sub) -> None:
     from ..builder.spec import MAX_GPUS
-    from .args import add_build_args, add_model_args
+    from .args import add_build_args, add_model_args, existing_file
     p = sub.add_parser("ensure", help="build what the cache lacks, verify the rest; exit 0 only if the server will hit")
     add_model_args(p)
     p.add_argument("--cache-dir", required=True)
@@ -60,7 +60,7 @@ def add_ensure(sub) -> None:
     p.add_argument("--allow-emulated", action="store_true",
                    help="accept a cache built with --emulate (fake timings, arbitrary winners; tests only; env "
                         "AUTOTUNE_CACHE_ALLOW_EMULATED=1)")
-    p.add_argument("--public-key", metavar="PUB.pem",
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
                    help="require manifest.sig to be a valid signature by this ed25519 public key (default: the "
                         "server's AUTOTUNE_CACHE_PUBLIC_KEY)")
     p.add_argument("--from", dest="from_url", metavar="URL",
