@@ -5,6 +5,7 @@ Exit codes: 0 fine, 1 a check failed (verify, ensure) or a build stayed incomple
 cache dir or bundle that cannot be used: one line that says what to do, nothing created), 130/143 interrupted."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -61,6 +62,12 @@ def _output_flags_after_command(argv: list[str]) -> list[str]:
     while lead < len(argv) and argv[lead] in _OUTPUT_FLAGS:
         lead += 1
     rest = argv[lead:]
+    if rest[:1] == ["fleet"]:   # `fleet --json plan M`: the flags between the group and its command move too
+        inner = 1
+        while inner < len(rest) and rest[inner] in _OUTPUT_FLAGS:
+            inner += 1
+        if inner > 1 and inner < len(rest) and not rest[inner].startswith("-"):
+            return ["fleet", rest[inner]] + argv[:lead] + rest[1:inner] + rest[inner + 1:]
     if not lead or not rest or rest[0].startswith("-"):
         return argv
     name = 2 if rest[0] == "fleet" and len(rest) > 1 and not rest[1].startswith("-") else 1   # fleet plan|build
@@ -89,8 +96,11 @@ def main(argv=None) -> int:
         return report_error(f"{where}{e.strerror or e}")
     except KeyboardInterrupt as e:
         note = getattr(args, "on_interrupt", None)
+        code = 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
         print("autotune-cache: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
+        if getattr(args, "json", False):   # a script reading stdout gets JSON on this exit too
+            print(json.dumps({"error": "interrupted", "exit": code}), flush=True)
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
