@@ -182,21 +182,31 @@ def _fork_server_in_use(log: Path) -> Iterator[None]:
         if _running == 0:
             _start_fork_server(log)
         _running += 1
+    interrupted = False
     try:
         yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         with _running_lock:
             _running -= 1
             if _running == 0:
-                _stop_fork_server()
+                _stop_fork_server(kill=interrupted)
 
 
-def _stop_fork_server() -> None:
+def _stop_fork_server(kill: bool = False) -> None:
     """Stop the fork server. Private (ForkServer._stop, "used by unit tests" in multiprocessing): the module has no
     public way to stop it, and a server left running would keep torch imported in an idle process for as long as
-    the build's process lives."""
+    the build's process lives. `kill`: after an interrupt, SIGKILL it first: a child it forked for a start the
+    interrupt cut short (no pid known here, so never killed) holds the server's alive pipe and waits for this
+    process, and the server would wait for that child: the stop hung forever (Ctrl-C early in a build). That child
+    reads end of file when this process exits, and exits too."""
     try:
         from multiprocess import forkserver
+        pid = forkserver._forkserver._forkserver_pid
+        if kill and pid is not None:
+            os.kill(pid, signal.SIGKILL)
         forkserver._forkserver._stop()
     except (ImportError, AttributeError, OSError, ChildProcessError):
         pass
