@@ -413,7 +413,7 @@ def test_json_on_an_interrupt(sig, code, tmp_path):
     (("plan", "--model", ""), "--model is empty"),
     (("plan", "--tp", "1,,2"), "empty item"),
     (("plan", "--target", "fla,"), "empty item"),
-    (("build", "--emulate", "--compile-workers", "99999999999", "--cache-dir", "x"), "--compile-workers must be"),
+    (("build", "--emulate", "--compile-workers", "99999999999", "--cache-dir", "x"), "at most 1024"),
     (("publish", "{tmp}", "file://{tmp}/reg", "--gpu-type", ""), "--gpu-type is empty"),
     (("import", "{tmp}", "{tmp}/new"), "is a directory, not a bundle file"),
     (("verify", "{tmp}", "--public-key", "{tmp}/missing.pem"), "no such file"),

@@ -13,9 +13,6 @@ from ..builder.selection import Settings as SelectionSettings
 from ..builder.spec import DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MAX_RETRIES, MAX_UNIT_TIMEOUT_S, BuildSpec
 from ..errors import SpecError
 
-# Threads compiling one key's configs (--compile-workers): more than any host has cores is a typo, not a plan.
-MAX_COMPILE_WORKERS = 1024
-
 
 def _items(text: str, what: str) -> list[str]:
     """A comma-separated list's items, none empty: "1,,2" is a typo, not the list 1,2."""
@@ -52,15 +49,6 @@ def existing_file(text: str) -> str:
     if not Path(text).expanduser().is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file")
     return text
-
-
-def compile_workers(text: str) -> int:
-    """--compile-workers: a whole number from 1 to MAX_COMPILE_WORKERS."""
-    try:
-        return shapes.whole(int(text), "--compile-workers", high=MAX_COMPILE_WORKERS)
-    except (ValueError, SpecError) as e:
-        raise argparse.ArgumentTypeError(str(e) if isinstance(e, SpecError) else f"not a whole number: {text!r}"
-                                         ) from None
 
 
 def target_names(text: str) -> tuple[str, ...]:

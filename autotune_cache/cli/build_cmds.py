@@ -12,7 +12,7 @@ from ..cache import location
 from ..errors import BuildFailedError, NoGPUError, printable
 from ..targets import SHORT
 from . import record_cmds
-from .args import add_build_args, add_model_args, compile_workers, spec_from_args
+from .args import add_build_args, add_model_args, spec_from_args
 from .console import Column, add_output_args, err, out, print_item, print_json, print_table, progress_mode, report_error
 
 
@@ -116,7 +116,7 @@ def add_commands(sub) -> None:
     record_cmds.add_from_record(p)
     p.add_argument("--cache-dir", required=True, help="the Triton cache dir to fill (TRITON_CACHE_DIR of the server)")
     add_build_args(p)
-    p.add_argument("--compile-workers", type=compile_workers, default=None,
+    p.add_argument("--compile-workers", type=int, default=None,
                    help="threads compiling each key's configs before they are benchmarked, where compile worker "
                         "processes are off (AUTOTUNE_CACHE_COMPILE_PROCESSES=1, emulated builds) or the GPU's "
                         "profile cannot be read (default: every core; 1 = compile while benchmarking, as Triton)")
