@@ -34,7 +34,7 @@ def creatable(root: Path, *, writes: bool = True) -> None:
     False: an existing dir may be read-only (ensure only checks a complete cache)."""
     if root.exists():
         if not root.is_dir():
-            raise CacheDirError(f"{root} is a file, not a cache dir: give a directory (--cache-dir)")
+            raise CacheDirError(f"{root} is a file, not a directory: give a cache dir (--cache-dir)")
         if writes and not os.access(root, os.W_OK | os.X_OK):
             raise CacheDirError(f"cache dir {root} is not writable by this user")
         return

@@ -18,7 +18,7 @@ def cmd_ensure(args) -> int:
 
     r = ensure(spec_from_args(args), rebuild=args.rebuild, allow_emulated=args.allow_emulated or None,
                allow_writable=args.allow_writable or None, public_key=args.public_key, from_url=args.from_url,
-               console=err, progress=progress_mode(args), notes=not args.quiet)
+               console=err, progress=progress_mode(args), notes=not (args.quiet or args.json))
     if r.incomplete is not None:
         return report_error(f"ensure: build incomplete: {r.incomplete}", 1)
     if args.json:
