@@ -129,16 +129,19 @@ class ChildOutput:
     stayed failed: their children's last words are there)."""
 
     def __init__(self) -> None:
-        fd, name = tempfile.mkstemp(prefix="autotune-cache-build-", suffix=".log")
-        os.close(fd)
-        self.path = Path(name)
+        try:
+            fd, name = tempfile.mkstemp(prefix="autotune-cache-build-", suffix=".log")   # mode 0600: ours alone
+            os.close(fd)
+            self.path = Path(name)
+        except OSError:   # no temp dir to write: the output is dropped, the build goes on
+            self.path = Path(os.devnull)
         self.kept = False
 
     def keep(self) -> None:
-        self.kept = True
+        self.kept = self.path != Path(os.devnull)
 
     def close(self) -> None:
-        if not self.kept:
+        if not self.kept and self.path != Path(os.devnull):
             self.path.unlink(missing_ok=True)
 
 

@@ -45,13 +45,10 @@ def cmd_record(args) -> int:
         added = sum(1 for line in f if line.strip())
     if args.json:   # after the command's own output, which is stdout's until it ends
         print_json({"out": str(path), "lookups": added, "exit": proc.returncode})
-    elif args.quiet:
-        pass
-    elif added:
+    elif not args.quiet:   # no build hint where there is nothing a build could replay
         err.print(f"autotune-cache record: {added} lookup line(s) appended to {escape(str(path))}; build them with: "
-                  f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR")
-    else:   # nothing a build could replay: no hint at one
-        err.print(f"autotune-cache record: 0 autotune lookups recorded (no Triton autotuner ran in a Python process "
+                  f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR" if added else
+                  "autotune-cache record: 0 autotune lookups recorded (no Triton autotuner ran in a Python process "
                   f"the command started); nothing appended to {escape(str(path))}")
     return proc.returncode
 
