@@ -411,6 +411,7 @@ def test_json_on_an_interrupt(sig, code, tmp_path):
 
 @pytest.mark.parametrize("args,text", [
     (("plan", "--model", ""), "--model is empty"),
+    (("plan", "--config", ""), "--config is empty"),
     (("plan", "--tp", "1,,2"), "empty item"),
     (("plan", "--target", "fla,"), "empty item"),
     (("build", "--emulate", "--compile-workers", "99999999999", "--cache-dir", "x"), "at most 1024"),

@@ -32,13 +32,13 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise SpecError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def name(flag: str):
-    """A parser `type=` for a name (--model, --gpu-type): not empty, no surrounding spaces (an empty --model once
-    meant the default model)."""
+def name(flag: str, *, path: bool = False):
+    """A parser `type=` for a name (--model, --gpu-type) or a `path` (--config): not empty (an empty --model or
+    --config once meant the default model); a name without surrounding spaces, a path as given."""
     def check(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"{flag} is empty")
-        return text.strip()
+        return text if path else text.strip()
     check.__name__ = flag.lstrip("-")   # argparse names the type in its message
     return check
 
@@ -101,9 +101,10 @@ def add_model_args(p, *, optional: bool = False) -> None:
     p.add_argument("--model", type=name("--model"), help="preset name (see `autotune-cache models`); " + (
         "checks coverage of this model's keys (none without --model or --config)" if optional
         else f"default {shapes.DEFAULT_MODEL}"))
-    p.add_argument("--config", help=f"local HF config.json (a regular file of at most {shapes.CONFIG_MAX_BYTES} "
-                                    f"bytes; at most {shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM}) or "
-                                    "snapshot dir, instead of --model")
+    p.add_argument("--config", type=name("--config", path=True),
+                   help=f"local HF config.json (a regular file of at most {shapes.CONFIG_MAX_BYTES} "
+                        f"bytes; at most {shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM}) or "
+                        "snapshot dir, instead of --model")
     p.add_argument("--tp", default="1", help=f"tensor-parallel degrees, comma-separated, each dividing the heads and "
                                              f"at most {shapes.MAX_TP} (default 1)")
     p.add_argument("--target", default=targets.DEFAULT,
