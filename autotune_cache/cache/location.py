@@ -36,10 +36,12 @@ def creatable(root: Path, *, writes: bool = True) -> None:
         if not root.is_dir():
             raise CacheDirError(f"{root} is a file, not a directory: give a cache dir (--cache-dir)")
         if writes and not os.access(root, os.W_OK | os.X_OK):
-            raise CacheDirError(f"cache dir {root} is not writable by this user")
+            raise CacheDirError(f"cache dir {root} is not writable here (a read-only mount, or another user's dir)")
         return
     above = next(p for p in root.parents if p.exists() or p.is_symlink())
     if not above.is_dir():
-        raise CacheDirError(f"cannot create cache dir {root}: {above} is a file, not a directory")
+        kind = "a file" if above.is_file() else "a broken link" if not above.exists() else "a special file"
+        raise CacheDirError(f"cannot create cache dir {root}: {above} is {kind}, not a directory")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise CacheDirError(f"cannot create cache dir {root}: {above} is not writable by this user")
+        raise CacheDirError(f"cannot create cache dir {root}: {above} is not writable here (a read-only mount, or "
+                             "another user's dir)")
