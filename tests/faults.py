@@ -69,7 +69,8 @@ def hook(index: int, attempt: int, emulated: bool) -> None:
 def inject(spec: str | None, index: int, attempt: int, emulated: bool = False) -> None:
     """AUTOTUNE_CACHE_FAULT="<unit index>:<kind>[:always]", where the index is the unit's position in the whole plan
     (not in this child's share of it, which shrinks on a retry); first attempt only unless ':always'. Kinds: raise,
-    segfault, exit, hang, oom, oom-kill, gpu-fault."""
+    segfault, exit, hang, oom, oom-kill, gpu-fault, warn (what a noisy child prints: a Python warning, a library's
+    log line, a print and a raw write to fd 2, each naming WARN_TEXT; then the unit fails)."""
     if not spec:
         return
     parts = spec.split(":")
@@ -91,7 +92,26 @@ def inject(spec: str | None, index: int, attempt: int, emulated: bool = False) -
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "gpu-fault":
         illegal_memory_access(emulated)
+    if kind == "warn":
+        noisy_child()
     raise ValueError(f"AUTOTUNE_CACHE_FAULT: unknown kind {kind!r}")
+
+
+WARN_TEXT = "injected-child-noise"
+
+
+def noisy_child() -> None:
+    """What torch's NumPy warning and Triton's TRITON_DEFAULT_FP_FUSION warning do in a build child, each way a
+    child's library can reach a terminal, then a failed unit (so the build keeps its log)."""
+    import logging
+    import sys
+    import warnings
+    warnings.warn(f"{WARN_TEXT}: a Python warning", UserWarning, stacklevel=1)
+    logging.getLogger("triton").warning(f"{WARN_TEXT}: a log line")
+    print(f"{WARN_TEXT}: a print", flush=True)
+    sys.stderr.flush()
+    os.write(2, f"{WARN_TEXT}: a raw write to fd 2\n".encode())
+    raise RuntimeError("injected fault after a noisy child's output")
 
 
 def _exhaust_memory(emulated: bool) -> None:

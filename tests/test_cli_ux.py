@@ -8,8 +8,10 @@ widths, read-only mounts and builds run in a process of their own."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import TESTS, assert_refused_in_one_line, cli_here, listing
@@ -543,3 +545,139 @@ def test_the_python_api_names_what_it_returns_and_raises(toy):
     first, *rest = proc.stdout.splitlines()
     assert first.startswith(f"<LoaderReport {toy}: verified, 0 lookups") and "object at 0x" not in proc.stdout
     assert rest[0].startswith(f"autotune-cache: {toy}") and "verified" in rest[0]
+
+
+# --- check then act, quiet children, validation (issue 28 items 1, 2)
+NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize("args", [("build", "-q"), ("build", "--json"), ("ensure", "-q")], ids=" ".join)
+def test_no_gpu_deep_path_leaves_nothing_and_shows_no_plan(args, tmp_path):
+    # -q/--json show no plan, so the error must not point at one ("The plan above ..."); a dir made for the build
+    # goes again, every level of it
+    proc = cli(*args, "--cache-dir", tmp_path / "pp" / "a" / "b" / "c", env=NO_GPU)
+    one_line_error(proc, 2, "GPU")
+    assert "plan above" not in proc.stderr and "unit " not in proc.stderr
+    if "--json" in args:
+        assert json.loads(proc.stdout)["exit"] == 2
+    assert listing(tmp_path) == {}
+
+
+def test_empty_cache_dir_is_refused_not_the_working_dir(tmp_path):
+    proc = cli_here("build", *TOY, "--emulate", "-q", "--cache-dir", "", cwd=tmp_path)
+    one_line_error(proc, 2, "empty path")
+    assert listing(tmp_path) == {}   # no manifest.json, lock file or cache entries in the working dir
+
+
+def test_record_of_a_missing_command_creates_no_record_file(tmp_path):
+    proc = cli("record", "--out", tmp_path / "r.jsonl", "--", "no-such-command-anywhere")
+    one_line_error(proc, 2, "cannot run")
+    assert listing(tmp_path) == {}
+
+
+@pytest.mark.parametrize("args", [("build", "--emulate"), ("build",), ("ensure", "--emulate")], ids=" ".join)
+def test_a_file_where_a_dir_is_needed_is_one_line_before_any_plan(args, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = cli_here(*args, *TOY, "--cache-dir", tmp_path / "afile" / "x" / "y", cwd=tmp_path)
+    one_line_error(proc, 2, f"{tmp_path / 'afile'} is a file")   # names the path that is the problem
+    assert "plan" not in proc.stderr and listing(tmp_path) == {"afile": 1}
+
+
+def test_an_unwritable_parent_is_named(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if read_only(ro, "--version").returncode != 0:
+        pytest.skip("no private read-only mount here")
+    proc = read_only(ro, "build", *TOY, "--emulate", "--cache-dir", ro / "new" / "c")
+    one_line_error(proc, 2, f"{ro} is not writable")   # the parent, not the dir that does not exist
+    assert "plan" not in proc.stderr and listing(ro) == {}
+
+
+def test_children_warnings_go_to_the_log_not_the_terminal(tmp_path):
+    from faults import WARN_TEXT
+    env = {**os.environ, "TMPDIR": str(tmp_path), "AUTOTUNE_CACHE_FAULT": "0:warn:always"}
+    proc = cli("build", *TOY, "--emulate", "-q", "--json", "--retries", "0", "--cache-dir", tmp_path / "c", env=env)
+    no_traceback(proc)
+    assert WARN_TEXT not in proc.stdout + proc.stderr, proc.stderr
+    error = json.loads(proc.stdout)["error"]   # stdout is the JSON alone
+    assert proc.returncode == 1 and "the build children's output: " in error
+    log = re.search(r"the build children's output: (\S+\.log)\)", error).group(1)
+    text = open(log).read()
+    for way in ("a Python warning", "a log line", "a print", "a raw write to fd 2"):
+        assert f"{WARN_TEXT}: {way}" in text, text
+    # a build whose unit failed once and then passed: stdout, stderr quiet as well, and no log left behind
+    env["AUTOTUNE_CACHE_FAULT"] = "0:warn"
+    proc = cli("build", *TOY, "--emulate", "--json", "--cache-dir", tmp_path / "d", env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["units"] == 1, proc.stderr
+    assert WARN_TEXT not in proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("autotune-cache-build-*.log")) == [os.path.basename(log)]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_json_on_an_interrupt(sig, code, tmp_path):
+    cache = tmp_path / "c"
+    env = {**os.environ, "AUTOTUNE_CACHE_FAULT": "0:hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "autotune_cache", "build", *TOY, "--emulate", "--json",
+                             "--timeout", "600", "--cache-dir", str(cache)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (cache / ".autotune-cache.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)   # the build holds its lock: its child starts, and hangs in its unit
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr
+    assert json.loads(stdout) == {"error": "interrupted", "exit": code}
+
+
+@pytest.mark.parametrize("args,text", [
+    (("plan", "--model", ""), "--model is empty"),
+    (("plan", "--config", ""), "--config is empty"),
+    (("plan", "--tp", "1,,2"), "empty item"),
+    (("plan", "--target", "fla,"), "empty item"),
+    (("build", "--emulate", "--compile-workers", "99999999999", "--cache-dir", "x"), "at most 1024"),
+    (("publish", "{tmp}", "file://{tmp}/reg", "--gpu-type", ""), "--gpu-type is empty"),
+    (("import", "{tmp}", "{tmp}/new"), "is a directory, not a bundle file"),
+    (("verify", "{tmp}", "--public-key", "{tmp}/missing.pem"), "no such file"),
+    (("ensure", *TOY, "--emulate", "--cache-dir", "{tmp}/c", "--public-key", "{tmp}/missing.pem"), "no such file"),
+])
+def test_validation_gaps_are_one_line_exit_2(args, text, tmp_path):
+    proc = cli_here(*[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)
+    one_line_error(proc, 2, text)
+    assert listing(tmp_path) == {}
+
+
+def test_target_is_as_case_insensitive_as_model():
+    lower = cli_here("plan", "--model", "qwen3.5-9b", "--target", "fla", "--json")
+    upper = cli_here("plan", "--model", "QWEN3.5-9B", "--target", "FLA", "--json")
+    assert upper.returncode == 0 and json.loads(upper.stdout) == json.loads(lower.stdout), upper.stderr
+
+
+FLEET = ('models = ["qwen3.5-9b", "qwen3.5-4b"]\ntp = [1, 2]\ntargets = ["toy_target"]\nmax_tokens = 3000\n'
+         'gpu_types = ["H100", "H200"]\nemulate = true\n')
+
+
+def test_fleet_plan_piped_and_narrow(tmp_path):
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(FLEET)
+    piped = cli("fleet", "plan", matrix, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert piped.returncode == 0, piped.stderr
+    plain(piped.stdout)
+    assert ["0", "H100", "qwen3.5-9b,qwen3.5-4b", "1"] in [line.split()[:4] for line in piped.stdout.splitlines()]
+    narrow = cli("fleet", "plan", matrix, env={**os.environ, "COLUMNS": "40"})
+    plain(narrow.stdout)
+    assert all(len(line) <= 40 for line in narrow.stdout.splitlines())
+    for job in json.loads(cli("fleet", "--json", "plan", matrix).stdout)["jobs"]:   # every identifying cell whole
+        assert f"{job['job']}  {job['gpu_type']}  {job['models']}" in narrow.stdout
+
+
+def test_record_takes_json_and_says_when_nothing_was_recorded(tmp_path):
+    proc = cli("record", "--out", tmp_path / "r.jsonl", "--", sys.executable, "-c", "print('hi')")
+    assert proc.returncode == 0 and proc.stdout == "hi\n"
+    assert "0 autotune lookups" in proc.stderr and "build --from-record" not in proc.stderr
+    proc = cli("record", "--json", "--out", tmp_path / "r.jsonl", "--", sys.executable, "-c", "print('hi')")
+    assert proc.returncode == 0 and proc.stdout.startswith("hi\n"), proc.stderr
+    assert json.loads(proc.stdout[3:]) == {"out": str(tmp_path / "r.jsonl"), "lookups": 0, "exit": 0}

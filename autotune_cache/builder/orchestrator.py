@@ -197,7 +197,9 @@ class Build:
         failed = [self.manifest.units[u.id] for u in self.ledger.not_done()]
         if failed:
             lines = "; ".join(f"{r.id}: {r.error}" for r in failed)
-            raise BuildFailedError(f"{len(failed)} of {len(self.plan.units)} units failed after retries: {lines}",
+            output = self.supervisor.output
+            log = f" (the build children's output: {output.path})" if output is not None and output.kept else ""
+            raise BuildFailedError(f"{len(failed)} of {len(self.plan.units)} units failed after retries: {lines}{log}",
                                    self.manifest)
         return self.manifest
 

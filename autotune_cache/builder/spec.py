@@ -17,6 +17,7 @@ from .selection import Settings as SelectionSettings
 MAX_RETRIES = 100                     # fresh-child retries of a failed unit
 MAX_GPUS = 256                        # build children at once (real hosts: <= 16 GPUs; emulated builds any number)
 MAX_UNIT_TIMEOUT_S = 7 * 24 * 3600.0  # a week per unit (units take minutes); inf would never time out
+MAX_COMPILE_WORKERS = 1024            # compile threads or worker processes per child
 # The size of a plan (plan.py), over all its units: what the bounds above allow can still multiply past what a
 # build can do (4096 heads at 1M tokens: 65,536 l2norm buckets at TP 1). Real plans: a few hundred of each.
 MAX_PLAN_CALLS = 10_000   # serving calls a build drives: the token counts of every unit
@@ -57,9 +58,11 @@ class BuildSpec(BaseModel):
     @field_validator("compile_workers", "compile_processes")
     @classmethod
     def _compile(cls, v: int | None, info: ValidationInfo) -> int | None:
+        flag = "--compile-workers" if info.field_name == "compile_workers" else "compile_processes"
         if v is not None and v < 1:
-            flag = "--compile-workers" if info.field_name == "compile_workers" else "compile_processes"
             raise SpecError(f"{flag} must be >= 1, got {v}")
+        if v is not None and v > MAX_COMPILE_WORKERS:   # more than any host has cores: a typo, not a plan
+            raise SpecError(f"{flag} must be at most {MAX_COMPILE_WORKERS}, got {v}")
         return v
 
     @field_validator("triton_env", mode="before")

@@ -1,13 +1,19 @@
 """The build children, as processes: start one per shard (shard.py: its parts of units), watch them all at once,
 hold them to their deadlines, kill them (with every compiler they spawned), charge how each ended (to the part it
 was in, or the next), clean up after them. What a child says is handed to the caller (`on_message`); what it was
-charged goes to the ledger."""
+charged goes to the ledger.
+
+What the children print (torch's and Triton's warnings, third-party log lines, a kernel's own prints) is not the
+user's: it goes to the build's log (`ChildOutput`), never onto the terminal under the progress bar or into a
+`-q`/`--json` run's output. The log is kept, and named in the build's error, when units stayed failed."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,33 +123,93 @@ def _context() -> Any:
     return ctx
 
 
+class ChildOutput:
+    """The build's log: a file in the temp dir that the fork server, and so every child it forks and every
+    compiler those start, has as its stdout and stderr. Removed after the build unless `keep()` was called (units
+    stayed failed: their children's last words are there)."""
+
+    def __init__(self) -> None:
+        try:
+            fd, name = tempfile.mkstemp(prefix="autotune-cache-build-", suffix=".log")   # mode 0600: ours alone
+            os.close(fd)
+            self.path = Path(name)
+        except OSError:   # no temp dir to write: the output is dropped, the build goes on
+            self.path = Path(os.devnull)
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = self.path != Path(os.devnull)
+
+    def close(self) -> None:
+        if not self.kept and self.path != Path(os.devnull):
+            self.path.unlink(missing_ok=True)
+
+
+def _start_fork_server(log: Path) -> None:
+    """Start the fork server with `log` as its stdout and stderr: it inherits this process's fds 1 and 2 when it
+    is spawned (multiprocessing has no option for them), so they point at the log for that moment only. Its
+    children are forked from it and inherit them in turn. Without a fork server (not POSIX): nothing to do."""
+    try:
+        from multiprocess import forkserver
+    except ImportError:
+        return
+    _context()   # the preload list, read when the server starts
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        forkserver.ensure_running()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
 _running_lock = threading.Lock()
 _running = 0   # Supervisor.run calls of this process under way: the fork server is theirs to share
 
 
 @contextlib.contextmanager
-def _fork_server_in_use() -> Iterator[None]:
-    """Around one build's children: the fork server is stopped when the last build of this process that uses it is
-    done. Builds on several threads share it: stopped under another build, it would make that build's next child
-    start a new server (and the stop itself waits until the children it forked let go of its pipe)."""
+def _fork_server_in_use(log: Path) -> Iterator[None]:
+    """Around one build's children: the fork server is started with `log` as its output by the first build of this
+    process that uses it, and stopped when the last such build is done. Builds on several threads share it
+    (and so the first one's log): stopped under another build, it would make that build's next child start a new
+    server (and the stop itself waits until the children it forked let go of its pipe)."""
     global _running
     with _running_lock:
+        if _running == 0:
+            _start_fork_server(log)
         _running += 1
+    interrupted = False
     try:
         yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         with _running_lock:
             _running -= 1
             if _running == 0:
-                _stop_fork_server()
+                _stop_fork_server(kill=interrupted)
 
 
-def _stop_fork_server() -> None:
+def _stop_fork_server(kill: bool = False) -> None:
     """Stop the fork server. Private (ForkServer._stop, "used by unit tests" in multiprocessing): the module has no
     public way to stop it, and a server left running would keep torch imported in an idle process for as long as
-    the build's process lives."""
+    the build's process lives. `kill`: after an interrupt, SIGKILL it first: a child it forked for a start the
+    interrupt cut short (no pid known here, so never killed) holds the server's alive pipe and waits for this
+    process, and the server would wait for that child: the stop hung forever (Ctrl-C early in a build). That child
+    reads end of file when this process exits, and exits too."""
     try:
         from multiprocess import forkserver
+        pid = forkserver._forkserver._forkserver_pid
+        if kill and pid is not None:
+            os.kill(pid, signal.SIGKILL)
         forkserver._forkserver._stop()
     except (ImportError, AttributeError, OSError, ChildProcessError):
         pass
@@ -159,6 +225,7 @@ class Supervisor:
         self.ledger = ledger
         self.unit_timeout_s = unit_timeout_s
         self.on_message = on_message
+        self.output: ChildOutput | None = None   # the children's log, while run() runs and after it when kept
 
     def start(self, options: ChildOptions, todo: list[Part], shard: int = 0) -> Child:
         ctx = _context()
@@ -179,8 +246,14 @@ class Supervisor:
         a time, each on a GPU of its own (`devices`), all watched at once from this one thread. `options(parts,
         gpu)`: what a child is started with. A shard whose child ended with parts left starts a fresh child on a
         free GPU, another than the last one where there is a choice."""
-        with _fork_server_in_use():
-            self._run(shards, devices, options)
+        self.output = ChildOutput()
+        try:
+            with _fork_server_in_use(self.output.path):
+                self._run(shards, devices, options)
+            if self.ledger.not_done():
+                self.output.keep()
+        finally:
+            self.output.close()
 
     def _run(self, shards: list[list[Part]], devices: tuple[str | None, ...],
              options: Callable[[list[Part], str | None], ChildOptions]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -30,8 +31,8 @@ or whatever a recorded process looked up) at every key the server will reach, on
 Triton's own cache files plus a manifest. The other commands check, shrink, move, sign and share such a cache."""
 
 EPILOG = """\
-Every command but completion takes -q/--quiet and -v/--verbose, and all but record and completion take --json,
-before or after its name. `autotune-cache COMMAND --help` explains each flag and shows examples.
+Every command but completion takes -q/--quiet, -v/--verbose and --json (record: after its name), before or
+after its name. `autotune-cache COMMAND --help` explains each flag and shows examples.
 
 examples:
   autotune-cache plan --model qwen3.5-9b --tp 1,2
@@ -109,6 +110,12 @@ def _output_flags_after_command(argv: list[str]) -> list[str]:
     while lead < len(argv) and argv[lead] in _OUTPUT_FLAGS:
         lead += 1
     rest = argv[lead:]
+    if rest[:1] == ["fleet"]:   # `fleet --json plan M`: the flags between the group and its command move too
+        inner = 1
+        while inner < len(rest) and rest[inner] in _OUTPUT_FLAGS:
+            inner += 1
+        if inner > 1 and inner < len(rest) and not rest[inner].startswith("-"):
+            return ["fleet", rest[inner]] + argv[:lead] + rest[1:inner] + rest[inner + 1:]
     if not lead or not rest or rest[0].startswith("-"):
         return argv
     name = 2 if rest[0] == "fleet" and len(rest) > 1 and not rest[1].startswith("-") else 1   # fleet plan|build
@@ -145,8 +152,11 @@ def main(argv=None) -> int:
         return report_error(f"{where}{e.strerror or e}")
     except KeyboardInterrupt as e:
         note = getattr(args, "on_interrupt", None)
+        code = 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
         print("autotune-cache: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)   # 130 for Ctrl-C, 143 for SIGTERM
+        if getattr(args, "json", False):   # a script reading stdout gets JSON on this exit too
+            print(json.dumps({"error": "interrupted", "exit": code}), flush=True)
+        return code
     finally:
         quiet_again()
         for sig, handler in previous.items():

@@ -3,6 +3,9 @@ the commands that build (--timeout/--retries/--emulate/--triton-env), and the Bu
 names the bound its value is checked against (shapes.py, builder/spec.py, builder/selection.py)."""
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from .. import shapes, targets
@@ -11,19 +14,53 @@ from ..builder.spec import DEFAULT_MAX_TOKENS, MAX_PLAN_CALLS, MAX_PLAN_KEYS, MA
 from ..errors import SpecError
 
 
+def _items(text: str, what: str) -> list[str]:
+    """A comma-separated list's items, none empty: "1,,2" is a typo, not the list 1,2."""
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise SpecError(f"{what} is empty")
+    if not all(items):
+        raise SpecError(f"{what} has an empty item: {text!r}")
+    return items
+
+
 def _ints(text: str, what: str) -> tuple[int, ...]:
+    items = _items(text, what)
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip() != "")
+        return tuple(int(x) for x in items)
     except ValueError:
         raise SpecError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise SpecError(f"{what} is empty")
-    return values
+
+
+def name(flag: str, *, path: bool = False):
+    """A parser `type=` for a name (--model, --gpu-type) or a `path` (--config): not empty (an empty --model or
+    --config once meant the default model); a name without surrounding spaces, a path as given."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return text if path else text.strip()
+    check.__name__ = flag.lstrip("-")   # argparse names the type in its message
+    return check
+
+
+def existing_file(text: str) -> str:
+    """A parser `type=` for a file the command reads (a key): a missing one is a usage mistake (exit 2), found
+    before the command reads or writes anything."""
+    if not Path(text).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def target_names(text: str) -> tuple[str, ...]:
+    """--target's items; a registered target's name in any case (as --model's), a module's as spelled (Python's
+    module names are case-sensitive)."""
+    known = {n.lower(): n for n in targets.names()}
+    return tuple(known.get(t.lower(), t) for t in _items(text, "--target"))
 
 
 def spec_from_args(args) -> BuildSpec:
     shape = shapes.resolve(args.model, args.config)
-    return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=tuple(args.target.split(",")),
+    return BuildSpec(model=shape, tp=_ints(args.tp, "--tp"), targets=target_names(args.target),
                      max_tokens=args.max_tokens, tokens=_ints(args.tokens, "--tokens") if args.tokens else (),
                      **build_fields(args))
 
@@ -61,10 +98,11 @@ def _selection(args) -> SelectionSettings:
 
 def add_model_args(p, *, optional: bool = False) -> None:
     """`optional`: the model is an option of the command (verify's coverage), with no default model."""
-    p.add_argument("--model", metavar="PRESET", help="the model, by preset name (`autotune-cache models` lists "
-                   "them); " + ("checks coverage of this model's keys (none without --model or --config)" if optional
-        else f"default {shapes.DEFAULT_MODEL}"))
-    p.add_argument("--config", metavar="PATH",
+    p.add_argument("--model", metavar="PRESET", type=name("--model"),
+                   help="the model, by preset name (`autotune-cache models` lists them); "
+                        + ("checks coverage of this model's keys (none without --model or --config)" if optional
+                           else f"default {shapes.DEFAULT_MODEL}"))
+    p.add_argument("--config", metavar="PATH", type=name("--config", path=True),
                    help=f"the model, from its Hugging Face config.json or a local snapshot dir holding one, instead "
                         f"of --model (a regular file of at most {shapes.CONFIG_MAX_BYTES >> 20} MiB; at most "
                         f"{shapes.MAX_HEADS} heads of dim {shapes.MAX_HEAD_DIM})")

@@ -90,12 +90,14 @@ def cmd_build(args) -> int:
 
     if args.from_record:
         return record_cmds.cmd_build(args)
+    shown = not (args.quiet or args.json)   # the plan, on stderr, once every input is checked
     try:
         r = build_into(spec_from_args(args), console=err, progress=progress_mode(args),
-                       on_plan=None if args.quiet else lambda p: print_plan(p, err))
+                       on_plan=(lambda p: print_plan(p, err)) if shown else None)
     except NoGPUError as e:
-        raise NoGPUError(f"{e}. The plan above is what a GPU host would build; run there, "
-                         "or pass --emulate to compile for a fake sm_90 GPU with fake timings (tests only)") from None
+        where = "The plan above is what a GPU host would build; run there" if shown else "Run on a GPU host"
+        raise NoGPUError(f"{e}. {where}, or pass --emulate to compile for a fake sm_90 GPU with fake timings "
+                         "(tests only)") from None
     except BuildFailedError as e:
         return report_error(f"build incomplete: {e}; finished units are kept in {location.normalize(args.cache_dir)}: "
                             "run the same command again to retry the rest", 1)
@@ -147,7 +149,8 @@ def add_commands(sub) -> None:
     p.add_argument("--compile-workers", type=int, default=None, metavar="N",
                    help="threads compiling each key's configs before they are benchmarked, where compile worker "
                         "processes are off (AUTOTUNE_CACHE_COMPILE_PROCESSES=1, emulated builds) or the GPU's "
-                        "profile cannot be read (default: every core; 1 = compile while benchmarking, as Triton)")
+                        "profile cannot be read (default: every core; 1 = compile while benchmarking, as Triton; at "
+                        "most 1024)")
     p.add_argument("--overlap-compile", action="store_true",
                    help="benchmark each unit as soon as its own configs are compiled, while the workers compile the "
                         "next units (faster; default: every unit's configs first, so no timing runs next to busy "

@@ -15,6 +15,7 @@ from ..cache import location
 from ..cache.manifest import MANIFEST_NAME
 from ..cache.scan import ROLES, CacheScan, fingerprint_text
 from ..errors import CacheDirError
+from .args import existing_file
 from .console import Column, add_command, add_output_args, err, out, print_item, print_json, print_table
 
 
@@ -228,6 +229,10 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from ..cache.bundle import import_bundle
+    from ..errors import BundleError
+    if Path(args.bundle).expanduser().is_dir():   # before anything is made: "no such bundle file" misled here
+        raise BundleError(f"{args.bundle} is a directory, not a bundle file (`autotune-cache export DIR B.tgz` "
+                          "writes one)")
     r = import_bundle(args.bundle, args.dir, public_key=args.public_key)   # dirs it creates go on any failure
     if args.json:
         print_json(r.as_dict())
@@ -316,7 +321,8 @@ def add_verify(sub) -> None:
     p.add_argument("--allow-emulated", action="store_true",
                    help="do not fail on a cache built with --emulate (fake timings: its winners are arbitrary; "
                         "env AUTOTUNE_CACHE_ALLOW_EMULATED=1)")
-    p.add_argument("--public-key", metavar="PUB.pem", help="also check manifest.sig against this ed25519 public key")
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
+                   help="also check manifest.sig against this ed25519 public key")
     add_output_args(p)
     p.set_defaults(func=cmd_verify)
 
@@ -357,7 +363,7 @@ def add_import(sub) -> None:
                               "autotune-cache import gdn-cache.tar.gz /srv/gdn-cache --public-key key.pub.pem"))
     p.add_argument("bundle", metavar="BUNDLE", help="the .tar.gz written by `autotune-cache export`")
     p.add_argument("dir", metavar="DIR", help="an absent or empty dir; the server must use this path")
-    p.add_argument("--public-key", metavar="PUB.pem",
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
                    help="require the bundle's manifest.sig to be a valid signature by this ed25519 public key")
     add_output_args(p)
     p.set_defaults(func=cmd_import)
@@ -372,7 +378,7 @@ def add_sign(sub) -> None:
                               "openssl pkey -in key.pem -pubout -out key.pub.pem",
                               "autotune-cache sign ~/gdn-cache --key key.pem"))
     p.add_argument("dir", metavar="DIR", help="the cache dir to sign (it must be writable)")
-    p.add_argument("--key", required=True, metavar="KEY.pem",
+    p.add_argument("--key", required=True, metavar="KEY.pem", type=existing_file,
                    help="unencrypted PEM ed25519 private key (openssl genpkey -algorithm ed25519 -out KEY.pem)")
     add_output_args(p)
     p.set_defaults(func=cmd_sign)

@@ -105,8 +105,15 @@ def cmd_fleet_plan(args) -> int:
     jobs = matrix.jobs(m)
     if args.json:
         print_json({"jobs": [j.as_dict() for j in jobs], "totals": matrix.totals(jobs)})
-    else:
-        out.print(matrix.table(jobs))
+        return 0
+    # console.print_table, not rich's Table: plain when piped, and at a narrow width each job stacks with its
+    # identifying cells (job, GPU type, models) whole
+    out.print("fleet plan: " + ", ".join(f"{k} {v}" for k, v in matrix.totals(jobs).items()), markup=False)
+    rows = [[j.index, j.gpu_type, j.label, ",".join(str(t) for t in sorted({r.tp for r in j.rows})), len(j.units),
+             j.keys, j.configs] for j in jobs]
+    print_table(out, [Column("job", key=True), Column("GPU type", key=True), Column("models", key=True),
+                      Column("TP"), Column("units", right=True), Column("keys", right=True),
+                      Column("configs", right=True)], rows)
     return 0
 
 
@@ -127,7 +134,7 @@ def cmd_fleet_build(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from .args import add_model_args
+    from .args import add_model_args, name
     p = add_command(sub, "publish", "export a cache and put it into a registry (file://, s3://, gs://, hf:// ...)",
                     details="A registry is a URL (any fsspec store) holding bundles and one index entry per bundle, "
                             "never rewritten, so publishers may race. fetch, `ensure --from` and the vLLM plugin "
@@ -137,9 +144,10 @@ def add_commands(sub) -> None:
                               "--model qwen3.5-9b"))
     p.add_argument("dir", metavar="DIR", help="the cache dir to publish (built by `autotune-cache build`)")
     p.add_argument("url", metavar="URL", help="the registry: file://, s3://, gs://, hf:// ... (created if absent)")
-    p.add_argument("--gpu-type", metavar="TYPE", help="the GPU type it was built for, as Ray names it (default: from "
-                                                      "the manifest's GPU name, e.g. H200)")
-    p.add_argument("--model", metavar="LABEL",
+    p.add_argument("--gpu-type", metavar="TYPE", type=name("--gpu-type"),
+                   help="the GPU type it was built for, as Ray names it (default: from the manifest's GPU name, e.g. "
+                        "H200)")
+    p.add_argument("--model", metavar="LABEL", type=name("--model"),
                    help="a label for `ls` (what fetch matches is the units the cache holds)")
     p.add_argument("--force", action="store_true", help="publish under --gpu-type even if the cache was built on "
                                                         "another GPU")

@@ -4,11 +4,13 @@ here) plan and build exactly the recorded lookups."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from rich.markup import escape
 
+from ..cache.files import Created
 from ..errors import NoGPUError, SpecError
 from .console import add_command, add_verbose_arg, err, out, print_json, progress_mode
 
@@ -24,21 +26,30 @@ def cmd_record(args) -> int:
         command = command[1:]
     if not command:
         raise SpecError("record needs a command to run: autotune-cache record --out PATH -- CMD ...")
-    path = store.open_for_append(args.out)
-    before = path.stat().st_size
-    env = dict(os.environ)
-    env[MISSES_ENV if args.misses else RECORD_ENV] = str(path)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_boot_dir(), env.get("PYTHONPATH")]))
-    try:
-        proc = subprocess.run(command, env=env)
-    except OSError as e:
-        raise SpecError(f"cannot run {command[0]!r}: {e.strerror or e}") from None
+    if shutil.which(command[0]) is None:   # checked first: a command that cannot run leaves no record file
+        raise SpecError(f"cannot run {command[0]!r}: no such command (or not executable)")
+    created = Created()
+    with created.undone_on_error(keep=(KeyboardInterrupt,)):   # Ctrl-C in the command keeps what it recorded
+        created.file_if_new(Path(args.out).expanduser().absolute())
+        path = store.open_for_append(args.out)
+        before = path.stat().st_size
+        env = dict(os.environ)
+        env[MISSES_ENV if args.misses else RECORD_ENV] = str(path)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_boot_dir(), env.get("PYTHONPATH")]))
+        try:
+            proc = subprocess.run(command, env=env)
+        except OSError as e:
+            raise SpecError(f"cannot run {command[0]!r}: {e.strerror or e}") from None
     with open(path, "rb") as f:
         f.seek(before)
         added = sum(1 for line in f if line.strip())
-    if not args.quiet:
+    if args.json:   # after the command's own output, which is stdout's until it ends
+        print_json({"out": str(path), "lookups": added, "exit": proc.returncode})
+    elif not args.quiet:   # no build hint where there is nothing a build could replay
         err.print(f"autotune-cache record: {added} lookup line(s) appended to {escape(str(path))}; build them with: "
-                  f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR")
+                  f"autotune-cache build --from-record {escape(str(path))} --cache-dir DIR" if added else
+                  "autotune-cache record: 0 autotune lookups recorded (no Triton autotuner ran in a Python process "
+                  f"the command started); nothing appended to {escape(str(path))}")
     return proc.returncode
 
 
@@ -88,9 +99,10 @@ def cmd_build(args) -> int:
 
     try:
         r = build_from_records(args.from_record, _spec(args), console=err, progress=progress_mode(args),
-                               on_plan=lambda rp: print_plan(rp, err))
+                               on_plan=None if args.quiet or args.json else lambda rp: print_plan(rp, err))
     except NoGPUError as e:
-        raise NoGPUError(f"{e}; or pass --emulate to compile for a fake sm_90 GPU (tests only)") from None
+        raise NoGPUError(f"{e}; run on a GPU host, or pass --emulate to compile for a fake sm_90 GPU (tests only)"
+                         ) from None
     if args.json:
         print_json(r.as_dict())
     else:
@@ -117,7 +129,9 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="PATH",
                    help="the record file to append to (JSON lines; created if absent)")
     p.add_argument("--misses", action="store_true", help="record only lookups not found in the disk cache")
-    # no --json: stdout is the recorded command's
+    p.add_argument("--json", action="store_true",
+                   help="after the command ends, print {\"out\", \"lookups\", \"exit\"} on stdout (the command's "
+                        "own output comes first)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line (the exit code is the command's)")
     add_verbose_arg(p)
     p.add_argument("command", nargs="...", metavar="-- CMD ...",

@@ -18,7 +18,7 @@ def cmd_ensure(args) -> int:
 
     r = ensure(spec_from_args(args), rebuild=args.rebuild, allow_emulated=args.allow_emulated or None,
                allow_writable=args.allow_writable or None, public_key=args.public_key, from_url=args.from_url,
-               console=err, progress=progress_mode(args), notes=not args.quiet)
+               console=err, progress=progress_mode(args), notes=not (args.quiet or args.json))
     if r.incomplete is not None:
         return report_error(f"ensure: build incomplete: {r.incomplete}", 1)
     if args.json:
@@ -42,7 +42,7 @@ def add_commands(sub) -> None:
 
 def add_ensure(sub) -> None:
     from ..builder.spec import MAX_GPUS
-    from .args import add_build_args, add_model_args
+    from .args import add_build_args, add_model_args, existing_file
     p = add_command(sub, "ensure", "build what the cache lacks, verify the rest; exit 0 only if the server will hit",
                     details="For init containers and entrypoints: the one command before a server starts. A cache "
                             "for another environment (Triton, Python, ptxas, GPU, env vars) is never built into: "
@@ -68,7 +68,7 @@ def add_ensure(sub) -> None:
     p.add_argument("--allow-emulated", action="store_true",
                    help="accept a cache built with --emulate (fake timings, arbitrary winners; tests only; env "
                         "AUTOTUNE_CACHE_ALLOW_EMULATED=1)")
-    p.add_argument("--public-key", metavar="PUB.pem",
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
                    help="require manifest.sig to be a valid signature by this ed25519 public key (default: the "
                         "server's AUTOTUNE_CACHE_PUBLIC_KEY)")
     p.add_argument("--from", dest="from_url", metavar="URL",

@@ -46,11 +46,13 @@ def run(plan: Plan, given: str | os.PathLike[str] | None, *, console: Console | 
 
 def _checked(spec: BuildSpec, given: str | os.PathLike[str] | None) -> tuple[CacheDir, tuple[str | None, ...]]:
     """The cache dir (made absolute here, once) and the GPU of each child, after the checks every build makes before
-    anything is written: a dir given, --triton-env's names cache-invalidating, the GPUs asked for visible."""
+    it plans or writes anything: a dir given (not empty, a directory or one that can be made: location.creatable),
+    --triton-env's names cache-invalidating, the GPUs asked for visible."""
     from ..builder import gpus, triton_env
     if given is None:
         raise SpecError("build needs --cache-dir DIR")
     root = location.normalize(given)
+    location.creatable(root)
     triton_env.check(dict(spec.triton_env))
     return root, gpus.for_build(spec.gpus, spec.emulate)
 

@@ -144,13 +144,13 @@ def ensure(spec: BuildSpec, cache_dir: str | os.PathLike[str] | None = None, *, 
     given = spec.cache_dir if cache_dir is None else cache_dir
     if given is None:
         raise CacheDirError("ensure needs a cache dir (--cache-dir DIR)")
-    p = make_plan(spec)
+    # every input checked before anything is planned, fetched or made: a mistake creates nothing
+    root = location.normalize(given)
+    location.creatable(root, writes=False)   # a complete cache may be read-only: ensure then only checks it
     versions.require()   # before a fingerprint is read or a unit built: an unsupported Triton can do neither
     # the server's values, what the build runs with and what the cache is checked against
     server_env = triton_env.check(dict(spec.triton_env))
-    root = location.normalize(given)
-    if root.exists() and not root.is_dir():
-        raise CacheDirError(f"{root} is a file, not a cache dir: give a directory (--cache-dir)")
+    p = make_plan(spec)
     run = _Ensure(p, root, console, progress, notes)
     m = manifest_mod.load(root) if root.is_dir() else None
     if from_url:   # the registry's cache when this one is missing or stale (registry/pull.py)
