@@ -29,7 +29,7 @@ def cmd_publish(args) -> int:
         rec = r.record
         what = "already published" if r.already else "published"
         out.print(f"{what}: {rec.gpu_type} ({rec.fingerprint.gpu_name}), TP {','.join(map(str, rec.tp))}, "
-                  f"{len(rec.units)} units, {rec.entries} entries, {size(rec.bundle_bytes)}"
+                  f"{count(len(rec.units), 'unit')}, {count(rec.entries, 'entry', 'entries')}, {size(rec.bundle_bytes)}"
                   f"{', signed by ' + rec.signed_by if rec.signed_by else ''} -> {r.url}/{rec.path}")
     return 0
 
@@ -51,8 +51,8 @@ def cmd_fetch(args) -> int:
             err.print(f"[yellow]warning[/yellow]: {w}")
         verb = "would fetch" if args.dry_run else f"fetched into {result['cache_dir']}"
         out.print(f"{verb}: bundle {result['bundle_sha256'][:12]} built on {result['gpu_name']} "
-                  f"({result['gpu_type']}, sm {result['capability']}), {result['units']} units, "
-                  f"{result['entries']} entries, {size(result['bundle_bytes'])}")
+                  f"({result['gpu_type']}, sm {result['capability']}), {count(result['units'], 'unit')}, "
+                  f"{count(result['entries'], 'entry', 'entries')}, {size(result['bundle_bytes'])}")
     return 0
 
 

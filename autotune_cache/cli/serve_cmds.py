@@ -9,6 +9,7 @@ container without the server's env): the build runs with them, and the cache is 
 """
 from __future__ import annotations
 
+from ..amounts import count
 from .console import add_command, add_output_args, err, out, print_json, progress_mode, report_error
 
 
@@ -30,7 +31,7 @@ def cmd_ensure(args) -> int:
             err.print("[red]ensure: the server would miss[/red]:\n  " + "\n  ".join(r.problems))
             err.print(f"to fix: {r.remedy}")
         else:
-            out.print(f"ensure: {r.units} units present and intact in {r.cache_dir}"
+            out.print(f"ensure: {count(r.units, 'unit')} present and intact in {r.cache_dir}"
                       + (" (rebuilt now)" if r.rebuilt else " (built now)" if r.built else "") + "; the server will hit"
                       + (" (emulated build: arbitrary winners, allowed)" if r.emulated else ""))
     return 0 if r.ok else 1

@@ -2,13 +2,15 @@
 TP at the end (`--json`: the same rows)."""
 from __future__ import annotations
 
+from ..amounts import count, size
 from .job import JobResult
 from .ray_runner import FleetResult
 
 
 def line(r: JobResult) -> str:
+    # every status's text is made, the built one's numbers absent for the others
     what = {"built": f"built and published {r.bundle_sha256[:12] if r.bundle_sha256 else ''} "
-                     f"({r.entries} entries, {r.bundle_bytes} bytes)",
+                     f"({count(r.entries or 0, 'entry', 'entries')}, {size(r.bundle_bytes or 0)})",
             "skipped": f"skipped: the registry holds {r.bundle_sha256[:12] if r.bundle_sha256 else ''}",
             "failed": f"[red]failed[/red]: {r.error}", "no-node": f"[red]no node[/red]: {r.error}"}[r.status]
     return f"job {r.job} ({r.gpu_type}{', ' + r.node if r.node else ''}, {r.seconds:.1f} s): {what}"

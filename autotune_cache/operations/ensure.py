@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import settings
+from ..amounts import count
 from ..cache import location
 from ..cache.files import Created
 from ..cache.location import CacheDir
@@ -96,11 +97,12 @@ class _Ensure:
         """Build the plan's missing units into `into` (operations/build.run: what this call created goes again on
         a failure, so a build that cannot start (no GPU) leaves nothing)."""
         from .build import run
-        self.say(f"{len(gaps)} of {len(self.plan.units)} units to build in {into}: " + "; ".join(gaps))
+        self.say(f"{len(gaps)} of {count(len(self.plan.units), 'unit')} to build in {into}: " + "; ".join(gaps))
         try:
             return run(self.plan, into, console=self.console, progress=self.progress)[1]
         except NoGPUError as e:
-            raise NoGPUError(f"the cache lacks {len(gaps)} units and there is no GPU to build them ({e})") from None
+            raise NoGPUError(f"the cache lacks {count(len(gaps), 'unit')} and there is no GPU to build them "
+                             f"({e})") from None
 
     def rebuild(self) -> None:
         """A fresh cache beside the dir, relocated for its path and swapped in (cache/swap.py); a failed rebuild

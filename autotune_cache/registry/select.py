@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..amounts import count
 from ..errors import NoMatchingBundleError, printable
 from . import gpus
 from .index import Entry
@@ -102,9 +103,9 @@ def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
         raise NoMatchingBundleError("the registry holds no bundle")
     holding = [r for r in records if need <= set(r.units)]
     if not holding:
-        raise NoMatchingBundleError(f"no bundle holds the {len(need)} planned units (first: {sorted(need)[0]}); "
-                                    f"the registry has {len(records)} bundles for other models, TP degrees, "
-                                    "kernel sources or --max-tokens")
+        raise NoMatchingBundleError(f"no bundle holds the {count(len(need), 'planned unit')} (first: "
+                                    f"{sorted(need)[0]}); the registry has {count(len(records), 'bundle')} for "
+                                    "other models, TP degrees, kernel sources or --max-tokens")
     why: list[str] = []
     fit = []
     for r in holding:
@@ -113,7 +114,7 @@ def choose(records: Iterable[Entry], units: Iterable[str], machine: Machine,
         else:
             fit.append(r)
     if not fit:
-        raise NoMatchingBundleError(f"{len(holding)} bundles hold the units, none fits this machine: "
+        raise NoMatchingBundleError(f"{count(len(holding), 'bundle')} hold the units, none fits this machine: "
                                     + "; ".join(sorted(set(why))[:4]))
     notes: tuple[str, ...] = ()
     if trusted is not None:
@@ -147,10 +148,11 @@ def _trusted_only(fit: list[Entry], trusted: str) -> tuple[list[Entry], tuple[st
     if not kept:
         slots = sorted({r.slot for r in fit})
         signers = sorted({_signer(r) for r in fit})
-        raise NoMatchingBundleError(f"{len(fit)} bundles fit this machine (slot {', '.join(slots[:3])}), but they "
-                                    f"are not signed by this key ({trusted}): signed by {', '.join(signers[:6])}")
+        raise NoMatchingBundleError(f"{count(len(fit), 'bundle')} fit this machine (slot {', '.join(slots[:3])}), "
+                                    f"but they are not signed by this key ({trusted}): signed by "
+                                    f"{', '.join(signers[:6])}")
     if not skipped:
         return kept, ()
     by = sorted({_signer(r) for r in skipped})
-    return kept, (f"skipped {len(skipped)} bundles not signed by this key ({trusted}; signed by "
+    return kept, (f"skipped {count(len(skipped), 'bundle')} not signed by this key ({trusted}; signed by "
                   f"{', '.join(by[:6])}): {', '.join(r.bundle_sha256[:12] for r in skipped[:4])}",)
