@@ -557,7 +557,7 @@ def test_no_gpu_deep_path_leaves_nothing_and_shows_no_plan(args, tmp_path):
     # goes again, every level of it
     proc = cli(*args, "--cache-dir", tmp_path / "pp" / "a" / "b" / "c", env=NO_GPU)
     one_line_error(proc, 2, "GPU")
-    assert "plan above" not in proc.stderr and "unit " not in proc.stderr
+    assert "plan above" not in proc.stderr and "plan: " not in proc.stderr and "\nunit " not in proc.stderr
     if "--json" in args:
         assert json.loads(proc.stdout)["exit"] == 2
     assert listing(tmp_path) == {}

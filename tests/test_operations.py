@@ -103,7 +103,7 @@ def test_the_public_build_is_the_operation(place, no_gpu):
 
 def test_a_failed_ensure_removes_what_it_created_and_nothing_else(place, no_gpu):
     given, unchanged = place
-    with pytest.raises(NoGPUError, match="lacks 1 units and there is no GPU"):
+    with pytest.raises(NoGPUError, match="lacks 1 unit and there is no GPU"):
         autotune_cache.ensure(gpu_spec(), given, progress=False)
     unchanged()
 
