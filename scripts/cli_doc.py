@@ -5,7 +5,6 @@
 
 The pages are printed at COLUMNS=100 whatever the terminal, so the file is the same on every machine; the prose
 around the markers is written by hand."""
-import argparse
 import sys
 from pathlib import Path
 
@@ -38,21 +37,7 @@ def markdown(current: str) -> str:
     return head + generated() + tail
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "cli.md", help="the file to rewrite or check")
-    p.add_argument("--check", action="store_true", help="only say whether the file is up to date (exit 1: stale)")
-    args = p.parse_args()
-    current = args.out.read_text() if args.out.exists() else f"{BEGIN}\n{END}\n"
-    text = markdown(current)
-    if args.check:
-        if current != text:
-            print(f"{args.out} is stale: run python scripts/cli_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from _generated_doc import main
+    sys.exit(main(__doc__, REPO / "docs" / "cli.md", "cli_doc.py",
+                  lambda current: markdown(current if current is not None else f"{BEGIN}\n{END}\n")))

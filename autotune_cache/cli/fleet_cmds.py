@@ -215,13 +215,14 @@ def add_commands(sub) -> None:
 
 
 def _add_machine_args(p) -> None:
+    from .args import existing_file
     p.add_argument("--gpu-name", metavar="NAME",
                    help="fetch for this GPU (e.g. H200, or 'NVIDIA H200') instead of this machine's: an image build "
                         "without a GPU; a GPU not in NVIDIA's table needs --capability too")
     p.add_argument("--capability", metavar="X.Y",
                    help="fetch for this compute capability (e.g. 9.0); must agree with the table for a known "
                         "--gpu-name")
-    p.add_argument("--public-key", metavar="PUB.pem",
+    p.add_argument("--public-key", metavar="PUB.pem", type=existing_file,
                    help="require the bundle to be signed by this ed25519 key (default: AUTOTUNE_CACHE_PUBLIC_KEY; "
                         "required by a signed registry)")
     p.add_argument("--allow-emulated", action="store_true",
