@@ -3,6 +3,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def pytest_configure(config):
         # pytest-xdist >= 3.6 hands out the files with the most tests first unless told not to: the few-test files
         # with the long compile fixtures (LONGEST_FIRST) then start last and run alone at the end
         config.option.loadscopereorder = False
+    if not hasattr(config, "workerinput") and getattr(config.option, "testrunuid", "") is None:
+        # the controller hands its workers this run's id (PYTEST_XDIST_TESTRUNUID): one TOY_STORE for all of them,
+        # the one pytest_sessionfinish removes (xdist's own random id left every run's store behind, ~50 MB)
+        config.option.testrunuid = _RUN
     try:
         from hypothesis import settings
     except ImportError:
@@ -89,7 +94,7 @@ def pytest_collection_modifyitems(config, items):
 # need the same caches, so each distinct spec is built once per run, into a store every pytest-xdist worker of
 # the run shares (one builds under a file lock, the others wait), and each module gets a relocated copy of its own
 # to change as it likes. World-readable: test_loader serves a copy as another user.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}"
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
 TOY_STORE = Path(tempfile.gettempdir()) / f"autotune-cache-tests-{_RUN}"
 
 
