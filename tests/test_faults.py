@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -90,6 +91,15 @@ def assert_entries_intact(cache, m):
 def no_temp_files(cache):
     leftovers = [p for p in cache.rglob("*") if p.name.startswith(("tmp.pid_", ".manifest.", ".write-test."))]
     assert not leftovers, leftovers
+
+
+@pytest.fixture(autouse=True)
+def build_logs_kept_in_a_test_dir(tmp_path_factory, monkeypatch):
+    """A build whose units stay failed keeps its children's log for the user, in the temp dir (and names it): these
+    tests fail units on purpose, so their builds' temp dir is one of pytest's, not the machine's."""
+    logs = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(logs))   # the in-process builds'
+    monkeypatch.setenv("TMPDIR", str(logs))               # the CLI's in a process of its own
 
 
 @pytest.fixture
