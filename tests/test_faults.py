@@ -100,6 +100,7 @@ def build_logs_kept_in_a_test_dir(tmp_path_factory, monkeypatch):
     logs = tmp_path_factory.mktemp("tmp")
     monkeypatch.setattr(tempfile, "tempdir", str(logs))   # the in-process builds'
     monkeypatch.setenv("TMPDIR", str(logs))               # the CLI's in a process of its own
+    return logs
 
 
 @pytest.fixture
@@ -189,12 +190,15 @@ def test_hang_is_killed_at_the_unit_timeout_with_its_process_group_and_retried(t
     no_temp_files(tmp_path)
 
 
-def test_timeout_on_every_attempt_exits_1_keeping_the_finished_unit(tmp_path, tag):
+def test_timeout_on_every_attempt_exits_1_keeping_the_finished_unit(tmp_path, tag, build_logs_kept_in_a_test_dir):
     cache = tmp_path / "c"
     proc = run_cli(*toy_args(cache, "--timeout", "3", "--retries", "1"),
                    env={"AUTOTUNE_CACHE_FAULT": "1:hang:always"})
     assert proc.returncode == 1, proc.stderr
     assert "build incomplete" in proc.stderr and "timed out after 3 s" in proc.stderr
+    # a hung child says nothing: no empty log is kept for the user, nor named
+    assert not list(build_logs_kept_in_a_test_dir.glob("autotune-cache-build-*.log"))
+    assert "children's output" not in proc.stderr
     assert "Traceback" not in proc.stderr
     m = manifest_mod.load(cache)
     u0, u1 = m.units.values()

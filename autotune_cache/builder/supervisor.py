@@ -138,7 +138,11 @@ class ChildOutput:
         self.kept = False
 
     def keep(self) -> None:
-        self.kept = self.path != Path(os.devnull)
+        """Kept only where a child wrote to it: an empty log (a build with no GPU to start on) tells nothing."""
+        try:
+            self.kept = self.path != Path(os.devnull) and self.path.stat().st_size > 0
+        except OSError:
+            self.kept = False
 
     def close(self) -> None:
         if not self.kept and self.path != Path(os.devnull):
