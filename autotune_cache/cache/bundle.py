@@ -368,7 +368,7 @@ def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
     signature reads, by their member names) are read into memory, each checked against the manifest's size and
     sha256; the other members are only checked to be listed, with the manifest's size. Returns the manifest's
     digest, which the second pass (the one that writes) must find again."""
-    from .signing import check_bytes, check_claimed
+    from .signing import check_bytes, check_claimed, public_key_of
 
     with _reading(src):
         tar = tarfile.open(path, mode="r|*")
@@ -382,12 +382,9 @@ def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
             raise BundleSignatureError(f"{src}: no signature ({manifest_mod.SIG_NAME} must follow its manifest), "
                                        "and a public key was given; nothing was imported")
         sig = _read_member(src, tar, ti, MAX_SIG_BYTES)
-        try:   # another key's (or a forged) signature stops here, before the rest of the stream is read
+        with _signature_refused(src):   # another key's (or a forged) signature stops here, before the rest is read
+            public_key = public_key_of(public_key)   # loaded once, for both checks
             check_claimed(sig, public_key, f"{src}: {manifest_mod.SIG_NAME}")
-        except CacheDirError as e:
-            raise BundleSignatureError(f"{e}; nothing was imported") from None
-        except RecursionError:
-            raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
         groups: dict[str, dict[str, str]] = {}
         for ti in members:
             if ti.isdir():
@@ -406,13 +403,21 @@ def _verified_first(path: Path, src: str, public_key, cap: int) -> str:
     missing = sorted(rel for rel in m.files if is_group_file(rel) and rel not in groups)
     if missing:
         raise BundleError(f"{src}: {missing[0]} is listed in its manifest but missing")
-    try:
+    with _signature_refused(src):
         check_bytes(sig, m, groups, public_key, f"{src}: {manifest_mod.SIG_NAME}")
+    return m.digest()
+
+
+@contextmanager
+def _signature_refused(src: str) -> Iterator[None]:
+    """A signature check's refusal as BundleSignatureError (fetch then tries the slot's next bundle), a signature
+    nested too deeply to parse as a BundleError."""
+    try:
+        yield
     except CacheDirError as e:
         raise BundleSignatureError(f"{e}; nothing was imported") from None
     except RecursionError:
         raise BundleError(f"{src}: manifest.sig: unreadable signature (nested too deeply)") from None
-    return m.digest()
 
 
 def _unpack_checked(path: Path, src: str, staging: Path, root: Path, public_key, created: Created,

@@ -82,6 +82,11 @@ def load_public_key(key: str | os.PathLike | bytes):
     return k
 
 
+def public_key_of(public_key):
+    """A loaded public key from a PEM path or bytes (load_public_key); one loaded already as it is."""
+    return load_public_key(public_key) if isinstance(public_key, (str, bytes, os.PathLike)) else public_key
+
+
 def key_id(public_key) -> str:
     """sha256 of the raw public key, first 16 hex digits: names the key in manifest.sig and in messages."""
     serialization, _ = _crypto()
@@ -166,8 +171,7 @@ def check(root: Path, manifest: Manifest, public_key, *, require_inside: bool = 
     key id. The files themselves are integrity.check_files' job. `groups`: every listed group file's child_paths
     as that check parsed them from the bytes it hashed (else they are read here)."""
     _crypto()   # a clear error when `cryptography` is missing
-    if isinstance(public_key, (str, bytes, os.PathLike)):   # a missing key file is the first thing to name
-        public_key = load_public_key(public_key)
+    public_key = public_key_of(public_key)   # a missing key file is the first thing to name
     sig_path = sig_path or Path(root) / manifest_mod.SIG_NAME
     try:
         data = read_plain(sig_path, MAX_JSON_BYTES)
@@ -190,7 +194,7 @@ def check_bytes(data: bytes, manifest: Manifest, groups: Mapping[str, Mapping[st
     `public_key` of `manifest` whose group files list `groups`; returns the key id. What a bundle's import checks
     before it writes a file (bundle.py), and `check` once it has read a dir's."""
     _crypto()
-    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
+    pub = public_key_of(public_key)
     kid = key_id(pub)
     try:
         sig = bounded_json.json_value(data)
@@ -217,7 +221,7 @@ def check_claimed(data: bytes, public_key, where: str) -> str:
     digest it names; returns that digest. A first check, before the manifest's group files are read: check_bytes
     must then find the manifest's own digest equal to it."""
     _crypto()
-    pub = public_key if not isinstance(public_key, (str, bytes, os.PathLike)) else load_public_key(public_key)
+    pub = public_key_of(public_key)
     try:
         sig = bounded_json.json_value(data)
         signature = base64.b64decode(sig["signature"], validate=True)
@@ -238,8 +242,7 @@ def check_claimed(data: bytes, public_key, where: str) -> str:
 def public_key_id(public_key) -> str:
     """key_id of a public key given as a PEM path or bytes (or a loaded key): what an index entry's `signed_by`
     names."""
-    return key_id(public_key if not isinstance(public_key, (str, bytes, os.PathLike))
-                  else load_public_key(public_key))
+    return key_id(public_key_of(public_key))
 
 
 def _check_sig(pub, signature: bytes, data: bytes) -> None:
