@@ -184,7 +184,7 @@ def partials(store: Store, older_than: float) -> list[Partial]:
             if age >= older_than:
                 found.append(Partial(rel, age))
     if "s3" in _protocols(store.fs):
-        prefix = store.fs._strip_protocol(store.root).partition("/")[2].rstrip("/")
+        prefix = _bucket_and_key(store)[1].rstrip("/")
         for u in _uploads(store):
             key, when = u.get("Key", ""), u.get("Initiated")
             age = now - when.timestamp() if isinstance(when, datetime) else 0.0   # undated: maybe at work, kept
@@ -195,7 +195,7 @@ def partials(store: Store, older_than: float) -> list[Partial]:
 
 def _uploads(store: Store, pages: int = 100) -> list[dict]:
     """The unfinished multipart uploads under an s3:// store's root (ListMultipartUploads, 1000 a page)."""
-    bucket, _, prefix = store.fs._strip_protocol(store.root).partition("/")
+    bucket, prefix = _bucket_and_key(store)
     marker: dict = {}
     out: list[dict] = []
     try:
@@ -211,6 +211,12 @@ def _uploads(store: Store, pages: int = 100) -> list[dict]:
     return out
 
 
+def _bucket_and_key(store: Store, rel: str = "") -> tuple[str, str]:
+    """An s3:// store's bucket and the key of `rel` under its root (the root's own prefix for "")."""
+    bucket, _, key = store.fs._strip_protocol(store.path(rel) if rel else store.root).partition("/")
+    return bucket, key
+
+
 def sweep(store: Store, older_than: float) -> list[Partial]:
     """Remove the registry's abandoned writes older than `older_than` seconds (partials(), then each removed);
     returns them. Never touches a finished object: only dot-named `.tmp` ones and unfinished uploads."""
@@ -218,9 +224,7 @@ def sweep(store: Store, older_than: float) -> list[Partial]:
     for p in found:
         try:
             if p.upload_id is not None:
-                bucket = store.fs._strip_protocol(store.root).partition("/")[0]
-                store.fs.abort_mpu(bucket, store.fs._strip_protocol(store.path(p.rel)).partition("/")[2],
-                                   p.upload_id)
+                store.fs.abort_mpu(*_bucket_and_key(store, p.rel), p.upload_id)
             else:
                 store.fs.rm_file(store.path(p.rel))
         except FileNotFoundError:
@@ -246,16 +250,15 @@ def _as_url(url: str) -> str:
     """A registry URL from what the user gave: a URL, `file:/x` (a file URL without a host), or a local path."""
     if printable(url) != url or not url.strip():
         raise RegistryError(f"not a registry URL: {printable(url)[:200]!r}")
-    m = _SCHEME.match(url)
-    if m and "://" not in url:
+    if "://" in url:
+        return url
+    if m := _SCHEME.match(url):
         scheme, rest = m.group(1).lower(), m.group(2)
         if scheme == "file" and rest.startswith("/"):
-            return Path(rest).expanduser().resolve().as_uri()
-        if scheme in _known_protocols():
+            url = rest
+        elif scheme in _known_protocols():
             raise RegistryError(f"{url}: not a URL; write {scheme}://{rest.lstrip('/')}")
-    if "://" not in url:
-        return Path(url).expanduser().resolve().as_uri()
-    return url
+    return Path(url).expanduser().resolve().as_uri()
 
 
 def _known_protocols() -> set[str]:
