@@ -25,11 +25,11 @@ class Gpu:
     spellings: tuple[tuple[str, ...], ...] = ()
 
 
-_VENDOR = {"nvidia", "tesla", "geforce"}
+VENDOR_WORDS = {"nvidia", "tesla", "geforce"}   # in device names, before the model
 
 
 def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in _VENDOR]
+    return [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in VENDOR_WORDS]
 
 
 def _gpu(type_: str, capability: str, *spellings: str) -> Gpu:

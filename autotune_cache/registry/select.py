@@ -48,7 +48,7 @@ def gpu_type_of(name: str) -> str:
     known = gpus.lookup(name)
     if known is not None:
         return known.type
-    words = [w for w in name.replace("-", " ").split() if w.upper() not in ("NVIDIA", "TESLA", "GEFORCE")]
+    words = [w for w in name.replace("-", " ").split() if w.lower() not in gpus.VENDOR_WORDS]
     return re.sub(r"[^A-Za-z0-9._-]", "", words[0]) if words else "unknown"
 
 
