@@ -71,21 +71,23 @@ def _choice(url: str, spec: BuildSpec, machine: Machine, public_key,
     return choice, tuple(found.warnings) + choice.warnings
 
 
+# the claims compared, as messages name them (index.claims' keys are the Entry's field names)
+_CLAIMED = {"units": "units", "tp": "TP", "targets": "targets", "entries": "entries"}
+
+
 def _claims(record: index.Entry) -> dict[str, object]:
     """What an entry says of its bundle's manifest."""
-    return {"manifest digest": record.manifest_digest, "units": sorted(record.units), "TP": list(record.tp),
-            "targets": list(record.targets), "entries": record.entries}
+    said = {k: getattr(record, k) for k in _CLAIMED} | {"units": tuple(sorted(record.units))}
+    return {"manifest digest": record.manifest_digest, **{_CLAIMED[k]: v for k, v in said.items()}}
 
 
 def _holds(m: Manifest) -> dict[str, object]:
-    """The same, read from the manifest itself (publish derives the entry's claims this way)."""
-    done = [u for u in m.units.values() if u.status == "done"]
-    return {"manifest digest": m.digest(), "units": sorted(u.id for u in done),
-            "TP": sorted({t for u in done for t in u.tp}), "targets": sorted({u.target for u in done}),
-            "entries": len(m.entries)}
+    """The same, read from the manifest itself, as publish derives the entry's claims (index.claims)."""
+    return {"manifest digest": m.digest(), **{_CLAIMED[k]: v for k, v in index.claims(m).items()}}
 
 
 def _shown(value: object) -> str:
+    value = list(value) if isinstance(value, tuple) else value   # shown as a list: [1, 2]
     if isinstance(value, str) and len(value) == 64:
         return value[:12]
     if isinstance(value, list) and len(value) > 3:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,9 @@ from ..cache.files import sha256_bytes
 from ..cache.fingerprint import Fingerprint
 from ..errors import RegistryError
 from .store import Store
+
+if TYPE_CHECKING:
+    from ..cache.manifest import Manifest
 
 INFO_NAME = "registry.json"
 INFO_FORMAT: Final = "autotune-cache-registry"
@@ -114,6 +117,15 @@ def gpu_type_problem(value: str) -> str | None:
     if not _NAME.match(value):
         return "a GPU type is letters, digits, '.', '_' or '-' (at most 64), e.g. H200"
     return None
+
+
+def claims(m: Manifest) -> dict[str, object]:
+    """What an entry says of its bundle's manifest, read from the manifest: its done units (sorted), their TP degrees
+    and targets, its entry count, under the Entry's field names. publish writes them into the entry; a fetch
+    requires the bundle it downloads to give them again (fetch.bind)."""
+    done = sorted((u for u in m.units.values() if u.status == "done"), key=lambda u: u.id)
+    return {"units": tuple(u.id for u in done), "tp": tuple(sorted({t for u in done for t in u.tp})),
+            "targets": tuple(sorted({u.target for u in done})), "entries": len(m.entries)}
 
 
 def bundle_path(sha: str) -> str:

@@ -138,20 +138,16 @@ def publish(cache_dir: str | os.PathLike, url: str, *, gpu_type: str | None = No
         raise CacheDirError(f"{root}: no cache with a manifest.json to publish")
     if m.fingerprint is None:
         raise CacheDirError(f"{root}: its manifest has no fingerprint (not built by autotune-cache build)")
-    done = sorted(u.id for u in m.units.values() if u.status == "done")
-    if not done:
+    claimed = index.claims(m)
+    if not claimed["units"]:
         raise CacheDirError(f"{root}: no unit is done; nothing to publish")
     gpu_type = _gpu_type(gpu_type, m.fingerprint, force)
-    units = [m.units[u] for u in done]
     signed_by = _signed_by(root)
     store = open_store(url)
     info = index.read_info(store)
     _check_signed(store.url, info, signed_by)
     # microseconds: "the newest" bundle must be well defined for two publishes within one second
-    base = dict(gpu_type=gpu_type, model=model,
-                tp=tuple(sorted({t for u in units for t in u.tp})),
-                targets=tuple(sorted({u.target for u in units})), units=tuple(done),
-                entries=len(m.entries), fingerprint=m.fingerprint, signed_by=signed_by,
+    base = dict(gpu_type=gpu_type, model=model, **claimed, fingerprint=m.fingerprint, signed_by=signed_by,
                 published=manifest_mod.now("microseconds"), tool_version=__version__)
     with staging() as tmp:
         report = bundle_mod.export(root, tmp / "bundle.tar.gz")
