@@ -23,20 +23,21 @@ class Plan(BaseModel):
     spec: BuildSpec
     units: tuple[Unit, ...]
 
-    def distinct_keys(self) -> list[PlannedKey]:
-        """Each (kernel, key) once, as the first unit reaching it plans it: one disk key, one autotune file, tuned
-        once however many units reach it (a later unit, or another GPU's, finds it on disk; shard.py gives each
-        one owner). TP 1 and 2 of a model share the l2norm keys of their common token buckets."""
-        seen: dict[tuple, PlannedKey] = {}
+    def reached_once(self) -> list[tuple[Unit, PlannedKey]]:
+        """Each (kernel, key) once, with the first unit reaching it, which plans it: one disk key, one autotune
+        file, tuned once however many units reach it (a later unit, or another GPU's, finds it on disk; shard.py
+        gives each one owner). TP 1 and 2 of a model share the l2norm keys of their common token buckets. What
+        `keys`, `configs` and verify's coverage count."""
+        seen: dict[tuple, tuple[Unit, PlannedKey]] = {}
         for u in self.units:
             for k in u.keys:
-                seen.setdefault((k.kernel, tuple(k.key)), k)
+                seen.setdefault((k.kernel, tuple(k.key)), (u, k))
         return list(seen.values())
 
     @property
     def keys(self) -> int:
         """Distinct (kernel, key) pairs: what `verify` counts and `inspect` lists once each."""
-        return len(self.distinct_keys())
+        return len(self.reached_once())
 
     @property
     def shared(self) -> int:
@@ -46,7 +47,7 @@ class Plan(BaseModel):
     @property
     def configs(self) -> int:
         """Configs to benchmark: each distinct key's once."""
-        return sum(k.configs or 0 for k in self.distinct_keys())
+        return sum(k.configs or 0 for _, k in self.reached_once())
 
 
 def unit_id(target: str, shape: RankShape, dtypes: dict[str, str], tokens: Iterable[int]) -> str:

@@ -188,22 +188,18 @@ def check_coverage(s: CacheScan, plan, changed: dict[str, str] | None = None) ->
     by_key: dict[tuple, list[AutotuneRecord]] = {}
     for r in s.autotune:
         by_key.setdefault((r.kernel, tuple(r.key)), []).append(r)
-    rows, problems, seen = [], [], set()
-    for unit in plan.units:
-        for k in unit.keys:
-            if (k.kernel, tuple(k.key)) in seen:
-                continue
-            seen.add((k.kernel, tuple(k.key)))
-            found = by_key.get((k.kernel, tuple(k.key)), [])
-            intact = [r for r in found if r.file not in changed]
-            status = ("present" if intact else "damaged" if found else
-                      PRUNED if (k.kernel, tuple(k.key)) in pruned else "missing")
-            fields = " ".join(f"{n}={v}" for n, v in k.fields.items())
-            rows.append({"unit": unit.id, "tp": list(unit.tp), "kernel": k.kernel, "fields": k.fields,
-                         "key": list(k.key), "status": status, "file": (intact or found)[0].file if found else None})
-            if status not in ("present", PRUNED):
-                problems.append(f"{status}: {k.kernel} {fields} (TP {','.join(map(str, unit.tp))}, reached at "
-                                f"T={k.tokens})" + (f": {changed[found[0].file]}" if found else ""))
+    rows, problems = [], []
+    for unit, k in plan.reached_once():
+        found = by_key.get((k.kernel, tuple(k.key)), [])
+        intact = [r for r in found if r.file not in changed]
+        status = ("present" if intact else "damaged" if found else
+                  PRUNED if (k.kernel, tuple(k.key)) in pruned else "missing")
+        fields = " ".join(f"{n}={v}" for n, v in k.fields.items())
+        rows.append({"unit": unit.id, "tp": list(unit.tp), "kernel": k.kernel, "fields": k.fields,
+                     "key": list(k.key), "status": status, "file": (intact or found)[0].file if found else None})
+        if status not in ("present", PRUNED):
+            problems.append(f"{status}: {k.kernel} {fields} (TP {','.join(map(str, unit.tp))}, reached at "
+                            f"T={k.tokens})" + (f": {changed[found[0].file]}" if found else ""))
     present = sum(r["status"] == "present" for r in rows)
     one = sum(r["status"] == PRUNED for r in rows)
     spec = plan.spec
